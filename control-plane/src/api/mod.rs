@@ -1,0 +1,85 @@
+//! gRPC services of the API listener. Each service turns requests into store
+//! calls and store records into messages; identity comes from the request
+//! extensions filled by [`crate::auth::AuthLayer`], errors go through
+//! [`ApiError`].
+mod error;
+mod plans;
+pub mod slug;
+mod tenants;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use chrono::{DateTime, Utc};
+
+pub use error::{ApiError, ApiResult};
+pub use plans::UsageApi;
+pub use tenants::TenantApi;
+
+use crate::auth::{Authentication, Principal};
+
+/// The caller of a request, or UNAUTHENTICATED naming what was wrong.
+pub fn caller<T>(request: &tonic::Request<T>) -> ApiResult<Principal> {
+    match request.extensions().get::<Authentication>() {
+        Some(Authentication(Ok(principal))) => Ok(principal.clone()),
+        Some(Authentication(Err(err))) => Err(err.clone().into()),
+        None => Err(ApiError::Unauthenticated("missing credentials".into())),
+    }
+}
+
+/// The caller, who must be an operator.
+pub fn admin<T>(request: &tonic::Request<T>) -> ApiResult<Principal> {
+    let principal = caller(request)?;
+    if !principal.is_admin {
+        return Err(ApiError::PermissionDenied("this call needs an admin identity".into()));
+    }
+    Ok(principal)
+}
+
+pub fn timestamp(at: DateTime<Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp { seconds: at.timestamp(), nanos: at.timestamp_subsec_nanos() as i32 }
+}
+
+/// Page size from a request: 0 means the default, large values are capped.
+pub fn page_size(requested: i32, default: u64, max: u64) -> ApiResult<u64> {
+    match requested {
+        n if n < 0 => Err(ApiError::invalid("page_size must not be negative")),
+        0 => Ok(default),
+        n => Ok((n as u64).min(max)),
+    }
+}
+
+/// Page tokens are opaque to callers: base64url of the last key seen.
+pub fn encode_page_token(last_key: &str) -> String {
+    URL_SAFE_NO_PAD.encode(format!("v1:{last_key}"))
+}
+
+pub fn decode_page_token(token: &str) -> ApiResult<Option<String>> {
+    if token.is_empty() {
+        return Ok(None);
+    }
+    let invalid = || ApiError::invalid("page_token is not a token returned by this API");
+    let bytes = URL_SAFE_NO_PAD.decode(token).map_err(|_| invalid())?;
+    let text = String::from_utf8(bytes).map_err(|_| invalid())?;
+    let key = text.strip_prefix("v1:").ok_or_else(invalid)?;
+    Ok(Some(key.to_string()))
+}
+
+/// Bounded, printable free text (names, ids from requests).
+pub fn check_text(field: &str, value: &str, max_chars: usize) -> ApiResult<()> {
+    if value.chars().count() > max_chars {
+        return Err(ApiError::invalid(format!("{field} must be at most {max_chars} characters")));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(ApiError::invalid(format!("{field} must not contain control characters")));
+    }
+    Ok(())
+}
+
+/// A required identifier from a request.
+pub fn required_id<'a>(field: &str, value: &'a str) -> ApiResult<&'a str> {
+    if value.is_empty() {
+        return Err(ApiError::invalid(format!("{field} is required")));
+    }
+    check_text(field, value, 128)?;
+    Ok(value)
+}

@@ -1,0 +1,244 @@
+//! TenantService: one OpenClaw per user or team, scoped to the caller.
+use std::pin::Pin;
+
+use clawplane_proto::v1::tenant_service_server::TenantService;
+use clawplane_proto::v1::{
+    self as pb, owner, CreateTenantRequest, CreateTenantResponse, DeleteTenantRequest, DeleteTenantResponse,
+    GetMyTenantRequest, GetMyTenantResponse, GetTenantRequest, GetTenantResponse, ListTenantsRequest,
+    ListTenantsResponse, RestartTenantRequest, RestartTenantResponse, StreamTenantLogsRequest,
+    StreamTenantLogsResponse,
+};
+use futures::Stream;
+use tonic::{Request, Response, Status};
+
+use super::{
+    caller, check_text, decode_page_token, encode_page_token, page_size, required_id, slug, timestamp, ApiError,
+    ApiResult,
+};
+use crate::auth::Principal;
+use crate::store::{NewTenant, Owner, Store, TenantRecord, TenantStatus};
+
+const MAX_DISPLAY_NAME: usize = 200;
+const MAX_PLAN_NAME: usize = 64;
+
+pub struct TenantApi {
+    store: Store,
+    base_domain: String,
+}
+
+impl TenantApi {
+    pub fn new(store: Store, base_domain: String) -> Self {
+        TenantApi { store, base_domain }
+    }
+
+    fn message(&self, record: TenantRecord) -> pb::Tenant {
+        let status = match record.status() {
+            TenantStatus::Pending => pb::TenantStatus::Pending,
+            TenantStatus::Provisioning => pb::TenantStatus::Provisioning,
+            TenantStatus::Running => pb::TenantStatus::Running,
+            TenantStatus::Failed => pb::TenantStatus::Failed,
+            TenantStatus::Suspended => pb::TenantStatus::Suspended,
+            TenantStatus::Deleted => pb::TenantStatus::Deleted,
+        };
+        let owner = pb::Owner {
+            kind: Some(match record.owner() {
+                Owner::User(id) => owner::Kind::UserId(id),
+                Owner::Team(id) => owner::Kind::TeamId(id),
+            }),
+        };
+        let t = record.tenant;
+        pb::Tenant {
+            url: format!("https://{}.{}", t.slug, self.base_domain),
+            id: t.id,
+            slug: t.slug,
+            display_name: t.display_name,
+            owner: Some(owner),
+            plan: record.plan,
+            status: status as i32,
+            status_message: t.status_message,
+            host_id: t.host_id.unwrap_or_default(),
+            created_at: Some(timestamp(t.created_at)),
+            updated_at: Some(timestamp(t.updated_at)),
+            deleted_at: t.deleted_at.map(timestamp),
+        }
+    }
+
+    /// A live tenant the caller may see; anything else is NOT_FOUND, so the
+    /// existence of other owners' tenants never leaks.
+    async fn visible_tenant(&self, principal: &Principal, id_or_slug: &str) -> ApiResult<TenantRecord> {
+        let id_or_slug = required_id("tenant_id", id_or_slug)?;
+        let record = self.store.live_tenant(id_or_slug).await?.ok_or(ApiError::NotFound("tenant"))?;
+        if can_access(principal, &record.owner()) {
+            Ok(record)
+        } else {
+            Err(ApiError::NotFound("tenant"))
+        }
+    }
+
+    async fn create(&self, principal: Principal, req: CreateTenantRequest) -> ApiResult<CreateTenantResponse> {
+        let owner = owner_for(&principal, &req.team_id)?;
+        if req.plan.is_empty() {
+            return Err(ApiError::invalid("plan is required (see UsageService.ListPlans)"));
+        }
+        check_text("plan", &req.plan, MAX_PLAN_NAME)?;
+        check_text("display_name", &req.display_name, MAX_DISPLAY_NAME)?;
+        let plan = self.store.plan_by_name(&req.plan).await?.ok_or_else(|| {
+            ApiError::invalid(format!("unknown plan {:?} (see UsageService.ListPlans)", req.plan))
+        })?;
+        let (slug_candidates, slug_requested) = if req.slug.is_empty() {
+            let (key, id) = match &owner {
+                Owner::User(id) => (format!("user:{id}"), id),
+                Owner::Team(id) => (format!("team:{id}"), id),
+            };
+            (slug::candidates(&key, id), false)
+        } else {
+            slug::validate(&req.slug).map_err(ApiError::InvalidArgument)?;
+            (vec![req.slug.clone()], true)
+        };
+        let display_name = if !req.display_name.is_empty() {
+            req.display_name.clone()
+        } else if let (Owner::User(_), Some(email)) = (&owner, &principal.email) {
+            email.clone()
+        } else {
+            match &owner {
+                Owner::User(id) | Owner::Team(id) => id.chars().take(MAX_DISPLAY_NAME).collect(),
+            }
+        };
+        let (record, created) = self
+            .store
+            .create_tenant(NewTenant {
+                owner,
+                slug_candidates,
+                slug_requested,
+                display_name,
+                plan,
+                actor_user_id: principal.user_id.clone(),
+                actor_email: principal.email.clone(),
+            })
+            .await?;
+        if created {
+            tracing::info!(tenant = %record.tenant.id, slug = %record.tenant.slug, "tenant created");
+        }
+        Ok(CreateTenantResponse { tenant: Some(self.message(record)), created })
+    }
+}
+
+/// The owner a create/get-mine call acts for.
+fn owner_for(principal: &Principal, team_id: &str) -> ApiResult<Owner> {
+    if !principal.is_user {
+        return Err(ApiError::PermissionDenied(
+            "the admin token owns no tenant; call with a user's credentials".into(),
+        ));
+    }
+    if team_id.is_empty() {
+        return Ok(Owner::User(principal.user_id.clone()));
+    }
+    check_text("team_id", team_id, 256)?;
+    if principal.is_member_of(team_id) {
+        Ok(Owner::Team(team_id.to_string()))
+    } else {
+        Err(ApiError::NotFound("team"))
+    }
+}
+
+fn can_access(principal: &Principal, owner: &Owner) -> bool {
+    principal.is_admin
+        || match owner {
+            Owner::User(id) => principal.is_user && &principal.user_id == id,
+            Owner::Team(id) => principal.is_member_of(id),
+        }
+}
+
+type LogStream = Pin<Box<dyn Stream<Item = Result<StreamTenantLogsResponse, Status>> + Send>>;
+
+const NOT_PLACED: &str = "tenant is not placed on a host yet";
+
+#[tonic::async_trait]
+impl TenantService for TenantApi {
+    async fn create_tenant(
+        &self,
+        request: Request<CreateTenantRequest>,
+    ) -> Result<Response<CreateTenantResponse>, Status> {
+        let principal = caller(&request)?;
+        Ok(Response::new(self.create(principal, request.into_inner()).await?))
+    }
+
+    async fn get_my_tenant(
+        &self,
+        request: Request<GetMyTenantRequest>,
+    ) -> Result<Response<GetMyTenantResponse>, Status> {
+        let principal = caller(&request)?;
+        let owner = owner_for(&principal, &request.get_ref().team_id)?;
+        let record = self.store.live_tenant_of(&owner).await.map_err(ApiError::from)?;
+        let record = record.ok_or(ApiError::NotFound("tenant"))?;
+        Ok(Response::new(GetMyTenantResponse { tenant: Some(self.message(record)) }))
+    }
+
+    async fn get_tenant(&self, request: Request<GetTenantRequest>) -> Result<Response<GetTenantResponse>, Status> {
+        let principal = caller(&request)?;
+        let record = self.visible_tenant(&principal, &request.get_ref().tenant_id).await?;
+        Ok(Response::new(GetTenantResponse { tenant: Some(self.message(record)) }))
+    }
+
+    async fn list_tenants(
+        &self,
+        request: Request<ListTenantsRequest>,
+    ) -> Result<Response<ListTenantsResponse>, Status> {
+        super::admin(&request)?;
+        let req = request.into_inner();
+        let limit = page_size(req.page_size, 50, 500)?;
+        let after = decode_page_token(&req.page_token)?;
+        let (records, more) = self
+            .store
+            .list_tenants(after.as_deref(), limit, req.include_deleted)
+            .await
+            .map_err(ApiError::from)?;
+        let next_page_token = match (more, records.last()) {
+            (true, Some(last)) => encode_page_token(&last.tenant.id),
+            _ => String::new(),
+        };
+        let tenants = records.into_iter().map(|r| self.message(r)).collect();
+        Ok(Response::new(ListTenantsResponse { tenants, next_page_token }))
+    }
+
+    async fn delete_tenant(
+        &self,
+        request: Request<DeleteTenantRequest>,
+    ) -> Result<Response<DeleteTenantResponse>, Status> {
+        let principal = caller(&request)?;
+        let record = self.visible_tenant(&principal, &request.get_ref().tenant_id).await?;
+        let deleted = self
+            .store
+            .soft_delete_tenant(&record.tenant.id, &principal.user_id)
+            .await
+            .map_err(ApiError::from)?;
+        tracing::info!(tenant = %deleted.tenant.id, "tenant deleted");
+        Ok(Response::new(DeleteTenantResponse { tenant: Some(self.message(deleted)) }))
+    }
+
+    async fn restart_tenant(
+        &self,
+        request: Request<RestartTenantRequest>,
+    ) -> Result<Response<RestartTenantResponse>, Status> {
+        let principal = caller(&request)?;
+        let record = self.visible_tenant(&principal, &request.get_ref().tenant_id).await?;
+        if record.tenant.host_id.is_none() {
+            return Err(ApiError::FailedPrecondition(NOT_PLACED.into()).into());
+        }
+        Err(ApiError::Unimplemented("restarting a placed tenant arrives with host commands").into())
+    }
+
+    type StreamTenantLogsStream = LogStream;
+
+    async fn stream_tenant_logs(
+        &self,
+        request: Request<StreamTenantLogsRequest>,
+    ) -> Result<Response<Self::StreamTenantLogsStream>, Status> {
+        let principal = caller(&request)?;
+        let record = self.visible_tenant(&principal, &request.get_ref().tenant_id).await?;
+        if record.tenant.host_id.is_none() {
+            return Err(ApiError::FailedPrecondition(NOT_PLACED.into()).into());
+        }
+        Err(ApiError::Unimplemented("log streaming arrives with host commands").into())
+    }
+}

@@ -1,0 +1,443 @@
+//! Configuration, parsed and validated in one place.
+//!
+//! Precedence: command-line flag > `CLAWPLANE_*` environment variable (clap
+//! reads both) > TOML file > built-in default. `Config::load` fails with a
+//! message naming the offending setting, so a bad config stops the server at
+//! start instead of surfacing later as a confusing runtime error.
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::Args;
+use serde::Deserialize;
+
+/// `clawplane serve` flags. Every flag is also `CLAWPLANE_<FLAG>` and a key
+/// of the TOML file.
+#[derive(Args, Debug, Default, Clone)]
+pub struct ServeArgs {
+    /// TOML configuration file.
+    #[arg(long, env = "CLAWPLANE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Directory for the SQLite database and generated credentials.
+    #[arg(long, env = "CLAWPLANE_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Database URL: sqlite://PATH or postgres://USER@HOST/DB.
+    #[arg(long, env = "CLAWPLANE_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// Address of the API listener (gRPC, grpc-web, reflection, health).
+    #[arg(long, env = "CLAWPLANE_API_LISTEN")]
+    pub api_listen: Option<String>,
+    /// Address of the agent listener (mutual TLS).
+    #[arg(long, env = "CLAWPLANE_AGENT_LISTEN")]
+    pub agent_listen: Option<String>,
+    /// Log format: text or json.
+    #[arg(long, env = "CLAWPLANE_LOG_FORMAT")]
+    pub log_format: Option<String>,
+    /// Base domain of tenant URLs: https://<slug>.<base-domain>.
+    #[arg(long, env = "CLAWPLANE_BASE_DOMAIN")]
+    pub base_domain: Option<String>,
+    #[command(flatten)]
+    pub auth: AuthArgs,
+}
+
+/// Credentials settings. Secrets are accepted from the environment (or the
+/// file) so they stay out of `ps`; the flags exist for completeness.
+#[derive(Args, Debug, Default, Clone)]
+pub struct AuthArgs {
+    /// Token that grants the admin identity (operators, `clawplane` CLI).
+    #[arg(long, env = "CLAWPLANE_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// Shared secret for the `x-shared-secret` + `x-user-id` header form.
+    #[arg(long, env = "CLAWPLANE_SHARED_SECRET", hide_env_values = true)]
+    pub shared_secret: Option<String>,
+    /// HS256 secret of the SSO's JWTs.
+    #[arg(long, env = "CLAWPLANE_JWT_HS256_SECRET", hide_env_values = true)]
+    pub jwt_hs256_secret: Option<String>,
+    /// PEM public key (RSA or EC P-256) of the SSO's JWTs.
+    #[arg(long, env = "CLAWPLANE_JWT_PUBLIC_KEY_FILE")]
+    pub jwt_public_key_file: Option<PathBuf>,
+    /// JWKS file with the SSO's public keys.
+    #[arg(long, env = "CLAWPLANE_JWKS_FILE")]
+    pub jwks_file: Option<PathBuf>,
+    /// Required `iss` of JWTs.
+    #[arg(long, env = "CLAWPLANE_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+    /// Required `aud` of JWTs.
+    #[arg(long, env = "CLAWPLANE_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+}
+
+/// The TOML file. Unknown keys are errors: a typo must not silently fall
+/// back to a default.
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    data_dir: Option<PathBuf>,
+    database_url: Option<String>,
+    api_listen: Option<String>,
+    agent_listen: Option<String>,
+    log_format: Option<String>,
+    base_domain: Option<String>,
+    admin_token: Option<String>,
+    shared_secret: Option<String>,
+    #[serde(default)]
+    jwt: JwtFileConfig,
+    #[serde(default)]
+    cors: CorsFileConfig,
+    #[serde(default)]
+    tenants: TenantsFileConfig,
+    #[serde(default)]
+    limits: LimitsFileConfig,
+}
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct JwtFileConfig {
+    hs256_secret: Option<String>,
+    public_key_file: Option<PathBuf>,
+    jwks_file: Option<PathBuf>,
+    issuer: Option<String>,
+    audience: Option<String>,
+    algorithms: Option<Vec<String>>,
+    leeway_secs: Option<u64>,
+    email_claim: Option<String>,
+    teams_claim: Option<String>,
+    roles_claim: Option<String>,
+    admin_role: Option<String>,
+}
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct CorsFileConfig {
+    allowed_origins: Option<Vec<String>>,
+}
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct TenantsFileConfig {
+    purge_after: Option<String>,
+    purge_interval: Option<String>,
+}
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct LimitsFileConfig {
+    max_connections: Option<usize>,
+    request_timeout: Option<String>,
+    database_max_connections: Option<u32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Where JWT verification keys come from.
+#[derive(Debug, Clone)]
+pub enum JwtKeySource {
+    Hs256Secret(String),
+    PublicKeyPem(PathBuf),
+    Jwks(PathBuf),
+}
+
+#[derive(Debug, Clone)]
+pub struct JwtConfig {
+    pub key_source: JwtKeySource,
+    pub issuer: Option<String>,
+    pub audience: Option<String>,
+    /// Pinned algorithms; empty means "the one the key type implies".
+    pub algorithms: Vec<String>,
+    pub leeway: Duration,
+    pub email_claim: String,
+    pub teams_claim: String,
+    pub roles_claim: String,
+    pub admin_role: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    pub admin_token: Option<String>,
+    pub shared_secret: Option<String>,
+    pub jwt: Option<JwtConfig>,
+}
+
+/// Allowed grpc-web origins: `*` or an explicit list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CorsOrigins {
+    Any,
+    List(Vec<String>),
+}
+
+/// Validated configuration of `clawplane serve`.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub database_url: String,
+    pub api_listen: SocketAddr,
+    pub agent_listen: SocketAddr,
+    pub log_format: LogFormat,
+    pub base_domain: String,
+    pub auth: AuthConfig,
+    pub cors_origins: CorsOrigins,
+    /// How long a soft-deleted tenant is kept before it is purged.
+    pub tenant_purge_after: Duration,
+    pub tenant_purge_interval: Duration,
+    pub max_connections: usize,
+    pub request_timeout: Duration,
+    pub database_max_connections: u32,
+}
+
+const MIN_SECRET_LEN: usize = 16;
+
+impl Config {
+    /// Reads the TOML file named by the args (if any), applies the args on
+    /// top and validates the result.
+    pub fn load(args: &ServeArgs) -> anyhow::Result<Config> {
+        let file = match &args.config {
+            Some(path) => read_file_config(path)?,
+            None => FileConfig::default(),
+        };
+        Self::merge(args.clone(), file)
+    }
+
+    fn merge(args: ServeArgs, file: FileConfig) -> anyhow::Result<Config> {
+        let data_dir = args
+            .data_dir
+            .or(file.data_dir)
+            .unwrap_or_else(|| PathBuf::from("./clawplane-data"));
+        let database_url = args
+            .database_url
+            .or(file.database_url)
+            .unwrap_or_else(|| default_sqlite_url(&data_dir));
+        validate_database_url(&database_url)?;
+
+        let api_listen = parse_addr(
+            "api_listen",
+            &args.api_listen.or(file.api_listen).unwrap_or_else(|| "127.0.0.1:7700".into()),
+        )?;
+        let agent_listen = parse_addr(
+            "agent_listen",
+            &args.agent_listen.or(file.agent_listen).unwrap_or_else(|| "0.0.0.0:7701".into()),
+        )?;
+        let log_format = match args.log_format.or(file.log_format).as_deref() {
+            None | Some("text") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(other) => bail!("log_format: expected \"text\" or \"json\", got {other:?}"),
+        };
+        let base_domain = args
+            .base_domain
+            .or(file.base_domain)
+            .unwrap_or_else(|| "localhost".into());
+        validate_base_domain(&base_domain)?;
+
+        let jwt = jwt_config(&args.auth, file.jwt)?;
+        let auth = AuthConfig {
+            admin_token: args.auth.admin_token.or(file.admin_token),
+            shared_secret: args.auth.shared_secret.or(file.shared_secret),
+            jwt,
+        };
+        for (name, secret) in [
+            ("admin_token", &auth.admin_token),
+            ("shared_secret", &auth.shared_secret),
+        ] {
+            if let Some(secret) = secret {
+                if secret.len() < MIN_SECRET_LEN {
+                    bail!("{name}: must be at least {MIN_SECRET_LEN} characters");
+                }
+            }
+        }
+
+        let cors_origins = match file.cors.allowed_origins {
+            None => CorsOrigins::Any,
+            Some(list) if list.iter().any(|o| o == "*") => CorsOrigins::Any,
+            Some(list) => {
+                for origin in &list {
+                    http::HeaderValue::from_str(origin)
+                        .ok()
+                        .filter(|_| origin.starts_with("http://") || origin.starts_with("https://"))
+                        .with_context(|| {
+                            format!("cors.allowed_origins: {origin:?} is not an http(s) origin")
+                        })?;
+                }
+                CorsOrigins::List(list)
+            }
+        };
+
+        let duration = |name: &str, value: Option<String>, default: &str| {
+            let text = value.unwrap_or_else(|| default.to_string());
+            humantime::parse_duration(&text)
+                .with_context(|| format!("{name}: {text:?} is not a duration like \"30s\" or \"7d\""))
+        };
+        let tenant_purge_after = duration("tenants.purge_after", file.tenants.purge_after, "7d")?;
+        let tenant_purge_interval =
+            duration("tenants.purge_interval", file.tenants.purge_interval, "1h")?;
+        if tenant_purge_interval.is_zero() {
+            bail!("tenants.purge_interval: must be greater than zero");
+        }
+        let request_timeout = duration("limits.request_timeout", file.limits.request_timeout, "30s")?;
+        let max_connections = file.limits.max_connections.unwrap_or(10_000);
+        if max_connections == 0 {
+            bail!("limits.max_connections: must be greater than zero");
+        }
+        let database_max_connections = file.limits.database_max_connections.unwrap_or(16);
+        if database_max_connections == 0 {
+            bail!("limits.database_max_connections: must be greater than zero");
+        }
+
+        Ok(Config {
+            data_dir,
+            database_url,
+            api_listen,
+            agent_listen,
+            log_format,
+            base_domain,
+            auth,
+            cors_origins,
+            tenant_purge_after,
+            tenant_purge_interval,
+            max_connections,
+            request_timeout,
+            database_max_connections,
+        })
+    }
+
+    /// Whether the database is the embedded SQLite file.
+    pub fn is_sqlite(&self) -> bool {
+        self.database_url.starts_with("sqlite:")
+    }
+}
+
+fn read_file_config(path: &Path) -> anyhow::Result<FileConfig> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("config file {}: cannot read", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("config file {}", path.display()))
+}
+
+/// The SQLite URL for a data directory (`mode=rwc` creates the file).
+pub fn default_sqlite_url(data_dir: &Path) -> String {
+    format!("sqlite://{}?mode=rwc", data_dir.join("clawplane.db").display())
+}
+
+fn validate_database_url(url: &str) -> anyhow::Result<()> {
+    if url.starts_with("sqlite:") || url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(())
+    } else {
+        // Never echo the URL: it may carry a password.
+        bail!("database_url: must start with sqlite:, postgres:// or postgresql://")
+    }
+}
+
+fn parse_addr(name: &str, value: &str) -> anyhow::Result<SocketAddr> {
+    value
+        .parse()
+        .with_context(|| format!("{name}: {value:?} is not an address like 127.0.0.1:7700"))
+}
+
+fn validate_base_domain(domain: &str) -> anyhow::Result<()> {
+    let ok = !domain.is_empty()
+        && domain.len() <= 200
+        && domain.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        });
+    if ok {
+        Ok(())
+    } else {
+        bail!("base_domain: {domain:?} is not a DNS name like example.com")
+    }
+}
+
+fn jwt_config(args: &AuthArgs, file: JwtFileConfig) -> anyhow::Result<Option<JwtConfig>> {
+    let hs = args.jwt_hs256_secret.clone().or(file.hs256_secret);
+    let pem = args.jwt_public_key_file.clone().or(file.public_key_file);
+    let jwks = args.jwks_file.clone().or(file.jwks_file);
+    let key_source = match (hs, pem, jwks) {
+        (None, None, None) => return Ok(None),
+        (Some(secret), None, None) => {
+            if secret.len() < 32 {
+                bail!("jwt.hs256_secret: must be at least 32 bytes (RFC 7518 section 3.2)");
+            }
+            JwtKeySource::Hs256Secret(secret)
+        }
+        (None, Some(path), None) => JwtKeySource::PublicKeyPem(path),
+        (None, None, Some(path)) => JwtKeySource::Jwks(path),
+        _ => bail!(
+            "jwt: set exactly one of hs256_secret, public_key_file or jwks_file \
+             (each algorithm family needs its own key; mixing them invites algorithm confusion)"
+        ),
+    };
+    let algorithms = file.algorithms.unwrap_or_default();
+    for alg in &algorithms {
+        if !["HS256", "RS256", "ES256"].contains(&alg.as_str()) {
+            bail!("jwt.algorithms: {alg:?} is not supported (HS256, RS256, ES256)");
+        }
+    }
+    Ok(Some(JwtConfig {
+        key_source,
+        issuer: args.jwt_issuer.clone().or(file.issuer),
+        audience: args.jwt_audience.clone().or(file.audience),
+        algorithms,
+        leeway: Duration::from_secs(file.leeway_secs.unwrap_or(30)),
+        email_claim: file.email_claim.unwrap_or_else(|| "email".into()),
+        teams_claim: file.teams_claim.unwrap_or_else(|| "teams".into()),
+        roles_claim: file.roles_claim.unwrap_or_else(|| "roles".into()),
+        admin_role: file.admin_role.unwrap_or_else(|| "admin".into()),
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(args: ServeArgs, toml_text: &str) -> anyhow::Result<Config> {
+        let file: FileConfig = toml::from_str(toml_text)?;
+        Config::merge(args, file)
+    }
+
+    #[test]
+    fn defaults_serve_sqlite_on_loopback() {
+        let config = load(ServeArgs::default(), "").unwrap();
+        assert!(config.is_sqlite());
+        assert_eq!(config.api_listen.to_string(), "127.0.0.1:7700");
+        assert!(config.auth.jwt.is_none());
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let args = ServeArgs { api_listen: Some("127.0.0.1:9000".into()), ..Default::default() };
+        let config = load(args, "api_listen = \"127.0.0.1:8000\"").unwrap();
+        assert_eq!(config.api_listen.port(), 9000);
+    }
+
+    #[test]
+    fn bad_settings_name_the_setting() {
+        let cases: &[(&str, &str)] = &[
+            ("api_listen = \"nowhere\"", "api_listen"),
+            ("log_format = \"xml\"", "log_format"),
+            ("database_url = \"mysql://x\"", "database_url"),
+            ("base_domain = \"bad domain\"", "base_domain"),
+            ("admin_token = \"short\"", "admin_token"),
+            ("[jwt]\nhs256_secret = \"short\"", "jwt.hs256_secret"),
+            ("[jwt]\nhs256_secret = \"0123456789abcdef0123456789abcdef\"\njwks_file = \"/x\"", "exactly one"),
+            ("[jwt]\nhs256_secret = \"0123456789abcdef0123456789abcdef\"\nalgorithms = [\"none\"]", "jwt.algorithms"),
+            ("[tenants]\npurge_after = \"soon\"", "tenants.purge_after"),
+            ("[cors]\nallowed_origins = [\"ftp://x\"]", "cors.allowed_origins"),
+            ("[limits]\nmax_connections = 0", "limits.max_connections"),
+        ];
+        for (text, expected) in cases {
+            let err = load(ServeArgs::default(), text).unwrap_err();
+            assert!(format!("{err:#}").contains(expected), "{text}: {err:#}");
+        }
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        let err = toml::from_str::<FileConfig>("api_lsten = \"x\"").unwrap_err();
+        assert!(err.to_string().contains("api_lsten"), "{err}");
+    }
+}

@@ -1,0 +1,15 @@
+//! Clawplane control plane: the tenant API for the web backend, operator
+//! calls, and (in later layers) the host fleet, ingest and routing.
+//!
+//! Layout: `config` parses and validates settings once; `auth` turns request
+//! metadata into a principal; `api` holds the gRPC services and their one
+//! error type; `store` owns every query; `server` wires them to a listener.
+pub mod api;
+pub mod auth;
+pub mod config;
+pub mod server;
+pub mod store;
+pub mod telemetry;
+
+pub use config::Config;
+pub use server::Server;

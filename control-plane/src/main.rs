@@ -1,0 +1,88 @@
+//! `clawplane`: the control plane server and its operator commands.
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use clawplane::config::{default_sqlite_url, Config, ServeArgs};
+use clawplane::{store::Store, telemetry, Server};
+
+#[derive(Parser, Debug)]
+#[command(name = "clawplane", version, about = "Clawplane control plane")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the control plane (embedded SQLite unless --database-url is given).
+    Serve(ServeArgs),
+    /// Apply database migrations and exit.
+    Migrate {
+        #[arg(long, env = "CLAWPLANE_DATABASE_URL", hide_env_values = true)]
+        database_url: Option<String>,
+        #[arg(long, env = "CLAWPLANE_DATA_DIR", default_value = "./clawplane-data")]
+        data_dir: std::path::PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve(args) => {
+            let config = Config::load(&args)?;
+            telemetry::init(config.log_format);
+            let server = Server::bind(config.clone()).await?;
+            tracing::info!(
+                api = %server.local_addr(),
+                database = if config.is_sqlite() { "sqlite" } else { "postgres" },
+                data_dir = %config.data_dir.display(),
+                "clawplane serving"
+            );
+            server.run(shutdown_signal()).await
+        }
+        Command::Migrate { database_url, data_dir } => {
+            telemetry::init(clawplane::config::LogFormat::Text);
+            std::fs::create_dir_all(&data_dir)
+                .with_context(|| format!("data_dir {}: cannot create", data_dir.display()))?;
+            let url = database_url.unwrap_or_else(|| default_sqlite_url(&data_dir));
+            let store = Store::connect(&url, 1).await.context("database: cannot connect")?;
+            store.migrate().await.context("database: migrations failed")?;
+            println!("migrations applied");
+            Ok(())
+        }
+    }
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing a SIGTERM handler cannot fail on unix");
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+}

@@ -1,0 +1,278 @@
+//! The API listener: binds, wires services and cross-cutting layers, serves
+//! until the shutdown signal, then drains. Connections are bounded by a
+//! semaphore (a permit per open connection), as in mini-redis.
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clawplane_proto::v1::tenant_service_server::TenantServiceServer;
+use clawplane_proto::v1::usage_service_server::UsageServiceServer;
+use futures::Stream;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tonic::transport::server::{Connected, TcpConnectInfo};
+use tower_http::cors::{AllowOrigin, CorsLayer};
+
+use crate::api::{TenantApi, UsageApi};
+use crate::auth::{AuthLayer, Authenticator};
+use crate::config::{Config, CorsOrigins};
+use crate::store::Store;
+
+/// A bound, migrated, ready-to-serve control plane.
+pub struct Server {
+    config: Config,
+    store: Store,
+    listener: TcpListener,
+    authenticator: Arc<Authenticator>,
+}
+
+impl Server {
+    /// Opens the database (creating the SQLite file under the data directory
+    /// if needed), applies migrations and binds the API listener.
+    pub async fn bind(mut config: Config) -> anyhow::Result<Server> {
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("data_dir {}: cannot create", config.data_dir.display()))?;
+        if config.auth.admin_token.is_none() {
+            config.auth.admin_token = Some(load_or_create_admin_token(&config.data_dir)?);
+        }
+        let authenticator = Authenticator::from_config(&config.auth)?;
+        let store = Store::connect(&config.database_url, config.database_max_connections)
+            .await
+            .context("database: cannot connect")?;
+        store.migrate().await.context("database: migrations failed")?;
+        let listener = TcpListener::bind(config.api_listen)
+            .await
+            .with_context(|| format!("api_listen {}: cannot bind", config.api_listen))?;
+        Ok(Server { config, store, listener, authenticator })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("bound listener has an address")
+    }
+
+    pub fn store(&self) -> Store {
+        self.store.clone()
+    }
+
+    /// Serves until `shutdown` completes, then stops accepting, lets
+    /// in-flight calls finish and closes the database.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+        let Server { config, store, listener, authenticator } = self;
+        let (stop_tx, stop_rx) = watch::channel(false);
+
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health.set_serving::<TenantServiceServer<TenantApi>>().await;
+        health.set_serving::<UsageServiceServer<UsageApi>>().await;
+        tokio::spawn(watch_database(store.clone(), health.clone(), stop_rx.clone()));
+        tokio::spawn(purge_deleted_tenants(store.clone(), config.clone(), stop_rx.clone()));
+
+        let reflection = |builder: tonic_reflection::server::Builder<'static>| {
+            builder
+                .register_encoded_file_descriptor_set(clawplane_proto::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        };
+        let reflection_v1 = reflection(tonic_reflection::server::Builder::configure()).build_v1()?;
+        let reflection_v1alpha = reflection(tonic_reflection::server::Builder::configure()).build_v1alpha()?;
+
+        let incoming = bounded_incoming(listener, Arc::new(Semaphore::new(config.max_connections)));
+        let mut stop_on_signal = stop_rx.clone();
+        let served = tonic::transport::Server::builder()
+            .accept_http1(true)
+            .timeout(config.request_timeout)
+            .layer(cors_layer(&config.cors_origins))
+            .layer(tonic_web::GrpcWebLayer::new())
+            .layer(AuthLayer::new(authenticator))
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(TenantServiceServer::new(TenantApi::new(store.clone(), config.base_domain.clone())))
+            .add_service(UsageServiceServer::new(UsageApi::new(store.clone())))
+            .serve_with_incoming_shutdown(incoming, async move {
+                let _ = stop_on_signal.wait_for(|stop| *stop).await;
+            });
+
+        let signal = tokio::spawn(async move {
+            shutdown.await;
+            tracing::info!("shutting down: draining in-flight calls");
+            let _ = stop_tx.send(true);
+        });
+        let result = served.await;
+        signal.abort();
+        health.set_not_serving::<TenantServiceServer<TenantApi>>().await;
+        store.close().await;
+        result.context("API listener failed")
+    }
+}
+
+/// The operator's admin token: from config, or generated once into the data
+/// directory (mode 0600) so a fresh install has an operator credential that
+/// never appears in a log.
+fn load_or_create_admin_token(data_dir: &Path) -> anyhow::Result<String> {
+    let path = data_dir.join("admin-token");
+    match std::fs::read_to_string(&path) {
+        Ok(token) if token.trim().len() >= 16 => return Ok(token.trim().to_string()),
+        Ok(_) => anyhow::bail!("{}: admin token is shorter than 16 characters", path.display()),
+        Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+        Err(err) => return Err(err).with_context(|| format!("{}: cannot read", path.display())),
+    }
+    let token = hex::encode(rand::random::<[u8; 32]>());
+    write_private_file(&path, token.as_bytes())?;
+    tracing::info!(path = %path.display(), "generated an admin token");
+    Ok(token)
+}
+
+fn write_private_file(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    #[cfg(unix)]
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    options.mode(0o600);
+    let mut file = options.open(path).with_context(|| format!("{}: cannot create", path.display()))?;
+    file.write_all(contents)?;
+    file.sync_all()?;
+    Ok(())
+}
+
+fn cors_layer(origins: &CorsOrigins) -> CorsLayer {
+    let allow_origin = match origins {
+        CorsOrigins::Any => AllowOrigin::any(),
+        CorsOrigins::List(list) => {
+            AllowOrigin::list(list.iter().filter_map(|o| http::HeaderValue::from_str(o).ok()))
+        }
+    };
+    let header = http::HeaderName::from_static;
+    CorsLayer::new()
+        .allow_origin(allow_origin)
+        .allow_methods([http::Method::POST, http::Method::OPTIONS])
+        .allow_headers([
+            header("content-type"),
+            header("authorization"),
+            header("x-grpc-web"),
+            header("x-user-agent"),
+            header("grpc-timeout"),
+            header("x-shared-secret"),
+            header("x-user-id"),
+            header("x-user-email"),
+            header("x-user-teams"),
+        ])
+        .expose_headers([header("grpc-status"), header("grpc-message"), header("grpc-status-details-bin")])
+        .max_age(Duration::from_secs(600))
+}
+
+/// Reports NOT_SERVING through grpc.health.v1 while the database is down.
+async fn watch_database(
+    store: Store,
+    health: tonic_health::server::HealthReporter,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut healthy = true;
+    loop {
+        tokio::select! {
+            _ = stop.wait_for(|stop| *stop) => return,
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+        }
+        let ok = store.ping().await.is_ok();
+        if ok != healthy {
+            healthy = ok;
+            let status = if ok { tonic_health::ServingStatus::Serving } else { tonic_health::ServingStatus::NotServing };
+            tracing::warn!(database_ok = ok, "database health changed");
+            health.set_service_status("", status).await;
+        }
+    }
+}
+
+/// Purges soft-deleted tenants once their retention has passed.
+async fn purge_deleted_tenants(store: Store, config: Config, mut stop: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = stop.wait_for(|stop| *stop) => return,
+            _ = tokio::time::sleep(config.tenant_purge_interval) => {}
+        }
+        let Ok(retention) = chrono::Duration::from_std(config.tenant_purge_after) else { continue };
+        match store.purge_deleted_tenants(chrono::Utc::now() - retention).await {
+            Ok(0) => {}
+            Ok(purged) => tracing::info!(purged, "purged deleted tenants"),
+            Err(err) => tracing::warn!(error = %err, "purging deleted tenants failed"),
+        }
+    }
+}
+
+/// Accepted connections, at most as many open at once as the semaphore has
+/// permits: accepting waits while the server is full.
+fn bounded_incoming(
+    listener: TcpListener,
+    limit: Arc<Semaphore>,
+) -> impl Stream<Item = io::Result<BoundedConnection>> {
+    futures::stream::unfold((listener, limit), |(listener, limit)| async move {
+        let permit = limit.clone().acquire_owned().await.ok()?;
+        loop {
+            match listener.accept().await {
+                Ok((stream, _)) => {
+                    let _ = stream.set_nodelay(true);
+                    let connection = BoundedConnection { stream, _permit: permit };
+                    return Some((Ok(connection), (listener, limit)));
+                }
+                Err(err) => {
+                    // Out of file descriptors and the like: back off, keep serving.
+                    tracing::warn!(error = %err, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    })
+}
+
+/// A TCP connection holding its connection-limit permit until it closes.
+pub struct BoundedConnection {
+    stream: TcpStream,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Connected for BoundedConnection {
+    type ConnectInfo = TcpConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.stream.connect_info()
+    }
+}
+
+impl AsyncRead for BoundedConnection {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for BoundedConnection {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+}

@@ -1,0 +1,341 @@
+//! Tenants, their owners (users, teams), subscriptions and audit entries.
+use chrono::{DateTime, Months, Utc};
+use sea_orm::sea_query::OnConflict;
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
+};
+use serde_json::json;
+use uuid::Uuid;
+
+use super::entities::{audit_log, plan, subscription, team, team_membership, tenant, user};
+use super::{is_unique_violation, Store, StoreError, StoreResult};
+
+/// Lifecycle of a tenant as stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TenantStatus {
+    Pending,
+    Provisioning,
+    Running,
+    Failed,
+    Suspended,
+    Deleted,
+}
+
+impl TenantStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TenantStatus::Pending => "pending",
+            TenantStatus::Provisioning => "provisioning",
+            TenantStatus::Running => "running",
+            TenantStatus::Failed => "failed",
+            TenantStatus::Suspended => "suspended",
+            TenantStatus::Deleted => "deleted",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        [
+            TenantStatus::Pending,
+            TenantStatus::Provisioning,
+            TenantStatus::Running,
+            TenantStatus::Failed,
+            TenantStatus::Suspended,
+            TenantStatus::Deleted,
+        ]
+        .into_iter()
+        .find(|s| s.as_str() == text)
+    }
+}
+
+/// Who owns a tenant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Owner {
+    User(String),
+    Team(String),
+}
+
+impl Owner {
+    fn kind(&self) -> &'static str {
+        match self {
+            Owner::User(_) => "user",
+            Owner::Team(_) => "team",
+        }
+    }
+
+    fn id(&self) -> &str {
+        match self {
+            Owner::User(id) | Owner::Team(id) => id,
+        }
+    }
+
+    /// The unique key of a live tenant's owner.
+    fn key(&self) -> String {
+        format!("{}:{}", self.kind(), self.id())
+    }
+}
+
+/// A tenant with the name of its plan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TenantRecord {
+    pub tenant: tenant::Model,
+    pub plan: String,
+}
+
+impl TenantRecord {
+    pub fn status(&self) -> TenantStatus {
+        TenantStatus::parse(&self.tenant.status).unwrap_or(TenantStatus::Failed)
+    }
+
+    pub fn owner(&self) -> Owner {
+        match self.tenant.owner_kind.as_str() {
+            "team" => Owner::Team(self.tenant.owner_id.clone()),
+            _ => Owner::User(self.tenant.owner_id.clone()),
+        }
+    }
+}
+
+pub struct NewTenant {
+    pub owner: Owner,
+    /// Slugs to try in order: the requested one, or derived candidates.
+    pub slug_candidates: Vec<String>,
+    /// True when the caller asked for the slug (a taken slug is an error
+    /// rather than a reason to try the next candidate).
+    pub slug_requested: bool,
+    pub display_name: String,
+    pub plan: plan::Model,
+    /// The user creating it (recorded as a user, and as a member of the team).
+    pub actor_user_id: String,
+    pub actor_email: Option<String>,
+}
+
+const WAITING_FOR_HOST: &str = "waiting for a host: no host has been placed for this tenant yet";
+
+impl Store {
+    pub async fn plan_by_name(&self, name: &str) -> StoreResult<Option<plan::Model>> {
+        Ok(plan::Entity::find().filter(plan::Column::Name.eq(name)).one(&self.db).await?)
+    }
+
+    pub async fn list_plans(&self) -> StoreResult<Vec<plan::Model>> {
+        Ok(plan::Entity::find().order_by_asc(plan::Column::PriceMonthlyCents).all(&self.db).await?)
+    }
+
+    /// Creates a tenant, or returns the owner's live tenant with `false`.
+    /// Races between two creates for one owner are settled by the unique
+    /// index on live owners: the loser reads and returns the winner's row.
+    pub async fn create_tenant(&self, new: NewTenant) -> StoreResult<(TenantRecord, bool)> {
+        if let Some(existing) = self.live_tenant_of(&new.owner).await? {
+            return Ok((existing, false));
+        }
+        for slug in &new.slug_candidates {
+            match self.insert_tenant(&new, slug).await {
+                Ok(record) => return Ok((record, true)),
+                Err(StoreError::Db(err)) if is_unique_violation(&err) => {
+                    if let Some(existing) = self.live_tenant_of(&new.owner).await? {
+                        return Ok((existing, false));
+                    }
+                    if new.slug_requested {
+                        return Err(StoreError::Conflict(format!("slug {slug:?} is already taken")));
+                    }
+                }
+                Err(err) => return Err(err),
+            }
+        }
+        Err(StoreError::Conflict("could not find a free slug for this owner; pass one explicitly".into()))
+    }
+
+    /// Writes a tenant and everything that comes with it in one transaction
+    /// that starts with a write, so SQLite takes its write lock up front.
+    async fn insert_tenant(&self, new: &NewTenant, slug: &str) -> StoreResult<TenantRecord> {
+        let plan = &new.plan;
+        let now = Utc::now();
+        let txn = self.db.begin().await?;
+        user::Entity::insert(user::ActiveModel {
+            id: Set(new.actor_user_id.clone()),
+            email: Set(new.actor_email.clone()),
+            created_at: Set(now),
+            last_seen_at: Set(now),
+        })
+        .on_conflict(
+            OnConflict::column(user::Column::Id)
+                .update_columns([user::Column::Email, user::Column::LastSeenAt])
+                .to_owned(),
+        )
+        .exec(&txn)
+        .await?;
+        if let Owner::Team(team_id) = &new.owner {
+            team::Entity::insert(team::ActiveModel {
+                id: Set(team_id.clone()),
+                name: Set(None),
+                created_at: Set(now),
+            })
+            .on_conflict(OnConflict::column(team::Column::Id).do_nothing().to_owned())
+            .do_nothing()
+            .exec(&txn)
+            .await?;
+            team_membership::Entity::insert(team_membership::ActiveModel {
+                team_id: Set(team_id.clone()),
+                user_id: Set(new.actor_user_id.clone()),
+                role: Set("member".into()),
+                created_at: Set(now),
+            })
+            .on_conflict(
+                OnConflict::columns([team_membership::Column::TeamId, team_membership::Column::UserId])
+                    .do_nothing()
+                    .to_owned(),
+            )
+            .do_nothing()
+            .exec(&txn)
+            .await?;
+        }
+        let model = tenant::Model {
+            id: Uuid::now_v7().to_string(),
+            slug: slug.to_owned(),
+            display_name: new.display_name.clone(),
+            owner_kind: new.owner.kind().into(),
+            owner_id: new.owner.id().into(),
+            owner_key: new.owner.key(),
+            plan_id: plan.id.clone(),
+            status: TenantStatus::Pending.as_str().into(),
+            status_message: WAITING_FOR_HOST.into(),
+            host_id: None,
+            runtime: "process".into(),
+            created_at: now,
+            updated_at: now,
+            deleted_at: None,
+        };
+        tenant::Entity::insert(tenant::ActiveModel::from(model.clone())).exec(&txn).await?;
+        subscription::Entity::insert(subscription::ActiveModel {
+            id: Set(Uuid::now_v7().to_string()),
+            tenant_id: Set(model.id.clone()),
+            plan_id: Set(plan.id.clone()),
+            status: Set("active".into()),
+            current_period_start: Set(now),
+            current_period_end: Set(now.checked_add_months(Months::new(1)).unwrap_or(now)),
+            created_at: Set(now),
+            updated_at: Set(now),
+        })
+        .exec(&txn)
+        .await?;
+        audit(&txn, &new.actor_user_id, "tenant.create", &model.id, json!({"slug": slug, "plan": plan.name}))
+            .await?;
+        txn.commit().await?;
+        Ok(TenantRecord { tenant: model, plan: plan.name.clone() })
+    }
+
+    /// The owner's tenant that is not deleted.
+    pub async fn live_tenant_of(&self, owner: &Owner) -> StoreResult<Option<TenantRecord>> {
+        let row = tenant::Entity::find()
+            .find_also_related(plan::Entity)
+            .filter(tenant::Column::OwnerKey.eq(owner.key()))
+            .filter(tenant::Column::DeletedAt.is_null())
+            .one(&self.db)
+            .await?;
+        Ok(row.map(record))
+    }
+
+    /// A live tenant by id or slug.
+    pub async fn live_tenant(&self, id_or_slug: &str) -> StoreResult<Option<TenantRecord>> {
+        let row = tenant::Entity::find()
+            .find_also_related(plan::Entity)
+            .filter(tenant::Column::Id.eq(id_or_slug).or(tenant::Column::Slug.eq(id_or_slug)))
+            .filter(tenant::Column::DeletedAt.is_null())
+            .one(&self.db)
+            .await?;
+        Ok(row.map(record))
+    }
+
+    /// One page of tenants ordered by id (UUIDv7, so by creation time),
+    /// starting after `after_id`. Returns the page and whether more follow.
+    pub async fn list_tenants(
+        &self,
+        after_id: Option<&str>,
+        limit: u64,
+        include_deleted: bool,
+    ) -> StoreResult<(Vec<TenantRecord>, bool)> {
+        let mut query = tenant::Entity::find().find_also_related(plan::Entity);
+        if let Some(after) = after_id {
+            query = query.filter(tenant::Column::Id.gt(after));
+        }
+        if !include_deleted {
+            query = query.filter(tenant::Column::DeletedAt.is_null());
+        }
+        let mut rows: Vec<TenantRecord> = query
+            .order_by_asc(tenant::Column::Id)
+            .limit(limit + 1)
+            .all(&self.db)
+            .await?
+            .into_iter()
+            .map(record)
+            .collect();
+        let more = rows.len() as u64 > limit;
+        rows.truncate(limit as usize);
+        Ok((rows, more))
+    }
+
+    /// Marks a live tenant deleted; it is purged after the retention.
+    pub async fn soft_delete_tenant(&self, tenant_id: &str, actor: &str) -> StoreResult<TenantRecord> {
+        let now = Utc::now();
+        let txn = self.db.begin().await?;
+        let updated = tenant::Entity::update_many()
+            .col_expr(tenant::Column::Status, TenantStatus::Deleted.as_str().into())
+            .col_expr(tenant::Column::StatusMessage, "deleted".into())
+            .col_expr(tenant::Column::DeletedAt, Some(now).into())
+            .col_expr(tenant::Column::UpdatedAt, now.into())
+            .filter(tenant::Column::Id.eq(tenant_id))
+            .filter(tenant::Column::DeletedAt.is_null())
+            .exec(&txn)
+            .await?;
+        if updated.rows_affected == 0 {
+            return Err(StoreError::NotFound("tenant"));
+        }
+        audit(&txn, actor, "tenant.delete", tenant_id, json!({})).await?;
+        txn.commit().await?;
+        let row = tenant::Entity::find_by_id(tenant_id)
+            .find_also_related(plan::Entity)
+            .one(&self.db)
+            .await?
+            .ok_or(StoreError::NotFound("tenant"))?;
+        Ok(record(row))
+    }
+
+    /// Removes tenants deleted before `cutoff`, with everything that
+    /// references them (the foreign keys cascade). Returns how many went.
+    pub async fn purge_deleted_tenants(&self, cutoff: DateTime<Utc>) -> StoreResult<u64> {
+        let result = tenant::Entity::delete_many()
+            .filter(tenant::Column::DeletedAt.lt(cutoff))
+            .exec(&self.db)
+            .await?;
+        Ok(result.rows_affected)
+    }
+
+    /// Whether a tenant row exists at all, deleted or not (for tests and the
+    /// purger's reporting).
+    pub async fn tenant_row_exists(&self, tenant_id: &str) -> StoreResult<bool> {
+        Ok(tenant::Entity::find_by_id(tenant_id).one(&self.db).await?.is_some())
+    }
+}
+
+fn record((tenant, plan): (tenant::Model, Option<plan::Model>)) -> TenantRecord {
+    TenantRecord { tenant, plan: plan.map(|p| p.name).unwrap_or_default() }
+}
+
+async fn audit<C: sea_orm::ConnectionTrait>(
+    db: &C,
+    actor: &str,
+    action: &str,
+    target_id: &str,
+    detail: serde_json::Value,
+) -> StoreResult<()> {
+    audit_log::Entity::insert(audit_log::ActiveModel {
+        id: Set(Uuid::now_v7().to_string()),
+        at: Set(Utc::now()),
+        actor: Set(actor.to_owned()),
+        action: Set(action.to_owned()),
+        target_kind: Set("tenant".into()),
+        target_id: Set(target_id.to_owned()),
+        detail: Set(detail),
+    })
+    .exec(db)
+    .await?;
+    Ok(())
+}
