@@ -215,11 +215,17 @@ impl Config {
 
         let api_listen = parse_addr(
             "api_listen",
-            &args.api_listen.or(file.api_listen).unwrap_or_else(|| "127.0.0.1:7700".into()),
+            &args
+                .api_listen
+                .or(file.api_listen)
+                .unwrap_or_else(|| "127.0.0.1:7700".into()),
         )?;
         let agent_listen = parse_addr(
             "agent_listen",
-            &args.agent_listen.or(file.agent_listen).unwrap_or_else(|| "0.0.0.0:7701".into()),
+            &args
+                .agent_listen
+                .or(file.agent_listen)
+                .unwrap_or_else(|| "0.0.0.0:7701".into()),
         )?;
         let log_format = match args.log_format.or(file.log_format).as_deref() {
             None | Some("text") => LogFormat::Text,
@@ -267,8 +273,9 @@ impl Config {
 
         let duration = |name: &str, value: Option<String>, default: &str| {
             let text = value.unwrap_or_else(|| default.to_string());
-            humantime::parse_duration(&text)
-                .with_context(|| format!("{name}: {text:?} is not a duration like \"30s\" or \"7d\""))
+            humantime::parse_duration(&text).with_context(|| {
+                format!("{name}: {text:?} is not a duration like \"30s\" or \"7d\"")
+            })
         };
         let tenant_purge_after = duration("tenants.purge_after", file.tenants.purge_after, "7d")?;
         let tenant_purge_interval =
@@ -276,7 +283,8 @@ impl Config {
         if tenant_purge_interval.is_zero() {
             bail!("tenants.purge_interval: must be greater than zero");
         }
-        let request_timeout = duration("limits.request_timeout", file.limits.request_timeout, "30s")?;
+        let request_timeout =
+            duration("limits.request_timeout", file.limits.request_timeout, "30s")?;
         let max_connections = file.limits.max_connections.unwrap_or(10_000);
         if max_connections == 0 {
             bail!("limits.max_connections: must be greater than zero");
@@ -317,11 +325,17 @@ fn read_file_config(path: &Path) -> anyhow::Result<FileConfig> {
 
 /// The SQLite URL for a data directory (`mode=rwc` creates the file).
 pub fn default_sqlite_url(data_dir: &Path) -> String {
-    format!("sqlite://{}?mode=rwc", data_dir.join("clawplane.db").display())
+    format!(
+        "sqlite://{}?mode=rwc",
+        data_dir.join("clawplane.db").display()
+    )
 }
 
 fn validate_database_url(url: &str) -> anyhow::Result<()> {
-    if url.starts_with("sqlite:") || url.starts_with("postgres://") || url.starts_with("postgresql://") {
+    if url.starts_with("sqlite:")
+        || url.starts_with("postgres://")
+        || url.starts_with("postgresql://")
+    {
         Ok(())
     } else {
         // Never echo the URL: it may carry a password.
@@ -341,7 +355,9 @@ fn validate_base_domain(domain: &str) -> anyhow::Result<()> {
         && domain.split('.').all(|label| {
             !label.is_empty()
                 && label.len() <= 63
-                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
                 && !label.starts_with('-')
                 && !label.ends_with('-')
         });
@@ -409,7 +425,10 @@ mod tests {
 
     #[test]
     fn flags_override_the_file() {
-        let args = ServeArgs { api_listen: Some("127.0.0.1:9000".into()), ..Default::default() };
+        let args = ServeArgs {
+            api_listen: Some("127.0.0.1:9000".into()),
+            ..Default::default()
+        };
         let config = load(args, "api_listen = \"127.0.0.1:8000\"").unwrap();
         assert_eq!(config.api_listen.port(), 9000);
     }

@@ -46,15 +46,25 @@ impl Server {
         let store = Store::connect(&config.database_url, config.database_max_connections)
             .await
             .context("database: cannot connect")?;
-        store.migrate().await.context("database: migrations failed")?;
+        store
+            .migrate()
+            .await
+            .context("database: migrations failed")?;
         let listener = TcpListener::bind(config.api_listen)
             .await
             .with_context(|| format!("api_listen {}: cannot bind", config.api_listen))?;
-        Ok(Server { config, store, listener, authenticator })
+        Ok(Server {
+            config,
+            store,
+            listener,
+            authenticator,
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener.local_addr().expect("bound listener has an address")
+        self.listener
+            .local_addr()
+            .expect("bound listener has an address")
     }
 
     pub fn store(&self) -> Store {
@@ -63,23 +73,41 @@ impl Server {
 
     /// Serves until `shutdown` completes, then stops accepting, lets
     /// in-flight calls finish and closes the database.
-    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-        let Server { config, store, listener, authenticator } = self;
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let Server {
+            config,
+            store,
+            listener,
+            authenticator,
+        } = self;
         let (stop_tx, stop_rx) = watch::channel(false);
 
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_serving::<TenantServiceServer<TenantApi>>().await;
         health.set_serving::<UsageServiceServer<UsageApi>>().await;
-        tokio::spawn(watch_database(store.clone(), health.clone(), stop_rx.clone()));
-        tokio::spawn(purge_deleted_tenants(store.clone(), config.clone(), stop_rx.clone()));
+        tokio::spawn(watch_database(
+            store.clone(),
+            health.clone(),
+            stop_rx.clone(),
+        ));
+        tokio::spawn(purge_deleted_tenants(
+            store.clone(),
+            config.clone(),
+            stop_rx.clone(),
+        ));
 
         let reflection = |builder: tonic_reflection::server::Builder<'static>| {
             builder
                 .register_encoded_file_descriptor_set(clawplane_proto::FILE_DESCRIPTOR_SET)
                 .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         };
-        let reflection_v1 = reflection(tonic_reflection::server::Builder::configure()).build_v1()?;
-        let reflection_v1alpha = reflection(tonic_reflection::server::Builder::configure()).build_v1alpha()?;
+        let reflection_v1 =
+            reflection(tonic_reflection::server::Builder::configure()).build_v1()?;
+        let reflection_v1alpha =
+            reflection(tonic_reflection::server::Builder::configure()).build_v1alpha()?;
 
         let incoming = bounded_incoming(listener, Arc::new(Semaphore::new(config.max_connections)));
         let mut stop_on_signal = stop_rx.clone();
@@ -92,7 +120,10 @@ impl Server {
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
-            .add_service(TenantServiceServer::new(TenantApi::new(store.clone(), config.base_domain.clone())))
+            .add_service(TenantServiceServer::new(TenantApi::new(
+                store.clone(),
+                config.base_domain.clone(),
+            )))
             .add_service(UsageServiceServer::new(UsageApi::new(store.clone())))
             .serve_with_incoming_shutdown(incoming, async move {
                 let _ = stop_on_signal.wait_for(|stop| *stop).await;
@@ -105,7 +136,9 @@ impl Server {
         });
         let result = served.await;
         signal.abort();
-        health.set_not_serving::<TenantServiceServer<TenantApi>>().await;
+        health
+            .set_not_serving::<TenantServiceServer<TenantApi>>()
+            .await;
         store.close().await;
         result.context("API listener failed")
     }
@@ -118,7 +151,10 @@ fn load_or_create_admin_token(data_dir: &Path) -> anyhow::Result<String> {
     let path = data_dir.join("admin-token");
     match std::fs::read_to_string(&path) {
         Ok(token) if token.trim().len() >= 16 => return Ok(token.trim().to_string()),
-        Ok(_) => anyhow::bail!("{}: admin token is shorter than 16 characters", path.display()),
+        Ok(_) => anyhow::bail!(
+            "{}: admin token is shorter than 16 characters",
+            path.display()
+        ),
         Err(err) if err.kind() == io::ErrorKind::NotFound => {}
         Err(err) => return Err(err).with_context(|| format!("{}: cannot read", path.display())),
     }
@@ -136,7 +172,9 @@ fn write_private_file(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
     options.write(true).create_new(true);
     #[cfg(unix)]
     options.mode(0o600);
-    let mut file = options.open(path).with_context(|| format!("{}: cannot create", path.display()))?;
+    let mut file = options
+        .open(path)
+        .with_context(|| format!("{}: cannot create", path.display()))?;
     file.write_all(contents)?;
     file.sync_all()?;
     Ok(())
@@ -145,9 +183,10 @@ fn write_private_file(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
 fn cors_layer(origins: &CorsOrigins) -> CorsLayer {
     let allow_origin = match origins {
         CorsOrigins::Any => AllowOrigin::any(),
-        CorsOrigins::List(list) => {
-            AllowOrigin::list(list.iter().filter_map(|o| http::HeaderValue::from_str(o).ok()))
-        }
+        CorsOrigins::List(list) => AllowOrigin::list(
+            list.iter()
+                .filter_map(|o| http::HeaderValue::from_str(o).ok()),
+        ),
     };
     let header = http::HeaderName::from_static;
     CorsLayer::new()
@@ -164,7 +203,11 @@ fn cors_layer(origins: &CorsOrigins) -> CorsLayer {
             header("x-user-email"),
             header("x-user-teams"),
         ])
-        .expose_headers([header("grpc-status"), header("grpc-message"), header("grpc-status-details-bin")])
+        .expose_headers([
+            header("grpc-status"),
+            header("grpc-message"),
+            header("grpc-status-details-bin"),
+        ])
         .max_age(Duration::from_secs(600))
 }
 
@@ -183,7 +226,11 @@ async fn watch_database(
         let ok = store.ping().await.is_ok();
         if ok != healthy {
             healthy = ok;
-            let status = if ok { tonic_health::ServingStatus::Serving } else { tonic_health::ServingStatus::NotServing };
+            let status = if ok {
+                tonic_health::ServingStatus::Serving
+            } else {
+                tonic_health::ServingStatus::NotServing
+            };
             tracing::warn!(database_ok = ok, "database health changed");
             health.set_service_status("", status).await;
         }
@@ -197,8 +244,13 @@ async fn purge_deleted_tenants(store: Store, config: Config, mut stop: watch::Re
             _ = stop.wait_for(|stop| *stop) => return,
             _ = tokio::time::sleep(config.tenant_purge_interval) => {}
         }
-        let Ok(retention) = chrono::Duration::from_std(config.tenant_purge_after) else { continue };
-        match store.purge_deleted_tenants(chrono::Utc::now() - retention).await {
+        let Ok(retention) = chrono::Duration::from_std(config.tenant_purge_after) else {
+            continue;
+        };
+        match store
+            .purge_deleted_tenants(chrono::Utc::now() - retention)
+            .await
+        {
             Ok(0) => {}
             Ok(purged) => tracing::info!(purged, "purged deleted tenants"),
             Err(err) => tracing::warn!(error = %err, "purging deleted tenants failed"),
@@ -218,7 +270,10 @@ fn bounded_incoming(
             match listener.accept().await {
                 Ok((stream, _)) => {
                     let _ = stream.set_nodelay(true);
-                    let connection = BoundedConnection { stream, _permit: permit };
+                    let connection = BoundedConnection {
+                        stream,
+                        _permit: permit,
+                    };
                     return Some((Ok(connection), (listener, limit)));
                 }
                 Err(err) => {
@@ -246,13 +301,21 @@ impl Connected for BoundedConnection {
 }
 
 impl AsyncRead for BoundedConnection {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         Pin::new(&mut self.stream).poll_read(cx, buf)
     }
 }
 
 impl AsyncWrite for BoundedConnection {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.stream).poll_write(cx, buf)
     }
 

@@ -25,12 +25,20 @@ enum Command {
         #[arg(long, env = "CLAWPLANE_CA_PIN")]
         ca_pin: String,
         /// Where the agent keeps its key, certificate and state.
-        #[arg(long, env = "CLAWPLANE_STATE_DIR", default_value = "/var/lib/clawplane-agent")]
+        #[arg(
+            long,
+            env = "CLAWPLANE_STATE_DIR",
+            default_value = "/var/lib/clawplane-agent"
+        )]
         state_dir: PathBuf,
     },
     /// Connect to the control plane and run tenants.
     Run {
-        #[arg(long, env = "CLAWPLANE_STATE_DIR", default_value = "/var/lib/clawplane-agent")]
+        #[arg(
+            long,
+            env = "CLAWPLANE_STATE_DIR",
+            default_value = "/var/lib/clawplane-agent"
+        )]
         state_dir: PathBuf,
         #[arg(long, env = "CLAWPLANE_CONFIG")]
         config: Option<PathBuf>,

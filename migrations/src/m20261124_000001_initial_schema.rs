@@ -33,7 +33,11 @@ fn fk(from_table: &str, from_col: &str, to_table: &str, to_col: &str) -> Foreign
 }
 
 fn index(name: &str, on: &str, cols: &[&str]) -> IndexCreateStatement {
-    let mut stmt = Index::create().name(name).table(col(on)).if_not_exists().to_owned();
+    let mut stmt = Index::create()
+        .name(name)
+        .table(col(on))
+        .if_not_exists()
+        .to_owned();
     for c in cols {
         stmt.col(col(c));
     }
@@ -297,19 +301,56 @@ fn indexes() -> Vec<IndexCreateStatement> {
         index("idx_tenants_owner", "tenants", &["owner_key"]),
         index("idx_tenants_host", "tenants", &["host_id"]),
         index("idx_tenants_deleted", "tenants", &["deleted_at"]),
-        index("idx_host_commands_queue", "host_commands", &["host_id", "state", "created_at"]),
-        index("idx_host_certificates_host", "host_certificates", &["host_id"]),
-        index("idx_sessions_activity", "sessions", &["tenant_id", "last_activity_at"]),
-        index("idx_messages_created", "messages", &["tenant_id", "created_at"]),
+        index(
+            "idx_host_commands_queue",
+            "host_commands",
+            &["host_id", "state", "created_at"],
+        ),
+        index(
+            "idx_host_certificates_host",
+            "host_certificates",
+            &["host_id"],
+        ),
+        index(
+            "idx_sessions_activity",
+            "sessions",
+            &["tenant_id", "last_activity_at"],
+        ),
+        index(
+            "idx_messages_created",
+            "messages",
+            &["tenant_id", "created_at"],
+        ),
         index("idx_audit_log_at", "audit_log", &["at"]),
     ]
 }
 
 /// Plans offered out of the box; operators change them in the table.
 const SEED_PLANS: &[(&str, &str, &str, i64, Option<i64>, Option<i32>)] = &[
-    ("00000000-0000-7000-8000-000000000001", "free", "Free", 0, Some(1_000), Some(1)),
-    ("00000000-0000-7000-8000-000000000002", "pro", "Pro", 2_000, Some(50_000), Some(5)),
-    ("00000000-0000-7000-8000-000000000003", "enterprise", "Enterprise", 20_000, None, None),
+    (
+        "00000000-0000-7000-8000-000000000001",
+        "free",
+        "Free",
+        0,
+        Some(1_000),
+        Some(1),
+    ),
+    (
+        "00000000-0000-7000-8000-000000000002",
+        "pro",
+        "Pro",
+        2_000,
+        Some(50_000),
+        Some(5),
+    ),
+    (
+        "00000000-0000-7000-8000-000000000003",
+        "enterprise",
+        "Enterprise",
+        20_000,
+        None,
+        None,
+    ),
 ];
 
 #[async_trait::async_trait]
@@ -352,7 +393,7 @@ impl MigrationTrait for Migration {
                     "USD".into(),
                     (*messages).into(),
                     (*channels).into(),
-                    "{}".into(),
+                    Expr::cust("'{}'"),
                     Expr::current_timestamp().into(),
                 ])
                 .to_owned();
@@ -362,6 +403,8 @@ impl MigrationTrait for Migration {
     }
 
     async fn down(&self, _manager: &SchemaManager) -> Result<(), DbErr> {
-        Err(DbErr::Migration("the initial schema is not reversible".into()))
+        Err(DbErr::Migration(
+            "the initial schema is not reversible".into(),
+        ))
     }
 }

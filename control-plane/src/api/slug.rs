@@ -8,17 +8,44 @@ pub const MAX_LEN: usize = 40;
 /// Labels that would collide with infrastructure names or OpenClaw's own
 /// default agent id.
 const RESERVED: &[&str] = &[
-    "admin", "api", "app", "assets", "auth", "bridge", "clawplane", "control", "default", "docs",
-    "gateway", "grpc", "help", "internal", "login", "mail", "main", "openclaw", "root", "sso",
-    "static", "status", "support", "system", "www",
+    "admin",
+    "api",
+    "app",
+    "assets",
+    "auth",
+    "bridge",
+    "clawplane",
+    "control",
+    "default",
+    "docs",
+    "gateway",
+    "grpc",
+    "help",
+    "internal",
+    "login",
+    "mail",
+    "main",
+    "openclaw",
+    "root",
+    "sso",
+    "static",
+    "status",
+    "support",
+    "system",
+    "www",
 ];
 
 /// Checks a requested slug; the error names the rule it breaks.
 pub fn validate(slug: &str) -> Result<(), String> {
     if slug.len() < MIN_LEN || slug.len() > MAX_LEN {
-        return Err(format!("slug must be {MIN_LEN} to {MAX_LEN} characters long"));
+        return Err(format!(
+            "slug must be {MIN_LEN} to {MAX_LEN} characters long"
+        ));
     }
-    if !slug.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
+    if !slug
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
         return Err("slug may only contain lowercase letters a-z, digits and '-'".into());
     }
     if !slug.as_bytes()[0].is_ascii_lowercase() {
@@ -100,7 +127,14 @@ mod tests {
 
     #[test]
     fn derived_candidates_are_valid_and_stable() {
-        for owner in ["alice@example.com", "123", "ADMIN", "ü", "a.b.c", &"x".repeat(300)] {
+        for owner in [
+            "alice@example.com",
+            "123",
+            "ADMIN",
+            "ü",
+            "a.b.c",
+            &"x".repeat(300),
+        ] {
             let first = candidates(&format!("user:{owner}"), owner);
             assert!(first.len() >= 2, "{owner}: {first:?}");
             for slug in &first {
@@ -109,6 +143,9 @@ mod tests {
             let again = candidates(&format!("user:{owner}"), owner);
             assert_eq!(first[..2], again[..2]);
         }
-        assert_eq!(candidates("user:alice@example.com", "alice@example.com")[0], "alice-example-com");
+        assert_eq!(
+            candidates("user:alice@example.com", "alice@example.com")[0],
+            "alice-example-com"
+        );
     }
 }
