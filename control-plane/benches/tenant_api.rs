@@ -1,1 +1,171 @@
-fn main() {}
+//! Tenant API benchmark over real gRPC on loopback: CreateTenant and
+//! GetMyTenant against SQLite and PostgreSQL, printing requests/s, p50 and
+//! p99. Client and server share this process (and the machine's cores).
+//!
+//!     cargo bench -p clawplane-control-plane --bench tenant_api
+//!
+//! Env: BENCH_SECONDS (default 5), BENCH_CONCURRENCY (default 32),
+//! BENCH_TENANTS (default 1000), CLAWPLANE_TEST_PG_URL.
+use std::time::{Duration, Instant};
+
+use clawplane::config::{Config, ServeArgs};
+use clawplane::Server;
+use clawplane_proto::v1::tenant_service_client::TenantServiceClient;
+use clawplane_proto::v1::{CreateTenantRequest, GetMyTenantRequest};
+use jsonwebtoken::{EncodingKey, Header};
+use sea_orm::{ConnectionTrait, Database};
+use tonic::metadata::MetadataValue;
+use tonic::transport::Channel;
+
+const SECRET: &str = "bench-hs256-secret-0123456789abcdef0123456789";
+
+fn env_number(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn token(user: &str) -> MetadataValue<tonic::metadata::Ascii> {
+    let exp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 3600;
+    let claims = serde_json::json!({"sub": user, "exp": exp, "email": format!("{user}@bench.test")});
+    let jwt = jsonwebtoken::encode(&Header::default(), &claims, &EncodingKey::from_secret(SECRET.as_bytes())).unwrap();
+    MetadataValue::try_from(format!("Bearer {jwt}")).unwrap()
+}
+
+struct Stats {
+    count: usize,
+    elapsed: Duration,
+    p50: Duration,
+    p99: Duration,
+}
+
+fn stats(mut latencies: Vec<Duration>, elapsed: Duration) -> Stats {
+    latencies.sort();
+    let at = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
+    Stats { count: latencies.len(), elapsed, p50: at(0.50), p99: at(0.99) }
+}
+
+fn print(backend: &str, rpc: &str, concurrency: usize, s: &Stats) {
+    println!(
+        "{backend:<9} {rpc:<13} conc={concurrency:<3} n={:<7} {:>9.0} req/s  p50={:>7.3} ms  p99={:>7.3} ms",
+        s.count,
+        s.count as f64 / s.elapsed.as_secs_f64(),
+        s.p50.as_secs_f64() * 1e3,
+        s.p99.as_secs_f64() * 1e3,
+    );
+}
+
+/// Creates `tenants` tenants with `concurrency` callers; every call timed.
+async fn bench_create(channels: &[Channel], tokens: &[MetadataValue<tonic::metadata::Ascii>], concurrency: usize) -> Stats {
+    let started = Instant::now();
+    let per_worker = tokens.len().div_ceil(concurrency);
+    let workers = tokens.chunks(per_worker).enumerate().map(|(i, chunk)| {
+        let mut client = TenantServiceClient::new(channels[i % channels.len()].clone());
+        let chunk = chunk.to_vec();
+        tokio::spawn(async move {
+            let mut latencies = Vec::with_capacity(chunk.len());
+            for auth in chunk {
+                let mut request = tonic::Request::new(CreateTenantRequest { plan: "free".into(), ..Default::default() });
+                request.metadata_mut().insert("authorization", auth);
+                let t = Instant::now();
+                let response = client.create_tenant(request).await.expect("create");
+                latencies.push(t.elapsed());
+                assert!(response.into_inner().created);
+            }
+            latencies
+        })
+    });
+    let mut all = Vec::new();
+    for worker in futures::future::join_all(workers).await {
+        all.extend(worker.unwrap());
+    }
+    stats(all, started.elapsed())
+}
+
+/// GetMyTenant for random existing owners, for a fixed time (bounded also
+/// by a request cap).
+async fn bench_get(
+    channels: &[Channel],
+    tokens: &[MetadataValue<tonic::metadata::Ascii>],
+    concurrency: usize,
+    duration: Duration,
+) -> Stats {
+    let cap_per_worker = 2_000_000 / concurrency;
+    let started = Instant::now();
+    let workers = (0..concurrency).map(|i| {
+        let mut client = TenantServiceClient::new(channels[i % channels.len()].clone());
+        let tokens = tokens.to_vec();
+        tokio::spawn(async move {
+            let mut latencies = Vec::with_capacity(100_000);
+            let mut n = i;
+            while started.elapsed() < duration && latencies.len() < cap_per_worker {
+                let mut request = tonic::Request::new(GetMyTenantRequest::default());
+                request.metadata_mut().insert("authorization", tokens[n % tokens.len()].clone());
+                n = n.wrapping_mul(31).wrapping_add(7);
+                let t = Instant::now();
+                client.get_my_tenant(request).await.expect("get");
+                latencies.push(t.elapsed());
+            }
+            latencies
+        })
+    });
+    let mut all = Vec::new();
+    for worker in futures::future::join_all(workers).await {
+        all.extend(worker.unwrap());
+    }
+    stats(all, started.elapsed())
+}
+
+async fn run_backend(backend: &str, url: String, data_dir: std::path::PathBuf) {
+    let seconds = env_number("BENCH_SECONDS", 5);
+    let concurrency = env_number("BENCH_CONCURRENCY", 32) as usize;
+    let tenants = env_number("BENCH_TENANTS", 1000) as usize;
+    let mut args = ServeArgs {
+        data_dir: Some(data_dir),
+        database_url: Some(url),
+        api_listen: Some("127.0.0.1:0".into()),
+        ..Default::default()
+    };
+    args.auth.jwt_hs256_secret = Some(SECRET.into());
+    let config = Config::load(&args).unwrap();
+    let server = Server::bind(config).await.unwrap();
+    let addr = server.local_addr();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(server.run(async move {
+        let _ = stopped.await;
+    }));
+
+    // A few HTTP/2 connections, like a web backend's client pool.
+    let mut channels = Vec::new();
+    for _ in 0..4 {
+        channels.push(Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap());
+    }
+    let tokens: Vec<_> = (0..tenants).map(|i| token(&format!("bench-user-{i}"))).collect();
+    let created = bench_create(&channels, &tokens, concurrency.min(16)).await;
+    print(backend, "CreateTenant", concurrency.min(16), &created);
+    let got = bench_get(&channels, &tokens, concurrency, Duration::from_secs(seconds)).await;
+    print(backend, "GetMyTenant", concurrency, &got);
+    let _ = stop.send(());
+    let _ = task.await;
+}
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("bench.db").display());
+        run_backend("sqlite", url, dir.path().to_path_buf()).await;
+
+        let admin_url = std::env::var("CLAWPLANE_TEST_PG_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+        match Database::connect(admin_url.clone()).await {
+            Ok(admin) => {
+                let name = format!("clawplane_bench_{}", uuid::Uuid::new_v4().simple());
+                admin.execute_unprepared(&format!("CREATE DATABASE {name}")).await.unwrap();
+                let base = admin_url.rsplit_once('/').unwrap().0;
+                let pg_dir = tempfile::tempdir().unwrap();
+                run_backend("postgres", format!("{base}/{name}"), pg_dir.path().to_path_buf()).await;
+                let _ = admin.execute_unprepared(&format!("DROP DATABASE {name} WITH (FORCE)")).await;
+            }
+            Err(err) => println!("postgres  skipped: {admin_url} unreachable ({err})"),
+        }
+    });
+}

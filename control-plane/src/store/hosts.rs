@@ -1,0 +1,330 @@
+//! Hosts, their join tokens and certificates, and the durable per-host
+//! command queue.
+use chrono::{DateTime, Utc};
+use sea_orm::sea_query::Expr;
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, Condition, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect,
+    TransactionTrait,
+};
+use serde_json::Value;
+use uuid::Uuid;
+
+use super::entities::{host, host_certificate, host_command, join_token, tenant};
+use super::{Store, StoreError, StoreResult};
+
+/// Why a join token was refused. Each has its own message so an operator
+/// knows what to fix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum JoinTokenError {
+    #[error("token_unknown: join token not recognised (check the token id and secret)")]
+    Unknown,
+    #[error("token_expired: join token has expired; create a new one with `clawplane token create`")]
+    Expired,
+    #[error("token_used: join token was already used; create a new one with `clawplane token create`")]
+    Used,
+    #[error("token_revoked: join token was revoked")]
+    Revoked,
+}
+
+/// Administrative state of a host.
+pub const HOST_ACTIVE: &str = "active";
+pub const HOST_DRAINING: &str = "draining";
+pub const HOST_REMOVED: &str = "removed";
+
+/// Command states; the last two are final.
+pub const CMD_PENDING: &str = "pending";
+pub const CMD_DELIVERED: &str = "delivered";
+pub const CMD_ACKED: &str = "acked";
+pub const CMD_SUCCEEDED: &str = "succeeded";
+pub const CMD_FAILED: &str = "failed";
+
+pub struct NewHostCert {
+    pub serial: String,
+    pub fingerprint: String,
+    pub not_before: DateTime<Utc>,
+    pub not_after: DateTime<Utc>,
+}
+
+impl Store {
+    pub async fn create_join_token(&self, token: join_token::Model) -> StoreResult<()> {
+        join_token::Entity::insert(join_token::ActiveModel::from(token)).exec(&self.db).await?;
+        Ok(())
+    }
+
+    pub async fn list_join_tokens(&self, after_id: Option<&str>, limit: u64) -> StoreResult<(Vec<join_token::Model>, bool)> {
+        let mut query = join_token::Entity::find();
+        if let Some(after) = after_id {
+            query = query.filter(join_token::Column::Id.gt(after));
+        }
+        let mut rows = query.order_by_asc(join_token::Column::Id).limit(limit + 1).all(&self.db).await?;
+        let more = rows.len() as u64 > limit;
+        rows.truncate(limit as usize);
+        Ok((rows, more))
+    }
+
+    pub async fn revoke_join_token(&self, id: &str) -> StoreResult<join_token::Model> {
+        join_token::Entity::update_many()
+            .col_expr(join_token::Column::RevokedAt, Expr::value(Some(Utc::now())))
+            .filter(join_token::Column::Id.eq(id))
+            .filter(join_token::Column::RevokedAt.is_null())
+            .exec(&self.db)
+            .await?;
+        join_token::Entity::find_by_id(id).one(&self.db).await?.ok_or(StoreError::NotFound("join token"))
+    }
+
+    /// Spends one use of a join token. The conditional UPDATE is the single
+    /// point of truth, so two hosts racing for a single-use token cannot both
+    /// win, on either backend.
+    pub async fn consume_join_token(
+        &self,
+        id: &str,
+        secret_matches: impl Fn(&str) -> bool,
+    ) -> StoreResult<Result<join_token::Model, JoinTokenError>> {
+        let Some(token) = join_token::Entity::find_by_id(id).one(&self.db).await? else {
+            return Ok(Err(JoinTokenError::Unknown));
+        };
+        if !secret_matches(&token.secret_hash) {
+            return Ok(Err(JoinTokenError::Unknown));
+        }
+        let now = Utc::now();
+        let updated = join_token::Entity::update_many()
+            .col_expr(join_token::Column::Uses, Expr::col(join_token::Column::Uses).add(1))
+            .filter(join_token::Column::Id.eq(id))
+            .filter(Expr::col(join_token::Column::Uses).lt(Expr::col(join_token::Column::MaxUses)))
+            .filter(join_token::Column::RevokedAt.is_null())
+            .filter(join_token::Column::ExpiresAt.gt(now))
+            .exec(&self.db)
+            .await?;
+        if updated.rows_affected == 1 {
+            return Ok(Ok(token));
+        }
+        let current = join_token::Entity::find_by_id(id).one(&self.db).await?.ok_or(StoreError::NotFound("join token"))?;
+        Ok(Err(if current.revoked_at.is_some() {
+            JoinTokenError::Revoked
+        } else if current.expires_at <= now {
+            JoinTokenError::Expired
+        } else {
+            JoinTokenError::Used
+        }))
+    }
+
+    /// Records a newly joined host and its first certificate.
+    pub async fn create_host(&self, host: host::Model, cert: NewHostCert) -> StoreResult<()> {
+        let txn = self.db.begin().await?;
+        host::Entity::insert(host::ActiveModel::from(host.clone())).exec(&txn).await?;
+        insert_cert(&txn, &host.id, cert).await?;
+        txn.commit().await?;
+        Ok(())
+    }
+
+    pub async fn add_host_certificate(&self, host_id: &str, cert: NewHostCert) -> StoreResult<()> {
+        insert_cert(&self.db, host_id, cert).await
+    }
+
+    /// The certificate with this fingerprint and its host.
+    pub async fn certificate(&self, fingerprint: &str) -> StoreResult<Option<(host_certificate::Model, host::Model)>> {
+        let Some(cert) = host_certificate::Entity::find()
+            .filter(host_certificate::Column::FingerprintSha256.eq(fingerprint))
+            .one(&self.db)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let host = host::Entity::find_by_id(&cert.host_id).one(&self.db).await?;
+        Ok(host.map(|host| (cert, host)))
+    }
+
+    /// The newest certificate's expiry per host, for listings.
+    pub async fn certificate_expiry(&self, host_id: &str) -> StoreResult<Option<DateTime<Utc>>> {
+        let newest = host_certificate::Entity::find()
+            .filter(host_certificate::Column::HostId.eq(host_id))
+            .filter(host_certificate::Column::RevokedAt.is_null())
+            .order_by_desc(host_certificate::Column::NotAfter)
+            .one(&self.db)
+            .await?;
+        Ok(newest.map(|c| c.not_after))
+    }
+
+    pub async fn host(&self, id: &str) -> StoreResult<Option<host::Model>> {
+        Ok(host::Entity::find_by_id(id).one(&self.db).await?)
+    }
+
+    pub async fn list_hosts(&self, after_id: Option<&str>, limit: u64) -> StoreResult<(Vec<host::Model>, bool)> {
+        let mut query = host::Entity::find();
+        if let Some(after) = after_id {
+            query = query.filter(host::Column::Id.gt(after));
+        }
+        let mut rows = query.order_by_asc(host::Column::Id).limit(limit + 1).all(&self.db).await?;
+        let more = rows.len() as u64 > limit;
+        rows.truncate(limit as usize);
+        Ok((rows, more))
+    }
+
+    pub async fn tenant_count(&self, host_id: &str) -> StoreResult<u64> {
+        Ok(tenant::Entity::find()
+            .filter(tenant::Column::HostId.eq(host_id))
+            .filter(tenant::Column::DeletedAt.is_null())
+            .count(&self.db)
+            .await?)
+    }
+
+    /// Sets the administrative state of a host that is not removed.
+    pub async fn set_host_state(&self, id: &str, state: &str) -> StoreResult<host::Model> {
+        let now = Utc::now();
+        let txn = self.db.begin().await?;
+        let mut update = host::Entity::update_many()
+            .col_expr(host::Column::Status, Expr::value(state))
+            .col_expr(host::Column::UpdatedAt, Expr::value(now))
+            .filter(host::Column::Id.eq(id))
+            .filter(host::Column::Status.ne(HOST_REMOVED));
+        if state == HOST_REMOVED {
+            update = update.col_expr(host::Column::RemovedAt, Expr::value(Some(now)));
+        }
+        let result = update.exec(&txn).await?;
+        if result.rows_affected == 0 {
+            return Err(StoreError::NotFound("host"));
+        }
+        if state == HOST_REMOVED {
+            // Removing a host revokes every certificate it holds, at once.
+            host_certificate::Entity::update_many()
+                .col_expr(host_certificate::Column::RevokedAt, Expr::value(Some(now)))
+                .filter(host_certificate::Column::HostId.eq(id))
+                .filter(host_certificate::Column::RevokedAt.is_null())
+                .exec(&txn)
+                .await?;
+        }
+        txn.commit().await?;
+        host::Entity::find_by_id(id).one(&self.db).await?.ok_or(StoreError::NotFound("host"))
+    }
+
+    /// Stores what a host reported in its hello and starts its lease.
+    pub async fn record_hello(&self, id: &str, inventory: Value, lease_until: DateTime<Utc>) -> StoreResult<()> {
+        let now = Utc::now();
+        host::Entity::update_many()
+            .col_expr(host::Column::Inventory, Expr::value(Some(inventory)))
+            .col_expr(host::Column::LastHeartbeatAt, Expr::value(Some(now)))
+            .col_expr(host::Column::LeaseExpiresAt, Expr::value(Some(lease_until)))
+            .col_expr(host::Column::UpdatedAt, Expr::value(now))
+            .filter(host::Column::Id.eq(id))
+            .exec(&self.db)
+            .await?;
+        Ok(())
+    }
+
+    /// Renews the leases of many hosts in a few statements (heartbeats are
+    /// batched in memory; one UPDATE per host per beat would not scale).
+    pub async fn renew_leases(&self, ids: &[String], heartbeat_at: DateTime<Utc>, lease_until: DateTime<Utc>) -> StoreResult<()> {
+        for chunk in ids.chunks(500) {
+            host::Entity::update_many()
+                .col_expr(host::Column::LastHeartbeatAt, Expr::value(Some(heartbeat_at)))
+                .col_expr(host::Column::LeaseExpiresAt, Expr::value(Some(lease_until)))
+                .filter(host::Column::Id.is_in(chunk.iter().cloned()))
+                .filter(host::Column::Status.ne(HOST_REMOVED))
+                .exec(&self.db)
+                .await?;
+        }
+        Ok(())
+    }
+
+    pub async fn enqueue_command(&self, host_id: &str, tenant_id: Option<&str>, kind: &str, payload: Value) -> StoreResult<String> {
+        let now = Utc::now();
+        let id = Uuid::now_v7().to_string();
+        host_command::Entity::insert(host_command::ActiveModel {
+            id: Set(id.clone()),
+            host_id: Set(host_id.to_owned()),
+            tenant_id: Set(tenant_id.map(String::from)),
+            kind: Set(kind.to_owned()),
+            payload: Set(payload),
+            state: Set(CMD_PENDING.into()),
+            attempts: Set(0),
+            result: Set(None),
+            error: Set(None),
+            created_at: Set(now),
+            updated_at: Set(now),
+            delivered_at: Set(None),
+            completed_at: Set(None),
+        })
+        .exec(&self.db)
+        .await?;
+        Ok(id)
+    }
+
+    /// Commands of a host that have no final result yet, oldest first.
+    pub async fn open_commands(&self, host_id: &str) -> StoreResult<Vec<host_command::Model>> {
+        Ok(host_command::Entity::find()
+            .filter(host_command::Column::HostId.eq(host_id))
+            .filter(host_command::Column::State.is_in([CMD_PENDING, CMD_DELIVERED, CMD_ACKED]))
+            .order_by_asc(host_command::Column::Id)
+            .all(&self.db)
+            .await?)
+    }
+
+    pub async fn command(&self, id: &str) -> StoreResult<Option<host_command::Model>> {
+        Ok(host_command::Entity::find_by_id(id).one(&self.db).await?)
+    }
+
+    pub async fn mark_delivered(&self, id: &str) -> StoreResult<()> {
+        let now = Utc::now();
+        host_command::Entity::update_many()
+            .col_expr(host_command::Column::State, Expr::value(CMD_DELIVERED))
+            .col_expr(host_command::Column::Attempts, Expr::col(host_command::Column::Attempts).add(1))
+            .col_expr(host_command::Column::DeliveredAt, Expr::value(Some(now)))
+            .col_expr(host_command::Column::UpdatedAt, Expr::value(now))
+            .filter(host_command::Column::Id.eq(id))
+            .filter(host_command::Column::State.is_in([CMD_PENDING, CMD_DELIVERED, CMD_ACKED]))
+            .exec(&self.db)
+            .await?;
+        Ok(())
+    }
+
+    /// Marks a command acknowledged, only for the host it belongs to.
+    pub async fn mark_acked(&self, id: &str, host_id: &str) -> StoreResult<bool> {
+        let result = host_command::Entity::update_many()
+            .col_expr(host_command::Column::State, Expr::value(CMD_ACKED))
+            .col_expr(host_command::Column::UpdatedAt, Expr::value(Utc::now()))
+            .filter(host_command::Column::Id.eq(id))
+            .filter(host_command::Column::HostId.eq(host_id))
+            .filter(host_command::Column::State.is_in([CMD_PENDING, CMD_DELIVERED]))
+            .exec(&self.db)
+            .await?;
+        Ok(result.rows_affected == 1)
+    }
+
+    /// Records the final result of a command, once, and only from the host it
+    /// belongs to. Returns false for a duplicate or foreign result.
+    pub async fn complete_command(&self, id: &str, host_id: &str, succeeded: bool, result: Value, error: Option<String>) -> StoreResult<bool> {
+        let now = Utc::now();
+        let updated = host_command::Entity::update_many()
+            .col_expr(host_command::Column::State, Expr::value(if succeeded { CMD_SUCCEEDED } else { CMD_FAILED }))
+            .col_expr(host_command::Column::Result, Expr::value(Some(result)))
+            .col_expr(host_command::Column::Error, Expr::value(error))
+            .col_expr(host_command::Column::CompletedAt, Expr::value(Some(now)))
+            .col_expr(host_command::Column::UpdatedAt, Expr::value(now))
+            .filter(host_command::Column::Id.eq(id))
+            .filter(host_command::Column::HostId.eq(host_id))
+            .filter(
+                Condition::any()
+                    .add(host_command::Column::State.eq(CMD_PENDING))
+                    .add(host_command::Column::State.eq(CMD_DELIVERED))
+                    .add(host_command::Column::State.eq(CMD_ACKED)),
+            )
+            .exec(&self.db)
+            .await?;
+        Ok(updated.rows_affected == 1)
+    }
+}
+
+async fn insert_cert<C: sea_orm::ConnectionTrait>(db: &C, host_id: &str, cert: NewHostCert) -> StoreResult<()> {
+    host_certificate::Entity::insert(host_certificate::ActiveModel {
+        serial: Set(cert.serial),
+        host_id: Set(host_id.to_owned()),
+        fingerprint_sha256: Set(cert.fingerprint),
+        not_before: Set(cert.not_before),
+        not_after: Set(cert.not_after),
+        revoked_at: Set(None),
+        created_at: Set(Utc::now()),
+    })
+    .exec(db)
+    .await?;
+    Ok(())
+}
