@@ -31,6 +31,10 @@ pub struct ServeArgs {
     /// Address of the agent listener (mutual TLS).
     #[arg(long, env = "CLAWPLANE_AGENT_LISTEN")]
     pub agent_listen: Option<String>,
+    /// URL hosts use to reach the agent listener (printed in join commands),
+    /// e.g. https://cp.example.com:7701.
+    #[arg(long, env = "CLAWPLANE_AGENT_PUBLIC_URL")]
+    pub agent_public_url: Option<String>,
     /// Log format: text or json.
     #[arg(long, env = "CLAWPLANE_LOG_FORMAT")]
     pub log_format: Option<String>,
@@ -77,6 +81,7 @@ struct FileConfig {
     database_url: Option<String>,
     api_listen: Option<String>,
     agent_listen: Option<String>,
+    agent_public_url: Option<String>,
     log_format: Option<String>,
     base_domain: Option<String>,
     admin_token: Option<String>,
@@ -89,6 +94,27 @@ struct FileConfig {
     tenants: TenantsFileConfig,
     #[serde(default)]
     limits: LimitsFileConfig,
+    #[serde(default)]
+    hosts: HostsFileConfig,
+    #[serde(default)]
+    pki: PkiFileConfig,
+}
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct HostsFileConfig {
+    heartbeat_interval: Option<String>,
+    lease: Option<String>,
+    cert_ttl: Option<String>,
+    server_names: Option<Vec<String>>,
+    max_connections: Option<usize>,
+}
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct PkiFileConfig {
+    ca_cert_file: Option<PathBuf>,
+    ca_key_file: Option<PathBuf>,
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -187,6 +213,16 @@ pub struct Config {
     pub max_connections: usize,
     pub request_timeout: Duration,
     pub database_max_connections: u32,
+    /// URL of the agent listener as hosts reach it.
+    pub agent_public_url: String,
+    /// Names the agent listener's certificate is valid for.
+    pub agent_server_names: Vec<String>,
+    pub host_heartbeat_interval: Duration,
+    pub host_lease: Duration,
+    pub host_cert_ttl: Duration,
+    pub max_agent_connections: usize,
+    pub ca_cert_file: Option<PathBuf>,
+    pub ca_key_file: Option<PathBuf>,
 }
 
 const MIN_SECRET_LEN: usize = 16;
@@ -294,7 +330,46 @@ impl Config {
             bail!("limits.database_max_connections: must be greater than zero");
         }
 
+        let host_heartbeat_interval = duration("hosts.heartbeat_interval", file.hosts.heartbeat_interval, "5s")?;
+        let host_lease = duration("hosts.lease", file.hosts.lease, "20s")?;
+        if host_heartbeat_interval.is_zero() || host_lease < host_heartbeat_interval * 2 {
+            bail!("hosts.lease: must be at least twice hosts.heartbeat_interval (and that above zero)");
+        }
+        let host_cert_ttl = duration("hosts.cert_ttl", file.hosts.cert_ttl, "24h")?;
+        if host_cert_ttl < Duration::from_secs(3) {
+            bail!("hosts.cert_ttl: must be at least 3s");
+        }
+        let hostname = system_hostname();
+        let agent_public_url = match args.agent_public_url.or(file.agent_public_url) {
+            Some(url) => url,
+            None if agent_listen.ip().is_unspecified() => format!("https://{hostname}:{}", agent_listen.port()),
+            None => format!("https://{}", agent_listen),
+        };
+        let (public_host, _) = clawplane_tls::host_port(&agent_public_url)
+            .map_err(|err| anyhow::anyhow!("agent_public_url: {err:#}"))?;
+        let mut agent_server_names = file.hosts.server_names.unwrap_or_else(|| {
+            vec!["localhost".into(), "127.0.0.1".into(), "::1".into(), hostname.clone()]
+        });
+        if !agent_server_names.contains(&public_host) {
+            agent_server_names.push(public_host);
+        }
+        let max_agent_connections = file.hosts.max_connections.unwrap_or(20_000);
+        if max_agent_connections == 0 {
+            bail!("hosts.max_connections: must be greater than zero");
+        }
+        if file.pki.ca_cert_file.is_some() != file.pki.ca_key_file.is_some() {
+            bail!("pki: ca_cert_file and ca_key_file must be given together");
+        }
+
         Ok(Config {
+            agent_public_url,
+            agent_server_names,
+            host_heartbeat_interval,
+            host_lease,
+            host_cert_ttl,
+            max_agent_connections,
+            ca_cert_file: file.pki.ca_cert_file,
+            ca_key_file: file.pki.ca_key_file,
             data_dir,
             database_url,
             api_listen,
@@ -315,6 +390,16 @@ impl Config {
     pub fn is_sqlite(&self) -> bool {
         self.database_url.starts_with("sqlite:")
     }
+}
+
+/// This machine's host name, for default certificate names and URLs.
+fn system_hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .map(|name| name.trim().to_string())
+        .ok()
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "localhost".into())
 }
 
 fn read_file_config(path: &Path) -> anyhow::Result<FileConfig> {
@@ -447,6 +532,10 @@ mod tests {
             ("[tenants]\npurge_after = \"soon\"", "tenants.purge_after"),
             ("[cors]\nallowed_origins = [\"ftp://x\"]", "cors.allowed_origins"),
             ("[limits]\nmax_connections = 0", "limits.max_connections"),
+            ("[hosts]\nheartbeat_interval = \"10s\"\nlease = \"5s\"", "hosts.lease"),
+            ("[hosts]\ncert_ttl = \"1s\"", "hosts.cert_ttl"),
+            ("agent_public_url = \"http://x:1\"", "agent_public_url"),
+            ("[pki]\nca_cert_file = \"/x\"", "together"),
         ];
         for (text, expected) in cases {
             let err = load(ServeArgs::default(), text).unwrap_err();

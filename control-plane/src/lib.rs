@@ -3,10 +3,14 @@
 //!
 //! Layout: `config` parses and validates settings once; `auth` turns request
 //! metadata into a principal; `api` holds the gRPC services and their one
-//! error type; `store` owns every query; `server` wires them to a listener.
+//! error type; `store` owns every query;
+//! `pki` is the CA; `fleet` enrolls hosts and runs their command streams; `server` wires them to a listener.
 pub mod api;
 pub mod auth;
+pub mod cli;
 pub mod config;
+pub mod fleet;
+pub mod pki;
 pub mod server;
 pub mod store;
 pub mod telemetry;

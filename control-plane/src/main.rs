@@ -4,13 +4,25 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use clawplane::config::{default_sqlite_url, Config, ServeArgs};
-use clawplane::{store::Store, telemetry, Server};
+use clawplane::{cli, store::Store, telemetry, Server};
 
 #[derive(Parser, Debug)]
 #[command(name = "clawplane", version, about = "Clawplane control plane")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum CaCommand {
+    /// Print the CA pin (sha256 of its SubjectPublicKeyInfo) for join commands.
+    Show {
+        #[arg(long, env = "CLAWPLANE_DATA_DIR", default_value = "./clawplane-data")]
+        data_dir: std::path::PathBuf,
+        /// An operator-supplied CA certificate instead of the generated one.
+        #[arg(long)]
+        ca_cert: Option<std::path::PathBuf>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -23,6 +35,25 @@ enum Command {
         database_url: Option<String>,
         #[arg(long, env = "CLAWPLANE_DATA_DIR", default_value = "./clawplane-data")]
         data_dir: std::path::PathBuf,
+    },
+    /// Join tokens for adding hosts.
+    Token {
+        #[command(flatten)]
+        connection: cli::Connection,
+        #[command(subcommand)]
+        command: cli::TokenCommand,
+    },
+    /// The control plane's certificate authority.
+    Ca {
+        #[command(subcommand)]
+        command: CaCommand,
+    },
+    /// Worker hosts.
+    Hosts {
+        #[command(flatten)]
+        connection: cli::Connection,
+        #[command(subcommand)]
+        command: cli::HostsCommand,
     },
 }
 
@@ -79,6 +110,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("migrations applied");
             Ok(())
         }
+        Command::Token { connection, command } => cli::token(&connection, command).await,
+        Command::Hosts { connection, command } => cli::hosts(&connection, command).await,
+        Command::Ca { command: CaCommand::Show { data_dir, ca_cert } } => cli::ca_show(&data_dir, ca_cert),
     }
 }
 

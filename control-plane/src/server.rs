@@ -11,6 +11,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use anyhow::Context as _;
+use clawplane_proto::v1::host_service_server::HostServiceServer;
 use clawplane_proto::v1::tenant_service_server::TenantServiceServer;
 use clawplane_proto::v1::usage_service_server::UsageServiceServer;
 use futures::Stream;
@@ -20,25 +21,30 @@ use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tonic::transport::server::{Connected, TcpConnectInfo};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
-use crate::api::{TenantApi, UsageApi};
+use crate::api::{HostApi, TenantApi, UsageApi};
 use crate::auth::{AuthLayer, Authenticator};
 use crate::config::{Config, CorsOrigins};
+use crate::fleet::{serve_agents, Fleet, FleetConfig};
+use crate::pki::{create_private_dir, write_private, Pki, PkiConfig};
 use crate::store::Store;
 
-/// A bound, migrated, ready-to-serve control plane.
+/// A bound, migrated, ready-to-serve control plane: the API listener for
+/// the web backend and operators, the agent listener (mutual TLS) for hosts.
 pub struct Server {
     config: Config,
     store: Store,
     listener: TcpListener,
+    agent_listener: TcpListener,
     authenticator: Arc<Authenticator>,
+    pki: Arc<Pki>,
+    fleet: Arc<Fleet>,
 }
 
 impl Server {
     /// Opens the database (creating the SQLite file under the data directory
     /// if needed), applies migrations and binds the API listener.
     pub async fn bind(mut config: Config) -> anyhow::Result<Server> {
-        std::fs::create_dir_all(&config.data_dir)
-            .with_context(|| format!("data_dir {}: cannot create", config.data_dir.display()))?;
+        create_private_dir(&config.data_dir).with_context(|| format!("data_dir {}", config.data_dir.display()))?;
         if config.auth.admin_token.is_none() {
             config.auth.admin_token = Some(load_or_create_admin_token(&config.data_dir)?);
         }
@@ -50,15 +56,42 @@ impl Server {
             .migrate()
             .await
             .context("database: migrations failed")?;
+        let pki = Pki::load_or_create(&PkiConfig {
+            dir: config.data_dir.join("pki"),
+            ca_cert_file: config.ca_cert_file.clone(),
+            ca_key_file: config.ca_key_file.clone(),
+            server_names: config.agent_server_names.clone(),
+            host_cert_ttl: config.host_cert_ttl,
+        })?;
         let listener = TcpListener::bind(config.api_listen)
             .await
             .with_context(|| format!("api_listen {}: cannot bind", config.api_listen))?;
-        Ok(Server {
-            config,
-            store,
-            listener,
-            authenticator,
-        })
+        let agent_listener = TcpListener::bind(config.agent_listen)
+            .await
+            .with_context(|| format!("agent_listen {}: cannot bind", config.agent_listen))?;
+        let mut fleet_config = FleetConfig {
+            heartbeat_interval: config.host_heartbeat_interval,
+            lease: config.host_lease,
+            public_url: config.agent_public_url.clone(),
+        };
+        // An ephemeral agent port (tests) is only known once bound.
+        if config.agent_listen.port() == 0 {
+            fleet_config.public_url = format!("https://{}", agent_listener.local_addr()?);
+        }
+        let fleet = Fleet::new(store.clone(), pki.clone(), fleet_config);
+        Ok(Server { config, store, listener, agent_listener, authenticator, pki, fleet })
+    }
+
+    pub fn agent_addr(&self) -> SocketAddr {
+        self.agent_listener.local_addr().expect("bound listener has an address")
+    }
+
+    pub fn ca_pin(&self) -> String {
+        self.pki.pin().to_string()
+    }
+
+    pub fn fleet(&self) -> Arc<Fleet> {
+        self.fleet.clone()
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -77,12 +110,7 @@ impl Server {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let Server {
-            config,
-            store,
-            listener,
-            authenticator,
-        } = self;
+        let Server { config, store, listener, agent_listener, authenticator, pki, fleet } = self;
         let (stop_tx, stop_rx) = watch::channel(false);
 
         let (health, health_service) = tonic_health::server::health_reporter();
@@ -96,6 +124,14 @@ impl Server {
         tokio::spawn(purge_deleted_tenants(
             store.clone(),
             config.clone(),
+            stop_rx.clone(),
+        ));
+        tokio::spawn(fleet.clone().keep_leases(stop_rx.clone()));
+        let agents = tokio::spawn(serve_agents(
+            agent_listener,
+            pki.agent_server_config()?,
+            fleet.clone(),
+            config.max_agent_connections,
             stop_rx.clone(),
         ));
 
@@ -125,6 +161,7 @@ impl Server {
                 config.base_domain.clone(),
             )))
             .add_service(UsageServiceServer::new(UsageApi::new(store.clone())))
+            .add_service(HostServiceServer::new(HostApi::new(store.clone(), fleet.clone())))
             .serve_with_incoming_shutdown(incoming, async move {
                 let _ = stop_on_signal.wait_for(|stop| *stop).await;
             });
@@ -136,12 +173,22 @@ impl Server {
         });
         let result = served.await;
         signal.abort();
+        match agents.await {
+            Ok(Err(err)) => tracing::warn!(error = %err, "agent listener failed"),
+            Err(err) => tracing::warn!(error = %err, "agent listener task failed"),
+            Ok(Ok(())) => {}
+        }
         health
             .set_not_serving::<TenantServiceServer<TenantApi>>()
             .await;
         store.close().await;
         result.context("API listener failed")
     }
+}
+
+/// Completes once the stop flag is set (or its sender is gone).
+pub async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stop| *stop).await;
 }
 
 /// The operator's admin token: from config, or generated once into the data
@@ -159,25 +206,9 @@ fn load_or_create_admin_token(data_dir: &Path) -> anyhow::Result<String> {
         Err(err) => return Err(err).with_context(|| format!("{}: cannot read", path.display())),
     }
     let token = hex::encode(rand::random::<[u8; 32]>());
-    write_private_file(&path, token.as_bytes())?;
+    write_private(&path, token.as_bytes())?;
     tracing::info!(path = %path.display(), "generated an admin token");
     Ok(token)
-}
-
-fn write_private_file(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
-    use std::io::Write;
-    #[cfg(unix)]
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    options.mode(0o600);
-    let mut file = options
-        .open(path)
-        .with_context(|| format!("{}: cannot create", path.display()))?;
-    file.write_all(contents)?;
-    file.sync_all()?;
-    Ok(())
 }
 
 fn cors_layer(origins: &CorsOrigins) -> CorsLayer {

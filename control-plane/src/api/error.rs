@@ -20,6 +20,8 @@ pub enum ApiError {
     #[error("{0}")]
     FailedPrecondition(String),
     #[error("{0}")]
+    DeadlineExceeded(String),
+    #[error("{0}")]
     Unimplemented(&'static str),
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
@@ -38,6 +40,7 @@ impl ApiError {
             ApiError::NotFound(_) => Code::NotFound,
             ApiError::AlreadyExists(_) => Code::AlreadyExists,
             ApiError::FailedPrecondition(_) => Code::FailedPrecondition,
+            ApiError::DeadlineExceeded(_) => Code::DeadlineExceeded,
             ApiError::Unimplemented(_) => Code::Unimplemented,
             ApiError::Internal(_) => Code::Internal,
         }

@@ -3,6 +3,7 @@
 //! extensions filled by [`crate::auth::AuthLayer`], errors go through
 //! [`ApiError`].
 mod error;
+mod hosts;
 mod plans;
 pub mod slug;
 mod tenants;
@@ -12,6 +13,7 @@ use base64::Engine;
 use chrono::{DateTime, Utc};
 
 pub use error::{ApiError, ApiResult};
+pub use hosts::HostApi;
 pub use plans::UsageApi;
 pub use tenants::TenantApi;
 

@@ -2,6 +2,7 @@
 //! Each submodule owns the queries of one area; callers get domain records
 //! and [`StoreError`], never raw database errors.
 pub mod entities;
+mod hosts;
 mod tenants;
 
 use std::time::Duration;
@@ -9,6 +10,10 @@ use std::time::Duration;
 use clawplane_migrations::{Migrator, MigratorTrait};
 use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr};
 
+pub use hosts::{
+    JoinTokenError, NewHostCert, CMD_ACKED, CMD_DELIVERED, CMD_FAILED, CMD_PENDING, CMD_SUCCEEDED, HOST_ACTIVE,
+    HOST_DRAINING, HOST_REMOVED,
+};
 pub use tenants::{NewTenant, Owner, TenantRecord, TenantStatus};
 
 #[derive(Debug, thiserror::Error)]

@@ -1,0 +1,155 @@
+//! The agent listener: TLS handshakes happen here (so the verified client
+//! certificate can travel with the connection), then tonic serves
+//! EnrollmentService and AgentService over the established streams.
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use clawplane_proto::v1::agent_service_server::AgentServiceServer;
+use clawplane_proto::v1::enrollment_service_server::EnrollmentServiceServer;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch, Semaphore};
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsAcceptor;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::server::Connected;
+
+use super::{AgentApi, EnrollmentApi, Fleet};
+use crate::server::stopped;
+
+/// The verified client certificate of a connection.
+#[derive(Debug, Clone)]
+pub struct PeerCertificate {
+    pub common_name: String,
+    pub fingerprint: String,
+    /// Unix seconds.
+    pub not_after: i64,
+}
+
+/// Per-connection facts tonic puts into every request's extensions.
+#[derive(Debug, Clone)]
+pub struct AgentConnectInfo {
+    pub remote_addr: SocketAddr,
+    pub peer: Option<PeerCertificate>,
+}
+
+/// An established agent connection; holds its connection-limit permit
+/// until it closes.
+pub struct AgentConnection {
+    stream: TlsStream<TcpStream>,
+    info: AgentConnectInfo,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Connected for AgentConnection {
+    type ConnectInfo = AgentConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.info.clone()
+    }
+}
+
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves the agent listener until `stop` turns true. At most
+/// `max_connections` connections (handshaking or established) at once.
+pub async fn serve_agents(
+    listener: TcpListener,
+    tls: rustls::ServerConfig,
+    fleet: Arc<Fleet>,
+    max_connections: usize,
+    mut stop: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let acceptor = TlsAcceptor::from(Arc::new(tls));
+    let (tx, rx) = mpsc::channel::<io::Result<AgentConnection>>(256);
+    let limit = Arc::new(Semaphore::new(max_connections));
+    let mut accept_stop = stop.clone();
+    let accept = tokio::spawn(async move {
+        loop {
+            let permit = tokio::select! {
+                _ = stopped(&mut accept_stop) => return,
+                permit = limit.clone().acquire_owned() => permit.expect("semaphore is never closed"),
+            };
+            let (tcp, remote_addr) = tokio::select! {
+                _ = stopped(&mut accept_stop) => return,
+                accepted = listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(err) => {
+                        tracing::warn!(error = %err, "agent listener accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+            };
+            let acceptor = acceptor.clone();
+            let tx = tx.clone();
+            // Handshakes run beside the accept loop so a slow client cannot
+            // hold up the others.
+            tokio::spawn(async move {
+                let _ = tcp.set_nodelay(true);
+                let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    Ok(Ok(stream)) => stream,
+                    Ok(Err(err)) => {
+                        tracing::info!(%remote_addr, error = %err, "agent TLS handshake refused");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::info!(%remote_addr, "agent TLS handshake timed out");
+                        return;
+                    }
+                };
+                let peer = stream
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|chain| chain.first())
+                    .and_then(|leaf| clawplane_tls::cert_info(leaf).ok())
+                    .map(|info| PeerCertificate {
+                        common_name: info.common_name,
+                        fingerprint: info.fingerprint,
+                        not_after: info
+                            .not_after
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .map(|d| d.as_secs() as i64)
+                            .unwrap_or(0),
+                    });
+                let info = AgentConnectInfo { remote_addr, peer };
+                let _ = tx.send(Ok(AgentConnection { stream, info, _permit: permit })).await;
+            });
+        }
+    });
+
+    let result = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(20)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .add_service(EnrollmentServiceServer::new(EnrollmentApi::new(fleet.clone())))
+        .add_service(AgentServiceServer::new(AgentApi::new(fleet)))
+        .serve_with_incoming_shutdown(ReceiverStream::new(rx), async move { stopped(&mut stop).await })
+        .await;
+    accept.abort();
+    result.map_err(Into::into)
+}
+
+impl AsyncRead for AgentConnection {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for AgentConnection {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
