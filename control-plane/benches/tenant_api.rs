@@ -54,7 +54,11 @@ fn print(backend: &str, rpc: &str, concurrency: usize, s: &Stats) {
 }
 
 /// Creates `tenants` tenants with `concurrency` callers; every call timed.
-async fn bench_create(channels: &[Channel], tokens: &[MetadataValue<tonic::metadata::Ascii>], concurrency: usize) -> Stats {
+async fn bench_create(
+    channels: &[Channel],
+    tokens: &[MetadataValue<tonic::metadata::Ascii>],
+    concurrency: usize,
+) -> Stats {
     let started = Instant::now();
     let per_worker = tokens.len().div_ceil(concurrency);
     let workers = tokens.chunks(per_worker).enumerate().map(|(i, chunk)| {
@@ -63,7 +67,8 @@ async fn bench_create(channels: &[Channel], tokens: &[MetadataValue<tonic::metad
         tokio::spawn(async move {
             let mut latencies = Vec::with_capacity(chunk.len());
             for auth in chunk {
-                let mut request = tonic::Request::new(CreateTenantRequest { plan: "free".into(), ..Default::default() });
+                let mut request =
+                    tonic::Request::new(CreateTenantRequest { plan: "free".into(), ..Default::default() });
                 request.metadata_mut().insert("authorization", auth);
                 let t = Instant::now();
                 let response = client.create_tenant(request).await.expect("create");

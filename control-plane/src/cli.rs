@@ -92,7 +92,8 @@ impl Connection {
             .connect()
             .await
             .with_context(|| format!("cannot reach the control plane at {}", self.server))?;
-        let auth = MetadataValue::try_from(format!("Bearer {}", self.token()?)).context("admin token is not valid ASCII")?;
+        let auth =
+            MetadataValue::try_from(format!("Bearer {}", self.token()?)).context("admin token is not valid ASCII")?;
         Ok((HostServiceClient::new(channel), auth))
     }
 }
@@ -142,12 +143,20 @@ pub async fn token(connection: &Connection, command: TokenCommand) -> anyhow::Re
                 .map_err(status_error)?
                 .into_inner();
             let token = response.join_token.unwrap_or_default();
-            eprintln!("join token {} (uses: {}, expires {} UTC); run on the new host:", token.id, token.max_uses, format_time(&token.expires_at));
+            eprintln!(
+                "join token {} (uses: {}, expires {} UTC); run on the new host:",
+                token.id,
+                token.max_uses,
+                format_time(&token.expires_at)
+            );
             println!("{}", response.join_command);
         }
         TokenCommand::List { all } => {
             let response = client
-                .list_join_tokens(authed(&auth, ListJoinTokensRequest { page_size: 500, include_inactive: all, ..Default::default() }))
+                .list_join_tokens(authed(
+                    &auth,
+                    ListJoinTokensRequest { page_size: 500, include_inactive: all, ..Default::default() },
+                ))
                 .await
                 .map_err(status_error)?
                 .into_inner();
@@ -156,11 +165,21 @@ pub async fn token(connection: &Connection, command: TokenCommand) -> anyhow::Re
                 let status = clawplane_proto::v1::JoinTokenStatus::try_from(token.status)
                     .map(|s| s.as_str_name().trim_start_matches("JOIN_TOKEN_STATUS_").to_lowercase())
                     .unwrap_or_default();
-                println!("{:<14} {:<10} {:>2}/{:<2} {:<20}", token.id, status, token.uses, token.max_uses, format_time(&token.expires_at));
+                println!(
+                    "{:<14} {:<10} {:>2}/{:<2} {:<20}",
+                    token.id,
+                    status,
+                    token.uses,
+                    token.max_uses,
+                    format_time(&token.expires_at)
+                );
             }
         }
         TokenCommand::Revoke { id } => {
-            client.revoke_join_token(authed(&auth, RevokeJoinTokenRequest { token_id: id.clone() })).await.map_err(status_error)?;
+            client
+                .revoke_join_token(authed(&auth, RevokeJoinTokenRequest { token_id: id.clone() }))
+                .await
+                .map_err(status_error)?;
             println!("revoked join token {id}");
         }
     }
@@ -176,7 +195,10 @@ pub async fn hosts(connection: &Connection, command: HostsCommand) -> anyhow::Re
                 .await
                 .map_err(status_error)?
                 .into_inner();
-            println!("{:<38} {:<20} {:<9} {:<9} {:>7} {:<20} {:<20}", "ID", "NAME", "STATUS", "CONNECTED", "TENANTS", "LAST HEARTBEAT", "CERT EXPIRES");
+            println!(
+                "{:<38} {:<20} {:<9} {:<9} {:>7} {:<20} {:<20}",
+                "ID", "NAME", "STATUS", "CONNECTED", "TENANTS", "LAST HEARTBEAT", "CERT EXPIRES"
+            );
             for host in response.hosts {
                 let status = HostStatus::try_from(host.status)
                     .map(|s| s.as_str_name().trim_start_matches("HOST_STATUS_").to_lowercase())
@@ -194,21 +216,37 @@ pub async fn hosts(connection: &Connection, command: HostsCommand) -> anyhow::Re
             }
         }
         HostsCommand::Drain { host, undo } => {
-            client.drain_host(authed(&auth, DrainHostRequest { host_id: host.clone(), undrain: undo })).await.map_err(status_error)?;
+            client
+                .drain_host(authed(&auth, DrainHostRequest { host_id: host.clone(), undrain: undo }))
+                .await
+                .map_err(status_error)?;
             println!("{} host {host}", if undo { "undrained" } else { "draining" });
         }
         HostsCommand::Remove { host } => {
-            client.remove_host(authed(&auth, RemoveHostRequest { host_id: host.clone(), force: false })).await.map_err(status_error)?;
+            client
+                .remove_host(authed(&auth, RemoveHostRequest { host_id: host.clone(), force: false }))
+                .await
+                .map_err(status_error)?;
             println!("removed host {host}; its certificates are revoked");
         }
         HostsCommand::Ping { host, timeout } => {
             let response = client
-                .ping_host(authed(&auth, PingHostRequest { host_id: host.clone(), timeout: Some(proto_duration(&timeout, "--timeout")?), no_wait: false }))
+                .ping_host(authed(
+                    &auth,
+                    PingHostRequest {
+                        host_id: host.clone(),
+                        timeout: Some(proto_duration(&timeout, "--timeout")?),
+                        no_wait: false,
+                    },
+                ))
                 .await
                 .map_err(status_error)?
                 .into_inner();
             let rtt = response.round_trip.map(|d| d.seconds as f64 * 1e3 + d.nanos as f64 / 1e6).unwrap_or_default();
-            println!("pong from {host} (agent {}): {rtt:.1} ms via command {}", response.agent_version, response.command_id);
+            println!(
+                "pong from {host} (agent {}): {rtt:.1} ms via command {}",
+                response.agent_version, response.command_id
+            );
         }
     }
     Ok(())

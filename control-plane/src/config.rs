@@ -239,39 +239,22 @@ impl Config {
     }
 
     fn merge(args: ServeArgs, file: FileConfig) -> anyhow::Result<Config> {
-        let data_dir = args
-            .data_dir
-            .or(file.data_dir)
-            .unwrap_or_else(|| PathBuf::from("./clawplane-data"));
-        let database_url = args
-            .database_url
-            .or(file.database_url)
-            .unwrap_or_else(|| default_sqlite_url(&data_dir));
+        let data_dir = args.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from("./clawplane-data"));
+        let database_url = args.database_url.or(file.database_url).unwrap_or_else(|| default_sqlite_url(&data_dir));
         validate_database_url(&database_url)?;
 
-        let api_listen = parse_addr(
-            "api_listen",
-            &args
-                .api_listen
-                .or(file.api_listen)
-                .unwrap_or_else(|| "127.0.0.1:7700".into()),
-        )?;
+        let api_listen =
+            parse_addr("api_listen", &args.api_listen.or(file.api_listen).unwrap_or_else(|| "127.0.0.1:7700".into()))?;
         let agent_listen = parse_addr(
             "agent_listen",
-            &args
-                .agent_listen
-                .or(file.agent_listen)
-                .unwrap_or_else(|| "0.0.0.0:7701".into()),
+            &args.agent_listen.or(file.agent_listen).unwrap_or_else(|| "0.0.0.0:7701".into()),
         )?;
         let log_format = match args.log_format.or(file.log_format).as_deref() {
             None | Some("text") => LogFormat::Text,
             Some("json") => LogFormat::Json,
             Some(other) => bail!("log_format: expected \"text\" or \"json\", got {other:?}"),
         };
-        let base_domain = args
-            .base_domain
-            .or(file.base_domain)
-            .unwrap_or_else(|| "localhost".into());
+        let base_domain = args.base_domain.or(file.base_domain).unwrap_or_else(|| "localhost".into());
         validate_base_domain(&base_domain)?;
 
         let jwt = jwt_config(&args.auth, file.jwt)?;
@@ -280,10 +263,7 @@ impl Config {
             shared_secret: args.auth.shared_secret.or(file.shared_secret),
             jwt,
         };
-        for (name, secret) in [
-            ("admin_token", &auth.admin_token),
-            ("shared_secret", &auth.shared_secret),
-        ] {
+        for (name, secret) in [("admin_token", &auth.admin_token), ("shared_secret", &auth.shared_secret)] {
             if let Some(secret) = secret {
                 if secret.len() < MIN_SECRET_LEN {
                     bail!("{name}: must be at least {MIN_SECRET_LEN} characters");
@@ -299,9 +279,7 @@ impl Config {
                     http::HeaderValue::from_str(origin)
                         .ok()
                         .filter(|_| origin.starts_with("http://") || origin.starts_with("https://"))
-                        .with_context(|| {
-                            format!("cors.allowed_origins: {origin:?} is not an http(s) origin")
-                        })?;
+                        .with_context(|| format!("cors.allowed_origins: {origin:?} is not an http(s) origin"))?;
                 }
                 CorsOrigins::List(list)
             }
@@ -309,18 +287,15 @@ impl Config {
 
         let duration = |name: &str, value: Option<String>, default: &str| {
             let text = value.unwrap_or_else(|| default.to_string());
-            humantime::parse_duration(&text).with_context(|| {
-                format!("{name}: {text:?} is not a duration like \"30s\" or \"7d\"")
-            })
+            humantime::parse_duration(&text)
+                .with_context(|| format!("{name}: {text:?} is not a duration like \"30s\" or \"7d\""))
         };
         let tenant_purge_after = duration("tenants.purge_after", file.tenants.purge_after, "7d")?;
-        let tenant_purge_interval =
-            duration("tenants.purge_interval", file.tenants.purge_interval, "1h")?;
+        let tenant_purge_interval = duration("tenants.purge_interval", file.tenants.purge_interval, "1h")?;
         if tenant_purge_interval.is_zero() {
             bail!("tenants.purge_interval: must be greater than zero");
         }
-        let request_timeout =
-            duration("limits.request_timeout", file.limits.request_timeout, "30s")?;
+        let request_timeout = duration("limits.request_timeout", file.limits.request_timeout, "30s")?;
         let max_connections = file.limits.max_connections.unwrap_or(10_000);
         if max_connections == 0 {
             bail!("limits.max_connections: must be greater than zero");
@@ -345,11 +320,12 @@ impl Config {
             None if agent_listen.ip().is_unspecified() => format!("https://{hostname}:{}", agent_listen.port()),
             None => format!("https://{}", agent_listen),
         };
-        let (public_host, _) = clawplane_tls::host_port(&agent_public_url)
-            .map_err(|err| anyhow::anyhow!("agent_public_url: {err:#}"))?;
-        let mut agent_server_names = file.hosts.server_names.unwrap_or_else(|| {
-            vec!["localhost".into(), "127.0.0.1".into(), "::1".into(), hostname.clone()]
-        });
+        let (public_host, _) =
+            clawplane_tls::host_port(&agent_public_url).map_err(|err| anyhow::anyhow!("agent_public_url: {err:#}"))?;
+        let mut agent_server_names = file
+            .hosts
+            .server_names
+            .unwrap_or_else(|| vec!["localhost".into(), "127.0.0.1".into(), "::1".into(), hostname.clone()]);
         if !agent_server_names.contains(&public_host) {
             agent_server_names.push(public_host);
         }
@@ -403,24 +379,17 @@ fn system_hostname() -> String {
 }
 
 fn read_file_config(path: &Path) -> anyhow::Result<FileConfig> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("config file {}: cannot read", path.display()))?;
+    let text = std::fs::read_to_string(path).with_context(|| format!("config file {}: cannot read", path.display()))?;
     toml::from_str(&text).with_context(|| format!("config file {}", path.display()))
 }
 
 /// The SQLite URL for a data directory (`mode=rwc` creates the file).
 pub fn default_sqlite_url(data_dir: &Path) -> String {
-    format!(
-        "sqlite://{}?mode=rwc",
-        data_dir.join("clawplane.db").display()
-    )
+    format!("sqlite://{}?mode=rwc", data_dir.join("clawplane.db").display())
 }
 
 fn validate_database_url(url: &str) -> anyhow::Result<()> {
-    if url.starts_with("sqlite:")
-        || url.starts_with("postgres://")
-        || url.starts_with("postgresql://")
-    {
+    if url.starts_with("sqlite:") || url.starts_with("postgres://") || url.starts_with("postgresql://") {
         Ok(())
     } else {
         // Never echo the URL: it may carry a password.
@@ -429,9 +398,7 @@ fn validate_database_url(url: &str) -> anyhow::Result<()> {
 }
 
 fn parse_addr(name: &str, value: &str) -> anyhow::Result<SocketAddr> {
-    value
-        .parse()
-        .with_context(|| format!("{name}: {value:?} is not an address like 127.0.0.1:7700"))
+    value.parse().with_context(|| format!("{name}: {value:?} is not an address like 127.0.0.1:7700"))
 }
 
 fn validate_base_domain(domain: &str) -> anyhow::Result<()> {
@@ -440,9 +407,7 @@ fn validate_base_domain(domain: &str) -> anyhow::Result<()> {
         && domain.split('.').all(|label| {
             !label.is_empty()
                 && label.len() <= 63
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
                 && !label.starts_with('-')
                 && !label.ends_with('-')
         });
@@ -510,10 +475,7 @@ mod tests {
 
     #[test]
     fn flags_override_the_file() {
-        let args = ServeArgs {
-            api_listen: Some("127.0.0.1:9000".into()),
-            ..Default::default()
-        };
+        let args = ServeArgs { api_listen: Some("127.0.0.1:9000".into()), ..Default::default() };
         let config = load(args, "api_listen = \"127.0.0.1:8000\"").unwrap();
         assert_eq!(config.api_listen.port(), 9000);
     }

@@ -59,10 +59,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("error: cannot start the async runtime: {err}");
@@ -92,21 +89,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             );
             server.run(shutdown_signal()).await
         }
-        Command::Migrate {
-            database_url,
-            data_dir,
-        } => {
+        Command::Migrate { database_url, data_dir } => {
             telemetry::init(clawplane::config::LogFormat::Text);
             std::fs::create_dir_all(&data_dir)
                 .with_context(|| format!("data_dir {}: cannot create", data_dir.display()))?;
             let url = database_url.unwrap_or_else(|| default_sqlite_url(&data_dir));
-            let store = Store::connect(&url, 1)
-                .await
-                .context("database: cannot connect")?;
-            store
-                .migrate()
-                .await
-                .context("database: migrations failed")?;
+            let store = Store::connect(&url, 1).await.context("database: cannot connect")?;
+            store.migrate().await.context("database: migrations failed")?;
             println!("migrations applied");
             Ok(())
         }
@@ -121,9 +110,8 @@ async fn shutdown_signal() {
     let interrupt = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut terminate =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                .expect("installing a SIGTERM handler cannot fail on unix");
+        let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing a SIGTERM handler cannot fail on unix");
         tokio::select! {
             _ = interrupt => {}
             _ = terminate.recv() => {}

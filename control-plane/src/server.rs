@@ -25,8 +25,9 @@ use crate::api::{HostApi, TenantApi, UsageApi};
 use crate::auth::{AuthLayer, Authenticator};
 use crate::config::{Config, CorsOrigins};
 use crate::fleet::{serve_agents, Fleet, FleetConfig};
-use crate::pki::{create_private_dir, write_private, Pki, PkiConfig};
+use crate::pki::{Pki, PkiConfig};
 use crate::store::Store;
+use clawplane_tls::files::{create_private_dir, write_private};
 
 /// A bound, migrated, ready-to-serve control plane: the API listener for
 /// the web backend and operators, the agent listener (mutual TLS) for hosts.
@@ -52,10 +53,7 @@ impl Server {
         let store = Store::connect(&config.database_url, config.database_max_connections)
             .await
             .context("database: cannot connect")?;
-        store
-            .migrate()
-            .await
-            .context("database: migrations failed")?;
+        store.migrate().await.context("database: migrations failed")?;
         let pki = Pki::load_or_create(&PkiConfig {
             dir: config.data_dir.join("pki"),
             ca_cert_file: config.ca_cert_file.clone(),
@@ -95,9 +93,7 @@ impl Server {
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener
-            .local_addr()
-            .expect("bound listener has an address")
+        self.listener.local_addr().expect("bound listener has an address")
     }
 
     pub fn store(&self) -> Store {
@@ -106,26 +102,15 @@ impl Server {
 
     /// Serves until `shutdown` completes, then stops accepting, lets
     /// in-flight calls finish and closes the database.
-    pub async fn run(
-        self,
-        shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> anyhow::Result<()> {
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
         let Server { config, store, listener, agent_listener, authenticator, pki, fleet } = self;
         let (stop_tx, stop_rx) = watch::channel(false);
 
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_serving::<TenantServiceServer<TenantApi>>().await;
         health.set_serving::<UsageServiceServer<UsageApi>>().await;
-        tokio::spawn(watch_database(
-            store.clone(),
-            health.clone(),
-            stop_rx.clone(),
-        ));
-        tokio::spawn(purge_deleted_tenants(
-            store.clone(),
-            config.clone(),
-            stop_rx.clone(),
-        ));
+        tokio::spawn(watch_database(store.clone(), health.clone(), stop_rx.clone()));
+        tokio::spawn(purge_deleted_tenants(store.clone(), config.clone(), stop_rx.clone()));
         tokio::spawn(fleet.clone().keep_leases(stop_rx.clone()));
         let agents = tokio::spawn(serve_agents(
             agent_listener,
@@ -140,10 +125,8 @@ impl Server {
                 .register_encoded_file_descriptor_set(clawplane_proto::FILE_DESCRIPTOR_SET)
                 .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         };
-        let reflection_v1 =
-            reflection(tonic_reflection::server::Builder::configure()).build_v1()?;
-        let reflection_v1alpha =
-            reflection(tonic_reflection::server::Builder::configure()).build_v1alpha()?;
+        let reflection_v1 = reflection(tonic_reflection::server::Builder::configure()).build_v1()?;
+        let reflection_v1alpha = reflection(tonic_reflection::server::Builder::configure()).build_v1alpha()?;
 
         let incoming = bounded_incoming(listener, Arc::new(Semaphore::new(config.max_connections)));
         let mut stop_on_signal = stop_rx.clone();
@@ -156,10 +139,7 @@ impl Server {
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
-            .add_service(TenantServiceServer::new(TenantApi::new(
-                store.clone(),
-                config.base_domain.clone(),
-            )))
+            .add_service(TenantServiceServer::new(TenantApi::new(store.clone(), config.base_domain.clone())))
             .add_service(UsageServiceServer::new(UsageApi::new(store.clone())))
             .add_service(HostServiceServer::new(HostApi::new(store.clone(), fleet.clone())))
             .serve_with_incoming_shutdown(incoming, async move {
@@ -178,9 +158,7 @@ impl Server {
             Err(err) => tracing::warn!(error = %err, "agent listener task failed"),
             Ok(Ok(())) => {}
         }
-        health
-            .set_not_serving::<TenantServiceServer<TenantApi>>()
-            .await;
+        health.set_not_serving::<TenantServiceServer<TenantApi>>().await;
         store.close().await;
         result.context("API listener failed")
     }
@@ -198,10 +176,7 @@ fn load_or_create_admin_token(data_dir: &Path) -> anyhow::Result<String> {
     let path = data_dir.join("admin-token");
     match std::fs::read_to_string(&path) {
         Ok(token) if token.trim().len() >= 16 => return Ok(token.trim().to_string()),
-        Ok(_) => anyhow::bail!(
-            "{}: admin token is shorter than 16 characters",
-            path.display()
-        ),
+        Ok(_) => anyhow::bail!("{}: admin token is shorter than 16 characters", path.display()),
         Err(err) if err.kind() == io::ErrorKind::NotFound => {}
         Err(err) => return Err(err).with_context(|| format!("{}: cannot read", path.display())),
     }
@@ -214,10 +189,7 @@ fn load_or_create_admin_token(data_dir: &Path) -> anyhow::Result<String> {
 fn cors_layer(origins: &CorsOrigins) -> CorsLayer {
     let allow_origin = match origins {
         CorsOrigins::Any => AllowOrigin::any(),
-        CorsOrigins::List(list) => AllowOrigin::list(
-            list.iter()
-                .filter_map(|o| http::HeaderValue::from_str(o).ok()),
-        ),
+        CorsOrigins::List(list) => AllowOrigin::list(list.iter().filter_map(|o| http::HeaderValue::from_str(o).ok())),
     };
     let header = http::HeaderName::from_static;
     CorsLayer::new()
@@ -234,20 +206,12 @@ fn cors_layer(origins: &CorsOrigins) -> CorsLayer {
             header("x-user-email"),
             header("x-user-teams"),
         ])
-        .expose_headers([
-            header("grpc-status"),
-            header("grpc-message"),
-            header("grpc-status-details-bin"),
-        ])
+        .expose_headers([header("grpc-status"), header("grpc-message"), header("grpc-status-details-bin")])
         .max_age(Duration::from_secs(600))
 }
 
 /// Reports NOT_SERVING through grpc.health.v1 while the database is down.
-async fn watch_database(
-    store: Store,
-    health: tonic_health::server::HealthReporter,
-    mut stop: watch::Receiver<bool>,
-) {
+async fn watch_database(store: Store, health: tonic_health::server::HealthReporter, mut stop: watch::Receiver<bool>) {
     let mut healthy = true;
     loop {
         tokio::select! {
@@ -257,11 +221,8 @@ async fn watch_database(
         let ok = store.ping().await.is_ok();
         if ok != healthy {
             healthy = ok;
-            let status = if ok {
-                tonic_health::ServingStatus::Serving
-            } else {
-                tonic_health::ServingStatus::NotServing
-            };
+            let status =
+                if ok { tonic_health::ServingStatus::Serving } else { tonic_health::ServingStatus::NotServing };
             tracing::warn!(database_ok = ok, "database health changed");
             health.set_service_status("", status).await;
         }
@@ -278,10 +239,7 @@ async fn purge_deleted_tenants(store: Store, config: Config, mut stop: watch::Re
         let Ok(retention) = chrono::Duration::from_std(config.tenant_purge_after) else {
             continue;
         };
-        match store
-            .purge_deleted_tenants(chrono::Utc::now() - retention)
-            .await
-        {
+        match store.purge_deleted_tenants(chrono::Utc::now() - retention).await {
             Ok(0) => {}
             Ok(purged) => tracing::info!(purged, "purged deleted tenants"),
             Err(err) => tracing::warn!(error = %err, "purging deleted tenants failed"),
@@ -291,20 +249,14 @@ async fn purge_deleted_tenants(store: Store, config: Config, mut stop: watch::Re
 
 /// Accepted connections, at most as many open at once as the semaphore has
 /// permits: accepting waits while the server is full.
-fn bounded_incoming(
-    listener: TcpListener,
-    limit: Arc<Semaphore>,
-) -> impl Stream<Item = io::Result<BoundedConnection>> {
+fn bounded_incoming(listener: TcpListener, limit: Arc<Semaphore>) -> impl Stream<Item = io::Result<BoundedConnection>> {
     futures::stream::unfold((listener, limit), |(listener, limit)| async move {
         let permit = limit.clone().acquire_owned().await.ok()?;
         loop {
             match listener.accept().await {
                 Ok((stream, _)) => {
                     let _ = stream.set_nodelay(true);
-                    let connection = BoundedConnection {
-                        stream,
-                        _permit: permit,
-                    };
+                    let connection = BoundedConnection { stream, _permit: permit };
                     return Some((Ok(connection), (listener, limit)));
                 }
                 Err(err) => {
@@ -332,21 +284,13 @@ impl Connected for BoundedConnection {
 }
 
 impl AsyncRead for BoundedConnection {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.stream).poll_read(cx, buf)
     }
 }
 
 impl AsyncWrite for BoundedConnection {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.stream).poll_write(cx, buf)
     }
 

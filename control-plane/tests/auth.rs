@@ -44,10 +44,7 @@ async fn outcome(
 ) -> Result<(), tonic::Status> {
     // GetMyTenant answers NOT_FOUND for an authenticated caller without a
     // tenant, so anything else tells us what authentication decided.
-    match client
-        .get_my_tenant(cred.request(GetMyTenantRequest::default()))
-        .await
-    {
+    match client.get_my_tenant(cred.request(GetMyTenantRequest::default())).await {
         Err(status) if status.code() == Code::NotFound => Ok(()),
         Err(status) => Err(status),
         Ok(_) => Ok(()),
@@ -60,17 +57,8 @@ async fn check_table(server: &TestServer, cases: Vec<(&str, Cred, Option<&str>)>
         match (outcome(&mut client, &cred).await, expected) {
             (Ok(()), None) => {}
             (Err(status), Some(text)) => {
-                assert_eq!(
-                    status.code(),
-                    Code::Unauthenticated,
-                    "{what}: {}",
-                    status.message()
-                );
-                assert!(
-                    status.message().contains(text),
-                    "{what}: {:?} lacks {text:?}",
-                    status.message()
-                );
+                assert_eq!(status.code(), Code::Unauthenticated, "{what}: {}", status.message());
+                assert!(status.message().contains(text), "{what}: {:?} lacks {text:?}", status.message());
             }
             (got, expected) => panic!("{what}: got {got:?}, expected failure {expected:?}"),
         }
@@ -83,36 +71,17 @@ async fn hs256_and_header_failure_modes() {
     let server = TestServer::start(serve_args(&db)).await;
     let valid = claims("alice", &[]);
     let other_secret = EncodingKey::from_secret(b"another-secret-that-is-long-enough-000");
-    let shared = |secret: &str, user: &str| Cred::Shared {
-        secret: secret.into(),
-        user: user.into(),
-        teams: String::new(),
-    };
+    let shared =
+        |secret: &str, user: &str| Cred::Shared { secret: secret.into(), user: user.into(), teams: String::new() };
     let cases = vec![
         ("valid HS256", Cred::user("alice", &[]), None),
-        (
-            "within leeway",
-            Cred::Bearer(hs256(with(valid.clone(), "exp", json!(now() - 10)))),
-            None,
-        ),
+        ("within leeway", Cred::Bearer(hs256(with(valid.clone(), "exp", json!(now() - 10)))), None),
         ("no credentials", Cred::None, Some("missing credentials")),
-        (
-            "expired",
-            Cred::Bearer(hs256(with(valid.clone(), "exp", json!(now() - 3600)))),
-            Some("token expired"),
-        ),
-        (
-            "not yet valid",
-            Cred::Bearer(hs256(with(valid.clone(), "nbf", json!(now() + 3600)))),
-            Some("not yet valid"),
-        ),
+        ("expired", Cred::Bearer(hs256(with(valid.clone(), "exp", json!(now() - 3600)))), Some("token expired")),
+        ("not yet valid", Cred::Bearer(hs256(with(valid.clone(), "nbf", json!(now() + 3600)))), Some("not yet valid")),
         (
             "wrong issuer",
-            Cred::Bearer(hs256(with(
-                valid.clone(),
-                "iss",
-                json!("https://evil.test"),
-            ))),
+            Cred::Bearer(hs256(with(valid.clone(), "iss", json!("https://evil.test")))),
             Some("wrong issuer"),
         ),
         (
@@ -120,85 +89,36 @@ async fn hs256_and_header_failure_modes() {
             Cred::Bearer(hs256(with(valid.clone(), "aud", json!("someone-else")))),
             Some("wrong audience"),
         ),
-        (
-            "no audience",
-            Cred::Bearer(hs256(without(valid.clone(), "aud"))),
-            Some("\"aud\""),
-        ),
-        (
-            "no expiry",
-            Cred::Bearer(hs256(without(valid.clone(), "exp"))),
-            Some("\"exp\""),
-        ),
-        (
-            "no subject",
-            Cred::Bearer(hs256(without(valid.clone(), "sub"))),
-            Some("\"sub\""),
-        ),
-        (
-            "alg none",
-            Cred::Bearer(unsigned(&valid)),
-            Some("\"none\" is not allowed"),
-        ),
-        (
-            "tampered payload",
-            Cred::Bearer(tampered()),
-            Some("bad signature"),
-        ),
+        ("no audience", Cred::Bearer(hs256(without(valid.clone(), "aud"))), Some("\"aud\"")),
+        ("no expiry", Cred::Bearer(hs256(without(valid.clone(), "exp"))), Some("\"exp\"")),
+        ("no subject", Cred::Bearer(hs256(without(valid.clone(), "sub"))), Some("\"sub\"")),
+        ("alg none", Cred::Bearer(unsigned(&valid)), Some("\"none\" is not allowed")),
+        ("tampered payload", Cred::Bearer(tampered()), Some("bad signature")),
         (
             "signed with another secret",
             Cred::Bearer(sign(Algorithm::HS256, &other_secret, None, &valid)),
             Some("bad signature"),
         ),
-        (
-            "RS256 when HS256 is pinned",
-            Cred::Bearer(rs256(&valid, None)),
-            Some("\"RS256\" is not allowed"),
-        ),
-        (
-            "garbage bearer",
-            Cred::Bearer("not-a-jwt".into()),
-            Some("malformed token"),
-        ),
+        ("RS256 when HS256 is pinned", Cred::Bearer(rs256(&valid, None)), Some("\"RS256\" is not allowed")),
+        ("garbage bearer", Cred::Bearer("not-a-jwt".into()), Some("malformed token")),
         ("valid shared secret", shared(SHARED_SECRET, "alice"), None),
-        (
-            "wrong shared secret",
-            shared("test-shared-secret-0123456780", "alice"),
-            Some("wrong shared secret"),
-        ),
-        (
-            "shared secret without user",
-            shared(SHARED_SECRET, ""),
-            Some("requires an x-user-id"),
-        ),
-        (
-            "wrong admin token",
-            Cred::Bearer("test-admin-token-0123456780".into()),
-            Some("malformed token"),
-        ),
+        ("wrong shared secret", shared("test-shared-secret-0123456780", "alice"), Some("wrong shared secret")),
+        ("shared secret without user", shared(SHARED_SECRET, ""), Some("requires an x-user-id")),
+        ("wrong admin token", Cred::Bearer("test-admin-token-0123456780".into()), Some("malformed token")),
     ];
     check_table(&server, cases).await;
 
     // Basic auth and other schemes are refused by name.
     let mut client = TenantServiceClient::new(server.channel().await);
     let mut request = tonic::Request::new(GetMyTenantRequest::default());
-    request
-        .metadata_mut()
-        .insert("authorization", "Basic YWxpY2U6cHc=".parse().unwrap());
+    request.metadata_mut().insert("authorization", "Basic YWxpY2U6cHc=".parse().unwrap());
     let status = client.get_my_tenant(request).await.unwrap_err();
     assert_eq!(status.code(), Code::Unauthenticated);
-    assert!(
-        status.message().contains("Bearer scheme"),
-        "{}",
-        status.message()
-    );
+    assert!(status.message().contains("Bearer scheme"), "{}", status.message());
 
     // Health and reflection stay open; everything else needs credentials.
     let status = client
-        .create_tenant(Cred::None.request(CreateTenantRequest {
-            plan: "free".into(),
-            ..Default::default()
-        }))
+        .create_tenant(Cred::None.request(CreateTenantRequest { plan: "free".into(), ..Default::default() }))
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::Unauthenticated);
@@ -215,12 +135,7 @@ async fn rs256_public_key_pins_its_algorithm() {
     let valid = claims("alice", &[]);
     // The classic confusion attack: HS256 keyed with the public key's bytes.
     let public_pem = std::fs::read(fixture("rsa_public.pem")).unwrap();
-    let confused = sign(
-        Algorithm::HS256,
-        &EncodingKey::from_secret(&public_pem),
-        None,
-        &valid,
-    );
+    let confused = sign(Algorithm::HS256, &EncodingKey::from_secret(&public_pem), None, &valid);
     let other_rsa = {
         // Our EC key cannot sign RS256, so "another key" is the HS secret path:
         // an RS256 header with a signature from a different key type must fail.
@@ -231,28 +146,13 @@ async fn rs256_public_key_pins_its_algorithm() {
     };
     let cases = vec![
         ("valid RS256", Cred::Bearer(rs256(&valid, None)), None),
-        (
-            "HS256 keyed with the public key",
-            Cred::Bearer(confused),
-            Some("\"HS256\" is not allowed"),
-        ),
-        (
-            "ES256 token",
-            Cred::Bearer(es256(&valid, None)),
-            Some("\"ES256\" is not allowed"),
-        ),
-        (
-            "alg none",
-            Cred::Bearer(unsigned(&valid)),
-            Some("\"none\" is not allowed"),
-        ),
+        ("HS256 keyed with the public key", Cred::Bearer(confused), Some("\"HS256\" is not allowed")),
+        ("ES256 token", Cred::Bearer(es256(&valid, None)), Some("\"ES256\" is not allowed")),
+        ("alg none", Cred::Bearer(unsigned(&valid)), Some("\"none\" is not allowed")),
         ("corrupted signature", Cred::Bearer(other_rsa), Some("")),
         (
             "expired RS256",
-            Cred::Bearer(rs256(
-                &with(valid.clone(), "exp", json!(now() - 3600)),
-                None,
-            )),
+            Cred::Bearer(rs256(&with(valid.clone(), "exp", json!(now() - 3600)), None)),
             Some("token expired"),
         ),
     ];
@@ -269,31 +169,11 @@ async fn jwks_selects_keys_by_kid() {
     let server = TestServer::start(args).await;
     let valid = claims("alice", &["team-a"]);
     let cases = vec![
-        (
-            "RS256 with kid",
-            Cred::Bearer(rs256(&valid, Some("rsa-1"))),
-            None,
-        ),
-        (
-            "ES256 with kid",
-            Cred::Bearer(es256(&valid, Some("ec-1"))),
-            None,
-        ),
-        (
-            "unknown kid",
-            Cred::Bearer(rs256(&valid, Some("rsa-9"))),
-            Some("not in the configured JWKS"),
-        ),
-        (
-            "kid of the other key",
-            Cred::Bearer(rs256(&valid, Some("ec-1"))),
-            Some("not in the configured JWKS"),
-        ),
-        (
-            "HS256 against a JWKS",
-            Cred::Bearer(hs256(valid.clone())),
-            Some("\"HS256\" is not allowed"),
-        ),
+        ("RS256 with kid", Cred::Bearer(rs256(&valid, Some("rsa-1"))), None),
+        ("ES256 with kid", Cred::Bearer(es256(&valid, Some("ec-1"))), None),
+        ("unknown kid", Cred::Bearer(rs256(&valid, Some("rsa-9"))), Some("not in the configured JWKS")),
+        ("kid of the other key", Cred::Bearer(rs256(&valid, Some("ec-1"))), Some("not in the configured JWKS")),
+        ("HS256 against a JWKS", Cred::Bearer(hs256(valid.clone())), Some("\"HS256\" is not allowed")),
     ];
     check_table(&server, cases).await;
     server.shutdown().await;
@@ -306,19 +186,9 @@ async fn admin_role_claim_grants_operator_calls() {
     let server = TestServer::start(serve_args(&db)).await;
     let mut client = TenantServiceClient::new(server.channel().await);
     let operator = Cred::Bearer(hs256(with(claims("olga", &[]), "roles", json!(["admin"]))));
-    client
-        .list_tenants(operator.request(ListTenantsRequest::default()))
-        .await
-        .expect("admin role lists");
-    let user = Cred::Bearer(hs256(with(
-        claims("ursula", &[]),
-        "roles",
-        json!(["viewer"]),
-    )));
-    let status = client
-        .list_tenants(user.request(ListTenantsRequest::default()))
-        .await
-        .unwrap_err();
+    client.list_tenants(operator.request(ListTenantsRequest::default())).await.expect("admin role lists");
+    let user = Cred::Bearer(hs256(with(claims("ursula", &[]), "roles", json!(["viewer"]))));
+    let status = client.list_tenants(user.request(ListTenantsRequest::default())).await.unwrap_err();
     assert_eq!(status.code(), Code::PermissionDenied);
     server.shutdown().await;
 }

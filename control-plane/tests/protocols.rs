@@ -24,11 +24,7 @@ fn grpcurl() -> Option<PathBuf> {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 struct Running(Child);
@@ -41,15 +37,8 @@ impl Drop for Running {
 }
 
 fn run_grpcurl(grpcurl: &PathBuf, args: &[&str]) -> (bool, String) {
-    let output = Command::new(grpcurl)
-        .args(args)
-        .output()
-        .expect("run grpcurl");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let output = Command::new(grpcurl).args(args).output().expect("run grpcurl");
+    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
     (output.status.success(), text)
 }
 
@@ -73,14 +62,8 @@ fn grpcurl_lists_services_by_reflection_and_creates_a_tenant() {
     let mut server = Running(child);
     let started = Instant::now();
     while TcpStream::connect(&addr).is_err() {
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "server did not start"
-        );
-        assert!(
-            server.0.try_wait().unwrap().is_none(),
-            "server exited early"
-        );
+        assert!(started.elapsed() < Duration::from_secs(60), "server did not start");
+        assert!(server.0.try_wait().unwrap().is_none(), "server exited early");
         std::thread::sleep(Duration::from_millis(100));
     }
 
@@ -95,64 +78,34 @@ fn grpcurl_lists_services_by_reflection_and_creates_a_tenant() {
         "clawplane.v1.RouteService",
         "grpc.health.v1.Health",
     ] {
-        assert!(
-            listing.lines().any(|line| line == service),
-            "{service} missing from:\n{listing}"
-        );
+        assert!(listing.lines().any(|line| line == service), "{service} missing from:\n{listing}");
     }
 
-    let (ok, health) = run_grpcurl(
-        &grpcurl,
-        &["-plaintext", &addr, "grpc.health.v1.Health/Check"],
-    );
+    let (ok, health) = run_grpcurl(&grpcurl, &["-plaintext", &addr, "grpc.health.v1.Health/Check"]);
     assert!(ok && health.contains("SERVING"), "{health}");
 
     let token = hs256(claims("alice", &[]));
     let auth = format!("authorization: Bearer {token}");
     let (ok, created) = run_grpcurl(
         &grpcurl,
-        &[
-            "-plaintext",
-            "-H",
-            &auth,
-            "-d",
-            r#"{"plan":"free"}"#,
-            &addr,
-            "clawplane.v1.TenantService/CreateTenant",
-        ],
+        &["-plaintext", "-H", &auth, "-d", r#"{"plan":"free"}"#, &addr, "clawplane.v1.TenantService/CreateTenant"],
     );
     assert!(ok, "{created}");
-    let created: serde_json::Value =
-        serde_json::from_str(&created).unwrap_or_else(|_| panic!("JSON: {created}"));
+    let created: serde_json::Value = serde_json::from_str(&created).unwrap_or_else(|_| panic!("JSON: {created}"));
     assert_eq!(created["tenant"]["slug"], "alice", "{created}");
-    assert_eq!(
-        created["tenant"]["status"], "TENANT_STATUS_PENDING",
-        "{created}"
-    );
+    assert_eq!(created["tenant"]["status"], "TENANT_STATUS_PENDING", "{created}");
     assert_eq!(created["created"], true, "{created}");
 
     // Without the token, grpcurl reports the refusal and its reason.
     let (ok, refused) = run_grpcurl(
         &grpcurl,
-        &[
-            "-plaintext",
-            "-d",
-            r#"{"plan":"free"}"#,
-            &addr,
-            "clawplane.v1.TenantService/CreateTenant",
-        ],
+        &["-plaintext", "-d", r#"{"plan":"free"}"#, &addr, "clawplane.v1.TenantService/CreateTenant"],
     );
     assert!(!ok);
-    assert!(
-        refused.contains("Unauthenticated") && refused.contains("missing credentials"),
-        "{refused}"
-    );
+    assert!(refused.contains("Unauthenticated") && refused.contains("missing credentials"), "{refused}");
 
     // SIGTERM stops it gracefully with a zero exit status.
-    let status = Command::new("kill")
-        .args(["-TERM", &server.0.id().to_string()])
-        .status()
-        .unwrap();
+    let status = Command::new("kill").args(["-TERM", &server.0.id().to_string()]).status().unwrap();
     assert!(status.success());
     let deadline = Instant::now() + Duration::from_secs(20);
     let exit = loop {
@@ -163,29 +116,17 @@ fn grpcurl_lists_services_by_reflection_and_creates_a_tenant() {
         std::thread::sleep(Duration::from_millis(50));
     };
     let mut log = String::new();
-    server
-        .0
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut log)
-        .unwrap();
+    server.0.stderr.take().unwrap().read_to_string(&mut log).unwrap();
     assert!(exit.success(), "exit {exit:?}, log:\n{log}");
     // JSON logs, and the bearer token never reaches them.
-    assert!(
-        log.lines()
-            .any(|line| line.starts_with('{') && line.contains("clawplane serving")),
-        "{log}"
-    );
+    assert!(log.lines().any(|line| line.starts_with('{') && line.contains("clawplane serving")), "{log}");
     assert!(!log.contains(&token));
 }
 
 /// One HTTP/1.1 exchange; returns status line, headers (lowercased) and body.
 fn http1(addr: &str, request: &[u8]) -> (String, Vec<(String, String)>, Vec<u8>) {
     let mut stream = TcpStream::connect(addr).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     stream.write_all(request).unwrap();
     let mut reader = BufReader::new(stream);
     let mut status = String::new();
@@ -201,12 +142,7 @@ fn http1(addr: &str, request: &[u8]) -> (String, Vec<(String, String)>, Vec<u8>)
         let (name, value) = line.split_once(':').unwrap();
         headers.push((name.trim().to_ascii_lowercase(), value.trim().to_string()));
     }
-    let header = |name: &str| {
-        headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.clone())
-    };
+    let header = |name: &str| headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone());
     let mut body = Vec::new();
     if header("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
         loop {
@@ -234,12 +170,8 @@ async fn grpc_web_over_http1() {
     let addr = server.addr.to_string();
     let token = hs256(claims("webuser", &[]));
 
-    let message = CreateTenantRequest {
-        plan: "pro".into(),
-        slug: "web-claw".into(),
-        ..Default::default()
-    }
-    .encode_to_vec();
+    let message =
+        CreateTenantRequest { plan: "pro".into(), slug: "web-claw".into(), ..Default::default() }.encode_to_vec();
     let mut frame = vec![0u8];
     frame.extend_from_slice(&(message.len() as u32).to_be_bytes());
     frame.extend_from_slice(&message);
@@ -252,31 +184,18 @@ async fn grpc_web_over_http1() {
     .into_bytes();
     request.extend_from_slice(&frame);
 
-    let (status, headers, body) = tokio::task::spawn_blocking(move || http1(&addr, &request))
-        .await
-        .unwrap();
+    let (status, headers, body) = tokio::task::spawn_blocking(move || http1(&addr, &request)).await.unwrap();
     assert!(status.starts_with("HTTP/1.1 200"), "{status}");
-    let content_type = headers
-        .iter()
-        .find(|(n, _)| n == "content-type")
-        .map(|(_, v)| v.as_str());
+    let content_type = headers.iter().find(|(n, _)| n == "content-type").map(|(_, v)| v.as_str());
     assert_eq!(content_type, Some("application/grpc-web+proto"));
-    assert!(
-        headers
-            .iter()
-            .any(|(n, _)| n == "access-control-allow-origin"),
-        "CORS header: {headers:?}"
-    );
+    assert!(headers.iter().any(|(n, _)| n == "access-control-allow-origin"), "CORS header: {headers:?}");
 
     // Body: a data frame with the response, then a trailer frame.
     assert_eq!(body[0], 0, "first frame is data");
     let length = u32::from_be_bytes(body[1..5].try_into().unwrap()) as usize;
     let response = CreateTenantResponse::decode(&body[5..5 + length]).unwrap();
     let tenant = response.tenant.unwrap();
-    assert_eq!(
-        (tenant.slug.as_str(), tenant.plan.as_str(), response.created),
-        ("web-claw", "pro", true)
-    );
+    assert_eq!((tenant.slug.as_str(), tenant.plan.as_str(), response.created), ("web-claw", "pro", true));
     let trailer = &body[5 + length..];
     assert_eq!(trailer[0], 0x80, "second frame is the trailer");
     let trailer_text = String::from_utf8_lossy(&trailer[5..]).to_ascii_lowercase();
@@ -289,18 +208,10 @@ async fn grpc_web_over_http1() {
          Access-Control-Request-Method: POST\r\nAccess-Control-Request-Headers: authorization,content-type,x-grpc-web\r\n\
          Connection: close\r\n\r\n"
     );
-    let (status, headers, _) =
-        tokio::task::spawn_blocking(move || http1(&addr, preflight.as_bytes()))
-            .await
-            .unwrap();
+    let (status, headers, _) = tokio::task::spawn_blocking(move || http1(&addr, preflight.as_bytes())).await.unwrap();
     assert!(status.starts_with("HTTP/1.1 200"), "{status}");
-    let allowed = headers
-        .iter()
-        .find(|(n, _)| n == "access-control-allow-headers")
-        .map(|(_, v)| v.to_ascii_lowercase());
-    assert!(
-        allowed.is_some_and(|v| v.contains("authorization")),
-        "{headers:?}"
-    );
+    let allowed =
+        headers.iter().find(|(n, _)| n == "access-control-allow-headers").map(|(_, v)| v.to_ascii_lowercase());
+    assert!(allowed.is_some_and(|v| v.contains("authorization")), "{headers:?}");
     server.shutdown().await;
 }

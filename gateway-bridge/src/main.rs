@@ -10,11 +10,7 @@ use clap::Parser;
 struct Cli {
     #[arg(long, env = "CLAWPLANE_CONFIG")]
     config: Option<PathBuf>,
-    #[arg(
-        long,
-        env = "CLAWPLANE_CONTROL_PLANE",
-        default_value = "http://127.0.0.1:7700"
-    )]
+    #[arg(long, env = "CLAWPLANE_CONTROL_PLANE", default_value = "http://127.0.0.1:7700")]
     control_plane: String,
     #[arg(long, env = "CLAWPLANE_LISTEN", default_value = "0.0.0.0:8080")]
     listen: String,

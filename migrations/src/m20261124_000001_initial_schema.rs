@@ -33,11 +33,7 @@ fn fk(from_table: &str, from_col: &str, to_table: &str, to_col: &str) -> Foreign
 }
 
 fn index(name: &str, on: &str, cols: &[&str]) -> IndexCreateStatement {
-    let mut stmt = Index::create()
-        .name(name)
-        .table(col(on))
-        .if_not_exists()
-        .to_owned();
+    let mut stmt = Index::create().name(name).table(col(on)).if_not_exists().to_owned();
     for c in cols {
         stmt.col(col(c));
     }
@@ -184,12 +180,7 @@ fn tables() -> Vec<TableCreateStatement> {
             .col(big_integer(col("cache_write_tokens")))
             .col(big_integer(col("total_tokens")))
             .col(big_integer(col("cost_micros")))
-            .primary_key(
-                Index::create()
-                    .col(col("tenant_id"))
-                    .col(col("period_kind"))
-                    .col(col("period_start")),
-            )
+            .primary_key(Index::create().col(col("tenant_id")).col(col("period_kind")).col(col("period_start")))
             .foreign_key(&mut fk("usage", "tenant_id", "tenants", "id"))
             .to_owned(),
         // Desired configuration, one row per (type, key), e.g. ("channel",
@@ -203,12 +194,7 @@ fn tables() -> Vec<TableCreateStatement> {
             .col(binary_null(col("secret_ciphertext")))
             .col(boolean(col("enabled")))
             .col(timestamp_with_time_zone(col("updated_at")))
-            .primary_key(
-                Index::create()
-                    .col(col("tenant_id"))
-                    .col(col("config_type"))
-                    .col(col("config_key")),
-            )
+            .primary_key(Index::create().col(col("tenant_id")).col(col("config_type")).col(col("config_key")))
             .foreign_key(&mut fk("tenant_configs", "tenant_id", "tenants", "id"))
             .to_owned(),
         table("tenant_config_state")
@@ -258,12 +244,7 @@ fn tables() -> Vec<TableCreateStatement> {
             .col(big_integer(col("cost_micros")))
             .col(timestamp_with_time_zone(col("created_at")))
             .col(json_null(col("raw")))
-            .primary_key(
-                Index::create()
-                    .col(col("tenant_id"))
-                    .col(col("session_id"))
-                    .col(col("position")),
-            )
+            .primary_key(Index::create().col(col("tenant_id")).col(col("session_id")).col(col("position")))
             .foreign_key(&mut fk("messages", "tenant_id", "tenants", "id"))
             .to_owned(),
         // Per day and channel; the average response time is
@@ -276,12 +257,7 @@ fn tables() -> Vec<TableCreateStatement> {
             .col(big_integer(col("messages")))
             .col(big_integer(col("response_time_total_ms")))
             .col(big_integer(col("response_count")))
-            .primary_key(
-                Index::create()
-                    .col(col("tenant_id"))
-                    .col(col("day"))
-                    .col(col("channel")),
-            )
+            .primary_key(Index::create().col(col("tenant_id")).col(col("day")).col(col("channel")))
             .foreign_key(&mut fk("session_stats", "tenant_id", "tenants", "id"))
             .to_owned(),
         table("audit_log")
@@ -301,56 +277,19 @@ fn indexes() -> Vec<IndexCreateStatement> {
         index("idx_tenants_owner", "tenants", &["owner_key"]),
         index("idx_tenants_host", "tenants", &["host_id"]),
         index("idx_tenants_deleted", "tenants", &["deleted_at"]),
-        index(
-            "idx_host_commands_queue",
-            "host_commands",
-            &["host_id", "state", "created_at"],
-        ),
-        index(
-            "idx_host_certificates_host",
-            "host_certificates",
-            &["host_id"],
-        ),
-        index(
-            "idx_sessions_activity",
-            "sessions",
-            &["tenant_id", "last_activity_at"],
-        ),
-        index(
-            "idx_messages_created",
-            "messages",
-            &["tenant_id", "created_at"],
-        ),
+        index("idx_host_commands_queue", "host_commands", &["host_id", "state", "created_at"]),
+        index("idx_host_certificates_host", "host_certificates", &["host_id"]),
+        index("idx_sessions_activity", "sessions", &["tenant_id", "last_activity_at"]),
+        index("idx_messages_created", "messages", &["tenant_id", "created_at"]),
         index("idx_audit_log_at", "audit_log", &["at"]),
     ]
 }
 
 /// Plans offered out of the box; operators change them in the table.
 const SEED_PLANS: &[(&str, &str, &str, i64, Option<i64>, Option<i32>)] = &[
-    (
-        "00000000-0000-7000-8000-000000000001",
-        "free",
-        "Free",
-        0,
-        Some(1_000),
-        Some(1),
-    ),
-    (
-        "00000000-0000-7000-8000-000000000002",
-        "pro",
-        "Pro",
-        2_000,
-        Some(50_000),
-        Some(5),
-    ),
-    (
-        "00000000-0000-7000-8000-000000000003",
-        "enterprise",
-        "Enterprise",
-        20_000,
-        None,
-        None,
-    ),
+    ("00000000-0000-7000-8000-000000000001", "free", "Free", 0, Some(1_000), Some(1)),
+    ("00000000-0000-7000-8000-000000000002", "pro", "Pro", 2_000, Some(50_000), Some(5)),
+    ("00000000-0000-7000-8000-000000000003", "enterprise", "Enterprise", 20_000, None, None),
 ];
 
 #[async_trait::async_trait]
@@ -403,8 +342,6 @@ impl MigrationTrait for Migration {
     }
 
     async fn down(&self, _manager: &SchemaManager) -> Result<(), DbErr> {
-        Err(DbErr::Migration(
-            "the initial schema is not reversible".into(),
-        ))
+        Err(DbErr::Migration("the initial schema is not reversible".into()))
     }
 }

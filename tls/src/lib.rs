@@ -3,6 +3,8 @@
 //! certificate facts, a pin-anchored server verifier for joining, a client
 //! identity that can be swapped at runtime (certificate renewal without a
 //! restart), and gRPC channels over our own rustls configuration.
+pub mod files;
+
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
@@ -57,16 +59,10 @@ pub struct CertInfo {
 
 pub fn cert_info(der: &[u8]) -> anyhow::Result<CertInfo> {
     let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|err| anyhow!("invalid certificate: {err}"))?;
-    let common_name = cert
-        .subject()
-        .iter_common_name()
-        .next()
-        .and_then(|cn| cn.as_str().ok())
-        .unwrap_or_default()
-        .to_string();
-    let to_time = |t: x509_parser::time::ASN1Time| {
-        SystemTime::UNIX_EPOCH + Duration::from_secs(t.timestamp().max(0) as u64)
-    };
+    let common_name =
+        cert.subject().iter_common_name().next().and_then(|cn| cn.as_str().ok()).unwrap_or_default().to_string();
+    let to_time =
+        |t: x509_parser::time::ASN1Time| SystemTime::UNIX_EPOCH + Duration::from_secs(t.timestamp().max(0) as u64);
     Ok(CertInfo {
         common_name,
         serial_hex: cert.raw_serial_as_string().replace(':', ""),

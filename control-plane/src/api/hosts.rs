@@ -13,7 +13,9 @@ use clawplane_proto::v1::{
 use serde_json::json;
 use tonic::{Request, Response, Status};
 
-use super::{admin, check_text, decode_page_token, encode_page_token, page_size, required_id, timestamp, ApiError, ApiResult};
+use super::{
+    admin, check_text, decode_page_token, encode_page_token, page_size, required_id, timestamp, ApiError, ApiResult,
+};
 use crate::fleet::{host_status, Fleet};
 use crate::store::entities::join_token;
 use crate::store::{Store, HOST_ACTIVE, HOST_DRAINING, HOST_REMOVED};
@@ -76,11 +78,12 @@ fn token_message(model: join_token::Model) -> pb::JoinToken {
 
 /// Label keys and values: the Kubernetes-style shape operators expect.
 fn check_label(key: &str, value: &str) -> ApiResult<()> {
-    let key_ok = !key.is_empty()
-        && key.len() <= 63
-        && key.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./".contains(&b));
+    let key_ok =
+        !key.is_empty() && key.len() <= 63 && key.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./".contains(&b));
     if !key_ok {
-        return Err(ApiError::invalid(format!("label key {key:?} must be 1-63 characters of a-z, 0-9, '-', '_', '.', '/'")));
+        return Err(ApiError::invalid(format!(
+            "label key {key:?} must be 1-63 characters of a-z, 0-9, '-', '_', '.', '/'"
+        )));
     }
     check_text("label value", value, 253)
 }
@@ -102,7 +105,11 @@ impl HostApi {
         for (key, value) in &req.labels {
             check_label(key, value)?;
         }
-        let url = if req.control_plane_url.is_empty() { self.fleet.config().public_url.clone() } else { req.control_plane_url };
+        let url = if req.control_plane_url.is_empty() {
+            self.fleet.config().public_url.clone()
+        } else {
+            req.control_plane_url
+        };
         clawplane_tls::host_port(&url).map_err(|err| ApiError::invalid(format!("control_plane_url: {err:#}")))?;
 
         let id = hex::encode(rand::random::<[u8; 6]>());
@@ -141,7 +148,8 @@ impl HostApi {
         if host.status == HOST_REMOVED {
             return Err(ApiError::FailedPrecondition("host was removed".into()));
         }
-        let timeout = std_duration(req.timeout.as_ref())?.unwrap_or(Duration::from_secs(10)).min(Duration::from_secs(300));
+        let timeout =
+            std_duration(req.timeout.as_ref())?.unwrap_or(Duration::from_secs(10)).min(Duration::from_secs(300));
         let started = Instant::now();
         let command_id = self.fleet.enqueue(&host.id, None, command::Payload::Ping(PingCommand {})).await?;
         if req.no_wait {
@@ -158,18 +166,30 @@ impl HostApi {
             Some(pb::command_result::Payload::Ping(ping)) => (ping.agent_version, ping.agent_time),
             _ => (String::new(), None),
         };
-        Ok(PingHostResponse { command_id, answered: true, round_trip: Some(proto_duration(round_trip)), agent_version, agent_time })
+        Ok(PingHostResponse {
+            command_id,
+            answered: true,
+            round_trip: Some(proto_duration(round_trip)),
+            agent_version,
+            agent_time,
+        })
     }
 }
 
 #[tonic::async_trait]
 impl HostService for HostApi {
-    async fn create_join_token(&self, request: Request<CreateJoinTokenRequest>) -> Result<Response<CreateJoinTokenResponse>, Status> {
+    async fn create_join_token(
+        &self,
+        request: Request<CreateJoinTokenRequest>,
+    ) -> Result<Response<CreateJoinTokenResponse>, Status> {
         let principal = admin(&request)?;
         Ok(Response::new(self.create_token(&principal.user_id, request.into_inner()).await?))
     }
 
-    async fn list_join_tokens(&self, request: Request<ListJoinTokensRequest>) -> Result<Response<ListJoinTokensResponse>, Status> {
+    async fn list_join_tokens(
+        &self,
+        request: Request<ListJoinTokensRequest>,
+    ) -> Result<Response<ListJoinTokensResponse>, Status> {
         admin(&request)?;
         let req = request.into_inner();
         let limit = page_size(req.page_size, 50, 500)?;
@@ -187,7 +207,10 @@ impl HostService for HostApi {
         Ok(Response::new(ListJoinTokensResponse { join_tokens, next_page_token }))
     }
 
-    async fn revoke_join_token(&self, request: Request<RevokeJoinTokenRequest>) -> Result<Response<RevokeJoinTokenResponse>, Status> {
+    async fn revoke_join_token(
+        &self,
+        request: Request<RevokeJoinTokenRequest>,
+    ) -> Result<Response<RevokeJoinTokenResponse>, Status> {
         admin(&request)?;
         let id = required_id("token_id", &request.get_ref().token_id)?;
         let model = self.store.revoke_join_token(id).await.map_err(ApiError::from)?;

@@ -32,18 +32,13 @@ pub fn caller<T>(request: &tonic::Request<T>) -> ApiResult<Principal> {
 pub fn admin<T>(request: &tonic::Request<T>) -> ApiResult<Principal> {
     let principal = caller(request)?;
     if !principal.is_admin {
-        return Err(ApiError::PermissionDenied(
-            "this call needs an admin identity".into(),
-        ));
+        return Err(ApiError::PermissionDenied("this call needs an admin identity".into()));
     }
     Ok(principal)
 }
 
 pub fn timestamp(at: DateTime<Utc>) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: at.timestamp(),
-        nanos: at.timestamp_subsec_nanos() as i32,
-    }
+    prost_types::Timestamp { seconds: at.timestamp(), nanos: at.timestamp_subsec_nanos() as i32 }
 }
 
 /// Page size from a request: 0 means the default, large values are capped.
@@ -74,14 +69,10 @@ pub fn decode_page_token(token: &str) -> ApiResult<Option<String>> {
 /// Bounded, printable free text (names, ids from requests).
 pub fn check_text(field: &str, value: &str, max_chars: usize) -> ApiResult<()> {
     if value.chars().count() > max_chars {
-        return Err(ApiError::invalid(format!(
-            "{field} must be at most {max_chars} characters"
-        )));
+        return Err(ApiError::invalid(format!("{field} must be at most {max_chars} characters")));
     }
     if value.chars().any(char::is_control) {
-        return Err(ApiError::invalid(format!(
-            "{field} must not contain control characters"
-        )));
+        return Err(ApiError::invalid(format!("{field} must not contain control characters")));
     }
     Ok(())
 }

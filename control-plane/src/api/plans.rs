@@ -1,9 +1,8 @@
 //! UsageService: plans now; usage and subscriptions arrive with sync.
 use clawplane_proto::v1::usage_service_server::UsageService;
 use clawplane_proto::v1::{
-    ChangePlanRequest, ChangePlanResponse, GetOverviewRequest, GetOverviewResponse,
-    GetSubscriptionRequest, GetSubscriptionResponse, GetUsageRequest, GetUsageResponse,
-    ListPlansRequest, ListPlansResponse, Plan,
+    ChangePlanRequest, ChangePlanResponse, GetOverviewRequest, GetOverviewResponse, GetSubscriptionRequest,
+    GetSubscriptionResponse, GetUsageRequest, GetUsageResponse, ListPlansRequest, ListPlansResponse, Plan,
 };
 use tonic::{Request, Response, Status};
 
@@ -22,17 +21,9 @@ impl UsageApi {
 
 fn plan_message(model: plan::Model) -> Plan {
     let features = match model.features {
-        serde_json::Value::Object(map) => map
-            .into_iter()
-            .map(|(k, v)| {
-                (
-                    k,
-                    v.as_str()
-                        .map(String::from)
-                        .unwrap_or_else(|| v.to_string()),
-                )
-            })
-            .collect(),
+        serde_json::Value::Object(map) => {
+            map.into_iter().map(|(k, v)| (k, v.as_str().map(String::from).unwrap_or_else(|| v.to_string()))).collect()
+        }
         _ => Default::default(),
     };
     Plan {
@@ -51,21 +42,13 @@ const LATER: &str = "usage reporting arrives with session sync";
 
 #[tonic::async_trait]
 impl UsageService for UsageApi {
-    async fn list_plans(
-        &self,
-        request: Request<ListPlansRequest>,
-    ) -> Result<Response<ListPlansResponse>, Status> {
+    async fn list_plans(&self, request: Request<ListPlansRequest>) -> Result<Response<ListPlansResponse>, Status> {
         caller(&request)?;
         let plans = self.store.list_plans().await.map_err(ApiError::from)?;
-        Ok(Response::new(ListPlansResponse {
-            plans: plans.into_iter().map(plan_message).collect(),
-        }))
+        Ok(Response::new(ListPlansResponse { plans: plans.into_iter().map(plan_message).collect() }))
     }
 
-    async fn get_usage(
-        &self,
-        request: Request<GetUsageRequest>,
-    ) -> Result<Response<GetUsageResponse>, Status> {
+    async fn get_usage(&self, request: Request<GetUsageRequest>) -> Result<Response<GetUsageResponse>, Status> {
         caller(&request)?;
         Err(ApiError::Unimplemented(LATER).into())
     }
@@ -86,10 +69,7 @@ impl UsageService for UsageApi {
         Err(ApiError::Unimplemented(LATER).into())
     }
 
-    async fn change_plan(
-        &self,
-        request: Request<ChangePlanRequest>,
-    ) -> Result<Response<ChangePlanResponse>, Status> {
+    async fn change_plan(&self, request: Request<ChangePlanRequest>) -> Result<Response<ChangePlanResponse>, Status> {
         caller(&request)?;
         Err(ApiError::Unimplemented(LATER).into())
     }

@@ -38,14 +38,9 @@ const RESERVED: &[&str] = &[
 /// Checks a requested slug; the error names the rule it breaks.
 pub fn validate(slug: &str) -> Result<(), String> {
     if slug.len() < MIN_LEN || slug.len() > MAX_LEN {
-        return Err(format!(
-            "slug must be {MIN_LEN} to {MAX_LEN} characters long"
-        ));
+        return Err(format!("slug must be {MIN_LEN} to {MAX_LEN} characters long"));
     }
-    if !slug
-        .bytes()
-        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-    {
+    if !slug.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
         return Err("slug may only contain lowercase letters a-z, digits and '-'".into());
     }
     if !slug.as_bytes()[0].is_ascii_lowercase() {
@@ -127,14 +122,7 @@ mod tests {
 
     #[test]
     fn derived_candidates_are_valid_and_stable() {
-        for owner in [
-            "alice@example.com",
-            "123",
-            "ADMIN",
-            "ü",
-            "a.b.c",
-            &"x".repeat(300),
-        ] {
+        for owner in ["alice@example.com", "123", "ADMIN", "ü", "a.b.c", &"x".repeat(300)] {
             let first = candidates(&format!("user:{owner}"), owner);
             assert!(first.len() >= 2, "{owner}: {first:?}");
             for slug in &first {
@@ -143,9 +131,6 @@ mod tests {
             let again = candidates(&format!("user:{owner}"), owner);
             assert_eq!(first[..2], again[..2]);
         }
-        assert_eq!(
-            candidates("user:alice@example.com", "alice@example.com")[0],
-            "alice-example-com"
-        );
+        assert_eq!(candidates("user:alice@example.com", "alice@example.com")[0], "alice-example-com");
     }
 }

@@ -3,17 +3,17 @@ use std::pin::Pin;
 
 use clawplane_proto::v1::tenant_service_server::TenantService;
 use clawplane_proto::v1::{
-    self as pb, owner, CreateTenantRequest, CreateTenantResponse, DeleteTenantRequest,
-    DeleteTenantResponse, GetMyTenantRequest, GetMyTenantResponse, GetTenantRequest,
-    GetTenantResponse, ListTenantsRequest, ListTenantsResponse, RestartTenantRequest,
-    RestartTenantResponse, StreamTenantLogsRequest, StreamTenantLogsResponse,
+    self as pb, owner, CreateTenantRequest, CreateTenantResponse, DeleteTenantRequest, DeleteTenantResponse,
+    GetMyTenantRequest, GetMyTenantResponse, GetTenantRequest, GetTenantResponse, ListTenantsRequest,
+    ListTenantsResponse, RestartTenantRequest, RestartTenantResponse, StreamTenantLogsRequest,
+    StreamTenantLogsResponse,
 };
 use futures::Stream;
 use tonic::{Request, Response, Status};
 
 use super::{
-    caller, check_text, decode_page_token, encode_page_token, page_size, required_id, slug,
-    timestamp, ApiError, ApiResult,
+    caller, check_text, decode_page_token, encode_page_token, page_size, required_id, slug, timestamp, ApiError,
+    ApiResult,
 };
 use crate::auth::Principal;
 use crate::store::{NewTenant, Owner, Store, TenantRecord, TenantStatus};
@@ -65,17 +65,9 @@ impl TenantApi {
 
     /// A live tenant the caller may see; anything else is NOT_FOUND, so the
     /// existence of other owners' tenants never leaks.
-    async fn visible_tenant(
-        &self,
-        principal: &Principal,
-        id_or_slug: &str,
-    ) -> ApiResult<TenantRecord> {
+    async fn visible_tenant(&self, principal: &Principal, id_or_slug: &str) -> ApiResult<TenantRecord> {
         let id_or_slug = required_id("tenant_id", id_or_slug)?;
-        let record = self
-            .store
-            .live_tenant(id_or_slug)
-            .await?
-            .ok_or(ApiError::NotFound("tenant"))?;
+        let record = self.store.live_tenant(id_or_slug).await?.ok_or(ApiError::NotFound("tenant"))?;
         if can_access(principal, &record.owner()) {
             Ok(record)
         } else {
@@ -83,25 +75,17 @@ impl TenantApi {
         }
     }
 
-    async fn create(
-        &self,
-        principal: Principal,
-        req: CreateTenantRequest,
-    ) -> ApiResult<CreateTenantResponse> {
+    async fn create(&self, principal: Principal, req: CreateTenantRequest) -> ApiResult<CreateTenantResponse> {
         let owner = owner_for(&principal, &req.team_id)?;
         if req.plan.is_empty() {
-            return Err(ApiError::invalid(
-                "plan is required (see UsageService.ListPlans)",
-            ));
+            return Err(ApiError::invalid("plan is required (see UsageService.ListPlans)"));
         }
         check_text("plan", &req.plan, MAX_PLAN_NAME)?;
         check_text("display_name", &req.display_name, MAX_DISPLAY_NAME)?;
-        let plan = self.store.plan_by_name(&req.plan).await?.ok_or_else(|| {
-            ApiError::invalid(format!(
-                "unknown plan {:?} (see UsageService.ListPlans)",
-                req.plan
-            ))
-        })?;
+        let plan =
+            self.store.plan_by_name(&req.plan).await?.ok_or_else(|| {
+                ApiError::invalid(format!("unknown plan {:?} (see UsageService.ListPlans)", req.plan))
+            })?;
         let (slug_candidates, slug_requested) = if req.slug.is_empty() {
             let (key, id) = match &owner {
                 Owner::User(id) => (format!("user:{id}"), id),
@@ -136,10 +120,7 @@ impl TenantApi {
         if created {
             tracing::info!(tenant = %record.tenant.id, slug = %record.tenant.slug, "tenant created");
         }
-        Ok(CreateTenantResponse {
-            tenant: Some(self.message(record)),
-            created,
-        })
+        Ok(CreateTenantResponse { tenant: Some(self.message(record)), created })
     }
 }
 
@@ -180,9 +161,7 @@ impl TenantService for TenantApi {
         request: Request<CreateTenantRequest>,
     ) -> Result<Response<CreateTenantResponse>, Status> {
         let principal = caller(&request)?;
-        Ok(Response::new(
-            self.create(principal, request.into_inner()).await?,
-        ))
+        Ok(Response::new(self.create(principal, request.into_inner()).await?))
     }
 
     async fn get_my_tenant(
@@ -191,28 +170,15 @@ impl TenantService for TenantApi {
     ) -> Result<Response<GetMyTenantResponse>, Status> {
         let principal = caller(&request)?;
         let owner = owner_for(&principal, &request.get_ref().team_id)?;
-        let record = self
-            .store
-            .live_tenant_of(&owner)
-            .await
-            .map_err(ApiError::from)?;
+        let record = self.store.live_tenant_of(&owner).await.map_err(ApiError::from)?;
         let record = record.ok_or(ApiError::NotFound("tenant"))?;
-        Ok(Response::new(GetMyTenantResponse {
-            tenant: Some(self.message(record)),
-        }))
+        Ok(Response::new(GetMyTenantResponse { tenant: Some(self.message(record)) }))
     }
 
-    async fn get_tenant(
-        &self,
-        request: Request<GetTenantRequest>,
-    ) -> Result<Response<GetTenantResponse>, Status> {
+    async fn get_tenant(&self, request: Request<GetTenantRequest>) -> Result<Response<GetTenantResponse>, Status> {
         let principal = caller(&request)?;
-        let record = self
-            .visible_tenant(&principal, &request.get_ref().tenant_id)
-            .await?;
-        Ok(Response::new(GetTenantResponse {
-            tenant: Some(self.message(record)),
-        }))
+        let record = self.visible_tenant(&principal, &request.get_ref().tenant_id).await?;
+        Ok(Response::new(GetTenantResponse { tenant: Some(self.message(record)) }))
     }
 
     async fn list_tenants(
@@ -223,20 +189,14 @@ impl TenantService for TenantApi {
         let req = request.into_inner();
         let limit = page_size(req.page_size, 50, 500)?;
         let after = decode_page_token(&req.page_token)?;
-        let (records, more) = self
-            .store
-            .list_tenants(after.as_deref(), limit, req.include_deleted)
-            .await
-            .map_err(ApiError::from)?;
+        let (records, more) =
+            self.store.list_tenants(after.as_deref(), limit, req.include_deleted).await.map_err(ApiError::from)?;
         let next_page_token = match (more, records.last()) {
             (true, Some(last)) => encode_page_token(&last.tenant.id),
             _ => String::new(),
         };
         let tenants = records.into_iter().map(|r| self.message(r)).collect();
-        Ok(Response::new(ListTenantsResponse {
-            tenants,
-            next_page_token,
-        }))
+        Ok(Response::new(ListTenantsResponse { tenants, next_page_token }))
     }
 
     async fn delete_tenant(
@@ -244,18 +204,11 @@ impl TenantService for TenantApi {
         request: Request<DeleteTenantRequest>,
     ) -> Result<Response<DeleteTenantResponse>, Status> {
         let principal = caller(&request)?;
-        let record = self
-            .visible_tenant(&principal, &request.get_ref().tenant_id)
-            .await?;
-        let deleted = self
-            .store
-            .soft_delete_tenant(&record.tenant.id, &principal.user_id)
-            .await
-            .map_err(ApiError::from)?;
+        let record = self.visible_tenant(&principal, &request.get_ref().tenant_id).await?;
+        let deleted =
+            self.store.soft_delete_tenant(&record.tenant.id, &principal.user_id).await.map_err(ApiError::from)?;
         tracing::info!(tenant = %deleted.tenant.id, "tenant deleted");
-        Ok(Response::new(DeleteTenantResponse {
-            tenant: Some(self.message(deleted)),
-        }))
+        Ok(Response::new(DeleteTenantResponse { tenant: Some(self.message(deleted)) }))
     }
 
     async fn restart_tenant(
@@ -263,9 +216,7 @@ impl TenantService for TenantApi {
         request: Request<RestartTenantRequest>,
     ) -> Result<Response<RestartTenantResponse>, Status> {
         let principal = caller(&request)?;
-        let record = self
-            .visible_tenant(&principal, &request.get_ref().tenant_id)
-            .await?;
+        let record = self.visible_tenant(&principal, &request.get_ref().tenant_id).await?;
         if record.tenant.host_id.is_none() {
             return Err(ApiError::FailedPrecondition(NOT_PLACED.into()).into());
         }
@@ -279,9 +230,7 @@ impl TenantService for TenantApi {
         request: Request<StreamTenantLogsRequest>,
     ) -> Result<Response<Self::StreamTenantLogsStream>, Status> {
         let principal = caller(&request)?;
-        let record = self
-            .visible_tenant(&principal, &request.get_ref().tenant_id)
-            .await?;
+        let record = self.visible_tenant(&principal, &request.get_ref().tenant_id).await?;
         if record.tenant.host_id.is_none() {
             return Err(ApiError::FailedPrecondition(NOT_PLACED.into()).into());
         }

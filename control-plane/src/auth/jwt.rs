@@ -51,8 +51,8 @@ impl JwtVerifier {
         } else {
             let mut pinned = Vec::new();
             for name in &config.algorithms {
-                let alg = parse_algorithm(name)
-                    .with_context(|| format!("jwt.algorithms: {name:?} is not supported"))?;
+                let alg =
+                    parse_algorithm(name).with_context(|| format!("jwt.algorithms: {name:?} is not supported"))?;
                 if !implied.contains(&alg) {
                     bail!("jwt.algorithms: {name} does not match the configured key type");
                 }
@@ -78,18 +78,12 @@ impl JwtVerifier {
             return Err(AuthError::new("token is too large"));
         }
         let (alg_name, kid) = read_header(token)?;
-        let algorithm = parse_algorithm(&alg_name)
-            .filter(|alg| self.allowed.contains(alg))
-            .ok_or_else(|| {
-                AuthError::new(format!(
-                    "token algorithm {alg_name:?} is not allowed (accepted: {})",
-                    self.allowed
-                        .iter()
-                        .map(|a| format!("{a:?}"))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ))
-            })?;
+        let algorithm = parse_algorithm(&alg_name).filter(|alg| self.allowed.contains(alg)).ok_or_else(|| {
+            AuthError::new(format!(
+                "token algorithm {alg_name:?} is not allowed (accepted: {})",
+                self.allowed.iter().map(|a| format!("{a:?}")).collect::<Vec<_>>().join(", ")
+            ))
+        })?;
         let key = self.select_key(algorithm, kid.as_deref())?;
 
         let mut validation = Validation::new(algorithm);
@@ -117,35 +111,22 @@ impl JwtVerifier {
         self.principal(&data.claims)
     }
 
-    fn select_key(
-        &self,
-        algorithm: Algorithm,
-        kid: Option<&str>,
-    ) -> Result<&VerificationKey, AuthError> {
+    fn select_key(&self, algorithm: Algorithm, kid: Option<&str>) -> Result<&VerificationKey, AuthError> {
         let mut candidates = self.keys.iter().filter(|k| k.algorithm == algorithm);
         match kid {
             Some(kid) => {
-                let with_kid: Vec<&VerificationKey> =
-                    self.keys.iter().filter(|k| k.kid.is_some()).collect();
+                let with_kid: Vec<&VerificationKey> = self.keys.iter().filter(|k| k.kid.is_some()).collect();
                 if with_kid.is_empty() {
-                    return candidates
-                        .next()
-                        .ok_or_else(|| AuthError::new("no key for the token's algorithm"));
+                    return candidates.next().ok_or_else(|| AuthError::new("no key for the token's algorithm"));
                 }
                 candidates
                     .find(|k| k.kid.as_deref() == Some(kid))
-                    .ok_or_else(|| {
-                        AuthError::new("token key id (kid) is not in the configured JWKS")
-                    })
+                    .ok_or_else(|| AuthError::new("token key id (kid) is not in the configured JWKS"))
             }
             None => {
-                let first = candidates
-                    .next()
-                    .ok_or_else(|| AuthError::new("no key for the token's algorithm"))?;
+                let first = candidates.next().ok_or_else(|| AuthError::new("no key for the token's algorithm"))?;
                 if candidates.next().is_some() {
-                    return Err(AuthError::new(
-                        "token has no key id (kid) and several keys could verify it",
-                    ));
+                    return Err(AuthError::new("token has no key id (kid) and several keys could verify it"));
                 }
                 Ok(first)
             }
@@ -159,10 +140,7 @@ impl JwtVerifier {
             .ok_or_else(|| AuthError::new("token subject (sub) must be a string"))?
             .to_string();
         check_identity("token subject (sub)", &user_id)?;
-        let email = claims
-            .get(&self.email_claim)
-            .and_then(Value::as_str)
-            .map(String::from);
+        let email = claims.get(&self.email_claim).and_then(Value::as_str).map(String::from);
         if let Some(email) = &email {
             check_identity("token email claim", email)?;
         }
@@ -170,13 +148,7 @@ impl JwtVerifier {
         check_teams("token teams claim", &teams)?;
         let roles = string_list(claims.get(&self.roles_claim));
         let is_admin = roles.iter().any(|r| r == &self.admin_role);
-        Ok(Principal {
-            user_id,
-            email,
-            teams,
-            is_admin,
-            is_user: true,
-        })
+        Ok(Principal { user_id, email, teams, is_admin, is_user: true })
     }
 }
 
@@ -184,18 +156,12 @@ impl JwtVerifier {
 /// library does not even know (like `none`) gets a clear refusal.
 fn read_header(token: &str) -> Result<(String, Option<String>), AuthError> {
     let mut parts = token.split('.');
-    let (Some(header), Some(_), Some(_), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err(AuthError::new(
-            "malformed token: expected three dot-separated parts",
-        ));
+    let (Some(header), Some(_), Some(_), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+        return Err(AuthError::new("malformed token: expected three dot-separated parts"));
     };
-    let bytes = URL_SAFE_NO_PAD
-        .decode(header)
-        .map_err(|_| AuthError::new("malformed token header: not base64url"))?;
-    let header: Value = serde_json::from_slice(&bytes)
-        .map_err(|_| AuthError::new("malformed token header: not JSON"))?;
+    let bytes = URL_SAFE_NO_PAD.decode(header).map_err(|_| AuthError::new("malformed token header: not base64url"))?;
+    let header: Value =
+        serde_json::from_slice(&bytes).map_err(|_| AuthError::new("malformed token header: not JSON"))?;
     let alg = header
         .get("alg")
         .and_then(Value::as_str)
@@ -232,16 +198,8 @@ fn describe(kind: &ErrorKind) -> String {
 
 fn string_list(value: Option<&Value>) -> Vec<String> {
     match value {
-        Some(Value::Array(items)) => items
-            .iter()
-            .filter_map(Value::as_str)
-            .map(String::from)
-            .collect(),
-        Some(Value::String(text)) => text
-            .split([' ', ','])
-            .filter(|s| !s.is_empty())
-            .map(String::from)
-            .collect(),
+        Some(Value::Array(items)) => items.iter().filter_map(Value::as_str).map(String::from).collect(),
+        Some(Value::String(text)) => text.split([' ', ',']).filter(|s| !s.is_empty()).map(String::from).collect(),
         _ => Vec::new(),
     }
 }
@@ -254,27 +212,20 @@ fn load_keys(source: &JwtKeySource) -> anyhow::Result<Vec<VerificationKey>> {
             key: DecodingKey::from_secret(secret.as_bytes()),
         }]),
         JwtKeySource::PublicKeyPem(path) => {
-            let pem = std::fs::read(path)
-                .with_context(|| format!("jwt.public_key_file {}: cannot read", path.display()))?;
+            let pem =
+                std::fs::read(path).with_context(|| format!("jwt.public_key_file {}: cannot read", path.display()))?;
             let (algorithm, key) = if let Ok(key) = DecodingKey::from_rsa_pem(&pem) {
                 (Algorithm::RS256, key)
             } else if let Ok(key) = DecodingKey::from_ec_pem(&pem) {
                 (Algorithm::ES256, key)
             } else {
-                bail!(
-                    "jwt.public_key_file {}: not a PEM RSA or EC P-256 public key",
-                    path.display()
-                );
+                bail!("jwt.public_key_file {}: not a PEM RSA or EC P-256 public key", path.display());
             };
-            Ok(vec![VerificationKey {
-                kid: None,
-                algorithm,
-                key,
-            }])
+            Ok(vec![VerificationKey { kid: None, algorithm, key }])
         }
         JwtKeySource::Jwks(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("jwks_file {}: cannot read", path.display()))?;
+            let text =
+                std::fs::read_to_string(path).with_context(|| format!("jwks_file {}: cannot read", path.display()))?;
             let set: JwkSet = serde_json::from_str(&text)
                 .with_context(|| format!("jwks_file {}: not a JWKS document", path.display()))?;
             let mut keys = Vec::new();
@@ -282,9 +233,7 @@ fn load_keys(source: &JwtKeySource) -> anyhow::Result<Vec<VerificationKey>> {
             for jwk in &set.keys {
                 let algorithm = match &jwk.algorithm {
                     AlgorithmParameters::RSA(_) => Algorithm::RS256,
-                    AlgorithmParameters::EllipticCurve(ec) if ec.curve == EllipticCurve::P256 => {
-                        Algorithm::ES256
-                    }
+                    AlgorithmParameters::EllipticCurve(ec) if ec.curve == EllipticCurve::P256 => Algorithm::ES256,
                     // Symmetric or unsupported keys in a public JWKS are skipped, never trusted.
                     _ => continue,
                 };
@@ -294,14 +243,9 @@ fn load_keys(source: &JwtKeySource) -> anyhow::Result<Vec<VerificationKey>> {
                         bail!("jwks_file {}: duplicate kid {kid:?}", path.display());
                     }
                 }
-                let key = DecodingKey::from_jwk(jwk).with_context(|| {
-                    format!("jwks_file {}: unusable key {kid:?}", path.display())
-                })?;
-                keys.push(VerificationKey {
-                    kid,
-                    algorithm,
-                    key,
-                });
+                let key = DecodingKey::from_jwk(jwk)
+                    .with_context(|| format!("jwks_file {}: unusable key {kid:?}", path.display()))?;
+                keys.push(VerificationKey { kid, algorithm, key });
             }
             if keys.is_empty() {
                 bail!("jwks_file {}: holds no RSA or EC P-256 key", path.display());

@@ -24,10 +24,7 @@ impl<S> Layer<S> for AuthLayer {
     type Service = AuthService<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        AuthService {
-            inner,
-            authenticator: self.authenticator.clone(),
-        }
+        AuthService { inner, authenticator: self.authenticator.clone() }
     }
 }
 

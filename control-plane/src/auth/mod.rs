@@ -68,20 +68,14 @@ impl Authenticator {
         Ok(Arc::new(Authenticator {
             admin_token_hash: config.admin_token.as_deref().map(sha256),
             shared_secret_hash: config.shared_secret.as_deref().map(sha256),
-            jwt: config
-                .jwt
-                .as_ref()
-                .map(JwtVerifier::from_config)
-                .transpose()?,
+            jwt: config.jwt.as_ref().map(JwtVerifier::from_config).transpose()?,
         }))
     }
 
     /// Authenticates one request from its headers.
     pub fn authenticate(&self, headers: &HeaderMap) -> Result<Principal, AuthError> {
         if let Some(value) = headers.get(http::header::AUTHORIZATION) {
-            let value = value
-                .to_str()
-                .map_err(|_| AuthError::new("authorization header is not valid ASCII"))?;
+            let value = value.to_str().map_err(|_| AuthError::new("authorization header is not valid ASCII"))?;
             let token = bearer_token(value)?;
             if secret_matches(&self.admin_token_hash, token) {
                 return Ok(Principal {
@@ -94,19 +88,15 @@ impl Authenticator {
             }
             return match &self.jwt {
                 Some(verifier) => verifier.verify(token),
-                None if self.admin_token_hash.is_some() => Err(AuthError::new(
-                    "invalid admin token (JWT authentication is not configured)",
-                )),
-                None => Err(AuthError::new(
-                    "bearer tokens are not accepted: JWT authentication is not configured",
-                )),
+                None if self.admin_token_hash.is_some() => {
+                    Err(AuthError::new("invalid admin token (JWT authentication is not configured)"))
+                }
+                None => Err(AuthError::new("bearer tokens are not accepted: JWT authentication is not configured")),
             };
         }
         if let Some(value) = headers.get("x-shared-secret") {
             if self.shared_secret_hash.is_none() {
-                return Err(AuthError::new(
-                    "shared-secret authentication is not configured",
-                ));
+                return Err(AuthError::new("shared-secret authentication is not configured"));
             }
             let secret = value.to_str().unwrap_or("");
             if !secret_matches(&self.shared_secret_hash, secret) {
@@ -121,19 +111,14 @@ impl Authenticator {
 }
 
 fn bearer_token(value: &str) -> Result<&str, AuthError> {
-    let (scheme, token) = value
-        .split_once(' ')
-        .ok_or_else(|| AuthError::new("authorization header must be `Bearer <token>`"))?;
+    let (scheme, token) =
+        value.split_once(' ').ok_or_else(|| AuthError::new("authorization header must be `Bearer <token>`"))?;
     if !scheme.eq_ignore_ascii_case("bearer") {
-        return Err(AuthError::new(
-            "authorization header must use the Bearer scheme",
-        ));
+        return Err(AuthError::new("authorization header must use the Bearer scheme"));
     }
     let token = token.trim();
     if token.is_empty() {
-        return Err(AuthError::new(
-            "authorization header has an empty bearer token",
-        ));
+        return Err(AuthError::new("authorization header has an empty bearer token"));
     }
     Ok(token)
 }
@@ -156,16 +141,12 @@ fn shared_secret_principal(headers: &HeaderMap) -> Result<Principal, AuthError> 
         match headers.get(name) {
             None => Ok(None),
             Some(value) => {
-                let text = value
-                    .to_str()
-                    .map_err(|_| AuthError::new(format!("{name} is not valid ASCII")))?
-                    .trim();
+                let text = value.to_str().map_err(|_| AuthError::new(format!("{name} is not valid ASCII")))?.trim();
                 Ok((!text.is_empty()).then(|| text.to_string()))
             }
         }
     };
-    let user_id = header("x-user-id")?
-        .ok_or_else(|| AuthError::new("x-shared-secret requires an x-user-id header"))?;
+    let user_id = header("x-user-id")?.ok_or_else(|| AuthError::new("x-shared-secret requires an x-user-id header"))?;
     check_identity("x-user-id", &user_id)?;
     let email = header("x-user-email")?;
     if let Some(email) = &email {
@@ -173,43 +154,26 @@ fn shared_secret_principal(headers: &HeaderMap) -> Result<Principal, AuthError> 
     }
     let teams = match header("x-user-teams")? {
         None => Vec::new(),
-        Some(list) => list
-            .split(',')
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-            .map(String::from)
-            .collect(),
+        Some(list) => list.split(',').map(str::trim).filter(|t| !t.is_empty()).map(String::from).collect(),
     };
     check_teams("x-user-teams", &teams)?;
-    Ok(Principal {
-        user_id,
-        email,
-        teams,
-        is_admin: false,
-        is_user: true,
-    })
+    Ok(Principal { user_id, email, teams, is_admin: false, is_user: true })
 }
 
 /// Identity strings become database keys and owner ids: bounded, printable.
 fn check_identity(what: &str, value: &str) -> Result<(), AuthError> {
     if value.is_empty() || value.len() > MAX_IDENTITY_LEN {
-        return Err(AuthError::new(format!(
-            "{what} must be 1 to {MAX_IDENTITY_LEN} bytes"
-        )));
+        return Err(AuthError::new(format!("{what} must be 1 to {MAX_IDENTITY_LEN} bytes")));
     }
     if value.chars().any(char::is_control) {
-        return Err(AuthError::new(format!(
-            "{what} contains control characters"
-        )));
+        return Err(AuthError::new(format!("{what} contains control characters")));
     }
     Ok(())
 }
 
 fn check_teams(what: &str, teams: &[String]) -> Result<(), AuthError> {
     if teams.len() > MAX_TEAMS {
-        return Err(AuthError::new(format!(
-            "{what} lists more than {MAX_TEAMS} teams"
-        )));
+        return Err(AuthError::new(format!("{what} lists more than {MAX_TEAMS} teams")));
     }
     teams.iter().try_for_each(|team| check_identity(what, team))
 }
@@ -240,39 +204,15 @@ mod tests {
         let auth = authenticator();
         let cases: &[(&[(&'static str, &str)], Result<&str, &str>)] = &[
             (&[], Err("missing credentials")),
-            (
-                &[("authorization", "Bearer admin-token-0123456789")],
-                Ok("admin"),
-            ),
-            (
-                &[("authorization", "bearer admin-token-0123456789")],
-                Ok("admin"),
-            ),
+            (&[("authorization", "Bearer admin-token-0123456789")], Ok("admin")),
+            (&[("authorization", "bearer admin-token-0123456789")], Ok("admin")),
             (&[("authorization", "Basic abc")], Err("Bearer scheme")),
-            (
-                &[("authorization", "Bearer wrong")],
-                Err("invalid admin token"),
-            ),
+            (&[("authorization", "Bearer wrong")], Err("invalid admin token")),
             (&[("authorization", "Bearer ")], Err("empty bearer token")),
-            (
-                &[("authorization", "Bearer")],
-                Err("must be `Bearer <token>`"),
-            ),
-            (
-                &[
-                    ("x-shared-secret", "shared-secret-0123456789"),
-                    ("x-user-id", "u1"),
-                ],
-                Ok("u1"),
-            ),
-            (
-                &[("x-shared-secret", "wrong"), ("x-user-id", "u1")],
-                Err("wrong shared secret"),
-            ),
-            (
-                &[("x-shared-secret", "shared-secret-0123456789")],
-                Err("requires an x-user-id"),
-            ),
+            (&[("authorization", "Bearer")], Err("must be `Bearer <token>`")),
+            (&[("x-shared-secret", "shared-secret-0123456789"), ("x-user-id", "u1")], Ok("u1")),
+            (&[("x-shared-secret", "wrong"), ("x-user-id", "u1")], Err("wrong shared secret")),
+            (&[("x-shared-secret", "shared-secret-0123456789")], Err("requires an x-user-id")),
         ];
         for (pairs, expected) in cases {
             let got = auth.authenticate(&headers(pairs));

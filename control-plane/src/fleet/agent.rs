@@ -70,7 +70,11 @@ impl AgentService for AgentApi {
         let config = self.fleet.config().clone();
         let lease_until = Utc::now() + chrono::Duration::from_std(config.lease).unwrap_or_default();
         let inventory = hello.inventory.unwrap_or_default();
-        self.fleet.store.record_hello(&host.id, inventory_json(&inventory), lease_until).await.map_err(ApiError::from)?;
+        self.fleet
+            .store
+            .record_hello(&host.id, inventory_json(&inventory), lease_until)
+            .await
+            .map_err(ApiError::from)?;
 
         let (tx, rx) = mpsc::channel(OUTBOUND_BUFFER);
         let ack = HelloAck {
@@ -194,7 +198,10 @@ async fn handle_message(fleet: &Fleet, host_id: &str, message: AgentMessage) -> 
             let error = (!succeeded).then(|| result.error_message.clone());
             // Only this host's own commands can be completed by it; a result
             // for anyone else's command changes nothing.
-            let recorded = fleet.store.complete_command(&result.command_id, host_id, succeeded, result_json(&result), error).await?;
+            let recorded = fleet
+                .store
+                .complete_command(&result.command_id, host_id, succeeded, result_json(&result), error)
+                .await?;
             if recorded {
                 fleet.notify_result(&result);
             } else {

@@ -34,7 +34,8 @@ impl EnrollmentApi {
 /// Splits `<id>.<secret>`; both parts are lowercase hex of fixed shape.
 pub fn parse_join_token(token: &str) -> Option<(&str, &str)> {
     let (id, secret) = token.split_once('.')?;
-    let hex = |s: &str, len: usize| s.len() == len && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    let hex =
+        |s: &str, len: usize| s.len() == len && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
     (hex(id, 12) && hex(secret, 64)).then_some((id, secret))
 }
 
@@ -70,8 +71,9 @@ fn join_error(err: JoinTokenError) -> ApiError {
 
 impl EnrollmentApi {
     async fn join(&self, req: JoinRequest) -> ApiResult<JoinResponse> {
-        let (token_id, secret) = parse_join_token(&req.token)
-            .ok_or_else(|| ApiError::Unauthenticated("token_unknown: malformed join token, expected <id>.<secret>".into()))?;
+        let (token_id, secret) = parse_join_token(&req.token).ok_or_else(|| {
+            ApiError::Unauthenticated("token_unknown: malformed join token, expected <id>.<secret>".into())
+        })?;
         let inventory = req.inventory.unwrap_or_default();
         check_text("inventory.hostname", &inventory.hostname, 253)?;
         for (key, value) in &inventory.labels {
@@ -122,7 +124,11 @@ impl EnrollmentApi {
         })
     }
 
-    async fn renew(&self, peer: Option<&super::PeerCertificate>, req: RenewCertificateRequest) -> ApiResult<RenewCertificateResponse> {
+    async fn renew(
+        &self,
+        peer: Option<&super::PeerCertificate>,
+        req: RenewCertificateRequest,
+    ) -> ApiResult<RenewCertificateResponse> {
         let host = self.fleet.authorize(peer).await?;
         let issued = self
             .fleet

@@ -98,14 +98,15 @@ impl Fleet {
     /// the certificate must be one we issued, not revoked, for a host that
     /// is not removed.
     pub async fn authorize(&self, peer: Option<&PeerCertificate>) -> ApiResult<host::Model> {
-        let peer = peer.ok_or_else(|| ApiError::Unauthenticated("this call needs the host's client certificate".into()))?;
-        let (cert, host) = self
-            .store
-            .certificate(&peer.fingerprint)
-            .await?
-            .ok_or_else(|| ApiError::Unauthenticated("client certificate is not one this control plane issued".into()))?;
+        let peer =
+            peer.ok_or_else(|| ApiError::Unauthenticated("this call needs the host's client certificate".into()))?;
+        let (cert, host) = self.store.certificate(&peer.fingerprint).await?.ok_or_else(|| {
+            ApiError::Unauthenticated("client certificate is not one this control plane issued".into())
+        })?;
         if host.status == HOST_REMOVED {
-            return Err(ApiError::PermissionDenied("host_revoked: this host was removed from the control plane".into()));
+            return Err(ApiError::PermissionDenied(
+                "host_revoked: this host was removed from the control plane".into(),
+            ));
         }
         if cert.revoked_at.is_some() {
             return Err(ApiError::PermissionDenied("host_revoked: this certificate was revoked".into()));
@@ -167,7 +168,12 @@ impl Fleet {
     }
 
     /// Queues a command for a host and pushes it at once if connected.
-    pub async fn enqueue(&self, host_id: &str, tenant_id: Option<&str>, payload: command::Payload) -> ApiResult<String> {
+    pub async fn enqueue(
+        &self,
+        host_id: &str,
+        tenant_id: Option<&str>,
+        payload: command::Payload,
+    ) -> ApiResult<String> {
         let kind = command_kind(&payload);
         let encoded = pb::Command { payload: Some(payload), ..Default::default() }.encode_to_vec();
         let id = self

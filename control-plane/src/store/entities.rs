@@ -26,11 +26,7 @@ pub mod tenant {
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
     pub enum Relation {
-        #[sea_orm(
-            belongs_to = "super::plan::Entity",
-            from = "Column::PlanId",
-            to = "super::plan::Column::Id"
-        )]
+        #[sea_orm(belongs_to = "super::plan::Entity", from = "Column::PlanId", to = "super::plan::Column::Id")]
         Plan,
     }
 

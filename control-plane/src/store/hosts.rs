@@ -51,7 +51,11 @@ impl Store {
         Ok(())
     }
 
-    pub async fn list_join_tokens(&self, after_id: Option<&str>, limit: u64) -> StoreResult<(Vec<join_token::Model>, bool)> {
+    pub async fn list_join_tokens(
+        &self,
+        after_id: Option<&str>,
+        limit: u64,
+    ) -> StoreResult<(Vec<join_token::Model>, bool)> {
         let mut query = join_token::Entity::find();
         if let Some(after) = after_id {
             query = query.filter(join_token::Column::Id.gt(after));
@@ -98,7 +102,8 @@ impl Store {
         if updated.rows_affected == 1 {
             return Ok(Ok(token));
         }
-        let current = join_token::Entity::find_by_id(id).one(&self.db).await?.ok_or(StoreError::NotFound("join token"))?;
+        let current =
+            join_token::Entity::find_by_id(id).one(&self.db).await?.ok_or(StoreError::NotFound("join token"))?;
         Ok(Err(if current.revoked_at.is_some() {
             JoinTokenError::Revoked
         } else if current.expires_at <= now {
@@ -213,7 +218,12 @@ impl Store {
 
     /// Renews the leases of many hosts in a few statements (heartbeats are
     /// batched in memory; one UPDATE per host per beat would not scale).
-    pub async fn renew_leases(&self, ids: &[String], heartbeat_at: DateTime<Utc>, lease_until: DateTime<Utc>) -> StoreResult<()> {
+    pub async fn renew_leases(
+        &self,
+        ids: &[String],
+        heartbeat_at: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+    ) -> StoreResult<()> {
         for chunk in ids.chunks(500) {
             host::Entity::update_many()
                 .col_expr(host::Column::LastHeartbeatAt, Expr::value(Some(heartbeat_at)))
@@ -226,7 +236,13 @@ impl Store {
         Ok(())
     }
 
-    pub async fn enqueue_command(&self, host_id: &str, tenant_id: Option<&str>, kind: &str, payload: Value) -> StoreResult<String> {
+    pub async fn enqueue_command(
+        &self,
+        host_id: &str,
+        tenant_id: Option<&str>,
+        kind: &str,
+        payload: Value,
+    ) -> StoreResult<String> {
         let now = Utc::now();
         let id = Uuid::now_v7().to_string();
         host_command::Entity::insert(host_command::ActiveModel {
@@ -292,7 +308,14 @@ impl Store {
 
     /// Records the final result of a command, once, and only from the host it
     /// belongs to. Returns false for a duplicate or foreign result.
-    pub async fn complete_command(&self, id: &str, host_id: &str, succeeded: bool, result: Value, error: Option<String>) -> StoreResult<bool> {
+    pub async fn complete_command(
+        &self,
+        id: &str,
+        host_id: &str,
+        succeeded: bool,
+        result: Value,
+        error: Option<String>,
+    ) -> StoreResult<bool> {
         let now = Utc::now();
         let updated = host_command::Entity::update_many()
             .col_expr(host_command::Column::State, Expr::value(if succeeded { CMD_SUCCEEDED } else { CMD_FAILED }))

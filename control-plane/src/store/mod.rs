@@ -47,8 +47,7 @@ impl Store {
             .sqlx_logging(false);
         let db = Database::connect(options).await?;
         if db.get_database_backend() == DbBackend::Sqlite {
-            db.execute_unprepared("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;")
-                .await?;
+            db.execute_unprepared("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;").await?;
         }
         Ok(Store { db })
     }
@@ -77,8 +76,5 @@ impl Store {
 /// True when the error is a unique-constraint violation (a lost race or a
 /// taken natural key), on either backend.
 fn is_unique_violation(err: &DbErr) -> bool {
-    matches!(
-        err.sql_err(),
-        Some(sea_orm::SqlErr::UniqueConstraintViolation(_))
-    )
+    matches!(err.sql_err(), Some(sea_orm::SqlErr::UniqueConstraintViolation(_)))
 }

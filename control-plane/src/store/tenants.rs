@@ -1,10 +1,7 @@
 //! Tenants, their owners (users, teams), subscriptions and audit entries.
 use chrono::{DateTime, Months, Utc};
 use sea_orm::sea_query::OnConflict;
-use sea_orm::{
-    ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
-    TransactionTrait,
-};
+use sea_orm::{ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, TransactionTrait};
 use serde_json::json;
 use uuid::Uuid;
 
@@ -113,17 +110,11 @@ const WAITING_FOR_HOST: &str = "waiting for a host: no host has been placed for 
 
 impl Store {
     pub async fn plan_by_name(&self, name: &str) -> StoreResult<Option<plan::Model>> {
-        Ok(plan::Entity::find()
-            .filter(plan::Column::Name.eq(name))
-            .one(&self.db)
-            .await?)
+        Ok(plan::Entity::find().filter(plan::Column::Name.eq(name)).one(&self.db).await?)
     }
 
     pub async fn list_plans(&self) -> StoreResult<Vec<plan::Model>> {
-        Ok(plan::Entity::find()
-            .order_by_asc(plan::Column::PriceMonthlyCents)
-            .all(&self.db)
-            .await?)
+        Ok(plan::Entity::find().order_by_asc(plan::Column::PriceMonthlyCents).all(&self.db).await?)
     }
 
     /// Creates a tenant, or returns the owner's live tenant with `false`.
@@ -141,17 +132,13 @@ impl Store {
                         return Ok((existing, false));
                     }
                     if new.slug_requested {
-                        return Err(StoreError::Conflict(format!(
-                            "slug {slug:?} is already taken"
-                        )));
+                        return Err(StoreError::Conflict(format!("slug {slug:?} is already taken")));
                     }
                 }
                 Err(err) => return Err(err),
             }
         }
-        Err(StoreError::Conflict(
-            "could not find a free slug for this owner; pass one explicitly".into(),
-        ))
+        Err(StoreError::Conflict("could not find a free slug for this owner; pass one explicitly".into()))
     }
 
     /// Writes a tenant and everything that comes with it in one transaction
@@ -174,15 +161,11 @@ impl Store {
         .exec(&txn)
         .await?;
         if let Owner::Team(team_id) = &new.owner {
-            team::Entity::insert(team::ActiveModel {
-                id: Set(team_id.clone()),
-                name: Set(None),
-                created_at: Set(now),
-            })
-            .on_conflict(OnConflict::column(team::Column::Id).do_nothing().to_owned())
-            .do_nothing()
-            .exec(&txn)
-            .await?;
+            team::Entity::insert(team::ActiveModel { id: Set(team_id.clone()), name: Set(None), created_at: Set(now) })
+                .on_conflict(OnConflict::column(team::Column::Id).do_nothing().to_owned())
+                .do_nothing()
+                .exec(&txn)
+                .await?;
             team_membership::Entity::insert(team_membership::ActiveModel {
                 team_id: Set(team_id.clone()),
                 user_id: Set(new.actor_user_id.clone()),
@@ -190,12 +173,9 @@ impl Store {
                 created_at: Set(now),
             })
             .on_conflict(
-                OnConflict::columns([
-                    team_membership::Column::TeamId,
-                    team_membership::Column::UserId,
-                ])
-                .do_nothing()
-                .to_owned(),
+                OnConflict::columns([team_membership::Column::TeamId, team_membership::Column::UserId])
+                    .do_nothing()
+                    .to_owned(),
             )
             .do_nothing()
             .exec(&txn)
@@ -217,9 +197,7 @@ impl Store {
             updated_at: now,
             deleted_at: None,
         };
-        tenant::Entity::insert(tenant::ActiveModel::from(model.clone()))
-            .exec(&txn)
-            .await?;
+        tenant::Entity::insert(tenant::ActiveModel::from(model.clone())).exec(&txn).await?;
         subscription::Entity::insert(subscription::ActiveModel {
             id: Set(Uuid::now_v7().to_string()),
             tenant_id: Set(model.id.clone()),
@@ -232,19 +210,9 @@ impl Store {
         })
         .exec(&txn)
         .await?;
-        audit(
-            &txn,
-            &new.actor_user_id,
-            "tenant.create",
-            &model.id,
-            json!({"slug": slug, "plan": plan.name}),
-        )
-        .await?;
+        audit(&txn, &new.actor_user_id, "tenant.create", &model.id, json!({"slug": slug, "plan": plan.name})).await?;
         txn.commit().await?;
-        Ok(TenantRecord {
-            tenant: model,
-            plan: plan.name.clone(),
-        })
+        Ok(TenantRecord { tenant: model, plan: plan.name.clone() })
     }
 
     /// The owner's tenant that is not deleted.
@@ -262,11 +230,7 @@ impl Store {
     pub async fn live_tenant(&self, id_or_slug: &str) -> StoreResult<Option<TenantRecord>> {
         let row = tenant::Entity::find()
             .find_also_related(plan::Entity)
-            .filter(
-                tenant::Column::Id
-                    .eq(id_or_slug)
-                    .or(tenant::Column::Slug.eq(id_or_slug)),
-            )
+            .filter(tenant::Column::Id.eq(id_or_slug).or(tenant::Column::Slug.eq(id_or_slug)))
             .filter(tenant::Column::DeletedAt.is_null())
             .one(&self.db)
             .await?;
@@ -302,18 +266,11 @@ impl Store {
     }
 
     /// Marks a live tenant deleted; it is purged after the retention.
-    pub async fn soft_delete_tenant(
-        &self,
-        tenant_id: &str,
-        actor: &str,
-    ) -> StoreResult<TenantRecord> {
+    pub async fn soft_delete_tenant(&self, tenant_id: &str, actor: &str) -> StoreResult<TenantRecord> {
         let now = Utc::now();
         let txn = self.db.begin().await?;
         let updated = tenant::Entity::update_many()
-            .col_expr(
-                tenant::Column::Status,
-                TenantStatus::Deleted.as_str().into(),
-            )
+            .col_expr(tenant::Column::Status, TenantStatus::Deleted.as_str().into())
             .col_expr(tenant::Column::StatusMessage, "deleted".into())
             .col_expr(tenant::Column::DeletedAt, Some(now).into())
             .col_expr(tenant::Column::UpdatedAt, now.into())
@@ -337,28 +294,19 @@ impl Store {
     /// Removes tenants deleted before `cutoff`, with everything that
     /// references them (the foreign keys cascade). Returns how many went.
     pub async fn purge_deleted_tenants(&self, cutoff: DateTime<Utc>) -> StoreResult<u64> {
-        let result = tenant::Entity::delete_many()
-            .filter(tenant::Column::DeletedAt.lt(cutoff))
-            .exec(&self.db)
-            .await?;
+        let result = tenant::Entity::delete_many().filter(tenant::Column::DeletedAt.lt(cutoff)).exec(&self.db).await?;
         Ok(result.rows_affected)
     }
 
     /// Whether a tenant row exists at all, deleted or not (for tests and the
     /// purger's reporting).
     pub async fn tenant_row_exists(&self, tenant_id: &str) -> StoreResult<bool> {
-        Ok(tenant::Entity::find_by_id(tenant_id)
-            .one(&self.db)
-            .await?
-            .is_some())
+        Ok(tenant::Entity::find_by_id(tenant_id).one(&self.db).await?.is_some())
     }
 }
 
 fn record((tenant, plan): (tenant::Model, Option<plan::Model>)) -> TenantRecord {
-    TenantRecord {
-        tenant,
-        plan: plan.map(|p| p.name).unwrap_or_default(),
-    }
+    TenantRecord { tenant, plan: plan.map(|p| p.name).unwrap_or_default() }
 }
 
 async fn audit<C: sea_orm::ConnectionTrait>(

@@ -24,9 +24,7 @@ pub const ISSUER: &str = "https://sso.test";
 pub const AUDIENCE: &str = "clawplane";
 
 pub fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
 }
 
 /// A database for one test: a fresh SQLite file or a fresh PostgreSQL
@@ -39,8 +37,7 @@ pub struct TestDb {
 }
 
 fn pg_admin_url() -> String {
-    std::env::var("CLAWPLANE_TEST_PG_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+    std::env::var("CLAWPLANE_TEST_PG_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
 }
 
 /// SQLite always; PostgreSQL when reachable. With CLAWPLANE_REQUIRE_PG=1
@@ -57,18 +54,12 @@ pub async fn test_databases() -> Vec<TestDb> {
 pub fn sqlite_db() -> TestDb {
     let dir = tempfile::tempdir().expect("tempdir");
     let url = format!("sqlite://{}?mode=rwc", dir.path().join("test.db").display());
-    TestDb {
-        backend: "sqlite",
-        url,
-        dir,
-        pg: None,
-    }
+    TestDb { backend: "sqlite", url, dir, pg: None }
 }
 
 pub async fn postgres_db() -> Option<TestDb> {
     let admin_url = pg_admin_url();
-    let connected =
-        tokio::time::timeout(Duration::from_secs(5), Database::connect(admin_url.clone())).await;
+    let connected = tokio::time::timeout(Duration::from_secs(5), Database::connect(admin_url.clone())).await;
     let admin = match connected {
         Ok(Ok(db)) => db,
         other => {
@@ -84,15 +75,9 @@ pub async fn postgres_db() -> Option<TestDb> {
         }
     };
     let name = format!("clawplane_test_{}", uuid::Uuid::new_v4().simple());
-    admin
-        .execute_unprepared(&format!("CREATE DATABASE {name}"))
-        .await
-        .expect("create test database");
+    admin.execute_unprepared(&format!("CREATE DATABASE {name}")).await.expect("create test database");
     let _ = admin.close().await;
-    let base = admin_url
-        .rsplit_once('/')
-        .map(|(base, _)| base.to_string())
-        .unwrap();
+    let base = admin_url.rsplit_once('/').map(|(base, _)| base.to_string()).unwrap();
     Some(TestDb {
         backend: "postgres",
         url: format!("{base}/{name}"),
@@ -115,9 +100,7 @@ impl TestDb {
     pub async fn cleanup(self) {
         if let Some((admin_url, name)) = &self.pg {
             if let Ok(admin) = Database::connect(admin_url.clone()).await {
-                let _ = admin
-                    .execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                    .await;
+                let _ = admin.execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await;
                 let _ = admin.close().await;
             }
         }
@@ -165,20 +148,11 @@ impl TestServer {
         let task = tokio::spawn(server.run(async move {
             let _ = stopped.await;
         }));
-        TestServer {
-            addr,
-            store,
-            stop: Some(stop),
-            task,
-        }
+        TestServer { addr, store, stop: Some(stop), task }
     }
 
     pub async fn channel(&self) -> Channel {
-        Channel::from_shared(format!("http://{}", self.addr))
-            .unwrap()
-            .connect()
-            .await
-            .expect("connect")
+        Channel::from_shared(format!("http://{}", self.addr)).unwrap().connect().await.expect("connect")
     }
 
     pub async fn shutdown(mut self) {
@@ -192,11 +166,7 @@ impl TestServer {
 pub enum Cred {
     None,
     Bearer(String),
-    Shared {
-        secret: String,
-        user: String,
-        teams: String,
-    },
+    Shared { secret: String, user: String, teams: String },
 }
 
 impl Cred {
@@ -210,11 +180,7 @@ impl Cred {
     }
 
     pub fn shared(user: &str) -> Cred {
-        Cred::Shared {
-            secret: SHARED_SECRET.into(),
-            user: user.into(),
-            teams: String::new(),
-        }
+        Cred::Shared { secret: SHARED_SECRET.into(), user: user.into(), teams: String::new() }
     }
 
     pub fn request<T>(&self, message: T) -> tonic::Request<T> {
@@ -223,30 +189,14 @@ impl Cred {
         match self {
             Cred::None => {}
             Cred::Bearer(token) => {
-                metadata.insert(
-                    "authorization",
-                    MetadataValue::try_from(format!("Bearer {token}")).unwrap(),
-                );
+                metadata.insert("authorization", MetadataValue::try_from(format!("Bearer {token}")).unwrap());
             }
-            Cred::Shared {
-                secret,
-                user,
-                teams,
-            } => {
-                metadata.insert(
-                    "x-shared-secret",
-                    MetadataValue::try_from(secret.as_str()).unwrap(),
-                );
+            Cred::Shared { secret, user, teams } => {
+                metadata.insert("x-shared-secret", MetadataValue::try_from(secret.as_str()).unwrap());
                 metadata.insert("x-user-id", MetadataValue::try_from(user.as_str()).unwrap());
-                metadata.insert(
-                    "x-user-email",
-                    MetadataValue::try_from(format!("{user}@example.com")).unwrap(),
-                );
+                metadata.insert("x-user-email", MetadataValue::try_from(format!("{user}@example.com")).unwrap());
                 if !teams.is_empty() {
-                    metadata.insert(
-                        "x-user-teams",
-                        MetadataValue::try_from(teams.as_str()).unwrap(),
-                    );
+                    metadata.insert("x-user-teams", MetadataValue::try_from(teams.as_str()).unwrap());
                 }
             }
         }
@@ -255,10 +205,7 @@ impl Cred {
 }
 
 pub fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64
 }
 
 /// Valid claims for `user`, expiring in an hour.
@@ -275,32 +222,17 @@ pub fn claims(user: &str, teams: &[&str]) -> Value {
 }
 
 pub fn hs256(claims: Value) -> String {
-    sign(
-        Algorithm::HS256,
-        &EncodingKey::from_secret(HS_SECRET.as_bytes()),
-        None,
-        &claims,
-    )
+    sign(Algorithm::HS256, &EncodingKey::from_secret(HS_SECRET.as_bytes()), None, &claims)
 }
 
 pub fn rs256(claims: &Value, kid: Option<&str>) -> String {
     let pem = std::fs::read(fixture("rsa_private.pem")).unwrap();
-    sign(
-        Algorithm::RS256,
-        &EncodingKey::from_rsa_pem(&pem).unwrap(),
-        kid,
-        claims,
-    )
+    sign(Algorithm::RS256, &EncodingKey::from_rsa_pem(&pem).unwrap(), kid, claims)
 }
 
 pub fn es256(claims: &Value, kid: Option<&str>) -> String {
     let pem = std::fs::read(fixture("ec_private.pem")).unwrap();
-    sign(
-        Algorithm::ES256,
-        &EncodingKey::from_ec_pem(&pem).unwrap(),
-        kid,
-        claims,
-    )
+    sign(Algorithm::ES256, &EncodingKey::from_ec_pem(&pem).unwrap(), kid, claims)
 }
 
 pub fn sign(alg: Algorithm, key: &EncodingKey, kid: Option<&str>, claims: &Value) -> String {

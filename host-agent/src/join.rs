@@ -1,0 +1,88 @@
+//! `clawplane-agent join`: enroll this host with a control plane.
+//!
+//! The key pair is generated here and only a CSR leaves the host. The
+//! control plane is trusted through the CA pin the operator pasted, not
+//! through system roots.
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context};
+use clawplane_proto::v1::enrollment_service_client::EnrollmentServiceClient;
+use clawplane_proto::v1::JoinRequest;
+use clawplane_tls::PinnedServerVerifier;
+use tonic::Code;
+
+use crate::inventory::{collect, AgentConfig};
+use crate::state::{Identity, StateDir};
+
+/// A new key pair and a CSR for it.
+pub fn key_and_csr() -> anyhow::Result<(String, String)> {
+    let key = rcgen::KeyPair::generate()?;
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params.distinguished_name.push(rcgen::DnType::CommonName, crate::inventory::hostname());
+    let csr = params.serialize_request(&key)?.pem()?;
+    Ok((key.serialize_pem(), csr))
+}
+
+pub async fn run(control_plane: &str, token: &str, ca_pin: &str, state_dir: &Path) -> anyhow::Result<()> {
+    let state = StateDir::new(state_dir);
+    if let Some(identity) = state.identity()? {
+        bail!(
+            "this host already joined as {} (state in {}); to join again, remove the host on the control plane and delete that directory",
+            identity.host_id,
+            state_dir.display()
+        );
+    }
+    let verifier = PinnedServerVerifier::new(ca_pin)?;
+    let channel = clawplane_tls::channel(control_plane, clawplane_tls::pinned_client_config(verifier.clone())?)?;
+    let (key_pem, csr_pem) = key_and_csr()?;
+    let inventory = collect(&AgentConfig::default(), state_dir.parent().unwrap_or(Path::new("/")));
+    let request = JoinRequest { token: token.to_string(), csr_pem, inventory: Some(inventory) };
+    let response = tokio::time::timeout(Duration::from_secs(30), EnrollmentServiceClient::new(channel).join(request))
+        .await
+        .map_err(|_| anyhow!("control plane at {control_plane} did not answer within 30s"))?;
+    let response = match response {
+        Ok(response) => response.into_inner(),
+        Err(status) => return Err(explain(status, &verifier, control_plane, ca_pin)),
+    };
+    let identity = Identity { host_id: response.host_id.clone(), control_plane: control_plane.to_string() };
+    state
+        .save_enrollment(&identity, &key_pem, &response.certificate_pem, &response.ca_chain_pem)
+        .context("cannot store the enrollment")?;
+    println!(
+        "joined as host {}; start the agent with: clawplane-agent run --state-dir {}",
+        response.host_id,
+        state_dir.display()
+    );
+    Ok(())
+}
+
+/// One distinct, actionable message per way a join fails.
+fn explain(status: tonic::Status, verifier: &PinnedServerVerifier, url: &str, pin: &str) -> anyhow::Error {
+    if let Some(seen) = verifier.mismatch() {
+        return anyhow!(
+            "CA pin mismatch: the control plane at {url} presented {}, not {pin}; check the pin with `clawplane ca show` on the control plane",
+            if seen.is_empty() { "no CA certificate".to_string() } else { seen.join(", ") }
+        );
+    }
+    match status.code() {
+        Code::Unauthenticated | Code::PermissionDenied | Code::InvalidArgument => {
+            anyhow!("join refused: {}", status.message())
+        }
+        Code::Unavailable | Code::Unknown | Code::Cancelled => {
+            anyhow!("cannot reach the control plane at {url}: {}", transport_detail(&status))
+        }
+        _ => anyhow!("join failed: {:?}: {}", status.code(), status.message()),
+    }
+}
+
+pub fn transport_detail(status: &tonic::Status) -> String {
+    let mut detail = status.message().to_string();
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
+    while let Some(err) = source {
+        detail = format!("{detail}: {err}");
+        source = err.source();
+    }
+    detail
+}
