@@ -3,6 +3,7 @@
 //! acknowledged on receipt and answered by id. Lost connections are retried
 //! with capped exponential backoff and full jitter. The certificate is
 //! renewed at about two thirds of its life and swapped in without a restart.
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -30,6 +31,9 @@ const STABLE_SESSION: Duration = Duration::from_secs(30);
 
 struct Agent {
     state: StateDir,
+    /// Command ids being executed right now: a redelivery that arrives while
+    /// the first delivery still runs waits for it and reuses its result.
+    running: Arc<std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
     identity: Identity,
     tls_identity: Arc<ReloadableIdentity>,
     ca_pem: String,
@@ -52,7 +56,14 @@ pub async fn run(state_dir: &Path, config_path: Option<&Path>) -> anyhow::Result
     let config = AgentConfig::load(config_path)?;
     let tls_identity = ReloadableIdentity::from_pem(&state.read("cert.pem")?, &state.read("key.pem")?)
         .context("stored certificate or key is unusable")?;
-    let agent = Arc::new(Agent { ca_pem: state.read("ca.pem")?, state, identity, tls_identity, config });
+    let agent = Arc::new(Agent {
+        ca_pem: state.read("ca.pem")?,
+        state,
+        running: Default::default(),
+        identity,
+        tls_identity,
+        config,
+    });
     tracing::info!(host = %agent.identity.host_id, control_plane = %agent.identity.control_plane, "agent starting");
 
     let renewal = tokio::spawn(agent.clone().renew_forever());
@@ -135,8 +146,13 @@ impl Agent {
                             let _ = out.send(ack).await;
                             let state = self.state.clone();
                             let out = out.clone();
+                            let lock = self.running.lock().unwrap().entry(command.id.clone()).or_default().clone();
+                            let running = self.running.clone();
                             tokio::spawn(async move {
+                                let _guard = lock.lock().await;
+                                let id = command.id.clone();
                                 let result = tokio::task::spawn_blocking(move || commands::execute(&state, command)).await;
+                                running.lock().unwrap().remove(&id);
                                 if let Ok(result) = result {
                                     let _ = out.send(AgentMessage { kind: Some(agent_message::Kind::CommandResult(result)) }).await;
                                 }

@@ -89,7 +89,8 @@ impl StateDir {
         create_private_dir(&dir)?;
         write_private(&dir.join(command_id), result)?;
         let mut log = std::fs::OpenOptions::new().create(true).append(true).open(self.path("executed.log"))?;
-        writeln!(log, "{command_id}")?;
+        // One write per line: O_APPEND keeps whole writes from interleaving.
+        log.write_all(format!("{command_id}\n").as_bytes())?;
         log.sync_data()?;
         Ok(())
     }
