@@ -106,7 +106,8 @@ fn admin<T>(token: &str, message: T) -> tonic::Request<T> {
 /// Joins one simulated host; returns its host id, certificate and key.
 async fn join(url: &str, pin: &str, token: &str, n: usize) -> (String, String, String, String) {
     let key = rcgen::KeyPair::generate().unwrap();
-    let csr = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap().serialize_request(&key).unwrap().pem().unwrap();
+    let csr =
+        rcgen::CertificateParams::new(Vec::<String>::new()).unwrap().serialize_request(&key).unwrap().pem().unwrap();
     let verifier = clawplane_tls::PinnedServerVerifier::new(pin).unwrap();
     let channel = clawplane_tls::channel(url, clawplane_tls::pinned_client_config(verifier).unwrap()).unwrap();
     let inventory = HostInventory { hostname: format!("sim-{n}"), agent_version: "bench".into(), ..Default::default() };

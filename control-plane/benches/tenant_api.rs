@@ -127,6 +127,7 @@ async fn run_backend(backend: &str, url: String, data_dir: std::path::PathBuf) {
         data_dir: Some(data_dir),
         database_url: Some(url),
         api_listen: Some("127.0.0.1:0".into()),
+        agent_listen: Some("127.0.0.1:0".into()),
         ..Default::default()
     };
     args.auth.jwt_hs256_secret = Some(SECRET.into());

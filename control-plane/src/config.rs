@@ -152,6 +152,7 @@ struct LimitsFileConfig {
     max_connections: Option<usize>,
     request_timeout: Option<String>,
     database_max_connections: Option<u32>,
+    tenant_cache_ttl: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -213,6 +214,8 @@ pub struct Config {
     pub max_connections: usize,
     pub request_timeout: Duration,
     pub database_max_connections: u32,
+    /// How long GetMyTenant may answer from memory (0 = always the database).
+    pub tenant_cache_ttl: Duration,
     /// URL of the agent listener as hosts reach it.
     pub agent_public_url: String,
     /// Names the agent listener's certificate is valid for.
@@ -305,6 +308,7 @@ impl Config {
             bail!("limits.database_max_connections: must be greater than zero");
         }
 
+        let tenant_cache_ttl = duration("limits.tenant_cache_ttl", file.limits.tenant_cache_ttl, "1s")?;
         let host_heartbeat_interval = duration("hosts.heartbeat_interval", file.hosts.heartbeat_interval, "5s")?;
         let host_lease = duration("hosts.lease", file.hosts.lease, "20s")?;
         if host_heartbeat_interval.is_zero() || host_lease < host_heartbeat_interval * 2 {
@@ -338,6 +342,7 @@ impl Config {
         }
 
         Ok(Config {
+            tenant_cache_ttl,
             agent_public_url,
             agent_server_names,
             host_heartbeat_interval,
@@ -503,6 +508,16 @@ mod tests {
             let err = load(ServeArgs::default(), text).unwrap_err();
             assert!(format!("{err:#}").contains(expected), "{text}: {err:#}");
         }
+    }
+
+    #[test]
+    fn the_shipped_example_is_valid() {
+        let text = include_str!("../../deploy/clawplane.example.toml").replace("/etc/clawplane/sso-jwks.json", "x");
+        let file: FileConfig = toml::from_str(&text).unwrap();
+        let config = Config::merge(ServeArgs::default(), file).unwrap();
+        assert_eq!(config.agent_public_url, "https://cp.example.com:7701");
+        assert!(config.agent_server_names.contains(&"cp.example.com".to_string()));
+        assert_eq!(config.cors_origins, CorsOrigins::List(vec!["https://app.example.com".into()]));
     }
 
     #[test]

@@ -52,7 +52,8 @@ impl Server {
         let authenticator = Authenticator::from_config(&config.auth)?;
         let store = Store::connect(&config.database_url, config.database_max_connections)
             .await
-            .context("database: cannot connect")?;
+            .context("database: cannot connect")?
+            .with_owner_cache(config.tenant_cache_ttl);
         store.migrate().await.context("database: migrations failed")?;
         let pki = Pki::load_or_create(&PkiConfig {
             dir: config.data_dir.join("pki"),

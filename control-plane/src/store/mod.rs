@@ -32,6 +32,7 @@ pub type StoreResult<T> = Result<T, StoreError>;
 #[derive(Clone)]
 pub struct Store {
     db: DatabaseConnection,
+    owner_cache: std::sync::Arc<tenants::OwnerCache>,
 }
 
 impl Store {
@@ -49,7 +50,16 @@ impl Store {
         if db.get_database_backend() == DbBackend::Sqlite {
             db.execute_unprepared("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;").await?;
         }
-        Ok(Store { db })
+        Ok(Store { db, owner_cache: Default::default() })
+    }
+
+    /// Serves "the owner's live tenant" (GetMyTenant, the dashboard's hot
+    /// path) from memory for up to `ttl`. Writes through this store
+    /// invalidate at once; another replica sharing the database sees them
+    /// within `ttl`. Zero disables the cache.
+    pub fn with_owner_cache(mut self, ttl: Duration) -> Self {
+        self.owner_cache = std::sync::Arc::new(tenants::OwnerCache::new(ttl));
+        self
     }
 
     /// Applies pending migrations.

@@ -106,6 +106,51 @@ pub struct NewTenant {
     pub actor_email: Option<String>,
 }
 
+/// Positive-only cache of owner key -> live tenant (see
+/// [`Store::with_owner_cache`]). Misses are never cached, so a tenant
+/// created on another replica is visible at once.
+#[derive(Default)]
+pub struct OwnerCache {
+    ttl: std::time::Duration,
+    entries: std::sync::Mutex<std::collections::HashMap<String, (std::time::Instant, TenantRecord)>>,
+}
+
+/// Upper bound on cached owners; the cache is cleared when it is reached.
+const OWNER_CACHE_CAPACITY: usize = 100_000;
+
+impl OwnerCache {
+    pub fn new(ttl: std::time::Duration) -> Self {
+        OwnerCache { ttl, entries: Default::default() }
+    }
+
+    fn get(&self, key: &str) -> Option<TenantRecord> {
+        if self.ttl.is_zero() {
+            return None;
+        }
+        let entries = self.entries.lock().unwrap();
+        entries.get(key).filter(|(at, _)| at.elapsed() < self.ttl).map(|(_, record)| record.clone())
+    }
+
+    fn put(&self, key: String, record: &TenantRecord) {
+        if self.ttl.is_zero() {
+            return;
+        }
+        let mut entries = self.entries.lock().unwrap();
+        if entries.len() >= OWNER_CACHE_CAPACITY {
+            entries.clear();
+        }
+        entries.insert(key, (std::time::Instant::now(), record.clone()));
+    }
+
+    fn forget(&self, key: &str) {
+        self.entries.lock().unwrap().remove(key);
+    }
+
+    fn clear(&self) {
+        self.entries.lock().unwrap().clear();
+    }
+}
+
 const WAITING_FOR_HOST: &str = "waiting for a host: no host has been placed for this tenant yet";
 
 impl Store {
@@ -217,13 +262,21 @@ impl Store {
 
     /// The owner's tenant that is not deleted.
     pub async fn live_tenant_of(&self, owner: &Owner) -> StoreResult<Option<TenantRecord>> {
+        let key = owner.key();
+        if let Some(cached) = self.owner_cache.get(&key) {
+            return Ok(Some(cached));
+        }
         let row = tenant::Entity::find()
             .find_also_related(plan::Entity)
-            .filter(tenant::Column::OwnerKey.eq(owner.key()))
+            .filter(tenant::Column::OwnerKey.eq(key.as_str()))
             .filter(tenant::Column::DeletedAt.is_null())
             .one(&self.db)
             .await?;
-        Ok(row.map(record))
+        let found = row.map(record);
+        if let Some(record) = &found {
+            self.owner_cache.put(key, record);
+        }
+        Ok(found)
     }
 
     /// A live tenant by id or slug.
@@ -288,6 +341,7 @@ impl Store {
             .one(&self.db)
             .await?
             .ok_or(StoreError::NotFound("tenant"))?;
+        self.owner_cache.forget(&row.0.owner_key);
         Ok(record(row))
     }
 

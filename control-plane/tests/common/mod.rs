@@ -114,6 +114,7 @@ pub fn serve_args(db: &TestDb) -> ServeArgs {
         data_dir: Some(db.data_dir()),
         database_url: Some(db.url.clone()),
         api_listen: Some("127.0.0.1:0".into()),
+        agent_listen: Some("127.0.0.1:0".into()),
         base_domain: Some("claw.test".into()),
         ..Default::default()
     };
