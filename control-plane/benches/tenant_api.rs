@@ -45,7 +45,7 @@ fn stats(mut latencies: Vec<Duration>, elapsed: Duration) -> Stats {
 
 fn print(backend: &str, rpc: &str, concurrency: usize, s: &Stats) {
     println!(
-        "{backend:<9} {rpc:<13} conc={concurrency:<3} n={:<7} {:>9.0} req/s  p50={:>7.3} ms  p99={:>7.3} ms",
+        "{backend:<9} {rpc:<18} conc={concurrency:<3} n={:<7} {:>9.0} req/s  p50={:>7.3} ms  p99={:>7.3} ms",
         s.count,
         s.count as f64 / s.elapsed.as_secs_f64(),
         s.p50.as_secs_f64() * 1e3,
@@ -119,36 +119,55 @@ async fn bench_get(
     stats(all, started.elapsed())
 }
 
-async fn run_backend(backend: &str, url: String, data_dir: std::path::PathBuf) {
-    let seconds = env_number("BENCH_SECONDS", 5);
-    let concurrency = env_number("BENCH_CONCURRENCY", 32) as usize;
-    let tenants = env_number("BENCH_TENANTS", 1000) as usize;
+/// A server on `url` with the given GetMyTenant cache TTL, plus a pool of
+/// four HTTP/2 connections to it (like a web backend's client pool).
+async fn start(url: &str, data_dir: &std::path::Path, cache_ttl: Duration) -> (Vec<Channel>, tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<anyhow::Result<()>>) {
     let mut args = ServeArgs {
-        data_dir: Some(data_dir),
-        database_url: Some(url),
+        data_dir: Some(data_dir.to_path_buf()),
+        database_url: Some(url.to_string()),
         api_listen: Some("127.0.0.1:0".into()),
         agent_listen: Some("127.0.0.1:0".into()),
         ..Default::default()
     };
     args.auth.jwt_hs256_secret = Some(SECRET.into());
-    let config = Config::load(&args).unwrap();
+    let mut config = Config::load(&args).unwrap();
+    config.tenant_cache_ttl = cache_ttl;
     let server = Server::bind(config).await.unwrap();
     let addr = server.local_addr();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(server.run(async move {
         let _ = stopped.await;
     }));
-
-    // A few HTTP/2 connections, like a web backend's client pool.
     let mut channels = Vec::new();
     for _ in 0..4 {
         channels.push(Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap());
     }
+    (channels, stop, task)
+}
+
+async fn run_backend(backend: &str, url: String, data_dir: std::path::PathBuf) {
+    let seconds = env_number("BENCH_SECONDS", 5);
+    let concurrency = env_number("BENCH_CONCURRENCY", 32) as usize;
+    let tenants = env_number("BENCH_TENANTS", 1000) as usize;
     let tokens: Vec<_> = (0..tenants).map(|i| token(&format!("bench-user-{i}"))).collect();
+
+    // Every read goes to the database.
+    let (channels, stop, task) = start(&url, &data_dir, Duration::ZERO).await;
     let created = bench_create(&channels, &tokens, concurrency.min(16)).await;
     print(backend, "CreateTenant", concurrency.min(16), &created);
-    let got = bench_get(&channels, &tokens, concurrency, Duration::from_secs(seconds)).await;
-    print(backend, "GetMyTenant", concurrency, &got);
+    for conc in [concurrency / 4, concurrency] {
+        let got = bench_get(&channels, &tokens, conc, Duration::from_secs(seconds)).await;
+        print(backend, "GetMyTenant", conc, &got);
+    }
+    let _ = stop.send(());
+    let _ = task.await;
+
+    // The default: GetMyTenant may answer from memory for 1 s.
+    let (channels, stop, task) = start(&url, &data_dir, Duration::from_secs(1)).await;
+    for conc in [concurrency / 4, concurrency] {
+        let got = bench_get(&channels, &tokens, conc, Duration::from_secs(seconds)).await;
+        print(backend, "GetMyTenant+cache", conc, &got);
+    }
     let _ = stop.send(());
     let _ = task.await;
 }

@@ -145,10 +145,6 @@ impl OwnerCache {
     fn forget(&self, key: &str) {
         self.entries.lock().unwrap().remove(key);
     }
-
-    fn clear(&self) {
-        self.entries.lock().unwrap().clear();
-    }
 }
 
 const WAITING_FOR_HOST: &str = "waiting for a host: no host has been placed for this tenant yet";
