@@ -121,7 +121,11 @@ async fn bench_get(
 
 /// A server on `url` with the given GetMyTenant cache TTL, plus a pool of
 /// four HTTP/2 connections to it (like a web backend's client pool).
-async fn start(url: &str, data_dir: &std::path::Path, cache_ttl: Duration) -> (Vec<Channel>, tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<anyhow::Result<()>>) {
+async fn start(
+    url: &str,
+    data_dir: &std::path::Path,
+    cache_ttl: Duration,
+) -> (Vec<Channel>, tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<anyhow::Result<()>>) {
     let mut args = ServeArgs {
         data_dir: Some(data_dir.to_path_buf()),
         database_url: Some(url.to_string()),
