@@ -113,6 +113,7 @@ impl Server {
         tokio::spawn(watch_database(store.clone(), health.clone(), stop_rx.clone()));
         tokio::spawn(purge_deleted_tenants(store.clone(), config.clone(), stop_rx.clone()));
         tokio::spawn(fleet.clone().keep_leases(stop_rx.clone()));
+        tokio::spawn(place_pending_tenants(fleet.clone(), stop_rx.clone()));
         let agents = tokio::spawn(serve_agents(
             agent_listener,
             pki.agent_server_config()?,
@@ -140,7 +141,11 @@ impl Server {
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
-            .add_service(TenantServiceServer::new(TenantApi::new(store.clone(), config.base_domain.clone())))
+            .add_service(TenantServiceServer::new(TenantApi::new(
+                store.clone(),
+                fleet.clone(),
+                config.base_domain.clone(),
+            )))
             .add_service(UsageServiceServer::new(UsageApi::new(store.clone())))
             .add_service(HostServiceServer::new(HostApi::new(store.clone(), fleet.clone())))
             .serve_with_incoming_shutdown(incoming, async move {
@@ -226,6 +231,20 @@ async fn watch_database(store: Store, health: tonic_health::server::HealthReport
                 if ok { tonic_health::ServingStatus::Serving } else { tonic_health::ServingStatus::NotServing };
             tracing::warn!(database_ok = ok, "database health changed");
             health.set_service_status("", status).await;
+        }
+    }
+}
+
+/// Places pending tenants every few seconds (new hosts, freed capacity,
+/// or placements another replica left unfinished).
+async fn place_pending_tenants(fleet: Arc<Fleet>, mut stop: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = stopped(&mut stop) => return,
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+        }
+        if let Err(err) = fleet.place_pending().await {
+            tracing::warn!(error = %err, "placing pending tenants failed");
         }
     }
 }

@@ -1,49 +1,128 @@
 //! Executes commands from the control plane, at most once per command id:
 //! a redelivered command gets its stored result back instead of running
-//! again.
+//! again. Tenant commands go to the OpenClaw runtime; every one of them is
+//! idempotent as well, so a crash between running and recording is safe.
+use std::sync::Arc;
 use std::time::SystemTime;
 
-use clawplane_proto::v1::{command, command_result, Command, CommandOutcome, CommandResult, PingResult};
+use clawplane_proto::v1::{
+    command, command_result, ApplyConfigResult, Command, CommandOutcome, CommandResult, DeleteTenantResult, PingResult,
+    ProvisionTenantResult,
+};
 use prost::Message;
 
+use crate::openclaw::runtime::{ProcessRuntime, RuntimeError};
 use crate::state::{valid_command_id, StateDir};
 
-pub fn execute(state: &StateDir, command: Command) -> CommandResult {
-    if !valid_command_id(&command.id) {
-        return failed(&command.id, "invalid_command_id", "command id is not a UUID");
-    }
-    if let Some(stored) = state.command_result(&command.id) {
-        if let Ok(result) = CommandResult::decode(stored.as_slice()) {
-            tracing::info!(command = %command.id, "command already executed; resending its result");
-            return result;
-        }
-    }
-    let result = match command.payload {
-        Some(command::Payload::Ping(_)) => CommandResult {
-            command_id: command.id.clone(),
-            outcome: CommandOutcome::Succeeded as i32,
-            finished_at: Some(SystemTime::now().into()),
-            payload: Some(command_result::Payload::Ping(PingResult {
-                agent_time: Some(SystemTime::now().into()),
-                agent_version: env!("CARGO_PKG_VERSION").to_string(),
-            })),
-            ..Default::default()
-        },
-        Some(_) => failed(&command.id, "unsupported", "this agent does not support that command yet"),
-        None => failed(&command.id, "empty_command", "command has no payload"),
-    };
-    if let Err(err) = state.record_command(&command.id, &result.encode_to_vec()) {
-        tracing::error!(command = %command.id, error = %err, "cannot record the command result");
-    }
-    result
+pub struct Executor {
+    pub state: StateDir,
+    pub runtime: Option<Arc<ProcessRuntime>>,
 }
 
-fn failed(id: &str, code: &str, message: &str) -> CommandResult {
+impl Executor {
+    pub async fn execute(&self, command: Command) -> CommandResult {
+        if !valid_command_id(&command.id) {
+            return failed(&command.id, "invalid_command_id", "command id is not a UUID".into());
+        }
+        if let Some(stored) = self.state.command_result(&command.id) {
+            if let Ok(result) = CommandResult::decode(stored.as_slice()) {
+                tracing::info!(command = %command.id, "command already executed; resending its result");
+                return result;
+            }
+        }
+        let id = command.id.clone();
+        let result = match command.payload {
+            Some(payload) => self.run(&id, payload).await,
+            None => failed(&id, "empty_command", "command has no payload".into()),
+        };
+        // A retryable failure is not recorded: the redelivery runs it again.
+        if result.outcome != CommandOutcome::FailedRetryable as i32 {
+            if let Err(err) = self.state.record_command(&id, &result.encode_to_vec()) {
+                tracing::error!(command = %id, error = %err, "cannot record the command result");
+            }
+        }
+        result
+    }
+
+    fn runtime(&self) -> Result<&Arc<ProcessRuntime>, RuntimeError> {
+        self.runtime
+            .as_ref()
+            .ok_or_else(|| RuntimeError::Invalid("OpenClaw is not configured on this host (--openclaw-bin)".into()))
+    }
+
+    async fn run(&self, id: &str, payload: command::Payload) -> CommandResult {
+        let outcome: Result<Option<command_result::Payload>, RuntimeError> = match payload {
+            command::Payload::Ping(_) => Ok(Some(command_result::Payload::Ping(PingResult {
+                agent_time: Some(SystemTime::now().into()),
+                agent_version: env!("CARGO_PKG_VERSION").to_string(),
+            }))),
+            command::Payload::ProvisionTenant(p) => match self.runtime() {
+                Ok(runtime) => runtime.provision(&p.tenant_id, &p.slug, &p.agent_ids).await.map(|done| {
+                    Some(command_result::Payload::ProvisionTenant(ProvisionTenantResult {
+                        gateway_port: done.port as u32,
+                        agent_ids: done.agent_ids,
+                    }))
+                }),
+                Err(err) => Err(err),
+            },
+            command::Payload::ApplyConfig(c) => match self.runtime() {
+                Ok(runtime) => {
+                    let ops: Vec<(String, String)> = c.ops.into_iter().map(|op| (op.path, op.value_json)).collect();
+                    let secrets: Vec<(String, Vec<u8>)> = c.secrets.into_iter().map(|s| (s.name, s.value)).collect();
+                    runtime
+                        .apply_config(&c.tenant_id, c.generation, &ops, &c.unset_paths, &secrets, c.restart)
+                        .await
+                        .map(|applied| {
+                            Some(command_result::Payload::ApplyConfig(ApplyConfigResult {
+                                applied_generation: applied,
+                                restarted: c.restart,
+                                ..Default::default()
+                            }))
+                        })
+                }
+                Err(err) => Err(err),
+            },
+            command::Payload::RestartTenant(r) => match self.runtime() {
+                Ok(runtime) => runtime.restart(&r.tenant_id).await.map(|()| None),
+                Err(err) => Err(err),
+            },
+            command::Payload::DeleteTenant(d) => match self.runtime() {
+                Ok(runtime) => runtime.delete(&d.tenant_id, d.archive).await.map(|archived| {
+                    let (path, bytes) = archived.unwrap_or_default();
+                    Some(command_result::Payload::DeleteTenant(DeleteTenantResult {
+                        archive_path: path.display().to_string(),
+                        archive_bytes: bytes,
+                        archive_expires_at: None,
+                    }))
+                }),
+                Err(err) => Err(err),
+            },
+            _ => Err(RuntimeError::Invalid("this agent does not support that command".into())),
+        };
+        match outcome {
+            Ok(payload) => CommandResult {
+                command_id: id.to_string(),
+                outcome: CommandOutcome::Succeeded as i32,
+                finished_at: Some(SystemTime::now().into()),
+                payload,
+                ..Default::default()
+            },
+            Err(RuntimeError::Invalid(message)) => failed(id, "invalid_argument", message),
+            Err(RuntimeError::OpenClaw(message)) => failed(id, "openclaw", message),
+            Err(RuntimeError::Other(err)) => CommandResult {
+                outcome: CommandOutcome::FailedRetryable as i32,
+                ..failed(id, "internal", format!("{err:#}"))
+            },
+        }
+    }
+}
+
+fn failed(id: &str, code: &str, message: String) -> CommandResult {
     CommandResult {
         command_id: id.to_string(),
         outcome: CommandOutcome::FailedPermanent as i32,
         error_code: code.to_string(),
-        error_message: message.to_string(),
+        error_message: message,
         finished_at: Some(SystemTime::now().into()),
         ..Default::default()
     }

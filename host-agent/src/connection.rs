@@ -12,7 +12,8 @@ use anyhow::{anyhow, bail, Context};
 use clawplane_proto::v1::agent_service_client::AgentServiceClient;
 use clawplane_proto::v1::enrollment_service_client::EnrollmentServiceClient;
 use clawplane_proto::v1::{
-    agent_message, control_message, AgentHello, AgentMessage, CommandAck, Heartbeat, RenewCertificateRequest,
+    agent_message, command, control_message, AgentHello, AgentMessage, Command, CommandAck, GatewayStatus, Heartbeat,
+    LogChunk, RenewCertificateRequest, Runtime, StreamLogsCommand, TenantState,
 };
 use clawplane_tls::ReloadableIdentity;
 use tokio::sync::mpsc;
@@ -22,6 +23,8 @@ use tonic::Code;
 use crate::commands;
 use crate::inventory::{collect, AgentConfig};
 use crate::join::{key_and_csr, transport_detail};
+use crate::openclaw::cli::OpenClawCli;
+use crate::openclaw::runtime::{GatewayPhase, ProcessRuntime, RuntimeConfig};
 use crate::state::{Identity, StateDir};
 
 const BACKOFF_BASE: Duration = Duration::from_millis(500);
@@ -31,6 +34,9 @@ const STABLE_SESSION: Duration = Duration::from_secs(30);
 
 struct Agent {
     state: StateDir,
+    executor: Arc<commands::Executor>,
+    /// Log streams in progress, by request id, to cancel them.
+    log_streams: std::sync::Mutex<HashMap<String, tokio::sync::oneshot::Sender<()>>>,
     /// Command ids being executed right now: a redelivery that arrives while
     /// the first delivery still runs waits for it and reuses its result.
     running: Arc<std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
@@ -48,8 +54,35 @@ enum Ended {
     Refused(String),
 }
 
-pub async fn run(state_dir: &Path, config_path: Option<&Path>) -> anyhow::Result<()> {
+/// How the agent runs tenants.
+pub struct RuntimeOptions {
+    pub openclaw_bin: Option<std::path::PathBuf>,
+    pub tenants_dir: Option<std::path::PathBuf>,
+    pub base_port: u16,
+    pub tenant_users: bool,
+}
+
+pub async fn run(state_dir: &Path, config_path: Option<&Path>, options: RuntimeOptions) -> anyhow::Result<()> {
     let state = StateDir::new(state_dir);
+    let runtime = match &options.openclaw_bin {
+        Some(bin) => {
+            let runtime = ProcessRuntime::new(RuntimeConfig {
+                openclaw: OpenClawCli::new(bin),
+                state_dir: state_dir.to_path_buf(),
+                tenants_dir: options.tenants_dir.clone().unwrap_or_else(|| state_dir.join("tenant-homes")),
+                tenant_users: options.tenant_users,
+                base_port: options.base_port,
+                port_stride: 150,
+                cli_timeout: Duration::from_secs(120),
+                ready_timeout: Duration::from_secs(180),
+                archive_dir: state_dir.join("archives"),
+            })?;
+            runtime.adopt_all().await;
+            Some(runtime)
+        }
+        None => None,
+    };
+    let executor = Arc::new(commands::Executor { state: state.clone(), runtime });
     let identity = state
         .identity()?
         .ok_or_else(|| anyhow!("{} holds no enrollment; run `clawplane-agent join` first", state_dir.display()))?;
@@ -58,6 +91,8 @@ pub async fn run(state_dir: &Path, config_path: Option<&Path>) -> anyhow::Result
         .context("stored certificate or key is unusable")?;
     let agent = Arc::new(Agent {
         ca_pem: state.read("ca.pem")?,
+        executor,
+        log_streams: Default::default(),
         state,
         running: Default::default(),
         identity,
@@ -111,7 +146,7 @@ impl Agent {
         let (out, out_rx) = mpsc::channel::<AgentMessage>(64);
         let hello = AgentHello {
             inventory: Some(collect(&self.config, self.state.root())),
-            tenants: Vec::new(),
+            tenants: self.tenant_states(),
             completed_command_ids: Vec::new(),
         };
         let _ = out.send(AgentMessage { kind: Some(agent_message::Kind::Hello(hello)) }).await;
@@ -141,21 +176,22 @@ impl Agent {
                                 }
                             }
                         }
+                        Some(control_message::Kind::Command(command)) if self.is_log_command(&command) => {
+                            self.handle_log_command(command, out.clone());
+                        }
                         Some(control_message::Kind::Command(command)) => {
                             let ack = AgentMessage { kind: Some(agent_message::Kind::CommandAck(CommandAck { command_id: command.id.clone() })) };
                             let _ = out.send(ack).await;
-                            let state = self.state.clone();
+                            let executor = self.executor.clone();
                             let out = out.clone();
                             let lock = self.running.lock().unwrap().entry(command.id.clone()).or_default().clone();
                             let running = self.running.clone();
                             tokio::spawn(async move {
                                 let _guard = lock.lock().await;
                                 let id = command.id.clone();
-                                let result = tokio::task::spawn_blocking(move || commands::execute(&state, command)).await;
+                                let result = executor.execute(command).await;
                                 running.lock().unwrap().remove(&id);
-                                if let Ok(result) = result {
-                                    let _ = out.send(AgentMessage { kind: Some(agent_message::Kind::CommandResult(result)) }).await;
-                                }
+                                let _ = out.send(AgentMessage { kind: Some(agent_message::Kind::CommandResult(result)) }).await;
                             });
                         }
                         Some(control_message::Kind::Close(close)) => {
@@ -168,12 +204,66 @@ impl Agent {
                     }
                 }
                 _ = heartbeat.tick() => {
-                    let beat = Heartbeat { sent_at: Some(SystemTime::now().into()), ..Default::default() };
+                    let beat = Heartbeat { sent_at: Some(SystemTime::now().into()), tenants: self.tenant_states(), ..Default::default() };
                     if out.send(AgentMessage { kind: Some(agent_message::Kind::Heartbeat(beat)) }).await.is_err() {
                         return Ended::Retry("outbound stream closed".into());
                     }
                 }
             }
+        }
+    }
+
+    /// What the host runs, for the hello and heartbeats.
+    fn tenant_states(&self) -> Vec<TenantState> {
+        let Some(runtime) = &self.executor.runtime else { return Vec::new() };
+        runtime
+            .records()
+            .into_iter()
+            .map(|record| {
+                let gateway = runtime.gateway_state(&record.tenant_id);
+                let status = match gateway.as_ref().map(|g| &g.phase) {
+                    Some(GatewayPhase::Running) => GatewayStatus::Running,
+                    Some(GatewayPhase::Starting) => GatewayStatus::Starting,
+                    Some(GatewayPhase::Backoff) => GatewayStatus::Backoff,
+                    Some(GatewayPhase::Failed) => GatewayStatus::Failed,
+                    Some(GatewayPhase::Stopped) | None => GatewayStatus::Stopped,
+                };
+                TenantState {
+                    tenant_id: record.tenant_id,
+                    slug: record.slug,
+                    runtime: Runtime::Process as i32,
+                    status: status as i32,
+                    applied_config_generation: record.applied_generation,
+                    gateway_port: record.port as u32,
+                    agent_ids: record.agent_ids,
+                    last_error: gateway.as_ref().map(|g| g.last_error.clone()).unwrap_or_default(),
+                    restart_count: gateway.as_ref().map(|g| g.restarts).unwrap_or(0),
+                    status_since: gateway.map(|g| g.since.into()),
+                }
+            })
+            .collect()
+    }
+
+    fn is_log_command(&self, command: &Command) -> bool {
+        matches!(command.payload, Some(command::Payload::StreamLogs(_)) | Some(command::Payload::CancelLogs(_)))
+    }
+
+    /// Log tails are streamed, not queued: the tail first, then new lines
+    /// while following, in bounded chunks, until cancelled or disconnected.
+    fn handle_log_command(&self, command: Command, out: mpsc::Sender<AgentMessage>) {
+        match command.payload {
+            Some(command::Payload::CancelLogs(cancel)) => {
+                if let Some(stop) = self.log_streams.lock().unwrap().remove(&cancel.request_id) {
+                    let _ = stop.send(());
+                }
+            }
+            Some(command::Payload::StreamLogs(request)) => {
+                let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
+                self.log_streams.lock().unwrap().insert(request.request_id.clone(), stop_tx);
+                let runtime = self.executor.runtime.clone();
+                tokio::spawn(stream_logs(runtime, request, out, stop_rx));
+            }
+            _ => {}
         }
     }
 
@@ -236,6 +326,81 @@ impl Agent {
             bail!("renewed certificate names {} instead of this host", info.common_name);
         }
         Ok(info.not_after.duration_since(SystemTime::now()).unwrap_or_default())
+    }
+}
+
+/// Lines per LogChunk and the pause between polls while following.
+const LOG_CHUNK_LINES: usize = 200;
+const LOG_POLL: Duration = Duration::from_millis(200);
+
+async fn stream_logs(
+    runtime: Option<Arc<ProcessRuntime>>,
+    request: StreamLogsCommand,
+    out: mpsc::Sender<AgentMessage>,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) {
+    let chunk = |lines: Vec<String>, eof: bool, error: String| AgentMessage {
+        kind: Some(agent_message::Kind::LogChunk(LogChunk {
+            request_id: request.request_id.clone(),
+            tenant_id: request.tenant_id.clone(),
+            lines,
+            read_at: Some(SystemTime::now().into()),
+            eof,
+            error,
+        })),
+    };
+    let Some(runtime) = runtime else {
+        let _ = out.send(chunk(Vec::new(), true, "OpenClaw is not configured on this host".into())).await;
+        return;
+    };
+    let tail = (request.tail_lines as usize).clamp(1, 10_000);
+    let (lines, mut offset, path) = match runtime.log_tail(&request.tenant_id, tail) {
+        Ok(found) => found,
+        Err(err) => {
+            let _ = out.send(chunk(Vec::new(), true, err.to_string())).await;
+            return;
+        }
+    };
+    for part in lines.chunks(LOG_CHUNK_LINES) {
+        if out.send(chunk(part.to_vec(), false, String::new())).await.is_err() {
+            return;
+        }
+    }
+    if !request.follow {
+        let _ = out.send(chunk(Vec::new(), true, String::new())).await;
+        return;
+    }
+    let mut partial = String::new();
+    loop {
+        tokio::select! {
+            _ = &mut stop => return,
+            _ = tokio::time::sleep(LOG_POLL) => {}
+        }
+        let Ok(mut file) = std::fs::File::open(&path) else { continue };
+        let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+        if len < offset {
+            offset = 0; // rotated or truncated
+        }
+        if len == offset {
+            continue;
+        }
+        use std::io::{Read, Seek, SeekFrom};
+        let mut bytes = Vec::new();
+        if file.seek(SeekFrom::Start(offset)).is_err() || file.by_ref().take(1 << 20).read_to_end(&mut bytes).is_err() {
+            continue;
+        }
+        offset += bytes.len() as u64;
+        partial.push_str(&String::from_utf8_lossy(&bytes));
+        let mut complete: Vec<String> = Vec::new();
+        while let Some(newline) = partial.find('\n') {
+            complete.push(partial[..newline].to_string());
+            partial.drain(..=newline);
+        }
+        for part in complete.chunks(LOG_CHUNK_LINES) {
+            if out.send(chunk(part.to_vec(), false, String::new())).await.is_err() {
+                return;
+            }
+        }
     }
 }
 

@@ -4,6 +4,7 @@ mod commands;
 mod connection;
 mod inventory;
 mod join;
+mod openclaw;
 mod state;
 
 use std::path::PathBuf;
@@ -41,6 +42,19 @@ enum Command {
         state_dir: PathBuf,
         #[arg(long, env = "CLAWPLANE_CONFIG")]
         config: Option<PathBuf>,
+        /// The `openclaw` executable (scripts/install-openclaw prints it).
+        #[arg(long, env = "CLAWPLANE_OPENCLAW_BIN")]
+        openclaw_bin: Option<PathBuf>,
+        /// Where tenant state trees live (default: <state-dir>/tenant-homes).
+        #[arg(long, env = "CLAWPLANE_TENANTS_DIR")]
+        tenants_dir: Option<PathBuf>,
+        /// First loopback port for tenant gateways (then every 150).
+        #[arg(long, env = "CLAWPLANE_GATEWAY_BASE_PORT", default_value_t = 20000)]
+        gateway_base_port: u16,
+        /// Run tenants under the agent's own user instead of one OS user
+        /// each (development without root only: tenants are not isolated).
+        #[arg(long, env = "CLAWPLANE_NO_TENANT_USERS")]
+        no_tenant_users: bool,
     },
 }
 
@@ -61,7 +75,15 @@ fn main() -> ExitCode {
             Command::Join { control_plane, token, ca_pin, state_dir } => {
                 join::run(&control_plane, &token, &ca_pin, &state_dir).await
             }
-            Command::Run { state_dir, config } => connection::run(&state_dir, config.as_deref()).await,
+            Command::Run { state_dir, config, openclaw_bin, tenants_dir, gateway_base_port, no_tenant_users } => {
+                let options = connection::RuntimeOptions {
+                    openclaw_bin,
+                    tenants_dir,
+                    base_port: gateway_base_port,
+                    tenant_users: !no_tenant_users,
+                };
+                connection::run(&state_dir, config.as_deref(), options).await
+            }
         }
     });
     match result {

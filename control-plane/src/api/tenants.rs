@@ -3,10 +3,10 @@ use std::pin::Pin;
 
 use clawplane_proto::v1::tenant_service_server::TenantService;
 use clawplane_proto::v1::{
-    self as pb, owner, CreateTenantRequest, CreateTenantResponse, DeleteTenantRequest, DeleteTenantResponse,
-    GetMyTenantRequest, GetMyTenantResponse, GetTenantRequest, GetTenantResponse, ListTenantsRequest,
-    ListTenantsResponse, RestartTenantRequest, RestartTenantResponse, StreamTenantLogsRequest,
-    StreamTenantLogsResponse,
+    self as pb, command, owner, CommandOutcome, CreateTenantRequest, CreateTenantResponse, DeleteTenantRequest,
+    DeleteTenantResponse, GetMyTenantRequest, GetMyTenantResponse, GetTenantRequest, GetTenantResponse,
+    ListTenantsRequest, ListTenantsResponse, RestartTenantCommand, RestartTenantRequest, RestartTenantResponse,
+    StreamTenantLogsRequest, StreamTenantLogsResponse, TenantLogLine,
 };
 use futures::Stream;
 use tonic::{Request, Response, Status};
@@ -16,19 +16,23 @@ use super::{
     ApiResult,
 };
 use crate::auth::Principal;
+use crate::fleet::Fleet;
 use crate::store::{NewTenant, Owner, Store, TenantRecord, TenantStatus};
+use std::sync::Arc;
+use std::time::Duration;
 
 const MAX_DISPLAY_NAME: usize = 200;
 const MAX_PLAN_NAME: usize = 64;
 
 pub struct TenantApi {
     store: Store,
+    fleet: Arc<Fleet>,
     base_domain: String,
 }
 
 impl TenantApi {
-    pub fn new(store: Store, base_domain: String) -> Self {
-        TenantApi { store, base_domain }
+    pub fn new(store: Store, fleet: Arc<Fleet>, base_domain: String) -> Self {
+        TenantApi { store, fleet, base_domain }
     }
 
     fn message(&self, record: TenantRecord) -> pb::Tenant {
@@ -119,6 +123,12 @@ impl TenantApi {
             .await?;
         if created {
             tracing::info!(tenant = %record.tenant.id, slug = %record.tenant.slug, "tenant created");
+            if let Err(err) = self.fleet.place_pending().await {
+                tracing::warn!(error = %err, "placing the new tenant failed; the periodic sweep retries");
+            }
+            if let Some(placed) = self.store.live_tenant(&record.tenant.id).await? {
+                return Ok(CreateTenantResponse { tenant: Some(self.message(placed)), created });
+            }
         }
         Ok(CreateTenantResponse { tenant: Some(self.message(record)), created })
     }
@@ -152,7 +162,21 @@ fn can_access(principal: &Principal, owner: &Owner) -> bool {
 
 type LogStream = Pin<Box<dyn Stream<Item = Result<StreamTenantLogsResponse, Status>> + Send>>;
 
-const NOT_PLACED: &str = "tenant is not placed on a host yet";
+const NOT_PLACED: &str = "tenant is not placed on a host yet (no host available)";
+/// A gateway takes 10-20 s to be ready; leave room for a slow host.
+const RESTART_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// Runs `produce` with a bounded channel and returns its receiving end as
+/// a response stream.
+fn async_stream_logs<F, Fut>(produce: F) -> LogStream
+where
+    F: FnOnce(tokio::sync::mpsc::Sender<Result<StreamTenantLogsResponse, Status>>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    tokio::spawn(produce(tx));
+    Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
+}
 
 #[tonic::async_trait]
 impl TenantService for TenantApi {
@@ -208,6 +232,9 @@ impl TenantService for TenantApi {
         let deleted =
             self.store.soft_delete_tenant(&record.tenant.id, &principal.user_id).await.map_err(ApiError::from)?;
         tracing::info!(tenant = %deleted.tenant.id, "tenant deleted");
+        if let Some(host_id) = &deleted.tenant.host_id {
+            self.fleet.delete_on_host(host_id, &deleted.tenant.id).await?;
+        }
         Ok(Response::new(DeleteTenantResponse { tenant: Some(self.message(deleted)) }))
     }
 
@@ -217,10 +244,38 @@ impl TenantService for TenantApi {
     ) -> Result<Response<RestartTenantResponse>, Status> {
         let principal = caller(&request)?;
         let record = self.visible_tenant(&principal, &request.get_ref().tenant_id).await?;
-        if record.tenant.host_id.is_none() {
+        let Some(host_id) = record.tenant.host_id.clone() else {
             return Err(ApiError::FailedPrecondition(NOT_PLACED.into()).into());
+        };
+        let payload = command::Payload::RestartTenant(RestartTenantCommand {
+            tenant_id: record.tenant.id.clone(),
+            reason: format!("requested by {}", principal.user_id),
+        });
+        let command_id = self.fleet.enqueue(&host_id, Some(&record.tenant.id), payload).await?;
+        match self.fleet.wait_for_result(&command_id, RESTART_TIMEOUT).await? {
+            Some(result) if result.outcome == CommandOutcome::Succeeded as i32 => {}
+            Some(result) => {
+                return Err(ApiError::FailedPrecondition(format!(
+                    "restart failed on the host: {}",
+                    result.error_message
+                ))
+                .into())
+            }
+            None => {
+                return Err(ApiError::DeadlineExceeded(format!(
+                    "the gateway was not ready again within {}s; the restart stays queued",
+                    RESTART_TIMEOUT.as_secs()
+                ))
+                .into())
+            }
         }
-        Err(ApiError::Unimplemented("restarting a placed tenant arrives with host commands").into())
+        let record = self
+            .store
+            .live_tenant(&record.tenant.id)
+            .await
+            .map_err(ApiError::from)?
+            .ok_or(ApiError::NotFound("tenant"))?;
+        Ok(Response::new(RestartTenantResponse { tenant: Some(self.message(record)) }))
     }
 
     type StreamTenantLogsStream = LogStream;
@@ -231,9 +286,34 @@ impl TenantService for TenantApi {
     ) -> Result<Response<Self::StreamTenantLogsStream>, Status> {
         let principal = caller(&request)?;
         let record = self.visible_tenant(&principal, &request.get_ref().tenant_id).await?;
-        if record.tenant.host_id.is_none() {
+        let Some(host_id) = record.tenant.host_id.clone() else {
             return Err(ApiError::FailedPrecondition(NOT_PLACED.into()).into());
-        }
-        Err(ApiError::Unimplemented("log streaming arrives with host commands").into())
+        };
+        let req = request.into_inner();
+        let tail = match req.tail_lines {
+            n if n < 0 => return Err(ApiError::invalid("tail_lines must not be negative").into()),
+            0 => 100,
+            n => n.min(10_000) as u32,
+        };
+        let mut subscription = self.fleet.stream_logs(&host_id, &record.tenant.id, tail, req.follow).await?;
+        let stream = async_stream_logs(move |tx| async move {
+            while let Some(chunk) = subscription.lines.recv().await {
+                if !chunk.error.is_empty() {
+                    let _ = tx
+                        .send(Err(Status::failed_precondition(format!("host could not read the log: {}", chunk.error))))
+                        .await;
+                    return;
+                }
+                let observed_at = chunk.read_at;
+                let lines = chunk.lines.into_iter().map(|text| TenantLogLine { observed_at, text }).collect::<Vec<_>>();
+                if !lines.is_empty() && tx.send(Ok(StreamTenantLogsResponse { lines })).await.is_err() {
+                    return; // caller went away; dropping the subscription cancels the host side
+                }
+                if chunk.eof {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(stream))
     }
 }

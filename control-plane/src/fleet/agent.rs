@@ -85,8 +85,18 @@ impl AgentService for AgentApi {
         };
         let _ = tx.send(Ok(control(control_message::Kind::HelloAck(ack)))).await;
         let not_after = peer.map(|p| p.not_after).unwrap_or(0);
-        let handles = self.fleet.register(&host.id, not_after);
+        let handles = self.fleet.register(&host.id, not_after, tx.clone());
         tracing::info!(host = %host.id, session = handles.id, agent = %inventory.agent_version, "host connected");
+        let fleet = self.fleet.clone();
+        let (host_id, tenants) = (host.id.clone(), hello.tenants);
+        tokio::spawn(async move {
+            if let Err(err) = fleet.reconcile(&host_id, &tenants).await {
+                tracing::warn!(host = %host_id, error = %err, "reconciling the host's tenants failed");
+            }
+            if let Err(err) = fleet.place_pending().await {
+                tracing::warn!(error = %err, "placing pending tenants failed");
+            }
+        });
         tokio::spawn(run_session(self.fleet.clone(), host.id, inbound, tx, handles));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
@@ -100,7 +110,7 @@ impl AgentService for AgentApi {
     }
 }
 
-type Outbound = mpsc::Sender<Result<ControlMessage, Status>>;
+pub(super) type Outbound = mpsc::Sender<Result<ControlMessage, Status>>;
 
 async fn run_session(
     fleet: Arc<Fleet>,
@@ -203,6 +213,11 @@ async fn handle_message(fleet: &Fleet, host_id: &str, message: AgentMessage) -> 
                 .complete_command(&result.command_id, host_id, succeeded, result_json(&result), error)
                 .await?;
             if recorded {
+                if let Some(row) = fleet.store.command(&result.command_id).await? {
+                    if let Err(err) = fleet.apply_result(&row, &result).await {
+                        tracing::warn!(command = %row.id, error = %err, "applying a command result failed");
+                    }
+                }
                 fleet.notify_result(&result);
             } else {
                 tracing::debug!(host = %host_id, command = %result.command_id, "duplicate or foreign command result ignored");
@@ -212,7 +227,7 @@ async fn handle_message(fleet: &Fleet, host_id: &str, message: AgentMessage) -> 
         Some(agent_message::Kind::Hello(_)) => {
             tracing::warn!(host = %host_id, "second hello on one stream ignored");
         }
-        Some(agent_message::Kind::LogChunk(_)) => {}
+        Some(agent_message::Kind::LogChunk(chunk)) => fleet.route_log(host_id, chunk),
     }
     Ok(())
 }

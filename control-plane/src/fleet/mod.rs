@@ -10,6 +10,7 @@
 mod agent;
 mod enrollment;
 mod listener;
+mod placement;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -54,6 +55,15 @@ struct Session {
     /// Unix seconds when the certificate the agent uses expires; moves
     /// forward when the host renews.
     cert_not_after: Arc<AtomicI64>,
+    /// The stream to the agent, for messages that are not queued (logs).
+    outbound: agent::Outbound,
+}
+
+/// Where the log lines of one StreamTenantLogs call go.
+struct LogRoute {
+    host_id: String,
+    tenant_id: String,
+    sink: tokio::sync::mpsc::Sender<pb::LogChunk>,
 }
 
 pub struct Fleet {
@@ -62,6 +72,7 @@ pub struct Fleet {
     config: FleetConfig,
     sessions: Mutex<HashMap<String, Session>>,
     waiters: Mutex<HashMap<String, Vec<oneshot::Sender<pb::CommandResult>>>>,
+    log_routes: Mutex<HashMap<String, LogRoute>>,
     next_session: AtomicU64,
 }
 
@@ -82,6 +93,7 @@ impl Fleet {
             config,
             sessions: Mutex::new(HashMap::new()),
             waiters: Mutex::new(HashMap::new()),
+            log_routes: Mutex::new(HashMap::new()),
             next_session: AtomicU64::new(1),
         })
     }
@@ -117,7 +129,7 @@ impl Fleet {
         Ok(host)
     }
 
-    fn register(&self, host_id: &str, cert_not_after: i64) -> SessionHandles {
+    fn register(&self, host_id: &str, cert_not_after: i64, outbound: agent::Outbound) -> SessionHandles {
         let id = self.next_session.fetch_add(1, Ordering::Relaxed);
         let (close, close_rx) = watch::channel(None);
         let wake = Arc::new(Notify::new());
@@ -129,6 +141,7 @@ impl Fleet {
             close,
             last_seen_ms: last_seen_ms.clone(),
             cert_not_after: cert_not_after.clone(),
+            outbound,
         };
         if let Some(previous) = self.sessions.lock().unwrap().insert(host_id.to_string(), session) {
             // One stream per host: a reconnect replaces the old stream.
@@ -164,6 +177,67 @@ impl Fleet {
     fn certificate_renewed(&self, host_id: &str, not_after: i64) {
         if let Some(session) = self.sessions.lock().unwrap().get(host_id) {
             session.cert_not_after.fetch_max(not_after, Ordering::Relaxed);
+        }
+    }
+
+    /// Streams a tenant's log lines from its host: the tail, then (with
+    /// `follow`) new lines until the receiver is dropped. Not queued: a host
+    /// that is not connected is an error now, not a stream later.
+    pub async fn stream_logs(
+        self: &Arc<Self>,
+        host_id: &str,
+        tenant_id: &str,
+        tail_lines: u32,
+        follow: bool,
+    ) -> ApiResult<LogSubscription> {
+        let outbound = self
+            .sessions
+            .lock()
+            .unwrap()
+            .get(host_id)
+            .map(|s| s.outbound.clone())
+            .ok_or_else(|| ApiError::FailedPrecondition("the tenant's host is not connected".into()))?;
+        let request_id = uuid::Uuid::new_v4().to_string();
+        let (sink, lines) = tokio::sync::mpsc::channel(16);
+        self.log_routes.lock().unwrap().insert(
+            request_id.clone(),
+            LogRoute { host_id: host_id.to_string(), tenant_id: tenant_id.to_string(), sink },
+        );
+        let command = pb::Command {
+            id: uuid::Uuid::now_v7().to_string(),
+            payload: Some(command::Payload::StreamLogs(pb::StreamLogsCommand {
+                request_id: request_id.clone(),
+                tenant_id: tenant_id.to_string(),
+                tail_lines,
+                follow,
+            })),
+            ..Default::default()
+        };
+        let message = pb::ControlMessage { kind: Some(pb::control_message::Kind::Command(command)) };
+        if outbound.send(Ok(message)).await.is_err() {
+            self.log_routes.lock().unwrap().remove(&request_id);
+            return Err(ApiError::FailedPrecondition("the tenant's host disconnected".into()));
+        }
+        Ok(LogSubscription { fleet: self.clone(), host_id: host_id.to_string(), request_id, lines, outbound })
+    }
+
+    /// Hands a log chunk to its subscriber, if it came from the right host
+    /// for the right tenant.
+    fn route_log(&self, host_id: &str, chunk: pb::LogChunk) {
+        let sink = {
+            let routes = self.log_routes.lock().unwrap();
+            match routes.get(&chunk.request_id) {
+                Some(route) if route.host_id == host_id && route.tenant_id == chunk.tenant_id => {
+                    Some(route.sink.clone())
+                }
+                _ => None,
+            }
+        };
+        if let Some(sink) = sink {
+            // A slow reader drops chunks rather than growing memory.
+            if sink.try_send(chunk).is_err() {
+                tracing::debug!(host = %host_id, "log subscriber is behind; chunk dropped");
+            }
         }
     }
 
@@ -269,6 +343,30 @@ impl Fleet {
             created_at: Some(crate::api::timestamp(model.created_at)),
             removed_at: model.removed_at.map(crate::api::timestamp),
         })
+    }
+}
+
+/// Log lines of one tenant; cancels the stream on the host when dropped.
+pub struct LogSubscription {
+    fleet: Arc<Fleet>,
+    host_id: String,
+    request_id: String,
+    pub lines: tokio::sync::mpsc::Receiver<pb::LogChunk>,
+    outbound: agent::Outbound,
+}
+
+impl Drop for LogSubscription {
+    fn drop(&mut self) {
+        self.fleet.log_routes.lock().unwrap().remove(&self.request_id);
+        let cancel = pb::Command {
+            id: uuid::Uuid::now_v7().to_string(),
+            payload: Some(command::Payload::CancelLogs(pb::CancelLogsCommand { request_id: self.request_id.clone() })),
+            ..Default::default()
+        };
+        let message = pb::ControlMessage { kind: Some(pb::control_message::Kind::Command(cancel)) };
+        if self.outbound.try_send(Ok(message)).is_err() {
+            tracing::debug!(host = %self.host_id, "could not cancel a log stream; the host stops it on disconnect");
+        }
     }
 }
 

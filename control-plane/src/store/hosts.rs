@@ -275,6 +275,29 @@ impl Store {
             .await?)
     }
 
+    /// Whether an unfinished command of this kind exists for the tenant.
+    pub async fn has_open_command(&self, host_id: &str, tenant_id: &str, kind: &str) -> StoreResult<bool> {
+        Ok(host_command::Entity::find()
+            .filter(host_command::Column::HostId.eq(host_id))
+            .filter(host_command::Column::TenantId.eq(tenant_id))
+            .filter(host_command::Column::Kind.eq(kind))
+            .filter(host_command::Column::State.is_in([CMD_PENDING, CMD_DELIVERED, CMD_ACKED]))
+            .count(&self.db)
+            .await?
+            > 0)
+    }
+
+    /// Hosts that may receive new tenants: active (not draining or removed)
+    /// with a running lease.
+    pub async fn placeable_hosts(&self) -> StoreResult<Vec<host::Model>> {
+        Ok(host::Entity::find()
+            .filter(host::Column::Status.eq(HOST_ACTIVE))
+            .filter(host::Column::LeaseExpiresAt.gt(Utc::now()))
+            .order_by_asc(host::Column::Id)
+            .all(&self.db)
+            .await?)
+    }
+
     pub async fn command(&self, id: &str) -> StoreResult<Option<host_command::Model>> {
         Ok(host_command::Entity::find_by_id(id).one(&self.db).await?)
     }

@@ -379,3 +379,82 @@ async fn audit<C: sea_orm::ConnectionTrait>(
     .await?;
     Ok(())
 }
+
+/// Placement and lifecycle updates driven by the fleet.
+impl Store {
+    /// Live tenants waiting for a host, oldest first.
+    pub async fn unplaced_tenants(&self, limit: u64) -> StoreResult<Vec<TenantRecord>> {
+        let rows = tenant::Entity::find()
+            .find_also_related(plan::Entity)
+            .filter(tenant::Column::HostId.is_null())
+            .filter(tenant::Column::DeletedAt.is_null())
+            .filter(tenant::Column::Status.eq(TenantStatus::Pending.as_str()))
+            .order_by_asc(tenant::Column::Id)
+            .limit(limit)
+            .all(&self.db)
+            .await?;
+        Ok(rows.into_iter().map(record).collect())
+    }
+
+    /// Live tenants placed on a host.
+    pub async fn tenants_on_host(&self, host_id: &str) -> StoreResult<Vec<TenantRecord>> {
+        let rows = tenant::Entity::find()
+            .find_also_related(plan::Entity)
+            .filter(tenant::Column::HostId.eq(host_id))
+            .filter(tenant::Column::DeletedAt.is_null())
+            .all(&self.db)
+            .await?;
+        Ok(rows.into_iter().map(record).collect())
+    }
+
+    /// Any tenant by id, deleted or not.
+    pub async fn tenant_by_id(&self, tenant_id: &str) -> StoreResult<Option<TenantRecord>> {
+        let row = tenant::Entity::find_by_id(tenant_id).find_also_related(plan::Entity).one(&self.db).await?;
+        Ok(row.map(record))
+    }
+
+    /// Places an unplaced tenant on a host. Only one caller wins a race (the
+    /// condition is on the row), so a tenant is never placed twice.
+    pub async fn assign_tenant(&self, tenant_id: &str, host_id: &str) -> StoreResult<bool> {
+        let now = Utc::now();
+        let result = tenant::Entity::update_many()
+            .col_expr(tenant::Column::HostId, Some(host_id.to_string()).into())
+            .col_expr(tenant::Column::Status, TenantStatus::Provisioning.as_str().into())
+            .col_expr(tenant::Column::StatusMessage, format!("provisioning on host {host_id}").into())
+            .col_expr(tenant::Column::UpdatedAt, now.into())
+            .filter(tenant::Column::Id.eq(tenant_id))
+            .filter(tenant::Column::HostId.is_null())
+            .filter(tenant::Column::DeletedAt.is_null())
+            .exec(&self.db)
+            .await?;
+        self.forget_tenant(tenant_id).await?;
+        Ok(result.rows_affected == 1)
+    }
+
+    /// Records what the tenant's host reported, if it is still placed there.
+    pub async fn set_tenant_status(
+        &self,
+        tenant_id: &str,
+        host_id: &str,
+        status: TenantStatus,
+        message: &str,
+    ) -> StoreResult<()> {
+        tenant::Entity::update_many()
+            .col_expr(tenant::Column::Status, status.as_str().into())
+            .col_expr(tenant::Column::StatusMessage, message.chars().take(2000).collect::<String>().into())
+            .col_expr(tenant::Column::UpdatedAt, Utc::now().into())
+            .filter(tenant::Column::Id.eq(tenant_id))
+            .filter(tenant::Column::HostId.eq(host_id))
+            .filter(tenant::Column::DeletedAt.is_null())
+            .exec(&self.db)
+            .await?;
+        self.forget_tenant(tenant_id).await
+    }
+
+    async fn forget_tenant(&self, tenant_id: &str) -> StoreResult<()> {
+        if let Some(row) = tenant::Entity::find_by_id(tenant_id).one(&self.db).await? {
+            self.owner_cache.forget(&row.owner_key);
+        }
+        Ok(())
+    }
+}

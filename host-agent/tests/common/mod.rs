@@ -95,6 +95,7 @@ impl ControlPlane {
             .args(["--api-listen", &format!("127.0.0.1:{}", self.api_port)])
             .args(["--agent-listen", &format!("127.0.0.1:{}", self.agent_port)])
             .env_remove("CLAWPLANE_ADMIN_TOKEN")
+            .env("CLAWPLANE_SHARED_SECRET", cp::SHARED_SECRET)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -127,6 +128,10 @@ impl ControlPlane {
 
     pub fn admin_token(&self) -> String {
         std::fs::read_to_string(self.data_dir.join("admin-token")).unwrap().trim().to_string()
+    }
+
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(format!("http://127.0.0.1:{}", self.api_port)).unwrap().connect().await.unwrap()
     }
 
     pub async fn hosts(&self) -> HostServiceClient<Channel> {
@@ -210,10 +215,15 @@ impl Agent {
     }
 
     pub fn run(&mut self) {
+        self.run_with(&[]);
+    }
+
+    pub fn run_with(&mut self, extra: &[&str]) {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
         let child = Command::new(bin("clawplane-agent"))
             .args(["run", "--state-dir"])
             .arg(&self.state_dir)
+            .args(extra)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)

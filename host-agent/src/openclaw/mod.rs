@@ -1,0 +1,60 @@
+//! Everything that touches OpenClaw on this host. `cli` owns every CLI call;
+//! `runtime` turns tenant commands into OS users, state directories,
+//! supervised gateways, config applies, archives and log tails.
+pub mod cli;
+pub mod runtime;
+
+/// Tenant slugs and agent ids reach paths and CLI arguments: the same rule
+/// as the control plane's, checked again here (defence in depth).
+pub fn valid_slug(slug: &str) -> bool {
+    (3..=40).contains(&slug.len())
+        && slug.as_bytes()[0].is_ascii_lowercase()
+        && slug.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !slug.ends_with('-')
+        && !slug.contains("--")
+}
+
+/// OpenClaw config paths: dot-separated segments of letters, digits, `_`
+/// and `-` (no `..`, no spaces, nothing a shell or JSON would treat
+/// specially).
+pub fn valid_config_path(path: &str) -> bool {
+    !path.is_empty()
+        && path.len() <= 256
+        && path.split('.').all(|segment| {
+            !segment.is_empty() && segment.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        })
+}
+
+/// Secret names are JSON pointers into the tenant's secrets file.
+pub fn valid_secret_pointer(name: &str) -> bool {
+    name.starts_with('/')
+        && name.len() <= 256
+        && name[1..].split('/').all(|segment| {
+            !segment.is_empty() && segment.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identifiers_full_of_metacharacters_are_refused() {
+        for bad in
+            ["", "ab", "../etc", "a/b", "a b", "a;rm", "a\nb", "a\0b", "$(id)", "`id`", "Alice", "-rf", "a--b", "abc-"]
+        {
+            assert!(!valid_slug(bad), "{bad:?}");
+        }
+        for good in ["alice", "team-42", "a1b"] {
+            assert!(valid_slug(good), "{good:?}");
+        }
+        for bad in ["", "a..b", ".a", "a.", "a b", "a;b", "a/b", "a\nb", "a\0b", "$(x)", "a.${b}"] {
+            assert!(!valid_config_path(bad), "{bad:?}");
+        }
+        assert!(valid_config_path("models.providers.local"));
+        for bad in ["", "a", "/", "/a//b", "/a/../b", "/a b", "/a\0"] {
+            assert!(!valid_secret_pointer(bad), "{bad:?}");
+        }
+        assert!(valid_secret_pointer("/models/local/apiKey"));
+    }
+}

@@ -1,0 +1,831 @@
+//! The `process` runtime: each tenant gets its own OS user, its own 0700
+//! state tree and its own supervised `openclaw gateway run` on a loopback
+//! port. The gateway token lives in a 0600 secrets file of the tenant and is
+//! referenced from openclaw.json as a SecretRef; so are all tenant secrets.
+//!
+//! Layout, per tenant (directory owned by the tenant's user, 0700):
+//!
+//!     <tenants_dir>/<slug>/home      HOME and OPENCLAW_HOME
+//!     <tenants_dir>/<slug>/state     OPENCLAW_STATE_DIR
+//!     <tenants_dir>/<slug>/tmp       TMPDIR
+//!     <tenants_dir>/<slug>/logs      gateway.log (OpenClaw's logging.file)
+//!     <tenants_dir>/<slug>/secrets.json
+//!
+//! The agent's own record of each tenant (port, user, applied generation,
+//! gateway token) sits in `<state_dir>/tenants/<tenant id>.json`, root-only.
+use std::collections::HashMap;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{anyhow, Context};
+use clawplane_tls::files::{create_private_dir, write_private};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{watch, Notify};
+
+use super::cli::{kill_group, CliOutput, OpenClawCli, TenantEnv};
+use super::{valid_config_path, valid_secret_pointer, valid_slug};
+
+/// Settings of the process runtime.
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    pub openclaw: OpenClawCli,
+    /// The agent's state directory (tenant records go under it).
+    pub state_dir: PathBuf,
+    /// Where tenant trees live.
+    pub tenants_dir: PathBuf,
+    /// Run each tenant as its own OS user (needs root). Off only for
+    /// development without root.
+    pub tenant_users: bool,
+    pub base_port: u16,
+    /// Gateways derive ports up to base+110; keep them apart.
+    pub port_stride: u16,
+    pub cli_timeout: Duration,
+    pub ready_timeout: Duration,
+    pub archive_dir: PathBuf,
+}
+
+/// The agent's record of one tenant.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TenantRecord {
+    pub tenant_id: String,
+    pub slug: String,
+    pub port: u16,
+    pub user: Option<String>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub agent_ids: Vec<String>,
+    pub applied_generation: i64,
+    pub gateway_token: String,
+    /// Secret values last applied, by JSON pointer, so a later apply can
+    /// rewrite the whole file.
+    #[serde(default)]
+    pub secrets: HashMap<String, String>,
+}
+
+/// What a supervisor reports about its gateway.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GatewayPhase {
+    Starting,
+    Running,
+    Backoff,
+    Stopped,
+    Failed,
+}
+
+#[derive(Debug, Clone)]
+pub struct GatewayState {
+    pub phase: GatewayPhase,
+    pub restarts: u32,
+    pub last_error: String,
+    pub pid: Option<u32>,
+    pub since: SystemTime,
+}
+
+struct Supervisor {
+    stop: watch::Sender<bool>,
+    restart: Arc<Notify>,
+    state: Arc<Mutex<GatewayState>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+pub struct ProcessRuntime {
+    config: RuntimeConfig,
+    supervisors: Mutex<HashMap<String, Supervisor>>,
+    /// Serialises operations per tenant (provision, apply, restart, delete).
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// A command failure that names what went wrong, with OpenClaw's own text.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// Bad input: retrying will not help.
+    #[error("{0}")]
+    Invalid(String),
+    /// OpenClaw refused (its message included).
+    #[error("{0}")]
+    OpenClaw(String),
+    #[error(transparent)]
+    Other(#[from] anyhow::Error),
+}
+
+impl From<super::cli::CliError> for RuntimeError {
+    fn from(err: super::cli::CliError) -> Self {
+        RuntimeError::OpenClaw(err.to_string())
+    }
+}
+
+pub type RuntimeResult<T> = Result<T, RuntimeError>;
+
+/// Result of provisioning.
+pub struct Provisioned {
+    pub port: u16,
+    pub agent_ids: Vec<String>,
+}
+
+impl ProcessRuntime {
+    pub fn new(config: RuntimeConfig) -> anyhow::Result<Arc<Self>> {
+        create_private_dir(&config.state_dir.join("tenants"))?;
+        std::fs::create_dir_all(&config.tenants_dir)?;
+        create_private_dir(&config.archive_dir)?;
+        // Tenant users must traverse to their own tree, and nothing more.
+        set_mode(&config.tenants_dir, 0o711)?;
+        if config.tenants_dir.starts_with(&config.state_dir) {
+            set_mode(&config.state_dir, 0o711)?;
+        }
+        Ok(Arc::new(ProcessRuntime {
+            config,
+            supervisors: Mutex::new(HashMap::new()),
+            locks: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    fn lock(&self, tenant_id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.locks.lock().unwrap().entry(tenant_id.to_string()).or_default().clone()
+    }
+
+    fn record_path(&self, tenant_id: &str) -> PathBuf {
+        self.config.state_dir.join("tenants").join(format!("{tenant_id}.json"))
+    }
+
+    pub fn record(&self, tenant_id: &str) -> Option<TenantRecord> {
+        let text = std::fs::read_to_string(self.record_path(tenant_id)).ok()?;
+        serde_json::from_str(&text).ok()
+    }
+
+    fn save_record(&self, record: &TenantRecord) -> anyhow::Result<()> {
+        write_private(&self.record_path(&record.tenant_id), serde_json::to_string_pretty(record)?.as_bytes())
+    }
+
+    pub fn records(&self) -> Vec<TenantRecord> {
+        let Ok(entries) = std::fs::read_dir(self.config.state_dir.join("tenants")) else { return Vec::new() };
+        entries
+            .filter_map(|e| e.ok())
+            .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+            .filter_map(|e| serde_json::from_str(&std::fs::read_to_string(e.path()).ok()?).ok())
+            .collect()
+    }
+
+    pub fn tenant_root(&self, slug: &str) -> PathBuf {
+        self.config.tenants_dir.join(slug)
+    }
+
+    pub fn env(&self, record: &TenantRecord) -> TenantEnv {
+        let root = self.tenant_root(&record.slug);
+        TenantEnv {
+            user: record.uid.zip(record.gid),
+            home: root.join("home"),
+            state_dir: root.join("state"),
+            tmp_dir: root.join("tmp"),
+            gateway_port: record.port,
+        }
+    }
+
+    pub fn gateway_state(&self, tenant_id: &str) -> Option<GatewayState> {
+        self.supervisors.lock().unwrap().get(tenant_id).map(|s| s.state.lock().unwrap().clone())
+    }
+
+    fn free_port(&self) -> u16 {
+        let used: Vec<u16> = self.records().iter().map(|r| r.port).collect();
+        let mut port = self.config.base_port;
+        loop {
+            if !used.contains(&port) && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return port;
+            }
+            port = port.saturating_add(self.config.port_stride);
+        }
+    }
+
+    async fn openclaw(&self, record: &TenantRecord, args: &[&str]) -> RuntimeResult<CliOutput> {
+        let output = self.config.openclaw.run(&self.env(record), args, self.config.cli_timeout).await?;
+        tracing::debug!(tenant = %record.tenant_id, command = ?args.first(), elapsed_ms = output.elapsed.as_millis() as u64, ok = output.success, "openclaw call");
+        Ok(output)
+    }
+
+    /// Creates the tenant's user, tree, initial config and agent, and starts
+    /// its gateway. Provisioning a tenant that exists only makes sure its
+    /// gateway runs.
+    pub async fn provision(
+        self: &Arc<Self>,
+        tenant_id: &str,
+        slug: &str,
+        agent_ids: &[String],
+    ) -> RuntimeResult<Provisioned> {
+        if !valid_slug(slug) {
+            return Err(RuntimeError::Invalid(format!("invalid tenant slug {slug:?}")));
+        }
+        check_tenant_id(tenant_id)?;
+        let mut agents: Vec<String> = if agent_ids.is_empty() { vec![slug.to_string()] } else { agent_ids.to_vec() };
+        agents.dedup();
+        if let Some(bad) = agents.iter().find(|a| !valid_slug(a)) {
+            return Err(RuntimeError::Invalid(format!("invalid agent id {bad:?}")));
+        }
+        let lock = self.lock(tenant_id);
+        let _guard = lock.lock().await;
+        if let Some(record) = self.record(tenant_id) {
+            if record.slug != slug {
+                return Err(RuntimeError::Invalid(format!(
+                    "tenant {tenant_id} already runs here as {:?}",
+                    record.slug
+                )));
+            }
+            self.ensure_gateway(&record);
+            self.wait_ready(&record).await?;
+            return Ok(Provisioned { port: record.port, agent_ids: record.agent_ids });
+        }
+        if self.tenant_root(slug).exists() {
+            return Err(RuntimeError::Invalid(format!("slug {slug:?} is already used by another tenant on this host")));
+        }
+
+        let (user, uid, gid) = if self.config.tenant_users {
+            let name = tenant_user_name(tenant_id);
+            let (uid, gid) = ensure_user(&name, &self.tenant_root(slug).join("home")).await?;
+            (Some(name), Some(uid), Some(gid))
+        } else {
+            (None, None, None)
+        };
+        let mut record = TenantRecord {
+            tenant_id: tenant_id.to_string(),
+            slug: slug.to_string(),
+            port: self.free_port(),
+            user,
+            uid,
+            gid,
+            agent_ids: Vec::new(),
+            applied_generation: 0,
+            gateway_token: hex_token(),
+            secrets: HashMap::new(),
+        };
+        self.create_tree(&record)?;
+        self.write_secrets(&record)?;
+        // The record is saved before the slow CLI calls so that a restart of
+        // the agent mid-provision finds and finishes it.
+        self.save_record(&record)?;
+
+        let root = self.tenant_root(slug);
+        let initial = json!([
+            {"path": "gateway.mode", "value": "local"},
+            {"path": "gateway.port", "value": record.port},
+            {"path": "gateway.bind", "value": "loopback"},
+            {"path": "secrets.providers.clawplane", "value": {"source": "file", "path": root.join("secrets.json"), "mode": "json"}},
+            {"path": "gateway.auth", "value": {"mode": "token", "token": {"source": "file", "provider": "clawplane", "id": "/gateway/token"}}},
+            {"path": "gateway.http.endpoints.chatCompletions.enabled", "value": true},
+            {"path": "logging.file", "value": root.join("logs").join("gateway.log")},
+        ]);
+        self.config_set(&record, &initial).await?;
+        for agent in &agents {
+            let workspace = root.join("state").join("workspaces").join(agent);
+            let workspace = workspace.to_string_lossy().into_owned();
+            let output = self
+                .openclaw(&record, &["agents", "add", agent, "--non-interactive", "--workspace", &workspace, "--json"])
+                .await?;
+            if !output.success && !output.error_message().contains("already exists") {
+                return Err(RuntimeError::OpenClaw(format!("openclaw agents add {agent}: {}", output.error_message())));
+            }
+            record.agent_ids.push(agent.clone());
+        }
+        self.save_record(&record)?;
+        self.ensure_gateway(&record);
+        self.wait_ready(&record).await?;
+        Ok(Provisioned { port: record.port, agent_ids: record.agent_ids })
+    }
+
+    fn create_tree(&self, record: &TenantRecord) -> anyhow::Result<()> {
+        let root = self.tenant_root(&record.slug);
+        for dir in [root.clone(), root.join("home"), root.join("state"), root.join("tmp"), root.join("logs")] {
+            std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+            set_mode(&dir, 0o700)?;
+            chown(&dir, record)?;
+        }
+        Ok(())
+    }
+
+    /// The secrets file: the gateway token and every tenant secret, 0600,
+    /// owned by the tenant; OpenClaw reads it through SecretRefs.
+    fn write_secrets(&self, record: &TenantRecord) -> anyhow::Result<()> {
+        let mut document = json!({"gateway": {"token": record.gateway_token}});
+        for (pointer, value) in &record.secrets {
+            set_pointer(&mut document, pointer, Value::String(value.clone()));
+        }
+        let path = self.tenant_root(&record.slug).join("secrets.json");
+        write_private(&path, serde_json::to_vec_pretty(&document)?.as_slice())?;
+        chown(&path, record)?;
+        Ok(())
+    }
+
+    /// One `openclaw config set --batch-json` call for all the operations.
+    async fn config_set(&self, record: &TenantRecord, ops: &Value) -> RuntimeResult<()> {
+        let batch = ops.to_string();
+        let output = self.openclaw(record, &["config", "set", "--batch-json", &batch]).await?;
+        if !output.success {
+            return Err(RuntimeError::OpenClaw(format!("openclaw config set: {}", output.error_message())));
+        }
+        Ok(())
+    }
+
+    /// Applies a config generation. Applying a generation at or below the
+    /// applied one is a no-op.
+    pub async fn apply_config(
+        self: &Arc<Self>,
+        tenant_id: &str,
+        generation: i64,
+        ops: &[(String, String)],
+        unset_paths: &[String],
+        secrets: &[(String, Vec<u8>)],
+        restart: bool,
+    ) -> RuntimeResult<i64> {
+        let lock = self.lock(tenant_id);
+        let _guard = lock.lock().await;
+        let mut record = self
+            .record(tenant_id)
+            .ok_or_else(|| RuntimeError::Invalid(format!("tenant {tenant_id} is not on this host")))?;
+        if generation <= record.applied_generation {
+            return Ok(record.applied_generation);
+        }
+        let mut batch = Vec::with_capacity(ops.len());
+        for (path, value_json) in ops {
+            if !valid_config_path(path) {
+                return Err(RuntimeError::Invalid(format!("invalid config path {path:?}")));
+            }
+            let value: Value = serde_json::from_str(value_json)
+                .map_err(|err| RuntimeError::Invalid(format!("value of {path} is not JSON: {err}")))?;
+            batch.push(json!({"path": path, "value": value}));
+        }
+        for path in unset_paths {
+            if !valid_config_path(path) {
+                return Err(RuntimeError::Invalid(format!("invalid config path {path:?}")));
+            }
+        }
+        let mut new_secrets = HashMap::new();
+        for (pointer, value) in secrets {
+            if !valid_secret_pointer(pointer) {
+                return Err(RuntimeError::Invalid(format!("invalid secret name {pointer:?}")));
+            }
+            let value = String::from_utf8(value.clone())
+                .map_err(|_| RuntimeError::Invalid(format!("secret {pointer} is not UTF-8")))?;
+            new_secrets.insert(pointer.clone(), value);
+        }
+        // Secrets first, so references in the batch resolve when OpenClaw
+        // validates them.
+        let previous = std::mem::replace(&mut record.secrets, new_secrets);
+        self.write_secrets(&record)?;
+        let applied = async {
+            if !batch.is_empty() {
+                self.config_set(&record, &Value::Array(batch)).await?;
+            }
+            for path in unset_paths {
+                let output = self.openclaw(&record, &["config", "unset", path]).await?;
+                if !output.success
+                    && !output.error_message().contains("not found")
+                    && !output.error_message().contains("Unknown")
+                {
+                    return Err(RuntimeError::OpenClaw(format!(
+                        "openclaw config unset {path}: {}",
+                        output.error_message()
+                    )));
+                }
+            }
+            Ok(())
+        }
+        .await;
+        if let Err(err) = applied {
+            record.secrets = previous;
+            self.write_secrets(&record)?;
+            return Err(err);
+        }
+        record.applied_generation = generation;
+        self.save_record(&record)?;
+        if restart {
+            self.restart_locked(&record).await?;
+        }
+        Ok(generation)
+    }
+
+    /// Starts the supervisor of a tenant's gateway if none runs.
+    fn ensure_gateway(self: &Arc<Self>, record: &TenantRecord) {
+        let mut supervisors = self.supervisors.lock().unwrap();
+        if supervisors.get(&record.tenant_id).is_some_and(|s| !s.task.is_finished()) {
+            return;
+        }
+        let (stop, stop_rx) = watch::channel(false);
+        let restart = Arc::new(Notify::new());
+        let state = Arc::new(Mutex::new(GatewayState {
+            phase: GatewayPhase::Starting,
+            restarts: 0,
+            last_error: String::new(),
+            pid: None,
+            since: SystemTime::now(),
+        }));
+        let task = tokio::spawn(supervise(self.clone(), record.clone(), stop_rx, restart.clone(), state.clone()));
+        supervisors.insert(record.tenant_id.clone(), Supervisor { stop, restart, state, task });
+    }
+
+    /// Waits until the gateway answers `/readyz` with 200.
+    async fn wait_ready(&self, record: &TenantRecord) -> RuntimeResult<()> {
+        let started = Instant::now();
+        loop {
+            if http_status(record.port, "/readyz").await == Some(200) {
+                if let Some(supervisor) = self.supervisors.lock().unwrap().get(&record.tenant_id) {
+                    let mut state = supervisor.state.lock().unwrap();
+                    if state.phase == GatewayPhase::Starting {
+                        state.phase = GatewayPhase::Running;
+                        state.since = SystemTime::now();
+                    }
+                }
+                return Ok(());
+            }
+            if started.elapsed() > self.config.ready_timeout {
+                let detail = self.gateway_state(&record.tenant_id).map(|s| s.last_error).unwrap_or_default();
+                return Err(RuntimeError::OpenClaw(format!(
+                    "gateway of {} was not ready within {:?}{}",
+                    record.slug,
+                    self.config.ready_timeout,
+                    if detail.is_empty() { String::new() } else { format!(": {detail}") }
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// Restarts the gateway and waits until it is ready again.
+    pub async fn restart(self: &Arc<Self>, tenant_id: &str) -> RuntimeResult<()> {
+        let lock = self.lock(tenant_id);
+        let _guard = lock.lock().await;
+        let record = self
+            .record(tenant_id)
+            .ok_or_else(|| RuntimeError::Invalid(format!("tenant {tenant_id} is not on this host")))?;
+        self.restart_locked(&record).await
+    }
+
+    async fn restart_locked(self: &Arc<Self>, record: &TenantRecord) -> RuntimeResult<()> {
+        let restart = self.supervisors.lock().unwrap().get(&record.tenant_id).map(|s| s.restart.clone());
+        match restart {
+            Some(restart) => restart.notify_one(),
+            None => self.ensure_gateway(record),
+        }
+        // Give the old process time to go before polling readiness.
+        let old_pid = self.gateway_state(&record.tenant_id).and_then(|s| s.pid);
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(15) {
+            let state = self.gateway_state(&record.tenant_id);
+            if state.as_ref().and_then(|s| s.pid) != old_pid || state.is_none() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        self.wait_ready(record).await
+    }
+
+    /// Stops a gateway (SIGTERM to its process group, SIGKILL after 10 s).
+    async fn stop_gateway(&self, tenant_id: &str) {
+        let supervisor = self.supervisors.lock().unwrap().remove(tenant_id);
+        if let Some(supervisor) = supervisor {
+            let _ = supervisor.stop.send(true);
+            let _ = tokio::time::timeout(Duration::from_secs(15), supervisor.task).await;
+        }
+    }
+
+    /// Stops the gateway, archives the tenant's tree, removes it and its user.
+    pub async fn delete(self: &Arc<Self>, tenant_id: &str, archive: bool) -> RuntimeResult<Option<(PathBuf, u64)>> {
+        check_tenant_id(tenant_id)?;
+        let lock = self.lock(tenant_id);
+        let _guard = lock.lock().await;
+        let Some(record) = self.record(tenant_id) else { return Ok(None) };
+        self.stop_gateway(tenant_id).await;
+        let root = self.tenant_root(&record.slug);
+        let mut archived = None;
+        if archive && root.exists() {
+            let stamp = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_secs();
+            let path = self.config.archive_dir.join(format!(
+                "{}-{}-{stamp}.tar.gz",
+                record.slug,
+                &record.tenant_id[..8.min(record.tenant_id.len())]
+            ));
+            let status = tokio::process::Command::new("tar")
+                .arg("-C")
+                .arg(&self.config.tenants_dir)
+                .arg("-czf")
+                .arg(&path)
+                .arg("--")
+                .arg(&record.slug)
+                .stdin(std::process::Stdio::null())
+                .output()
+                .await
+                .context("cannot run tar")?;
+            if !status.status.success() {
+                return Err(RuntimeError::Other(anyhow!(
+                    "archiving {} failed: {}",
+                    root.display(),
+                    String::from_utf8_lossy(&status.stderr)
+                )));
+            }
+            set_mode(&path, 0o600)?;
+            let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+            archived = Some((path, size));
+        }
+        if root.exists() {
+            std::fs::remove_dir_all(&root).with_context(|| format!("cannot remove {}", root.display()))?;
+        }
+        if let Some(user) = &record.user {
+            remove_user(user).await;
+        }
+        let _ = std::fs::remove_file(self.record_path(tenant_id));
+        Ok(archived)
+    }
+
+    /// After the agent restarts: stop gateways left over from the previous
+    /// run and start fresh supervised ones for every recorded tenant.
+    pub async fn adopt_all(self: &Arc<Self>) {
+        for record in self.records() {
+            if let Some(pid) = read_pid(&self.tenant_root(&record.slug)) {
+                kill_group(pid, libc::SIGTERM);
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                kill_group(pid, libc::SIGKILL);
+            }
+            tracing::info!(tenant = %record.tenant_id, slug = %record.slug, "restarting gateway left by a previous agent run");
+            self.ensure_gateway(&record);
+        }
+    }
+
+    /// The last `tail` lines of the tenant's gateway log and the offset
+    /// after them, for following.
+    pub fn log_tail(&self, tenant_id: &str, tail: usize) -> RuntimeResult<(Vec<String>, u64, PathBuf)> {
+        let record = self
+            .record(tenant_id)
+            .ok_or_else(|| RuntimeError::Invalid(format!("tenant {tenant_id} is not on this host")))?;
+        let path = self.tenant_root(&record.slug).join("logs").join("gateway.log");
+        let mut file = match std::fs::File::open(&path) {
+            Ok(file) => file,
+            Err(_) => return Ok((Vec::new(), 0, path)),
+        };
+        let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+        // Read at most the last 4 MiB for the tail.
+        let start = len.saturating_sub(4 * 1024 * 1024);
+        file.seek(SeekFrom::Start(start)).context("seek log")?;
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes).context("read log")?;
+        let text = String::from_utf8_lossy(&bytes);
+        let lines: Vec<String> = text.lines().map(String::from).collect();
+        let keep = lines[lines.len().saturating_sub(tail)..].to_vec();
+        Ok((keep, len, path))
+    }
+}
+
+/// Runs a tenant's gateway, restarting it with backoff when it dies, until
+/// told to stop.
+async fn supervise(
+    runtime: Arc<ProcessRuntime>,
+    record: TenantRecord,
+    mut stop: watch::Receiver<bool>,
+    restart: Arc<Notify>,
+    state: Arc<Mutex<GatewayState>>,
+) {
+    let mut failures: u32 = 0;
+    let root = runtime.tenant_root(&record.slug);
+    let port = record.port.to_string();
+    loop {
+        if *stop.borrow() {
+            break;
+        }
+        let mut command = runtime.config.openclaw.command(
+            &runtime.env(&record),
+            &["gateway", "run", "--bind", "loopback", "--port", &port, "--auth", "token"],
+        );
+        let stderr_path = root.join("logs").join("gateway.stderr.log");
+        let stderr = std::fs::OpenOptions::new().create(true).append(true).open(&stderr_path).ok();
+        if let Some(file) = &stderr {
+            let _ = chown(&stderr_path, &record);
+            command.stderr(
+                file.try_clone().map(std::process::Stdio::from).unwrap_or_else(|_| std::process::Stdio::null()),
+            );
+        }
+        command.stdout(std::process::Stdio::null());
+        let started = Instant::now();
+        let mut child = match command.spawn() {
+            Ok(child) => child,
+            Err(err) => {
+                {
+                    let mut s = state.lock().unwrap();
+                    s.phase = GatewayPhase::Failed;
+                    s.last_error = format!("cannot start the gateway: {err}");
+                }
+                failures += 1;
+                if wait_or_stop(&mut stop, backoff(failures)).await {
+                    break;
+                }
+                continue;
+            }
+        };
+        let pid = child.id();
+        if let Some(pid) = pid {
+            let _ = std::fs::write(root.join("gateway.pid"), pid.to_string());
+        }
+        {
+            let mut s = state.lock().unwrap();
+            s.phase = GatewayPhase::Starting;
+            s.pid = pid;
+            s.since = SystemTime::now();
+        }
+        let mut requested = false;
+        let exit = tokio::select! {
+            exit = child.wait() => exit.ok(),
+            _ = stop.changed() => { requested = true; None }
+            _ = restart.notified() => { requested = true; None }
+        };
+        if requested {
+            if let Some(pid) = pid {
+                kill_group(pid, libc::SIGTERM);
+                if tokio::time::timeout(Duration::from_secs(10), child.wait()).await.is_err() {
+                    kill_group(pid, libc::SIGKILL);
+                    let _ = child.wait().await;
+                }
+            }
+            let _ = std::fs::remove_file(root.join("gateway.pid"));
+            if *stop.borrow() {
+                break;
+            }
+            state.lock().unwrap().restarts += 1;
+            continue;
+        }
+        // The gateway died on its own.
+        let _ = std::fs::remove_file(root.join("gateway.pid"));
+        if let Some(pid) = pid {
+            kill_group(pid, libc::SIGKILL);
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            failures = 0;
+        }
+        failures += 1;
+        let tail = std::fs::read_to_string(&stderr_path).unwrap_or_default();
+        let last: Vec<&str> = tail.lines().rev().take(3).collect();
+        {
+            let mut s = state.lock().unwrap();
+            s.phase = GatewayPhase::Backoff;
+            s.restarts += 1;
+            s.pid = None;
+            s.last_error = format!(
+                "gateway exited with {:?}: {}",
+                exit.and_then(|e| e.code()),
+                last.into_iter().rev().collect::<Vec<_>>().join(" | ")
+            );
+        }
+        tracing::warn!(tenant = %record.tenant_id, failures, "gateway died; restarting with backoff");
+        if wait_or_stop(&mut stop, backoff(failures)).await {
+            break;
+        }
+    }
+    let mut s = state.lock().unwrap();
+    s.phase = GatewayPhase::Stopped;
+    s.pid = None;
+}
+
+fn backoff(failures: u32) -> Duration {
+    Duration::from_secs(1u64 << failures.min(5).saturating_sub(1)).min(Duration::from_secs(30))
+}
+
+/// Sleeps `delay`; true if asked to stop meanwhile.
+async fn wait_or_stop(stop: &mut watch::Receiver<bool>, delay: Duration) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(delay) => *stop.borrow(),
+        _ = stop.changed() => true,
+    }
+}
+
+fn read_pid(root: &Path) -> Option<u32> {
+    std::fs::read_to_string(root.join("gateway.pid")).ok()?.trim().parse().ok()
+}
+
+fn check_tenant_id(id: &str) -> RuntimeResult<()> {
+    if !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-') {
+        Ok(())
+    } else {
+        Err(RuntimeError::Invalid(format!("invalid tenant id {id:?}")))
+    }
+}
+
+/// OS user name of a tenant: short, fixed shape, derived from the id.
+pub fn tenant_user_name(tenant_id: &str) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(tenant_id.as_bytes());
+    format!("clawt{}", &hex::encode(digest)[..12])
+}
+
+fn hex_token() -> String {
+    hex::encode(rand::random::<[u8; 32]>())
+}
+
+fn set_mode(path: &Path, mode: u32) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("chmod {}", path.display()))
+}
+
+fn chown(path: &Path, record: &TenantRecord) -> anyhow::Result<()> {
+    if let (Some(uid), Some(gid)) = (record.uid, record.gid) {
+        std::os::unix::fs::chown(path, Some(uid), Some(gid)).with_context(|| format!("chown {}", path.display()))?;
+    }
+    Ok(())
+}
+
+fn set_pointer(document: &mut Value, pointer: &str, value: Value) {
+    let mut node = document;
+    let segments: Vec<&str> = pointer.trim_start_matches('/').split('/').collect();
+    for (i, segment) in segments.iter().enumerate() {
+        if i + 1 == segments.len() {
+            if let Value::Object(map) = node {
+                map.insert(segment.to_string(), value);
+            }
+            return;
+        }
+        if !node.get(*segment).is_some_and(Value::is_object) {
+            if let Value::Object(map) = node {
+                map.insert(segment.to_string(), json!({}));
+            }
+        }
+        node = node.get_mut(*segment).expect("just inserted");
+    }
+}
+
+fn lookup_user(name: &str) -> Option<(u32, u32)> {
+    let c_name = std::ffi::CString::new(name).ok()?;
+    // SAFETY: getpwnam returns a pointer into static storage or null; we
+    // copy the two ids out immediately.
+    let entry = unsafe { libc::getpwnam(c_name.as_ptr()) };
+    if entry.is_null() {
+        return None;
+    }
+    unsafe { Some(((*entry).pw_uid, (*entry).pw_gid)) }
+}
+
+/// Creates the tenant's system user (no login shell, no password) if absent.
+async fn ensure_user(name: &str, home: &Path) -> RuntimeResult<(u32, u32)> {
+    if let Some(ids) = lookup_user(name) {
+        return Ok(ids);
+    }
+    let output = tokio::process::Command::new("useradd")
+        .args(["--system", "--user-group", "--no-create-home", "--shell", "/usr/sbin/nologin", "--home-dir"])
+        .arg(home)
+        .arg(name)
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .output()
+        .await
+        .context("cannot run useradd (the agent needs root to create tenant users)")?;
+    if !output.status.success() {
+        let text = String::from_utf8_lossy(&output.stderr);
+        if !text.contains("already exists") {
+            return Err(RuntimeError::Other(anyhow!("useradd {name}: {}", text.trim())));
+        }
+    }
+    lookup_user(name).ok_or_else(|| RuntimeError::Other(anyhow!("user {name} missing after useradd")))
+}
+
+async fn remove_user(name: &str) {
+    let _ =
+        tokio::process::Command::new("userdel").arg(name).env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin").output().await;
+}
+
+/// Status code of `GET path` on the loopback port, if it answers at all.
+pub async fn http_status(port: u16, path: &str) -> Option<u16> {
+    let connect = tokio::net::TcpStream::connect(("127.0.0.1", port));
+    let mut stream = tokio::time::timeout(Duration::from_secs(2), connect).await.ok()?.ok()?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut head = vec![0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut head)).await.ok()?.ok()?;
+    let line = String::from_utf8_lossy(&head[..n]);
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pointers_build_nested_secrets() {
+        let mut doc = json!({"gateway": {"token": "t"}});
+        set_pointer(&mut doc, "/models/local/apiKey", json!("k"));
+        set_pointer(&mut doc, "/channels/telegram/botToken", json!("b"));
+        assert_eq!(
+            doc,
+            json!({"gateway": {"token": "t"}, "models": {"local": {"apiKey": "k"}}, "channels": {"telegram": {"botToken": "b"}}})
+        );
+    }
+
+    #[test]
+    fn user_names_are_short_and_stable() {
+        let name = tenant_user_name("01a20c6b-19d8-76c4-937e-6d06bfdd3192");
+        assert_eq!(name.len(), 17);
+        assert_eq!(name, tenant_user_name("01a20c6b-19d8-76c4-937e-6d06bfdd3192"));
+        assert!(name.bytes().all(|b| b.is_ascii_alphanumeric()));
+    }
+
+    #[test]
+    fn backoff_grows_and_caps() {
+        assert_eq!(backoff(1), Duration::from_secs(1));
+        assert_eq!(backoff(2), Duration::from_secs(2));
+        assert!(backoff(50) <= Duration::from_secs(30));
+    }
+}

@@ -1,0 +1,211 @@
+//! Tenants on the real OpenClaw 2026.9.6: the control plane places them on
+//! a host, the agent gives each its own OS user, 0700 state tree and
+//! supervised loopback gateway; restart, logs and delete go through the
+//! same command path. Needs `CLAWPLANE_OPENCLAW_BIN` (scripts/test installs
+//! OpenClaw and sets it) and root (tenant users).
+mod common;
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use clawplane_proto::v1::tenant_service_client::TenantServiceClient;
+use clawplane_proto::v1::{
+    CreateTenantRequest, DeleteTenantRequest, GetMyTenantRequest, RestartTenantRequest, StreamTenantLogsRequest,
+    Tenant, TenantStatus,
+};
+use common::cp::Cred;
+use common::*;
+use tonic::transport::Channel;
+
+fn openclaw_bin() -> Option<PathBuf> {
+    match std::env::var("CLAWPLANE_OPENCLAW_BIN") {
+        Ok(path) => Some(PathBuf::from(path)),
+        Err(_) if std::env::var("CLAWPLANE_REQUIRE_OPENCLAW").as_deref() == Ok("1") => {
+            panic!("CLAWPLANE_OPENCLAW_BIN is required (scripts/test installs OpenClaw and sets it)")
+        }
+        Err(_) => {
+            eprintln!("\n!!! SKIPPING real-OpenClaw test: CLAWPLANE_OPENCLAW_BIN is not set (run scripts/test) !!!\n");
+            None
+        }
+    }
+}
+
+async fn my_tenant(client: &mut TenantServiceClient<Channel>, cred: &Cred) -> Option<Tenant> {
+    client.get_my_tenant(cred.request(GetMyTenantRequest::default())).await.ok()?.into_inner().tenant
+}
+
+async fn wait_running(client: &mut TenantServiceClient<Channel>, cred: &Cred) -> Tenant {
+    let mut last = None;
+    for _ in 0..(240 * 4) {
+        last = my_tenant(client, cred).await;
+        match last.as_ref().map(|t| TenantStatus::try_from(t.status).unwrap()) {
+            Some(TenantStatus::Running) => return last.unwrap(),
+            Some(TenantStatus::Failed) => panic!("provisioning failed: {last:?}"),
+            _ => tokio::time::sleep(Duration::from_millis(250)).await,
+        }
+    }
+    panic!("tenant not running within 240 s: {last:?}")
+}
+
+/// The agent's record of a tenant (port, OS user).
+fn record(state_dir: &Path, tenant_id: &str) -> serde_json::Value {
+    let text = std::fs::read_to_string(state_dir.join("tenants").join(format!("{tenant_id}.json"))).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+fn http_status(port: u64, path: &str, token: Option<&str>) -> u16 {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port as u16)) else { return 0 };
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}Connection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut head = [0u8; 32];
+    let n = stream.read(&mut head).unwrap_or(0);
+    String::from_utf8_lossy(&head[..n]).split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
+}
+
+/// Runs a program as another uid with no supplementary groups.
+fn as_user(uid: u64, gid: u64, program: &str, args: &[&str]) -> std::process::Output {
+    Command::new("setpriv")
+        .args([&format!("--reuid={uid}"), &format!("--regid={gid}"), "--clear-groups", "--", program])
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tenants_run_isolated_on_real_openclaw() {
+    let Some(openclaw) = openclaw_bin() else { return };
+    let db = sqlite_db();
+    // Tenant users must be able to reach their own tree under this folder.
+    std::fs::set_permissions(db.data_dir(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    let cp = ControlPlane::start(&db, "");
+    let (token, pin) = cp.join_token(600, 1).await;
+    let mut agent = Agent::new(&db.data_dir(), "agent");
+    assert!(agent.join(&cp.url(), &token, &pin).status.success());
+    let tenants_dir = db.data_dir().join("tenants");
+    let base_port = (free_port() / 1000 * 1000).clamp(21000, 60000).to_string();
+    agent.run_with(&[
+        "--openclaw-bin",
+        openclaw.to_str().unwrap(),
+        "--tenants-dir",
+        tenants_dir.to_str().unwrap(),
+        "--gateway-base-port",
+        &base_port,
+    ]);
+
+    let mut client = TenantServiceClient::new(cp.channel().await);
+    let (alice, bob) = (Cred::shared("alice"), Cred::shared("bob"));
+    for cred in [&alice, &bob] {
+        let created = client
+            .create_tenant(cred.request(CreateTenantRequest { plan: "free".into(), ..Default::default() }))
+            .await
+            .unwrap();
+        assert!(created.into_inner().created);
+    }
+    let a = wait_running(&mut client, &alice).await;
+    let b = wait_running(&mut client, &bob).await;
+    assert_eq!(a.host_id, agent.host_id());
+
+    // Each tenant: its own OS user, a 0700 state tree it owns, a ready gateway.
+    let (ra, rb) = (record(&agent.state_dir, &a.id), record(&agent.state_dir, &b.id));
+    let a_root = tenants_dir.join(&a.slug);
+    let meta = std::fs::metadata(&a_root).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o700);
+    assert_eq!(u64::from(meta.uid()), ra["uid"].as_u64().unwrap());
+    assert_ne!(ra["uid"], rb["uid"], "one OS user per tenant");
+    let user = ra["user"].as_str().unwrap().to_string();
+    assert!(Command::new("getent").args(["passwd", &user]).output().unwrap().status.success());
+    let a_port = ra["port"].as_u64().unwrap();
+    assert_eq!(http_status(a_port, "/readyz", None), 200);
+    // The gateway runs as the tenant's user, without the agent's (root's) groups.
+    let pid = std::fs::read_to_string(a_root.join("gateway.pid")).unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{}/status", pid.trim())).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap()
+            .split_whitespace()
+            .skip(1)
+            .map(String::from)
+            .collect::<Vec<_>>()
+    };
+    assert!(field("Uid:").iter().all(|u| u == &ra["uid"].to_string()), "{status}");
+    assert!(
+        field("Groups:").iter().all(|g| g == &ra["gid"].to_string()),
+        "supplementary groups: {:?}",
+        field("Groups:")
+    );
+    let openclaw_json = std::fs::read_to_string(a_root.join("state/openclaw.json")).unwrap();
+    assert!(
+        !openclaw_json.contains(ra["gateway_token"].as_str().unwrap()),
+        "gateway token is a SecretRef, not plaintext"
+    );
+
+    // Tenant B's user can neither read A's state nor authenticate to A's gateway.
+    let (b_uid, b_gid) = (rb["uid"].as_u64().unwrap(), rb["gid"].as_u64().unwrap());
+    let read = as_user(b_uid, b_gid, "cat", &[a_root.join("state/openclaw.json").to_str().unwrap()]);
+    assert!(!read.status.success(), "B read A's config");
+    assert!(String::from_utf8_lossy(&read.stderr).contains("Permission denied"));
+    let secrets = as_user(b_uid, b_gid, "cat", &[a_root.join("secrets.json").to_str().unwrap()]);
+    assert!(!secrets.status.success(), "B read A's secrets");
+    assert_eq!(http_status(a_port, "/v1/models", None), 401, "A's gateway refuses callers without A's token");
+    assert_eq!(http_status(a_port, "/v1/models", Some(ra["gateway_token"].as_str().unwrap())), 200);
+    // And neither can see the other's tenant through the API.
+    let status =
+        client.get_my_tenant(Cred::shared("mallory").request(GetMyTenantRequest::default())).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::NotFound);
+
+    // Restart answers once the gateway is ready again, on a new process.
+    let pid_before = std::fs::read_to_string(a_root.join("gateway.pid")).unwrap();
+    client.restart_tenant(alice.request(RestartTenantRequest { tenant_id: a.id.clone() })).await.expect("restart");
+    assert_eq!(http_status(a_port, "/readyz", None), 200);
+    let pid_after = std::fs::read_to_string(a_root.join("gateway.pid")).unwrap();
+    assert_ne!(pid_before, pid_after, "a new gateway process");
+
+    // Real gateway log lines, through host and control plane.
+    let mut logs = client
+        .stream_tenant_logs(alice.request(StreamTenantLogsRequest {
+            tenant_id: a.id.clone(),
+            tail_lines: 200,
+            follow: false,
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut lines = Vec::new();
+    while let Some(message) = logs.message().await.unwrap() {
+        lines.extend(message.lines.into_iter().map(|l| l.text));
+    }
+    assert!(!lines.is_empty(), "no log lines");
+    assert!(lines.iter().any(|l| l.contains("gateway") || l.contains("listening")), "{lines:?}");
+    assert!(!lines.iter().any(|l| l.contains(ra["gateway_token"].as_str().unwrap())), "token in logs");
+
+    // Delete: archive kept, gateway gone, user gone.
+    client.delete_tenant(alice.request(DeleteTenantRequest { tenant_id: a.id.clone() })).await.unwrap();
+    let archives = agent.state_dir.join("archives");
+    eventually(Duration::from_secs(60), "tenant removed from the host", || {
+        let (root, archives) = (a_root.clone(), archives.clone());
+        async move { !root.exists() && std::fs::read_dir(&archives).map(|d| d.count() > 0).unwrap_or(false) }
+    })
+    .await;
+    let archive = std::fs::read_dir(&archives).unwrap().next().unwrap().unwrap().path();
+    let listing = Command::new("tar").arg("-tzf").arg(&archive).output().unwrap();
+    assert!(String::from_utf8_lossy(&listing.stdout).contains(&format!("{}/state/openclaw.json", a.slug)));
+    assert_eq!(http_status(a_port, "/readyz", None), 0, "gateway stopped");
+    assert!(!Command::new("getent").args(["passwd", &user]).output().unwrap().status.success(), "user removed");
+    // B is untouched.
+    assert_eq!(http_status(rb["port"].as_u64().unwrap(), "/readyz", None), 200);
+
+    client.delete_tenant(bob.request(DeleteTenantRequest { tenant_id: b.id.clone() })).await.unwrap();
+    eventually(Duration::from_secs(60), "second tenant removed", || {
+        let root = tenants_dir.join(&b.slug);
+        async move { !root.exists() }
+    })
+    .await;
+    agent.kill9();
+    drop(cp);
+}
