@@ -11,6 +11,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use anyhow::Context as _;
+use clawplane_proto::v1::config_service_server::ConfigServiceServer;
 use clawplane_proto::v1::host_service_server::HostServiceServer;
 use clawplane_proto::v1::tenant_service_server::TenantServiceServer;
 use clawplane_proto::v1::usage_service_server::UsageServiceServer;
@@ -21,7 +22,7 @@ use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tonic::transport::server::{Connected, TcpConnectInfo};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
-use crate::api::{HostApi, TenantApi, UsageApi};
+use crate::api::{ConfigApi, HostApi, TenantApi, UsageApi};
 use crate::auth::{AuthLayer, Authenticator};
 use crate::config::{Config, CorsOrigins};
 use crate::fleet::{serve_agents, Fleet, FleetConfig};
@@ -77,7 +78,10 @@ impl Server {
         if config.agent_listen.port() == 0 {
             fleet_config.public_url = format!("https://{}", agent_listener.local_addr()?);
         }
-        let fleet = Fleet::new(store.clone(), pki.clone(), fleet_config);
+        let secrets = Arc::new(
+            crate::secrets::SecretBox::load_or_create(&config.data_dir.join("secrets.key")).context("secrets key")?,
+        );
+        let fleet = Fleet::new(store.clone(), pki.clone(), secrets, fleet_config);
         Ok(Server { config, store, listener, agent_listener, authenticator, pki, fleet })
     }
 
@@ -148,6 +152,7 @@ impl Server {
             )))
             .add_service(UsageServiceServer::new(UsageApi::new(store.clone())))
             .add_service(HostServiceServer::new(HostApi::new(store.clone(), fleet.clone())))
+            .add_service(ConfigServiceServer::new(ConfigApi::new(store.clone(), fleet.clone())))
             .serve_with_incoming_shutdown(incoming, async move {
                 let _ = stop_on_signal.wait_for(|stop| *stop).await;
             });

@@ -2,6 +2,7 @@
 //! calls and store records into messages; identity comes from the request
 //! extensions filled by [`crate::auth::AuthLayer`], errors go through
 //! [`ApiError`].
+mod config;
 mod error;
 mod hosts;
 mod plans;
@@ -12,12 +13,14 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use chrono::{DateTime, Utc};
 
+pub use config::{push_config, ConfigApi};
 pub use error::{ApiError, ApiResult};
 pub use hosts::HostApi;
 pub use plans::UsageApi;
 pub use tenants::TenantApi;
 
 use crate::auth::{Authentication, Principal};
+use crate::store::{Owner, Store, TenantRecord};
 
 /// The caller of a request, or UNAUTHENTICATED naming what was wrong.
 pub fn caller<T>(request: &tonic::Request<T>) -> ApiResult<Principal> {
@@ -84,4 +87,21 @@ pub fn required_id<'a>(field: &str, value: &'a str) -> ApiResult<&'a str> {
     }
     check_text(field, value, 128)?;
     Ok(value)
+}
+
+/// A live tenant the caller may see (owner, team member or admin); anything
+/// else is NOT_FOUND, so the existence of other owners' tenants never leaks.
+pub async fn visible_tenant(store: &Store, principal: &Principal, id_or_slug: &str) -> ApiResult<TenantRecord> {
+    let id_or_slug = required_id("tenant_id", id_or_slug)?;
+    let record = store.live_tenant(id_or_slug).await?.ok_or(ApiError::NotFound("tenant"))?;
+    let allowed = principal.is_admin
+        || match record.owner() {
+            Owner::User(id) => principal.is_user && principal.user_id == id,
+            Owner::Team(id) => principal.is_member_of(&id),
+        };
+    if allowed {
+        Ok(record)
+    } else {
+        Err(ApiError::NotFound("tenant"))
+    }
 }

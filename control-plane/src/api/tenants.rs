@@ -12,8 +12,7 @@ use futures::Stream;
 use tonic::{Request, Response, Status};
 
 use super::{
-    caller, check_text, decode_page_token, encode_page_token, page_size, required_id, slug, timestamp, ApiError,
-    ApiResult,
+    caller, check_text, decode_page_token, encode_page_token, page_size, slug, timestamp, ApiError, ApiResult,
 };
 use crate::auth::Principal;
 use crate::fleet::Fleet;
@@ -67,16 +66,8 @@ impl TenantApi {
         }
     }
 
-    /// A live tenant the caller may see; anything else is NOT_FOUND, so the
-    /// existence of other owners' tenants never leaks.
     async fn visible_tenant(&self, principal: &Principal, id_or_slug: &str) -> ApiResult<TenantRecord> {
-        let id_or_slug = required_id("tenant_id", id_or_slug)?;
-        let record = self.store.live_tenant(id_or_slug).await?.ok_or(ApiError::NotFound("tenant"))?;
-        if can_access(principal, &record.owner()) {
-            Ok(record)
-        } else {
-            Err(ApiError::NotFound("tenant"))
-        }
+        super::visible_tenant(&self.store, principal, id_or_slug).await
     }
 
     async fn create(&self, principal: Principal, req: CreateTenantRequest) -> ApiResult<CreateTenantResponse> {
@@ -150,14 +141,6 @@ fn owner_for(principal: &Principal, team_id: &str) -> ApiResult<Owner> {
     } else {
         Err(ApiError::NotFound("team"))
     }
-}
-
-fn can_access(principal: &Principal, owner: &Owner) -> bool {
-    principal.is_admin
-        || match owner {
-            Owner::User(id) => principal.is_user && &principal.user_id == id,
-            Owner::Team(id) => principal.is_member_of(id),
-        }
 }
 
 type LogStream = Pin<Box<dyn Stream<Item = Result<StreamTenantLogsResponse, Status>> + Send>>;

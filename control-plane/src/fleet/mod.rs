@@ -69,6 +69,7 @@ struct LogRoute {
 pub struct Fleet {
     store: Store,
     pki: Arc<Pki>,
+    secrets: Arc<crate::secrets::SecretBox>,
     config: FleetConfig,
     sessions: Mutex<HashMap<String, Session>>,
     waiters: Mutex<HashMap<String, Vec<oneshot::Sender<pb::CommandResult>>>>,
@@ -86,16 +87,26 @@ struct SessionHandles {
 }
 
 impl Fleet {
-    pub fn new(store: Store, pki: Arc<Pki>, config: FleetConfig) -> Arc<Fleet> {
+    pub fn new(
+        store: Store,
+        pki: Arc<Pki>,
+        secrets: Arc<crate::secrets::SecretBox>,
+        config: FleetConfig,
+    ) -> Arc<Fleet> {
         Arc::new(Fleet {
             store,
             pki,
+            secrets,
             config,
             sessions: Mutex::new(HashMap::new()),
             waiters: Mutex::new(HashMap::new()),
             log_routes: Mutex::new(HashMap::new()),
             next_session: AtomicU64::new(1),
         })
+    }
+
+    pub fn secrets(&self) -> Arc<crate::secrets::SecretBox> {
+        self.secrets.clone()
     }
 
     pub fn pki(&self) -> &Pki {

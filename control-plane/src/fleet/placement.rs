@@ -14,6 +14,7 @@ use crate::store::TenantStatus;
 
 const PROVISION: &str = "provision_tenant";
 const DELETE: &str = "delete_tenant";
+const APPLY: &str = "apply_config";
 
 /// Tenants a host takes when its inventory does not say.
 const DEFAULT_MAX_TENANTS: u32 = 8;
@@ -124,6 +125,25 @@ impl Fleet {
                     (_, false) => (TenantStatus::Failed, format!("provisioning failed: {}", result.error_message)),
                 };
                 self.store.set_tenant_status(tenant_id, &row.host_id, status, &message).await?;
+                // A fresh gateway gets the tenant's config right away.
+                if succeeded {
+                    if let Some(tenant) = self.store.live_tenant(tenant_id).await? {
+                        crate::api::push_config(self, &self.store, &self.secrets, &tenant).await?;
+                    }
+                }
+            }
+            APPLY => {
+                let generation = match &result.payload {
+                    Some(command_result::Payload::ApplyConfig(applied)) => applied.applied_generation,
+                    _ => super::command_message(row)
+                        .and_then(|c| match c.payload {
+                            Some(command::Payload::ApplyConfig(apply)) => Some(apply.generation),
+                            _ => None,
+                        })
+                        .unwrap_or(0),
+                };
+                let error = (!succeeded).then(|| result.error_message.clone());
+                self.store.record_config_apply(tenant_id, generation, error).await?;
             }
             DELETE if !succeeded => {
                 tracing::warn!(tenant = %tenant_id, host = %row.host_id, error = %result.error_message, "removing a tenant from its host failed");

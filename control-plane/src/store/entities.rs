@@ -267,3 +267,50 @@ pub mod host_command {
 
     impl ActiveModelBehavior for ActiveModel {}
 }
+
+pub mod tenant_config {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "tenant_configs")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub tenant_id: String,
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub config_type: String,
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub config_key: String,
+        /// Non-secret settings and masked hints of the secrets.
+        pub value: Json,
+        /// Secret fields as sealed JSON (see `crate::secrets`).
+        pub secret_ciphertext: Option<Vec<u8>>,
+        pub enabled: bool,
+        pub updated_at: DateTimeUtc,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod tenant_config_state {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "tenant_config_state")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub tenant_id: String,
+        pub desired_generation: i64,
+        pub applied_generation: i64,
+        pub last_apply_error: Option<String>,
+        pub observed: Option<Json>,
+        pub updated_at: DateTimeUtc,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}

@@ -1,6 +1,7 @@
 //! Storage on SQLite (default, embedded) or PostgreSQL, through sea-orm.
 //! Each submodule owns the queries of one area; callers get domain records
 //! and [`StoreError`], never raw database errors.
+mod configs;
 pub mod entities;
 mod hosts;
 mod tenants;

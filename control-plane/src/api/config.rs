@@ -1,0 +1,474 @@
+//! ConfigService: a tenant's channels, model, tools and agent profile.
+//!
+//! The control plane keeps the desired config with a generation number;
+//! each change is pushed to the tenant's host as one ApplyConfig command
+//! (one `openclaw config set --batch-json` there). Secrets are sealed at
+//! rest, travel only over the agent's mTLS stream, land in the tenant's
+//! 0600 secrets file and are referenced from openclaw.json; callers only
+//! ever see masked hints. When OpenClaw itself rejects a change, the change
+//! is rolled back and the caller gets INVALID_ARGUMENT with OpenClaw's
+//! message.
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use clawplane_proto::v1::config_service_server::ConfigService;
+use clawplane_proto::v1::{
+    self as pb, command, ApplyConfigCommand, ConfigSetOp, GetConfigRequest, GetConfigResponse, RemoveChannelRequest,
+    RemoveChannelResponse, SecretFile, SetAgentProfileRequest, SetAgentProfileResponse, SetChannelRequest,
+    SetChannelResponse, SetModelRequest, SetModelResponse, SetToolsRequest, SetToolsResponse,
+};
+use serde_json::{json, Value};
+use tonic::{Request, Response, Status};
+
+use super::{caller, check_text, timestamp, visible_tenant, ApiError, ApiResult};
+use crate::auth::Principal;
+use crate::fleet::Fleet;
+use crate::openclaw_config::{self, ChannelSettings, Desired, ModelSettings, ProfileSettings, ToolSettings};
+use crate::secrets::{hint, SecretBox};
+use crate::store::entities::tenant_config;
+use crate::store::{Store, TenantRecord};
+
+const MODEL: &str = "model";
+const PROFILE: &str = "profile";
+const TOOLS: &str = "tools";
+const CHANNEL: &str = "channel";
+const DEFAULT_KEY: &str = "default";
+/// How long a Set call waits for the host to apply the change.
+const APPLY_WAIT: Duration = Duration::from_secs(90);
+
+pub struct ConfigApi {
+    store: Store,
+    fleet: Arc<Fleet>,
+    secrets: Arc<SecretBox>,
+}
+
+impl ConfigApi {
+    pub fn new(store: Store, fleet: Arc<Fleet>) -> Self {
+        ConfigApi { secrets: fleet.secrets(), store, fleet }
+    }
+}
+
+fn row_context(row: &tenant_config::Model) -> String {
+    format!("{}/{}/{}", row.tenant_id, row.config_type, row.config_key)
+}
+
+/// Identifiers that become OpenClaw config path segments.
+fn check_name(field: &str, value: &str, max: usize) -> ApiResult<()> {
+    let ok = !value.is_empty()
+        && value.len() <= max
+        && value.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        && value.as_bytes()[0].is_ascii_alphanumeric();
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(format!(
+            "{field} must be 1-{max} characters of letters, digits, '-' and '_', starting with a letter or digit"
+        )))
+    }
+}
+
+fn check_secret(field: &str, value: &str) -> ApiResult<()> {
+    if value.is_empty() || value.len() > 4096 || value.chars().any(char::is_control) {
+        return Err(ApiError::invalid(format!("{field} must be 1-4096 printable characters")));
+    }
+    Ok(())
+}
+
+/// Free text that may span lines (system prompts).
+fn check_multiline(field: &str, value: &str, max_chars: usize) -> ApiResult<()> {
+    if value.chars().count() > max_chars {
+        return Err(ApiError::invalid(format!("{field} must be at most {max_chars} characters")));
+    }
+    if value.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
+        return Err(ApiError::invalid(format!("{field} must not contain control characters")));
+    }
+    Ok(())
+}
+
+impl ConfigApi {
+    fn seal(&self, row: &mut tenant_config::Model, secrets: &BTreeMap<String, String>) -> ApiResult<()> {
+        if secrets.is_empty() {
+            row.secret_ciphertext = None;
+            return Ok(());
+        }
+        let plain = serde_json::to_vec(secrets).map_err(|e| ApiError::Internal(e.into()))?;
+        row.secret_ciphertext = Some(self.secrets.seal(&row_context(row), &plain).map_err(ApiError::Internal)?);
+        Ok(())
+    }
+
+    fn unseal(&self, row: &tenant_config::Model) -> ApiResult<BTreeMap<String, String>> {
+        unseal(&self.secrets, row)
+    }
+
+    async fn view(&self, tenant_id: &str) -> ApiResult<pb::TenantConfig> {
+        let rows = self.store.config_rows(tenant_id).await?;
+        let state = self.store.config_state(tenant_id).await?;
+        let hints = |row: &tenant_config::Model| -> BTreeMap<String, String> {
+            row.value.get("secret_hints").and_then(|h| serde_json::from_value(h.clone()).ok()).unwrap_or_default()
+        };
+        let mut config = pb::TenantConfig { tenant_id: tenant_id.to_string(), ..Default::default() };
+        let mut updated = None;
+        for row in &rows {
+            updated = updated.max(Some(row.updated_at));
+            let settings = row.value.get("settings").cloned().unwrap_or(Value::Null);
+            match row.config_type.as_str() {
+                MODEL => {
+                    let model: ModelSettings = serde_json::from_value(settings).unwrap_or_default();
+                    config.model = Some(pb::ModelConfig {
+                        provider: model.provider,
+                        model: model.model,
+                        base_url: model.base_url,
+                        api_key_hint: hints(row).remove("api_key").unwrap_or_default(),
+                    });
+                }
+                PROFILE => {
+                    let profile: ProfileSettings = serde_json::from_value(settings).unwrap_or_default();
+                    config.agent_profile = Some(pb::AgentProfile {
+                        name: profile.name,
+                        system_prompt: profile.system_prompt,
+                        style: profile.style,
+                    });
+                }
+                TOOLS => {
+                    let tools: ToolSettings = serde_json::from_value(settings).unwrap_or_default();
+                    config.tools = Some(pb::ToolsConfig { allow: tools.allow, deny: tools.deny });
+                }
+                CHANNEL => {
+                    let channel: ChannelSettings = serde_json::from_value(settings).unwrap_or_default();
+                    if !channel.removed {
+                        config.channels.push(pb::ChannelConfig {
+                            channel: row.config_key.clone(),
+                            enabled: channel.enabled,
+                            settings: channel.settings.into_iter().collect(),
+                            secret_hints: hints(row).into_iter().collect(),
+                            updated_at: Some(timestamp(row.updated_at)),
+                        });
+                    }
+                }
+                _ => {}
+            }
+        }
+        if let Some(state) = state {
+            config.desired_generation = state.desired_generation;
+            config.applied_generation = state.applied_generation;
+            config.last_apply_error = state.last_apply_error.unwrap_or_default();
+            config.applied_at = None;
+            updated = updated.max(Some(state.updated_at));
+        }
+        config.updated_at = updated.map(timestamp);
+        Ok(config)
+    }
+
+    fn row(
+        &self,
+        tenant_id: &str,
+        kind: &str,
+        key: &str,
+        settings: Value,
+        secrets: &BTreeMap<String, String>,
+        enabled: bool,
+    ) -> ApiResult<tenant_config::Model> {
+        let hints: BTreeMap<&String, String> = secrets.iter().map(|(k, v)| (k, hint(v))).collect();
+        let mut row = tenant_config::Model {
+            tenant_id: tenant_id.to_string(),
+            config_type: kind.to_string(),
+            config_key: key.to_string(),
+            value: json!({"settings": settings, "secret_hints": hints}),
+            secret_ciphertext: None,
+            enabled,
+            updated_at: Utc::now(),
+        };
+        self.seal(&mut row, secrets)?;
+        Ok(row)
+    }
+
+    /// Saves changed rows, pushes the new generation to the tenant's host
+    /// and, when the host answers in time, reports OpenClaw's verdict. A
+    /// change OpenClaw rejects is rolled back.
+    async fn change(
+        &self,
+        tenant: &TenantRecord,
+        rows: Vec<tenant_config::Model>,
+        expected: Option<i64>,
+    ) -> ApiResult<pb::TenantConfig> {
+        let tenant_id = &tenant.tenant.id;
+        let before = self.store.config_rows(tenant_id).await?;
+        let generation = self.store.save_config(tenant_id, rows.clone(), expected).await?;
+        if let Some(command_id) = push_config(&self.fleet, &self.store, &self.secrets, tenant).await? {
+            if let Some(result) = self.fleet.wait_for_result(&command_id, APPLY_WAIT).await? {
+                if result.outcome != pb::CommandOutcome::Succeeded as i32 && result.error_code == "openclaw" {
+                    // Restore the rows as they were (a row that did not exist
+                    // keeps a neutral value) and push that as a new generation.
+                    let restored: Vec<tenant_config::Model> = rows
+                        .iter()
+                        .map(|changed| {
+                            before
+                                .iter()
+                                .find(|b| b.config_type == changed.config_type && b.config_key == changed.config_key)
+                                .cloned()
+                                .unwrap_or_else(|| neutral(changed))
+                        })
+                        .collect();
+                    self.store.save_config(tenant_id, restored, None).await?;
+                    push_config(&self.fleet, &self.store, &self.secrets, tenant).await?;
+                    return Err(ApiError::invalid(format!(
+                        "OpenClaw rejected the change (generation {generation}): {}",
+                        result.error_message
+                    )));
+                }
+            }
+        }
+        self.view(tenant_id).await
+    }
+}
+
+/// A row that configures nothing, for rolling back a first-time setting.
+fn neutral(row: &tenant_config::Model) -> tenant_config::Model {
+    let settings = match row.config_type.as_str() {
+        CHANNEL => json!(ChannelSettings { removed: true, ..Default::default() }),
+        PROFILE => json!(ProfileSettings::default()),
+        TOOLS => json!(ToolSettings::default()),
+        _ => Value::Null,
+    };
+    tenant_config::Model {
+        value: json!({"settings": settings}),
+        secret_ciphertext: None,
+        updated_at: Utc::now(),
+        ..row.clone()
+    }
+}
+
+/// Queues the tenant's whole desired config, at its current generation, for
+/// its host. None when the tenant is not placed or has no config yet.
+pub async fn push_config(
+    fleet: &Fleet,
+    store: &Store,
+    secrets: &SecretBox,
+    tenant: &TenantRecord,
+) -> ApiResult<Option<String>> {
+    let Some(host_id) = &tenant.tenant.host_id else { return Ok(None) };
+    let Some(state) = store.config_state(&tenant.tenant.id).await? else { return Ok(None) };
+    let rows = store.config_rows(&tenant.tenant.id).await?;
+    let mut desired = desired(secrets, &rows)?;
+    if desired.model.as_ref().is_some_and(|(m, _)| m.provider.is_empty()) {
+        desired.model = None;
+    }
+    let apply = openclaw_config::build(&tenant.tenant.slug, &desired);
+    let payload = command::Payload::ApplyConfig(ApplyConfigCommand {
+        tenant_id: tenant.tenant.id.clone(),
+        generation: state.desired_generation,
+        unset_paths: apply.unset,
+        ops: apply.ops.into_iter().map(|(path, value)| ConfigSetOp { path, value_json: value.to_string() }).collect(),
+        secrets: apply
+            .secrets
+            .into_iter()
+            .map(|(name, value)| SecretFile { name, value: value.into_bytes() })
+            .collect(),
+        merge: false,
+        restart: false,
+    });
+    Ok(Some(fleet.enqueue(host_id, Some(&tenant.tenant.id), payload).await?))
+}
+
+fn unseal(secrets: &SecretBox, row: &tenant_config::Model) -> ApiResult<BTreeMap<String, String>> {
+    match &row.secret_ciphertext {
+        None => Ok(BTreeMap::new()),
+        Some(sealed) => {
+            let plain = secrets.open(&row_context(row), sealed).map_err(ApiError::Internal)?;
+            serde_json::from_slice(&plain).map_err(|e| ApiError::Internal(e.into()))
+        }
+    }
+}
+
+/// The whole desired config with secrets opened (in memory only, on the way
+/// to the host).
+fn desired(secrets: &SecretBox, rows: &[tenant_config::Model]) -> ApiResult<Desired> {
+    let mut desired = Desired::default();
+    for row in rows {
+        let settings = row.value.get("settings").cloned().unwrap_or(Value::Null);
+        match row.config_type.as_str() {
+            MODEL => {
+                if let Ok(model) = serde_json::from_value::<ModelSettings>(settings) {
+                    desired.model = Some((model, unseal(secrets, row)?.remove("api_key")));
+                }
+            }
+            PROFILE => desired.profile = serde_json::from_value(settings).unwrap_or_default(),
+            TOOLS => desired.tools = serde_json::from_value(settings).unwrap_or_default(),
+            CHANNEL => {
+                let channel: ChannelSettings = serde_json::from_value(settings).unwrap_or_default();
+                desired.channels.insert(row.config_key.clone(), (channel, unseal(secrets, row)?));
+            }
+            _ => {}
+        }
+    }
+    Ok(desired)
+}
+
+async fn tenant_for(store: &Store, principal: &Principal, tenant_id: &str) -> ApiResult<TenantRecord> {
+    visible_tenant(store, principal, tenant_id).await
+}
+
+#[tonic::async_trait]
+impl ConfigService for ConfigApi {
+    async fn get_config(&self, request: Request<GetConfigRequest>) -> Result<Response<GetConfigResponse>, Status> {
+        let principal = caller(&request)?;
+        let tenant = tenant_for(&self.store, &principal, &request.get_ref().tenant_id).await?;
+        Ok(Response::new(GetConfigResponse { config: Some(self.view(&tenant.tenant.id).await?) }))
+    }
+
+    async fn set_model(&self, request: Request<SetModelRequest>) -> Result<Response<SetModelResponse>, Status> {
+        let principal = caller(&request)?;
+        let req = request.into_inner();
+        let tenant = tenant_for(&self.store, &principal, &req.tenant_id).await?;
+        check_name("provider", &req.provider, 40)?;
+        if req.model.is_empty()
+            || req.model.len() > 128
+            || !req.model.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:/".contains(&b))
+        {
+            return Err(ApiError::invalid(
+                "model must be 1-128 characters of letters, digits, '-', '_', '.', ':' and '/'",
+            )
+            .into());
+        }
+        let base_url = req.base_url.clone().unwrap_or_default();
+        if !base_url.is_empty() {
+            check_text("base_url", &base_url, 512)?;
+            let parsed: Result<http::Uri, _> = base_url.parse();
+            if !parsed.is_ok_and(|u| matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some()) {
+                return Err(ApiError::invalid("base_url must be an http(s) URL").into());
+            }
+        }
+        // An absent api_key keeps the stored one.
+        let existing = self.store.config_rows(&tenant.tenant.id).await.map_err(ApiError::from)?;
+        let mut secrets = match existing.iter().find(|r| r.config_type == MODEL) {
+            Some(row) => self.unseal(row)?,
+            None => BTreeMap::new(),
+        };
+        if let Some(key) = &req.api_key {
+            check_secret("api_key", key)?;
+            secrets.insert("api_key".into(), key.clone());
+        }
+        let settings = json!(ModelSettings { provider: req.provider, model: req.model, base_url });
+        let row = self.row(&tenant.tenant.id, MODEL, DEFAULT_KEY, settings, &secrets, true)?;
+        let config = self.change(&tenant, vec![row], req.expected_generation).await?;
+        Ok(Response::new(SetModelResponse { config: Some(config) }))
+    }
+
+    async fn set_agent_profile(
+        &self,
+        request: Request<SetAgentProfileRequest>,
+    ) -> Result<Response<SetAgentProfileResponse>, Status> {
+        let principal = caller(&request)?;
+        let req = request.into_inner();
+        let tenant = tenant_for(&self.store, &principal, &req.tenant_id).await?;
+        let existing = self.store.config_rows(&tenant.tenant.id).await.map_err(ApiError::from)?;
+        let mut profile: ProfileSettings = existing
+            .iter()
+            .find(|r| r.config_type == PROFILE)
+            .and_then(|r| serde_json::from_value(r.value.get("settings").cloned()?).ok())
+            .unwrap_or_default();
+        if let Some(name) = req.name {
+            check_text("name", &name, 100)?;
+            profile.name = name;
+        }
+        if let Some(prompt) = req.system_prompt {
+            check_multiline("system_prompt", &prompt, 20_000)?;
+            profile.system_prompt = prompt;
+        }
+        if let Some(style) = req.style {
+            check_text("style", &style, 200)?;
+            profile.style = style;
+        }
+        let row = self.row(&tenant.tenant.id, PROFILE, DEFAULT_KEY, json!(profile), &BTreeMap::new(), true)?;
+        let config = self.change(&tenant, vec![row], req.expected_generation).await?;
+        Ok(Response::new(SetAgentProfileResponse { config: Some(config) }))
+    }
+
+    async fn set_tools(&self, request: Request<SetToolsRequest>) -> Result<Response<SetToolsResponse>, Status> {
+        let principal = caller(&request)?;
+        let req = request.into_inner();
+        let tenant = tenant_for(&self.store, &principal, &req.tenant_id).await?;
+        for (field, list) in [("allow", &req.allow), ("deny", &req.deny)] {
+            if list.len() > 200 {
+                return Err(ApiError::invalid(format!("{field} lists more than 200 tools")).into());
+            }
+            for tool in list {
+                if tool.is_empty()
+                    || tool.len() > 100
+                    || !tool.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:*/".contains(&b))
+                {
+                    return Err(ApiError::invalid(format!("{field}: {tool:?} is not a tool name or pattern")).into());
+                }
+            }
+        }
+        let settings = json!(ToolSettings { allow: req.allow, deny: req.deny });
+        let row = self.row(&tenant.tenant.id, TOOLS, DEFAULT_KEY, settings, &BTreeMap::new(), true)?;
+        let config = self.change(&tenant, vec![row], req.expected_generation).await?;
+        Ok(Response::new(SetToolsResponse { config: Some(config) }))
+    }
+
+    async fn set_channel(&self, request: Request<SetChannelRequest>) -> Result<Response<SetChannelResponse>, Status> {
+        let principal = caller(&request)?;
+        let req = request.into_inner();
+        let tenant = tenant_for(&self.store, &principal, &req.tenant_id).await?;
+        check_name("channel", &req.channel, 32)?;
+        if req.settings.len() + req.secrets.len() > 64 {
+            return Err(ApiError::invalid("at most 64 settings and secrets per channel").into());
+        }
+        for (key, value) in &req.settings {
+            check_name("setting name", key, 64)?;
+            check_text("setting value", value, 1024)?;
+        }
+        let existing = self.store.config_rows(&tenant.tenant.id).await.map_err(ApiError::from)?;
+        // Secrets merge: an empty value deletes one, an absent key keeps it.
+        let mut secrets = match existing.iter().find(|r| r.config_type == CHANNEL && r.config_key == req.channel) {
+            Some(row) => self.unseal(row)?,
+            None => BTreeMap::new(),
+        };
+        for (key, value) in &req.secrets {
+            check_name("secret name", key, 64)?;
+            if req.settings.contains_key(key) {
+                return Err(ApiError::invalid(format!("{key} is given both as a setting and as a secret")).into());
+            }
+            if value.is_empty() {
+                secrets.remove(key);
+            } else {
+                check_secret(key, value)?;
+                secrets.insert(key.clone(), value.clone());
+            }
+        }
+        let settings = json!(ChannelSettings {
+            settings: req.settings.into_iter().collect(),
+            enabled: req.enabled,
+            removed: false
+        });
+        let row = self.row(&tenant.tenant.id, CHANNEL, &req.channel, settings, &secrets, req.enabled)?;
+        let config = self.change(&tenant, vec![row], req.expected_generation).await?;
+        Ok(Response::new(SetChannelResponse { config: Some(config) }))
+    }
+
+    async fn remove_channel(
+        &self,
+        request: Request<RemoveChannelRequest>,
+    ) -> Result<Response<RemoveChannelResponse>, Status> {
+        let principal = caller(&request)?;
+        let req = request.into_inner();
+        let tenant = tenant_for(&self.store, &principal, &req.tenant_id).await?;
+        check_name("channel", &req.channel, 32)?;
+        let existing = self.store.config_rows(&tenant.tenant.id).await.map_err(ApiError::from)?;
+        let present = existing.iter().any(|r| {
+            r.config_type == CHANNEL
+                && r.config_key == req.channel
+                && !r.value.pointer("/settings/removed").and_then(Value::as_bool).unwrap_or(false)
+        });
+        if !present {
+            return Err(ApiError::NotFound("channel").into());
+        }
+        let tombstone = json!(ChannelSettings { removed: true, ..Default::default() });
+        let row = self.row(&tenant.tenant.id, CHANNEL, &req.channel, tombstone, &BTreeMap::new(), false)?;
+        let config = self.change(&tenant, vec![row], req.expected_generation).await?;
+        Ok(Response::new(RemoveChannelResponse { config: Some(config) }))
+    }
+}
