@@ -65,7 +65,12 @@ pub struct Apply {
     /// (JSON pointer in the secrets file, value).
     pub secrets: Vec<(String, String)>,
     pub unset: Vec<String>,
+    /// (agent id, file name, content) for the agent's workspace.
+    pub files: Vec<(String, String, String)>,
 }
+
+/// The workspace file OpenClaw reads an agent's persona from.
+pub const PERSONA_FILE: &str = "SOUL.md";
 
 fn secret_ref(pointer: &str) -> Value {
     json!({"source": "file", "provider": SECRETS_PROVIDER, "id": pointer})
@@ -75,7 +80,7 @@ fn secret_ref(pointer: &str) -> Value {
 pub fn build(agent_id: &str, desired: &Desired) -> Apply {
     let mut ops: Vec<(String, Value)> = Vec::new();
     let mut secrets = Vec::new();
-    let mut unset = Vec::new();
+    let unset = Vec::new();
 
     if let Some((model, api_key)) = &desired.model {
         let provider = &model.provider;
@@ -97,46 +102,73 @@ pub fn build(agent_id: &str, desired: &Desired) -> Apply {
     }
 
     let profile = &desired.profile;
+    let mut identity = serde_json::Map::new();
     if !profile.name.is_empty() {
-        ops.push((format!("agents.entries.{agent_id}.identity.name"), json!(profile.name)));
+        identity.insert("name".into(), json!(profile.name));
     }
-    let mut instructions = profile.system_prompt.clone();
     if !profile.style.is_empty() {
-        if !instructions.is_empty() {
-            instructions.push_str("\n\n");
-        }
-        instructions.push_str(&format!("Response style: {}", profile.style));
+        identity.insert("theme".into(), json!(profile.style));
     }
-    if !instructions.is_empty() {
-        ops.push((format!("agents.entries.{agent_id}.systemPrompt"), json!(instructions)));
+    if !identity.is_empty() {
+        ops.push((format!("agents.entries.{agent_id}.identity"), Value::Object(identity)));
+    }
+    // OpenClaw has no config key for the system prompt: the persona lives in
+    // the workspace's SOUL.md (injected into every turn), which the host
+    // agent writes in the same apply.
+    let mut files = Vec::new();
+    if !profile.system_prompt.is_empty() || !profile.style.is_empty() {
+        let mut soul =
+            String::from("# Persona\n\n<!-- managed by Clawplane: edits here are replaced on the next change -->\n\n");
+        if !profile.system_prompt.is_empty() {
+            soul.push_str(&profile.system_prompt);
+            soul.push('\n');
+        }
+        if !profile.style.is_empty() {
+            soul.push_str(&format!("\n## Response style\n\n{}\n", profile.style));
+        }
+        files.push((agent_id.to_string(), PERSONA_FILE.to_string(), soul));
     }
 
+    // Tools are scoped to the tenant's agent (deny wins in OpenClaw).
     let tools = &desired.tools;
-    if !tools.allow.is_empty() {
-        ops.push(("tools.allow".into(), json!(tools.allow)));
-    }
-    if !tools.deny.is_empty() {
-        ops.push(("tools.deny".into(), json!(tools.deny)));
+    if !tools.allow.is_empty() || !tools.deny.is_empty() {
+        let mut scope = serde_json::Map::new();
+        if !tools.allow.is_empty() {
+            scope.insert("allow".into(), json!(tools.allow));
+        }
+        if !tools.deny.is_empty() {
+            scope.insert("deny".into(), json!(tools.deny));
+        }
+        ops.push((format!("agents.entries.{agent_id}.tools"), Value::Object(scope)));
     }
 
-    for (channel, (settings, channel_secrets)) in &desired.channels {
-        if settings.removed {
-            unset.push(format!("channels.{channel}"));
-            continue;
+    // Channels are written as the whole map, so a removed channel simply
+    // disappears; each active one is bound to the tenant's agent (OpenClaw
+    // keeps unbound accounts blocked once agents are explicit).
+    if !desired.channels.is_empty() {
+        let mut channels = serde_json::Map::new();
+        let mut bindings = Vec::new();
+        for (channel, (settings, channel_secrets)) in &desired.channels {
+            if settings.removed {
+                continue;
+            }
+            let mut entry = serde_json::Map::new();
+            entry.insert("enabled".into(), json!(settings.enabled));
+            for (key, value) in &settings.settings {
+                entry.insert(key.clone(), setting_value(value));
+            }
+            for (key, value) in channel_secrets {
+                let pointer = format!("/channels/{channel}/{key}");
+                entry.insert(key.clone(), secret_ref(&pointer));
+                secrets.push((pointer, value.clone()));
+            }
+            channels.insert(channel.clone(), Value::Object(entry));
+            bindings.push(json!({"agentId": agent_id, "match": {"channel": channel, "accountId": "default"}}));
         }
-        let mut entry = serde_json::Map::new();
-        entry.insert("enabled".into(), json!(settings.enabled));
-        for (key, value) in &settings.settings {
-            entry.insert(key.clone(), setting_value(value));
-        }
-        for (key, value) in channel_secrets {
-            let pointer = format!("/channels/{channel}/{key}");
-            entry.insert(key.clone(), secret_ref(&pointer));
-            secrets.push((pointer, value.clone()));
-        }
-        ops.push((format!("channels.{channel}"), Value::Object(entry)));
+        ops.push(("channels".into(), Value::Object(channels)));
+        ops.push(("bindings".into(), Value::Array(bindings)));
     }
-    Apply { ops, secrets, unset }
+    Apply { ops, secrets, unset, files }
 }
 
 /// Settings arrive as strings; booleans and numbers go to OpenClaw typed.
@@ -178,13 +210,17 @@ mod tests {
     }
 
     #[test]
-    fn removed_channels_are_unset() {
+    fn removed_channels_leave_the_channel_map() {
         let mut desired = Desired::default();
+        let removed = ChannelSettings { removed: true, ..Default::default() };
+        desired.channels.insert("discord".into(), (removed, BTreeMap::new()));
         desired
             .channels
-            .insert("discord".into(), (ChannelSettings { removed: true, ..Default::default() }, BTreeMap::new()));
+            .insert("slack".into(), (ChannelSettings { enabled: true, ..Default::default() }, BTreeMap::new()));
         let apply = build("alice", &desired);
-        assert_eq!(apply.unset, vec!["channels.discord".to_string()]);
-        assert!(apply.ops.is_empty());
+        let channels = &apply.ops.iter().find(|(p, _)| p == "channels").unwrap().1;
+        assert_eq!(channels, &json!({"slack": {"enabled": true}}));
+        let bindings = &apply.ops.iter().find(|(p, _)| p == "bindings").unwrap().1;
+        assert_eq!(bindings, &json!([{"agentId": "alice", "match": {"channel": "slack", "accountId": "default"}}]));
     }
 }

@@ -11,7 +11,7 @@ use clawplane_proto::v1::{
 };
 use prost::Message;
 
-use crate::openclaw::runtime::{ProcessRuntime, RuntimeError};
+use crate::openclaw::runtime::{ConfigChange, ProcessRuntime, RuntimeError};
 use crate::state::{valid_command_id, StateDir};
 
 pub struct Executor {
@@ -69,16 +69,17 @@ impl Executor {
                 Ok(runtime) => {
                     let ops: Vec<(String, String)> = c.ops.into_iter().map(|op| (op.path, op.value_json)).collect();
                     let secrets: Vec<(String, Vec<u8>)> = c.secrets.into_iter().map(|s| (s.name, s.value)).collect();
-                    runtime
-                        .apply_config(&c.tenant_id, c.generation, &ops, &c.unset_paths, &secrets, c.restart)
-                        .await
-                        .map(|applied| {
-                            Some(command_result::Payload::ApplyConfig(ApplyConfigResult {
-                                applied_generation: applied,
-                                restarted: c.restart,
-                                ..Default::default()
-                            }))
-                        })
+                    let files: Vec<(String, String, String)> =
+                        c.files.into_iter().map(|f| (f.agent_id, f.name, f.content)).collect();
+                    let change =
+                        ConfigChange { ops: &ops, unset_paths: &c.unset_paths, secrets: &secrets, files: &files };
+                    runtime.apply_config(&c.tenant_id, c.generation, change, c.restart).await.map(|applied| {
+                        Some(command_result::Payload::ApplyConfig(ApplyConfigResult {
+                            applied_generation: applied,
+                            restarted: c.restart,
+                            ..Default::default()
+                        }))
+                    })
                 }
                 Err(err) => Err(err),
             },

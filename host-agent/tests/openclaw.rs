@@ -10,10 +10,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use clawplane_proto::v1::config_service_client::ConfigServiceClient;
 use clawplane_proto::v1::tenant_service_client::TenantServiceClient;
 use clawplane_proto::v1::{
-    CreateTenantRequest, DeleteTenantRequest, GetMyTenantRequest, RestartTenantRequest, StreamTenantLogsRequest,
-    Tenant, TenantStatus,
+    CreateTenantRequest, DeleteTenantRequest, GetConfigRequest, GetMyTenantRequest, RestartTenantRequest,
+    SetAgentProfileRequest, SetChannelRequest, SetModelRequest, StreamTenantLogsRequest, Tenant, TenantStatus,
 };
 use common::cp::Cred;
 use common::*;
@@ -158,6 +159,102 @@ async fn tenants_run_isolated_on_real_openclaw() {
     let status =
         client.get_my_tenant(Cred::shared("mallory").request(GetMyTenantRequest::default())).await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::NotFound);
+
+    // Config: model (with a secret) and profile, each one batch on the host.
+    let mut config = ConfigServiceClient::new(cp.channel().await);
+    let secret = "sk-alice-secret-0123456789";
+    let model = config
+        .set_model(alice.request(SetModelRequest {
+            tenant_id: a.id.clone(),
+            provider: "local".into(),
+            model: "fake-model".into(),
+            api_key: Some(secret.into()),
+            base_url: Some("http://127.0.0.1:9/v1".into()),
+            expected_generation: None,
+        }))
+        .await
+        .expect("set model")
+        .into_inner()
+        .config
+        .unwrap();
+    assert_eq!(model.model.as_ref().unwrap().api_key_hint, "sk-...6789");
+    assert!(!format!("{model:?}").contains(secret), "the API never returns a secret");
+    let profile = config
+        .set_agent_profile(alice.request(SetAgentProfileRequest {
+            tenant_id: a.id.clone(),
+            name: Some("Alice Claw".into()),
+            system_prompt: Some("You help Alice plan her week.".into()),
+            style: Some("concise".into()),
+            expected_generation: None,
+        }))
+        .await
+        .expect("set profile")
+        .into_inner()
+        .config
+        .unwrap();
+    assert_eq!(profile.desired_generation, 2);
+    assert_eq!(profile.applied_generation, 2, "applied on the host before the call returned");
+    assert!(profile.last_apply_error.is_empty(), "{}", profile.last_apply_error);
+    let get = |path: &str| {
+        let root = a_root.clone();
+        let env = [
+            format!("HOME={}", root.join("home").display()),
+            format!("OPENCLAW_HOME={}", root.join("home").display()),
+            format!("OPENCLAW_STATE_DIR={}", root.join("state").display()),
+            format!("TMPDIR={}", root.join("tmp").display()),
+            "OPENCLAW_OFFLINE=1".to_string(),
+            "PATH=/usr/bin:/bin".to_string(),
+        ];
+        let mut args: Vec<String> = vec!["-i".into()];
+        args.extend(env);
+        args.extend([openclaw.display().to_string(), "config".into(), "get".into(), path.into(), "--json".into()]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = as_user(ra["uid"].as_u64().unwrap(), ra["gid"].as_u64().unwrap(), "env", &args);
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    assert!(get("agents.defaults.model.primary").contains("local/fake-model"));
+    assert!(get(&format!("agents.entries.{}.identity.name", a.slug)).contains("Alice Claw"));
+    let openclaw_json = std::fs::read_to_string(a_root.join("state/openclaw.json")).unwrap();
+    assert!(!openclaw_json.contains(secret), "openclaw.json holds the API key");
+    assert!(openclaw_json.contains("/models/local/apiKey"), "the key is a SecretRef");
+    let soul = std::fs::read_to_string(a_root.join(format!("state/workspaces/{}/SOUL.md", a.slug))).unwrap();
+    assert!(soul.contains("You help Alice plan her week.") && soul.contains("concise"), "{soul}");
+    let secrets_mode = std::fs::metadata(a_root.join("secrets.json")).unwrap().permissions().mode() & 0o777;
+    assert_eq!(secrets_mode, 0o600);
+    assert!(!cp.log().contains(secret) && !agent.log().contains(secret), "a secret reached a log");
+
+    // A value OpenClaw's own validation rejects: INVALID_ARGUMENT with its
+    // message, and the desired config rolls back.
+    let mut settings = std::collections::HashMap::new();
+    settings.insert("dmPolicy".to_string(), "bogus".to_string());
+    let mut secrets = std::collections::HashMap::new();
+    secrets.insert("botToken".to_string(), "123456:telegram-token".to_string());
+    let rejected = config
+        .set_channel(alice.request(SetChannelRequest {
+            tenant_id: a.id.clone(),
+            channel: "telegram".into(),
+            settings,
+            secrets,
+            enabled: true,
+            expected_generation: None,
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(rejected.code(), tonic::Code::InvalidArgument, "{}", rejected.message());
+    assert!(rejected.message().contains("dmPolicy"), "{}", rejected.message());
+    eventually(Duration::from_secs(60), "rolled-back generation applied", || {
+        let mut config = config.clone();
+        let request = alice.request(GetConfigRequest { tenant_id: a.id.clone() });
+        async move {
+            let current = config.get_config(request).await.unwrap().into_inner().config.unwrap();
+            current.channels.is_empty() && current.applied_generation == current.desired_generation
+        }
+    })
+    .await;
+    assert!(get("channels.telegram").contains("Unknown config path") || !get("channels").contains("telegram"));
+    // Bob cannot read or change Alice's config.
+    let denied = config.get_config(bob.request(GetConfigRequest { tenant_id: a.id.clone() })).await.unwrap_err();
+    assert_eq!(denied.code(), tonic::Code::NotFound);
 
     // Restart answers once the gateway is ready again, on a new process.
     let pid_before = std::fs::read_to_string(a_root.join("gateway.pid")).unwrap();

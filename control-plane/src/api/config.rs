@@ -268,6 +268,11 @@ pub async fn push_config(
             .collect(),
         merge: false,
         restart: false,
+        files: apply
+            .files
+            .into_iter()
+            .map(|(agent_id, name, content)| pb::WorkspaceFile { agent_id, name, content })
+            .collect(),
     });
     Ok(Some(fleet.enqueue(host_id, Some(&tenant.tenant.id), payload).await?))
 }

@@ -120,6 +120,20 @@ impl From<super::cli::CliError> for RuntimeError {
 
 pub type RuntimeResult<T> = Result<T, RuntimeError>;
 
+/// One config generation for a tenant.
+pub struct ConfigChange<'a> {
+    /// (config path, JSON value) for one `config set --batch-json`.
+    pub ops: &'a [(String, String)],
+    pub unset_paths: &'a [String],
+    /// (JSON pointer in the secrets file, value).
+    pub secrets: &'a [(String, Vec<u8>)],
+    /// (agent id, file name, content) in the agent's workspace.
+    pub files: &'a [(String, String, String)],
+}
+
+/// Workspace files the agent writes on the control plane's behalf.
+const WORKSPACE_FILES: &[&str] = &["SOUL.md"];
+
 /// Result of provisioning.
 pub struct Provisioned {
     pub port: u16,
@@ -332,11 +346,10 @@ impl ProcessRuntime {
         self: &Arc<Self>,
         tenant_id: &str,
         generation: i64,
-        ops: &[(String, String)],
-        unset_paths: &[String],
-        secrets: &[(String, Vec<u8>)],
+        change: ConfigChange<'_>,
         restart: bool,
     ) -> RuntimeResult<i64> {
+        let ConfigChange { ops, unset_paths, secrets, files } = change;
         let lock = self.lock(tenant_id);
         let _guard = lock.lock().await;
         let mut record = self
@@ -357,6 +370,14 @@ impl ProcessRuntime {
         for path in unset_paths {
             if !valid_config_path(path) {
                 return Err(RuntimeError::Invalid(format!("invalid config path {path:?}")));
+            }
+        }
+        for (agent_id, name, _) in files {
+            if !record.agent_ids.contains(agent_id) {
+                return Err(RuntimeError::Invalid(format!("agent {agent_id:?} is not one of this tenant's agents")));
+            }
+            if !WORKSPACE_FILES.contains(&name.as_str()) {
+                return Err(RuntimeError::Invalid(format!("workspace file {name:?} is not one the agent manages")));
             }
         }
         let mut new_secrets = HashMap::new();
@@ -395,6 +416,11 @@ impl ProcessRuntime {
             record.secrets = previous;
             self.write_secrets(&record)?;
             return Err(err);
+        }
+        for (agent_id, name, content) in files {
+            let path = self.tenant_root(&record.slug).join("state").join("workspaces").join(agent_id).join(name);
+            write_private(&path, content.as_bytes())?;
+            chown(&path, &record)?;
         }
         record.applied_generation = generation;
         self.save_record(&record)?;

@@ -15,6 +15,7 @@ use clawplane_proto::v1::{CreateJoinTokenRequest, HostStatus, ListHostsRequest};
 use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
 
+#[allow(unused_imports)]
 pub use cp::{sqlite_db, test_databases, TestDb};
 
 pub fn bin(name: &str) -> PathBuf {
