@@ -14,7 +14,8 @@ use clawplane_proto::v1::config_service_client::ConfigServiceClient;
 use clawplane_proto::v1::tenant_service_client::TenantServiceClient;
 use clawplane_proto::v1::{
     CreateTenantRequest, DeleteTenantRequest, GetConfigRequest, GetMyTenantRequest, RestartTenantRequest,
-    SetAgentProfileRequest, SetChannelRequest, SetModelRequest, StreamTenantLogsRequest, Tenant, TenantStatus,
+    SetAgentProfileRequest, SetChannelRequest, SetModelRequest, SetToolsRequest, StreamTenantLogsRequest, Tenant,
+    TenantStatus,
 };
 use common::cp::Cred;
 use common::*;
@@ -82,7 +83,7 @@ async fn tenants_run_isolated_on_real_openclaw() {
     let db = sqlite_db();
     // Tenant users must be able to reach their own tree under this folder.
     std::fs::set_permissions(db.data_dir(), std::fs::Permissions::from_mode(0o711)).unwrap();
-    let cp = ControlPlane::start(&db, "");
+    let mut cp = ControlPlane::start(&db, "");
     let (token, pin) = cp.join_token(600, 1).await;
     let mut agent = Agent::new(&db.data_dir(), "agent");
     assert!(agent.join(&cp.url(), &token, &pin).status.success());
@@ -256,6 +257,39 @@ async fn tenants_run_isolated_on_real_openclaw() {
     let denied = config.get_config(bob.request(GetConfigRequest { tenant_id: a.id.clone() })).await.unwrap_err();
     assert_eq!(denied.code(), tonic::Code::NotFound);
 
+    // The control plane dies (kill -9) while a change is being applied: after
+    // its restart the host converges on the latest generation, applied once.
+    let racing = {
+        let mut config = config.clone();
+        let request = alice.request(SetToolsRequest {
+            tenant_id: a.id.clone(),
+            allow: vec!["read".into(), "web_search".into()],
+            deny: vec!["exec".into()],
+            expected_generation: None,
+        });
+        tokio::spawn(async move { config.set_tools(request).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    cp.restart();
+    let _ = racing.await;
+    eventually(Duration::from_secs(120), "latest generation applied after the control plane restart", || {
+        let mut config = config.clone();
+        let request = alice.request(GetConfigRequest { tenant_id: a.id.clone() });
+        async move {
+            match config.get_config(request).await {
+                Ok(response) => {
+                    let current = response.into_inner().config.unwrap();
+                    current.applied_generation == current.desired_generation && current.last_apply_error.is_empty()
+                }
+                Err(_) => false,
+            }
+        }
+    })
+    .await;
+    let executed = agent.executed();
+    let unique: std::collections::HashSet<&String> = executed.iter().collect();
+    assert_eq!(unique.len(), executed.len(), "a command ran twice: {executed:?}");
+
     // Restart answers once the gateway is ready again, on a new process.
     let pid_before = std::fs::read_to_string(a_root.join("gateway.pid")).unwrap();
     client.restart_tenant(alice.request(RestartTenantRequest { tenant_id: a.id.clone() })).await.expect("restart");
@@ -281,6 +315,36 @@ async fn tenants_run_isolated_on_real_openclaw() {
     assert!(lines.iter().any(|l| l.contains("gateway") || l.contains("listening")), "{lines:?}");
     assert!(!lines.iter().any(|l| l.contains(ra["gateway_token"].as_str().unwrap())), "token in logs");
 
+    // The agent dies (kill -9) in the middle of provisioning a tenant: after
+    // its restart the tenant still ends up running, and the others come back.
+    let carol = Cred::shared("carol");
+    client
+        .create_tenant(carol.request(CreateTenantRequest { plan: "free".into(), ..Default::default() }))
+        .await
+        .unwrap();
+    let c_id = my_tenant(&mut client, &carol).await.unwrap().id;
+    eventually(Duration::from_secs(60), "carol's provisioning started", || {
+        let path = agent.state_dir.join("tenants").join(format!("{c_id}.json"));
+        async move { path.exists() }
+    })
+    .await;
+    agent.kill9();
+    agent.run_with(&[
+        "--openclaw-bin",
+        openclaw.to_str().unwrap(),
+        "--tenants-dir",
+        tenants_dir.to_str().unwrap(),
+        "--gateway-base-port",
+        &base_port,
+    ]);
+    let c = wait_running(&mut client, &carol).await;
+    assert_eq!(record(&agent.state_dir, &c.id)["provisioned"], true);
+    eventually(Duration::from_secs(120), "gateways back after the agent restart", || {
+        let ports = [a_port, rb["port"].as_u64().unwrap()];
+        async move { ports.iter().all(|p| http_status(*p, "/readyz", None) == 200) }
+    })
+    .await;
+
     // Delete: archive kept, gateway gone, user gone.
     client.delete_tenant(alice.request(DeleteTenantRequest { tenant_id: a.id.clone() })).await.unwrap();
     let archives = agent.state_dir.join("archives");
@@ -297,12 +361,15 @@ async fn tenants_run_isolated_on_real_openclaw() {
     // B is untouched.
     assert_eq!(http_status(rb["port"].as_u64().unwrap(), "/readyz", None), 200);
 
-    client.delete_tenant(bob.request(DeleteTenantRequest { tenant_id: b.id.clone() })).await.unwrap();
-    eventually(Duration::from_secs(60), "second tenant removed", || {
-        let root = tenants_dir.join(&b.slug);
-        async move { !root.exists() }
-    })
-    .await;
+    for (cred, tenant) in [(&bob, &b), (&carol, &c)] {
+        client.delete_tenant(cred.request(DeleteTenantRequest { tenant_id: tenant.id.clone() })).await.unwrap();
+        let root = tenants_dir.join(&tenant.slug);
+        eventually(Duration::from_secs(60), "tenant removed", || {
+            let root = root.clone();
+            async move { !root.exists() }
+        })
+        .await;
+    }
     agent.kill9();
     drop(cp);
 }

@@ -94,10 +94,24 @@ impl Fleet {
     pub async fn reconcile(&self, host_id: &str, reported: &[pb::TenantState]) -> ApiResult<()> {
         let placed = self.store.tenants_on_host(host_id).await?;
         for tenant in &placed {
-            let known = reported.iter().any(|r| r.tenant_id == tenant.tenant.id);
-            if !known && !self.store.has_open_command(host_id, &tenant.tenant.id, PROVISION).await? {
-                tracing::info!(tenant = %tenant.tenant.id, host = %host_id, "host lacks a placed tenant; provisioning again");
-                self.provision(host_id, &tenant.tenant.id, &tenant.tenant.slug).await?;
+            let id = &tenant.tenant.id;
+            match reported.iter().find(|r| &r.tenant_id == id) {
+                None => {
+                    if !self.store.has_open_command(host_id, id, PROVISION).await? {
+                        tracing::info!(tenant = %id, host = %host_id, "host lacks a placed tenant; provisioning again");
+                        self.provision(host_id, id, &tenant.tenant.slug).await?;
+                    }
+                }
+                Some(state) => {
+                    // A config generation the host has not applied is sent again.
+                    let desired = self.store.config_state(id).await?.map(|c| c.desired_generation).unwrap_or(0);
+                    if state.applied_config_generation < desired
+                        && !self.store.has_open_command(host_id, id, APPLY).await?
+                    {
+                        tracing::info!(tenant = %id, host = %host_id, applied = state.applied_config_generation, desired, "re-sending config");
+                        crate::api::push_config(self, &self.store, &self.secrets, tenant).await?;
+                    }
+                }
             }
         }
         for state in reported {

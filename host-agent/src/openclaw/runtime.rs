@@ -64,6 +64,10 @@ pub struct TenantRecord {
     /// rewrite the whole file.
     #[serde(default)]
     pub secrets: HashMap<String, String>,
+    /// Set once every provisioning step finished; a record without it is
+    /// finished on the next provision (agent restarted midway).
+    #[serde(default)]
+    pub provisioned: bool,
 }
 
 /// What a supervisor reports about its gateway.
@@ -239,46 +243,23 @@ impl ProcessRuntime {
         }
         let lock = self.lock(tenant_id);
         let _guard = lock.lock().await;
-        if let Some(record) = self.record(tenant_id) {
-            if record.slug != slug {
+        let mut record = match self.record(tenant_id) {
+            Some(record) if record.slug != slug => {
                 return Err(RuntimeError::Invalid(format!(
                     "tenant {tenant_id} already runs here as {:?}",
                     record.slug
                 )));
             }
-            self.ensure_gateway(&record);
-            self.wait_ready(&record).await?;
-            return Ok(Provisioned { port: record.port, agent_ids: record.agent_ids });
-        }
-        if self.tenant_root(slug).exists() {
-            return Err(RuntimeError::Invalid(format!("slug {slug:?} is already used by another tenant on this host")));
-        }
-
-        let (user, uid, gid) = if self.config.tenant_users {
-            let name = tenant_user_name(tenant_id);
-            let (uid, gid) = ensure_user(&name, &self.tenant_root(slug).join("home")).await?;
-            (Some(name), Some(uid), Some(gid))
-        } else {
-            (None, None, None)
+            Some(record) if record.provisioned => {
+                self.ensure_gateway(&record);
+                self.wait_ready(&record).await?;
+                return Ok(Provisioned { port: record.port, agent_ids: record.agent_ids });
+            }
+            Some(record) => record,
+            None => self.new_tenant(tenant_id, slug).await?,
         };
-        let mut record = TenantRecord {
-            tenant_id: tenant_id.to_string(),
-            slug: slug.to_string(),
-            port: self.free_port(),
-            user,
-            uid,
-            gid,
-            agent_ids: Vec::new(),
-            applied_generation: 0,
-            gateway_token: hex_token(),
-            secrets: HashMap::new(),
-        };
-        self.create_tree(&record)?;
-        self.write_secrets(&record)?;
-        // The record is saved before the slow CLI calls so that a restart of
-        // the agent mid-provision finds and finishes it.
-        self.save_record(&record)?;
-
+        // Every step below is idempotent, so an interrupted provisioning is
+        // simply run again.
         let root = self.tenant_root(slug);
         let initial = json!([
             {"path": "gateway.mode", "value": "local"},
@@ -294,17 +275,56 @@ impl ProcessRuntime {
             let workspace = root.join("state").join("workspaces").join(agent);
             let workspace = workspace.to_string_lossy().into_owned();
             let output = self
-                .openclaw(&record, &["agents", "add", agent, "--non-interactive", "--workspace", &workspace, "--json"])
+                .openclaw_retrying(
+                    &record,
+                    &["agents", "add", agent, "--non-interactive", "--workspace", &workspace, "--json"],
+                )
                 .await?;
             if !output.success && !output.error_message().contains("already exists") {
                 return Err(RuntimeError::OpenClaw(format!("openclaw agents add {agent}: {}", output.error_message())));
             }
-            record.agent_ids.push(agent.clone());
+            if !record.agent_ids.contains(agent) {
+                record.agent_ids.push(agent.clone());
+            }
         }
+        record.provisioned = true;
         self.save_record(&record)?;
         self.ensure_gateway(&record);
         self.wait_ready(&record).await?;
         Ok(Provisioned { port: record.port, agent_ids: record.agent_ids })
+    }
+
+    /// The user, tree and record of a tenant new to this host. The record is
+    /// saved before the slow CLI calls so that a restart of the agent
+    /// mid-provision finds and finishes it.
+    async fn new_tenant(&self, tenant_id: &str, slug: &str) -> RuntimeResult<TenantRecord> {
+        if self.tenant_root(slug).exists() {
+            return Err(RuntimeError::Invalid(format!("slug {slug:?} is already used by another tenant on this host")));
+        }
+        let (user, uid, gid) = if self.config.tenant_users {
+            let name = tenant_user_name(tenant_id);
+            let (uid, gid) = ensure_user(&name, &self.tenant_root(slug).join("home")).await?;
+            (Some(name), Some(uid), Some(gid))
+        } else {
+            (None, None, None)
+        };
+        let record = TenantRecord {
+            tenant_id: tenant_id.to_string(),
+            slug: slug.to_string(),
+            port: self.free_port(),
+            user,
+            uid,
+            gid,
+            agent_ids: Vec::new(),
+            applied_generation: 0,
+            gateway_token: hex_token(),
+            secrets: HashMap::new(),
+            provisioned: false,
+        };
+        self.create_tree(&record)?;
+        self.write_secrets(&record)?;
+        self.save_record(&record)?;
+        Ok(record)
     }
 
     fn create_tree(&self, record: &TenantRecord) -> anyhow::Result<()> {
@@ -330,10 +350,26 @@ impl ProcessRuntime {
         Ok(())
     }
 
+    /// Runs a CLI call, again when OpenClaw reports a transient conflict
+    /// (the file changed while it wrote, another process holds a state lock)
+    /// and asks for a re-run.
+    async fn openclaw_retrying(&self, record: &TenantRecord, args: &[&str]) -> RuntimeResult<CliOutput> {
+        const TRANSIENT: &[&str] = &["changed while this command was writing", "another OpenClaw process owns"];
+        let mut attempt = 0;
+        loop {
+            let output = self.openclaw(record, args).await?;
+            attempt += 1;
+            if output.success || attempt >= 4 || !TRANSIENT.iter().any(|t| output.error_message().contains(t)) {
+                return Ok(output);
+            }
+            tokio::time::sleep(Duration::from_secs(attempt)).await;
+        }
+    }
+
     /// One `openclaw config set --batch-json` call for all the operations.
     async fn config_set(&self, record: &TenantRecord, ops: &Value) -> RuntimeResult<()> {
         let batch = ops.to_string();
-        let output = self.openclaw(record, &["config", "set", "--batch-json", &batch]).await?;
+        let output = self.openclaw_retrying(record, &["config", "set", "--batch-json", &batch]).await?;
         if !output.success {
             return Err(RuntimeError::OpenClaw(format!("openclaw config set: {}", output.error_message())));
         }
@@ -571,8 +607,17 @@ impl ProcessRuntime {
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 kill_group(pid, libc::SIGKILL);
             }
-            tracing::info!(tenant = %record.tenant_id, slug = %record.slug, "restarting gateway left by a previous agent run");
-            self.ensure_gateway(&record);
+            // CLI calls the previous run left behind would race the new ones;
+            // everything the tenant's own user runs belongs to us.
+            if let Some(uid) = record.uid {
+                kill_user_processes(uid);
+            }
+            // An unfinished provisioning is completed by its redelivered
+            // command; its gateway must not start before its config exists.
+            if record.provisioned {
+                tracing::info!(tenant = %record.tenant_id, slug = %record.slug, "restarting gateway left by a previous agent run");
+                self.ensure_gateway(&record);
+            }
         }
     }
 
@@ -717,6 +762,24 @@ async fn wait_or_stop(stop: &mut watch::Receiver<bool>, delay: Duration) -> bool
     tokio::select! {
         _ = tokio::time::sleep(delay) => *stop.borrow(),
         _ = stop.changed() => true,
+    }
+}
+
+/// SIGKILLs every process of a tenant's OS user (never uid 0).
+fn kill_user_processes(uid: u32) {
+    use std::os::unix::fs::MetadataExt;
+    if uid == 0 {
+        return;
+    }
+    let Ok(entries) = std::fs::read_dir("/proc") else { return };
+    for entry in entries.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
+        if entry.metadata().is_ok_and(|m| m.uid() == uid) {
+            // SAFETY: plain syscall on a pid owned by the tenant's user.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+            }
+        }
     }
 }
 
