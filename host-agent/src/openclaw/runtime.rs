@@ -917,4 +917,181 @@ mod tests {
         assert_eq!(backoff(2), Duration::from_secs(2));
         assert!(backoff(50) <= Duration::from_secs(30));
     }
+
+    /// A runtime in a temp dir driving the stand-in `openclaw` in `mode`.
+    struct Fake {
+        dir: tempfile::TempDir,
+        runtime: Arc<ProcessRuntime>,
+    }
+
+    impl Fake {
+        fn new(mode: &str) -> Fake {
+            let dir = tempfile::tempdir().unwrap();
+            let bin = dir.path().join("openclaw");
+            std::fs::copy(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/fake-openclaw"), &bin).unwrap();
+            std::fs::write(dir.path().join("fake-mode"), mode).unwrap();
+            let runtime = ProcessRuntime::new(RuntimeConfig {
+                openclaw: OpenClawCli::new(&bin),
+                state_dir: dir.path().join("agent"),
+                tenants_dir: dir.path().join("tenants"),
+                tenant_users: false,
+                base_port: 40000 + (rand::random::<u16>() % 20000),
+                port_stride: 150,
+                cli_timeout: Duration::from_secs(2),
+                ready_timeout: Duration::from_secs(20),
+                archive_dir: dir.path().join("archives"),
+            })
+            .unwrap();
+            Fake { dir, runtime }
+        }
+
+        fn mode(&self, mode: &str) {
+            std::fs::write(self.dir.path().join("fake-mode"), mode).unwrap();
+        }
+
+        /// Every argument vector the fake received, for a tenant slug.
+        fn calls(&self, slug: &str) -> Vec<Vec<String>> {
+            let path = self.dir.path().join("tenants").join(slug).join("fake-calls.jsonl");
+            std::fs::read_to_string(path)
+                .unwrap_or_default()
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect()
+        }
+    }
+
+    const TENANT: &str = "01a20c6b-19d8-76c4-937e-6d06bfdd3192";
+
+    #[tokio::test]
+    async fn provisioning_and_applying_are_idempotent() {
+        let fake = Fake::new("ok");
+        let first = fake.runtime.provision(TENANT, "alice", &[]).await.unwrap();
+        let second = fake.runtime.provision(TENANT, "alice", &[]).await.unwrap();
+        assert_eq!(first.port, second.port);
+        let agents_added = fake.calls("alice").iter().filter(|c| c[..2] == ["agents", "add"]).count();
+        assert_eq!(agents_added, 1, "a second provision does not re-run the steps");
+
+        let ops = vec![("agents.defaults.model.primary".to_string(), "\"local/m\"".to_string())];
+        let change = || ConfigChange { ops: &ops, unset_paths: &[], secrets: &[], files: &[] };
+        assert_eq!(fake.runtime.apply_config(TENANT, 3, change(), false).await.unwrap(), 3);
+        assert_eq!(fake.runtime.apply_config(TENANT, 3, change(), false).await.unwrap(), 3);
+        assert_eq!(
+            fake.runtime.apply_config(TENANT, 2, change(), false).await.unwrap(),
+            3,
+            "older generations are no-ops"
+        );
+        let config_sets: Vec<_> = fake.calls("alice").into_iter().filter(|c| c[..2] == ["config", "set"]).collect();
+        assert_eq!(config_sets.len(), 2, "one initial batch and one for generation 3: {config_sets:?}");
+        assert_eq!(config_sets[1][2], "--batch-json", "ten keys or one, it is one process");
+        fake.runtime.delete(TENANT, true).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn hostile_values_reach_openclaw_as_inert_data() {
+        let fake = Fake::new("ok");
+        fake.runtime.provision(TENANT, "alice", &[]).await.unwrap();
+        let nasty = "$(touch /tmp/pwned); `id` && rm -rf / ; \"quote\" \n newline ../../etc/passwd";
+        let ops = vec![("agents.entries.alice.identity.name".to_string(), serde_json::to_string(nasty).unwrap())];
+        let secrets = vec![("/models/local/apiKey".to_string(), nasty.as_bytes().to_vec())];
+        let change = ConfigChange { ops: &ops, unset_paths: &[], secrets: &secrets, files: &[] };
+        fake.runtime.apply_config(TENANT, 1, change, false).await.unwrap();
+        let last = fake.calls("alice").into_iter().filter(|c| c[..2] == ["config", "set"]).last().unwrap();
+        assert_eq!(last.len(), 4, "the batch is one argument: {last:?}");
+        let batch: Value = serde_json::from_str(&last[3]).unwrap();
+        assert_eq!(batch[0]["value"], json!(nasty));
+        assert!(
+            !last[3].contains("apiKey") || !last[3].contains("pwned)\""),
+            "secrets never travel on the command line"
+        );
+        assert!(!Path::new("/tmp/pwned").exists());
+        let stored = std::fs::read_to_string(fake.dir.path().join("tenants/alice/secrets.json")).unwrap();
+        assert!(stored.contains("touch /tmp/pwned"), "the secret is stored verbatim in the 0600 file");
+        fake.runtime.delete(TENANT, false).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn bad_identifiers_are_refused_before_any_process_runs() {
+        let fake = Fake::new("ok");
+        for slug in ["../etc", "a b", "a;rm", "$(id)", "a\0b", "Alice"] {
+            let err = fake.runtime.provision(TENANT, slug, &[]).await.err().expect("refused");
+            assert!(matches!(err, RuntimeError::Invalid(_)), "{slug:?}: {err}");
+        }
+        for id in ["../../x", "a;b", ""] {
+            assert!(matches!(fake.runtime.provision(id, "alice", &[]).await, Err(RuntimeError::Invalid(_))), "{id:?}");
+        }
+        assert!(fake.calls("alice").is_empty(), "nothing reached openclaw");
+        fake.runtime.provision(TENANT, "alice", &[]).await.unwrap();
+        let cases: Vec<(Vec<(String, String)>, Vec<(String, Vec<u8>)>, Vec<(String, String, String)>)> = vec![
+            (vec![("a;rm -rf /".into(), "1".into())], vec![], vec![]),
+            (vec![("a..b".into(), "1".into())], vec![], vec![]),
+            (vec![("ok.path".into(), "not json".into())], vec![], vec![]),
+            (vec![], vec![("/../../etc/passwd".into(), b"x".to_vec())], vec![]),
+            (vec![], vec![], vec![("alice".into(), "../../evil.sh".into(), "x".into())]),
+            (vec![], vec![], vec![("someone-else".into(), "SOUL.md".into(), "x".into())]),
+        ];
+        let before = fake.calls("alice").len();
+        for (generation, (ops, secrets, files)) in cases.iter().enumerate() {
+            let change = ConfigChange { ops, unset_paths: &[], secrets, files };
+            let err = fake.runtime.apply_config(TENANT, generation as i64 + 1, change, false).await.unwrap_err();
+            assert!(matches!(err, RuntimeError::Invalid(_)), "{ops:?} {secrets:?} {files:?}: {err}");
+        }
+        assert_eq!(fake.calls("alice").len(), before, "no refused change reached openclaw");
+        fake.runtime.delete(TENANT, false).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn cli_failures_come_back_named() {
+        let fake = Fake::new("ok");
+        fake.runtime.provision(TENANT, "alice", &[]).await.unwrap();
+        let ops = vec![("channels.telegram.dmPolicy".to_string(), "\"bogus\"".to_string())];
+        let change = || ConfigChange { ops: &ops, unset_paths: &[], secrets: &[], files: &[] };
+
+        fake.mode("reject-config");
+        match fake.runtime.apply_config(TENANT, 1, change(), false).await {
+            Err(RuntimeError::OpenClaw(message)) => assert!(message.contains("dmPolicy: invalid config"), "{message}"),
+            other => panic!("{:?}", other.map_err(|e| e.to_string())),
+        }
+        assert_eq!(fake.runtime.record(TENANT).unwrap().applied_generation, 0, "a rejected generation is not applied");
+
+        fake.mode("garbage");
+        match fake.runtime.apply_config(TENANT, 1, change(), false).await {
+            Err(RuntimeError::OpenClaw(message)) => assert!(message.contains("boom"), "{message}"),
+            other => panic!("{:?}", other.map_err(|e| e.to_string())),
+        }
+
+        fake.mode("hang");
+        let started = Instant::now();
+        match fake.runtime.apply_config(TENANT, 1, change(), false).await {
+            Err(RuntimeError::OpenClaw(message)) => assert!(message.contains("did not finish within"), "{message}"),
+            other => panic!("{:?}", other.map_err(|e| e.to_string())),
+        }
+        assert!(started.elapsed() < Duration::from_secs(15));
+        // The whole process group went, the child it spawned included.
+        let child: i32 =
+            std::fs::read_to_string(fake.dir.path().join("tenants/alice/fake-child.pid")).unwrap().parse().unwrap();
+        let mut gone = false;
+        for _ in 0..50 {
+            // SAFETY: signal 0 only checks whether the pid exists.
+            if unsafe { libc::kill(child, 0) } != 0 {
+                gone = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(gone, "the hung command's child survived");
+        fake.mode("ok");
+        fake.runtime.delete(TENANT, false).await.unwrap();
+    }
+
+    #[test]
+    fn json_errors_are_preferred_over_stderr() {
+        let output = CliOutput {
+            success: false,
+            exit_code: Some(1),
+            stdout: r#"{"ok":false,"error":{"type":"cli_error","message":"Agent \"x\" already exists."}}"#.into(),
+            stderr: "noise".into(),
+            elapsed: Duration::ZERO,
+        };
+        assert_eq!(output.error_message(), "Agent \"x\" already exists.");
+    }
 }
