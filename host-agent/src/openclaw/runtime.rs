@@ -219,7 +219,7 @@ impl ProcessRuntime {
 
     async fn openclaw(&self, record: &TenantRecord, args: &[&str]) -> RuntimeResult<CliOutput> {
         let output = self.config.openclaw.run(&self.env(record), args, self.config.cli_timeout).await?;
-        tracing::debug!(tenant = %record.tenant_id, command = ?args.first(), elapsed_ms = output.elapsed.as_millis() as u64, ok = output.success, "openclaw call");
+        tracing::debug!(tenant = %record.tenant_id, command = %args[..args.len().min(2)].join(" "), elapsed_ms = output.elapsed.as_millis() as u64, ok = output.success, "openclaw call");
         Ok(output)
     }
 
