@@ -10,6 +10,7 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod fleet;
+pub mod net;
 pub mod openclaw_config;
 pub mod pki;
 pub mod secrets;

@@ -5,9 +5,7 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -16,9 +14,8 @@ use clawplane_proto::v1::host_service_server::HostServiceServer;
 use clawplane_proto::v1::tenant_service_server::TenantServiceServer;
 use clawplane_proto::v1::usage_service_server::UsageServiceServer;
 use futures::Stream;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{watch, Semaphore};
 use tonic::transport::server::{Connected, TcpConnectInfo};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
@@ -26,6 +23,7 @@ use crate::api::{ConfigApi, HostApi, TenantApi, UsageApi};
 use crate::auth::{AuthLayer, Authenticator};
 use crate::config::{Config, CorsOrigins};
 use crate::fleet::{serve_agents, Fleet, FleetConfig};
+use crate::net::Connection;
 use crate::pki::{Pki, PkiConfig};
 use crate::store::Store;
 use clawplane_tls::files::{create_private_dir, write_private};
@@ -274,14 +272,18 @@ async fn purge_deleted_tenants(store: Store, config: Config, mut stop: watch::Re
 
 /// Accepted connections, at most as many open at once as the semaphore has
 /// permits: accepting waits while the server is full.
-fn bounded_incoming(listener: TcpListener, limit: Arc<Semaphore>) -> impl Stream<Item = io::Result<BoundedConnection>> {
+fn bounded_incoming(
+    listener: TcpListener,
+    limit: Arc<Semaphore>,
+) -> impl Stream<Item = io::Result<Connection<TcpStream, TcpConnectInfo>>> {
     futures::stream::unfold((listener, limit), |(listener, limit)| async move {
         let permit = limit.clone().acquire_owned().await.ok()?;
         loop {
             match listener.accept().await {
                 Ok((stream, _)) => {
                     let _ = stream.set_nodelay(true);
-                    let connection = BoundedConnection { stream, _permit: permit };
+                    let info = stream.connect_info();
+                    let connection = Connection::new(stream, info, permit);
                     return Some((Ok(connection), (listener, limit)));
                 }
                 Err(err) => {
@@ -292,50 +294,4 @@ fn bounded_incoming(listener: TcpListener, limit: Arc<Semaphore>) -> impl Stream
             }
         }
     })
-}
-
-/// A TCP connection holding its connection-limit permit until it closes.
-pub struct BoundedConnection {
-    stream: TcpStream,
-    _permit: OwnedSemaphorePermit,
-}
-
-impl Connected for BoundedConnection {
-    type ConnectInfo = TcpConnectInfo;
-
-    fn connect_info(&self) -> Self::ConnectInfo {
-        self.stream.connect_info()
-    }
-}
-
-impl AsyncRead for BoundedConnection {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for BoundedConnection {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_shutdown(cx)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
-    }
 }

@@ -19,8 +19,8 @@ use clawplane_proto::v1::config_service_client::ConfigServiceClient;
 use clawplane_proto::v1::host_service_client::HostServiceClient;
 use clawplane_proto::v1::tenant_service_client::TenantServiceClient;
 use clawplane_proto::v1::{
-    CreateJoinTokenRequest, CreateTenantRequest, GetMyTenantRequest, PingHostRequest, RestartTenantRequest,
-    SetAgentProfileRequest, SetChannelRequest, SetModelRequest, SetToolsRequest, TenantStatus,
+    CreateJoinTokenRequest, CreateTenantRequest, DeleteTenantRequest, GetMyTenantRequest, PingHostRequest,
+    RestartTenantRequest, SetAgentProfileRequest, SetChannelRequest, SetModelRequest, SetToolsRequest, TenantStatus,
 };
 use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
@@ -261,18 +261,13 @@ fn main() {
             ms(pings[pings.len() * 99 / 100]),
             pings.len()
         );
+        // Leave nothing behind: the agent removes the gateway, tree and user.
+        tenants.delete_tenant(request(&user, DeleteTenantRequest { tenant_id: id.clone() })).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while root.exists() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
         let _ = agent.kill();
         let _ = agent.wait();
-        // The gateway and tenant user go with the agent's tenants dir.
-        let _ = Command::new("kill").args(["-TERM", &format!("-{pid}")]).status();
-        if let Ok(record) = std::fs::read_to_string(state.join("tenants").join(format!("{id}.json"))) {
-            if let Some(user) = serde_json::from_str::<serde_json::Value>(&record)
-                .ok()
-                .and_then(|r| r["user"].as_str().map(String::from))
-            {
-                tokio::time::sleep(Duration::from_secs(2)).await;
-                let _ = Command::new("userdel").arg(user).status();
-            }
-        }
     });
 }

@@ -14,7 +14,7 @@ use serde_json::json;
 use tonic::{Request, Response, Status};
 
 use super::{
-    admin, check_text, decode_page_token, encode_page_token, page_size, required_id, timestamp, ApiError, ApiResult,
+    admin, check_text, decode_page_token, next_page_token, page_size, required_id, timestamp, ApiError, ApiResult,
 };
 use crate::fleet::{host_status, Fleet};
 use crate::store::entities::join_token;
@@ -195,10 +195,7 @@ impl HostService for HostApi {
         let limit = page_size(req.page_size, 50, 500)?;
         let after = decode_page_token(&req.page_token)?;
         let (rows, more) = self.store.list_join_tokens(after.as_deref(), limit).await.map_err(ApiError::from)?;
-        let next_page_token = match (more, rows.last()) {
-            (true, Some(last)) => encode_page_token(&last.id),
-            _ => String::new(),
-        };
+        let next_page_token = next_page_token(more, rows.last().map(|last| last.id.as_str()));
         let join_tokens = rows
             .into_iter()
             .map(token_message)
@@ -224,10 +221,7 @@ impl HostService for HostApi {
         let limit = page_size(req.page_size, 100, 1000)?;
         let after = decode_page_token(&req.page_token)?;
         let (rows, more) = self.store.list_hosts(after.as_deref(), limit).await.map_err(ApiError::from)?;
-        let next_page_token = match (more, rows.last()) {
-            (true, Some(last)) => encode_page_token(&last.id),
-            _ => String::new(),
-        };
+        let next_page_token = next_page_token(more, rows.last().map(|last| last.id.as_str()));
         let now = Utc::now();
         let mut hosts = Vec::with_capacity(rows.len());
         for row in rows {

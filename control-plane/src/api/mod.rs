@@ -58,6 +58,14 @@ pub fn encode_page_token(last_key: &str) -> String {
     URL_SAFE_NO_PAD.encode(format!("v1:{last_key}"))
 }
 
+/// The token for the page after one ending at `last_key`, if more follow.
+pub fn next_page_token(more: bool, last_key: Option<&str>) -> String {
+    match (more, last_key) {
+        (true, Some(key)) => encode_page_token(key),
+        _ => String::new(),
+    }
+}
+
 pub fn decode_page_token(token: &str) -> ApiResult<Option<String>> {
     if token.is_empty() {
         return Ok(None);

@@ -11,9 +11,7 @@ use clawplane_proto::v1::{
 use futures::Stream;
 use tonic::{Request, Response, Status};
 
-use super::{
-    caller, check_text, decode_page_token, encode_page_token, page_size, slug, timestamp, ApiError, ApiResult,
-};
+use super::{caller, check_text, decode_page_token, next_page_token, page_size, slug, timestamp, ApiError, ApiResult};
 use crate::auth::Principal;
 use crate::fleet::Fleet;
 use crate::store::{NewTenant, Owner, Store, TenantRecord, TenantStatus};
@@ -198,10 +196,7 @@ impl TenantService for TenantApi {
         let after = decode_page_token(&req.page_token)?;
         let (records, more) =
             self.store.list_tenants(after.as_deref(), limit, req.include_deleted).await.map_err(ApiError::from)?;
-        let next_page_token = match (more, records.last()) {
-            (true, Some(last)) => encode_page_token(&last.tenant.id),
-            _ => String::new(),
-        };
+        let next_page_token = next_page_token(more, records.last().map(|last| last.tenant.id.as_str()));
         let tenants = records.into_iter().map(|r| self.message(r)).collect();
         Ok(Response::new(ListTenantsResponse { tenants, next_page_token }))
     }

@@ -3,22 +3,19 @@
 //! EnrollmentService and AgentService over the established streams.
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use clawplane_proto::v1::agent_service_server::AgentServiceServer;
 use clawplane_proto::v1::enrollment_service_server::EnrollmentServiceServer;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::server::Connected;
 
 use super::{AgentApi, EnrollmentApi, Fleet};
+use crate::net::Connection;
 use crate::server::stopped;
 
 /// The verified client certificate of a connection.
@@ -37,21 +34,8 @@ pub struct AgentConnectInfo {
     pub peer: Option<PeerCertificate>,
 }
 
-/// An established agent connection; holds its connection-limit permit
-/// until it closes.
-pub struct AgentConnection {
-    stream: TlsStream<TcpStream>,
-    info: AgentConnectInfo,
-    _permit: tokio::sync::OwnedSemaphorePermit,
-}
-
-impl Connected for AgentConnection {
-    type ConnectInfo = AgentConnectInfo;
-
-    fn connect_info(&self) -> Self::ConnectInfo {
-        self.info.clone()
-    }
-}
+/// An established agent connection (TLS done, client certificate known).
+pub type AgentConnection = Connection<TlsStream<TcpStream>, AgentConnectInfo>;
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -118,7 +102,7 @@ pub async fn serve_agents(
                             .unwrap_or(0),
                     });
                 let info = AgentConnectInfo { remote_addr, peer };
-                let _ = tx.send(Ok(AgentConnection { stream, info, _permit: permit })).await;
+                let _ = tx.send(Ok(Connection::new(stream, info, permit))).await;
             });
         }
     });
@@ -132,24 +116,4 @@ pub async fn serve_agents(
         .await;
     accept.abort();
     result.map_err(Into::into)
-}
-
-impl AsyncRead for AgentConnection {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for AgentConnection {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_shutdown(cx)
-    }
 }
