@@ -34,6 +34,8 @@ const STABLE_SESSION: Duration = Duration::from_secs(30);
 
 struct Agent {
     state: StateDir,
+    /// `openclaw --version` of this host, for the inventory.
+    openclaw_version: String,
     executor: Arc<commands::Executor>,
     /// Log streams in progress, by request id, to cancel them.
     log_streams: std::sync::Mutex<HashMap<String, tokio::sync::oneshot::Sender<()>>>,
@@ -60,6 +62,8 @@ pub struct RuntimeOptions {
     pub tenants_dir: Option<std::path::PathBuf>,
     pub base_port: u16,
     pub tenant_users: bool,
+    /// How long archives of deleted tenants are kept.
+    pub archive_retention: Duration,
 }
 
 pub async fn run(state_dir: &Path, config_path: Option<&Path>, options: RuntimeOptions) -> anyhow::Result<()> {
@@ -76,8 +80,10 @@ pub async fn run(state_dir: &Path, config_path: Option<&Path>, options: RuntimeO
                 cli_timeout: Duration::from_secs(120),
                 ready_timeout: Duration::from_secs(180),
                 archive_dir: state_dir.join("archives"),
+                archive_retention: options.archive_retention,
             })?;
             runtime.adopt_all().await;
+            runtime.prune_archives();
             Some(runtime)
         }
         None => None,
@@ -89,7 +95,12 @@ pub async fn run(state_dir: &Path, config_path: Option<&Path>, options: RuntimeO
     let config = AgentConfig::load(config_path)?;
     let tls_identity = ReloadableIdentity::from_pem(&state.read("cert.pem")?, &state.read("key.pem")?)
         .context("stored certificate or key is unusable")?;
+    let openclaw_version = match &executor.runtime {
+        Some(runtime) => runtime.openclaw_version().await,
+        None => String::new(),
+    };
     let agent = Arc::new(Agent {
+        openclaw_version,
         ca_pem: state.read("ca.pem")?,
         executor,
         log_streams: Default::default(),
@@ -145,7 +156,7 @@ impl Agent {
         };
         let (out, out_rx) = mpsc::channel::<AgentMessage>(64);
         let hello = AgentHello {
-            inventory: Some(collect(&self.config, self.state.root())),
+            inventory: Some(collect(&self.config, self.state.root(), &self.openclaw_version)),
             tenants: self.tenant_states(),
             completed_command_ids: Vec::new(),
         };

@@ -54,11 +54,11 @@ fn disk_bytes(path: &Path) -> u64 {
     stat.f_blocks as u64 * stat.f_frsize as u64
 }
 
-pub fn collect(config: &AgentConfig, state_dir: &Path) -> HostInventory {
+pub fn collect(config: &AgentConfig, state_dir: &Path, openclaw_version: &str) -> HostInventory {
     let cpu_cores = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);
     HostInventory {
         agent_version: env!("CARGO_PKG_VERSION").to_string(),
-        openclaw_version: String::new(),
+        openclaw_version: openclaw_version.to_string(),
         hostname: hostname(),
         os: std::env::consts::OS.to_string(),
         arch: std::env::consts::ARCH.to_string(),

@@ -55,6 +55,9 @@ enum Command {
         /// each (development without root only: tenants are not isolated).
         #[arg(long, env = "CLAWPLANE_NO_TENANT_USERS")]
         no_tenant_users: bool,
+        /// How long archives of deleted tenants are kept, e.g. 7d.
+        #[arg(long, env = "CLAWPLANE_ARCHIVE_RETENTION", default_value = "7d", value_parser = humantime::parse_duration)]
+        archive_retention: std::time::Duration,
     },
 }
 
@@ -76,12 +79,21 @@ fn main() -> ExitCode {
             Command::Join { control_plane, token, ca_pin, state_dir } => {
                 join::run(&control_plane, &token, &ca_pin, &state_dir).await
             }
-            Command::Run { state_dir, config, openclaw_bin, tenants_dir, gateway_base_port, no_tenant_users } => {
+            Command::Run {
+                state_dir,
+                config,
+                openclaw_bin,
+                tenants_dir,
+                gateway_base_port,
+                no_tenant_users,
+                archive_retention,
+            } => {
                 let options = connection::RuntimeOptions {
                     openclaw_bin,
                     tenants_dir,
                     base_port: gateway_base_port,
                     tenant_users: !no_tenant_users,
+                    archive_retention,
                 };
                 connection::run(&state_dir, config.as_deref(), options).await
             }

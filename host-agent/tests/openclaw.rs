@@ -13,9 +13,9 @@ use std::time::Duration;
 use clawplane_proto::v1::config_service_client::ConfigServiceClient;
 use clawplane_proto::v1::tenant_service_client::TenantServiceClient;
 use clawplane_proto::v1::{
-    CreateTenantRequest, DeleteTenantRequest, GetConfigRequest, GetMyTenantRequest, RestartTenantRequest,
-    SetAgentProfileRequest, SetChannelRequest, SetModelRequest, SetToolsRequest, StreamTenantLogsRequest, Tenant,
-    TenantStatus,
+    CreateTenantRequest, DeleteTenantRequest, GetConfigRequest, GetHostRequest, GetMyTenantRequest,
+    RestartTenantRequest, SetAgentProfileRequest, SetChannelRequest, SetModelRequest, SetToolsRequest,
+    StreamTenantLogsRequest, Tenant, TenantStatus,
 };
 use common::cp::Cred;
 use common::*;
@@ -110,6 +110,13 @@ async fn tenants_run_isolated_on_real_openclaw() {
     let a = wait_running(&mut client, &alice).await;
     let b = wait_running(&mut client, &bob).await;
     assert_eq!(a.host_id, agent.host_id());
+    let host =
+        cp.hosts().await.get_host(cp.admin(GetHostRequest { host_id: a.host_id.clone() })).await.unwrap().into_inner();
+    assert_eq!(
+        host.host.unwrap().inventory.unwrap().openclaw_version,
+        "2026.9.6",
+        "the hello reports OpenClaw's version"
+    );
 
     // Each tenant: its own OS user, a 0700 state tree it owns, a ready gateway.
     let (ra, rb) = (record(&agent.state_dir, &a.id), record(&agent.state_dir, &b.id));

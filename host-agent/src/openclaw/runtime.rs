@@ -46,6 +46,8 @@ pub struct RuntimeConfig {
     pub cli_timeout: Duration,
     pub ready_timeout: Duration,
     pub archive_dir: PathBuf,
+    /// How long archives of deleted tenants are kept.
+    pub archive_retention: Duration,
 }
 
 /// The agent's record of one tenant.
@@ -595,6 +597,7 @@ impl ProcessRuntime {
             remove_user(user).await;
         }
         let _ = std::fs::remove_file(self.record_path(tenant_id));
+        self.prune_archives();
         Ok(archived)
     }
 
@@ -617,6 +620,53 @@ impl ProcessRuntime {
             if record.provisioned {
                 tracing::info!(tenant = %record.tenant_id, slug = %record.slug, "restarting gateway left by a previous agent run");
                 self.ensure_gateway(&record);
+            }
+        }
+    }
+
+    /// `openclaw --version`, run as the agent in a scratch directory.
+    pub async fn openclaw_version(&self) -> String {
+        let scratch = self.config.state_dir.join("openclaw-probe");
+        if create_private_dir(&scratch).is_err() {
+            return String::new();
+        }
+        let env = TenantEnv {
+            user: None,
+            home: scratch.clone(),
+            state_dir: scratch.clone(),
+            tmp_dir: scratch,
+            gateway_port: 0,
+        };
+        match self.config.openclaw.run(&env, &["--version"], Duration::from_secs(30)).await {
+            // e.g. "OpenClaw 2026.9.6 (eb377ac)": the first token that is a version.
+            Ok(output) if output.success => output
+                .stdout
+                .split_whitespace()
+                .find(|word| word.starts_with(|c: char| c.is_ascii_digit()))
+                .unwrap_or_default()
+                .to_string(),
+            _ => String::new(),
+        }
+    }
+
+    /// Deletes archives of deleted tenants older than their retention.
+    pub fn prune_archives(&self) {
+        let retention = self.config.archive_retention;
+        let Ok(entries) = std::fs::read_dir(&self.config.archive_dir) else { return };
+        for entry in entries.flatten() {
+            let old = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > retention);
+            if old && entry.path().extension().is_some_and(|x| x == "gz") {
+                match std::fs::remove_file(entry.path()) {
+                    Ok(()) => tracing::info!(archive = %entry.path().display(), "archive past its retention removed"),
+                    Err(err) => {
+                        tracing::warn!(archive = %entry.path().display(), error = %err, "cannot remove an old archive")
+                    }
+                }
             }
         }
     }
@@ -940,6 +990,7 @@ mod tests {
                 cli_timeout: Duration::from_secs(2),
                 ready_timeout: Duration::from_secs(20),
                 archive_dir: dir.path().join("archives"),
+                archive_retention: Duration::from_secs(3600),
             })
             .unwrap();
             Fake { dir, runtime }
@@ -1079,6 +1130,21 @@ mod tests {
         assert!(gone, "the hung command's child survived");
         fake.mode("ok");
         fake.runtime.delete(TENANT, false).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn archives_past_their_retention_are_pruned() {
+        let fake = Fake::new("ok");
+        fake.runtime.provision(TENANT, "alice", &[]).await.unwrap();
+        let (archive, bytes) = fake.runtime.delete(TENANT, true).await.unwrap().expect("archived");
+        assert!(archive.exists() && bytes > 0);
+        fake.runtime.prune_archives();
+        assert!(archive.exists(), "a fresh archive is kept (retention 1 h)");
+        let keep_nothing =
+            ProcessRuntime::new(RuntimeConfig { archive_retention: Duration::ZERO, ..fake.runtime.config.clone() })
+                .unwrap();
+        keep_nothing.prune_archives();
+        assert!(!archive.exists(), "an archive past its retention is removed");
     }
 
     #[test]
