@@ -24,7 +24,7 @@ use crate::commands;
 use crate::inventory::{collect, AgentConfig};
 use crate::join::{key_and_csr, transport_detail};
 use crate::openclaw::cli::OpenClawCli;
-use crate::openclaw::runtime::{GatewayPhase, ProcessRuntime, RuntimeConfig};
+use crate::openclaw::runtime::{GatewayPhase, ProcessRuntime, RuntimeConfig, RuntimeKind};
 use crate::state::{Identity, StateDir};
 
 const BACKOFF_BASE: Duration = Duration::from_millis(500);
@@ -64,6 +64,7 @@ pub struct RuntimeOptions {
     pub tenant_users: bool,
     /// How long archives of deleted tenants are kept.
     pub archive_retention: Duration,
+    pub runtime: RuntimeKind,
 }
 
 pub async fn run(state_dir: &Path, config_path: Option<&Path>, options: RuntimeOptions) -> anyhow::Result<()> {
@@ -71,6 +72,7 @@ pub async fn run(state_dir: &Path, config_path: Option<&Path>, options: RuntimeO
     let runtime = match &options.openclaw_bin {
         Some(bin) => {
             let runtime = ProcessRuntime::new(RuntimeConfig {
+                kind: options.runtime,
                 openclaw: OpenClawCli::new(bin),
                 state_dir: state_dir.to_path_buf(),
                 tenants_dir: options.tenants_dir.clone().unwrap_or_else(|| state_dir.join("tenant-homes")),
@@ -156,7 +158,7 @@ impl Agent {
         };
         let (out, out_rx) = mpsc::channel::<AgentMessage>(64);
         let hello = AgentHello {
-            inventory: Some(collect(&self.config, self.state.root(), &self.openclaw_version)),
+            inventory: Some(collect(&self.config, self.state.root(), &self.openclaw_version, self.runtime_kind())),
             tenants: self.tenant_states(),
             completed_command_ids: Vec::new(),
         };
@@ -224,6 +226,13 @@ impl Agent {
         }
     }
 
+    fn runtime_kind(&self) -> Runtime {
+        match self.executor.runtime.as_ref().map(|r| r.kind()) {
+            Some(RuntimeKind::Fleet) => Runtime::Fleet,
+            _ => Runtime::Process,
+        }
+    }
+
     /// What the host runs, for the hello and heartbeats.
     fn tenant_states(&self) -> Vec<TenantState> {
         let Some(runtime) = &self.executor.runtime else { return Vec::new() };
@@ -232,7 +241,10 @@ impl Agent {
             .into_iter()
             .map(|record| {
                 let gateway = runtime.gateway_state(&record.tenant_id);
+                let fleet = runtime.kind() == RuntimeKind::Fleet;
                 let status = match gateway.as_ref().map(|g| &g.phase) {
+                    // Cells are supervised by the container engine.
+                    _ if fleet && record.provisioned => GatewayStatus::Running,
                     Some(GatewayPhase::Running) => GatewayStatus::Running,
                     Some(GatewayPhase::Starting) => GatewayStatus::Starting,
                     Some(GatewayPhase::Backoff) => GatewayStatus::Backoff,
@@ -242,7 +254,7 @@ impl Agent {
                 TenantState {
                     tenant_id: record.tenant_id,
                     slug: record.slug,
-                    runtime: Runtime::Process as i32,
+                    runtime: if fleet { Runtime::Fleet as i32 } else { Runtime::Process as i32 },
                     status: status as i32,
                     applied_config_generation: record.applied_generation,
                     gateway_port: record.port as u32,
@@ -365,6 +377,20 @@ async fn stream_logs(
         return;
     };
     let tail = (request.tail_lines as usize).clamp(1, 10_000);
+    if runtime.kind() == RuntimeKind::Fleet {
+        // Fleet cells: the tail only (a follow would hold a CLI process open).
+        let (lines, error) = match runtime.cell_log_tail(&request.tenant_id, tail).await {
+            Ok(lines) => (lines, String::new()),
+            Err(err) => (Vec::new(), err.to_string()),
+        };
+        for part in lines.chunks(LOG_CHUNK_LINES) {
+            if out.send(chunk(part.to_vec(), false, String::new())).await.is_err() {
+                return;
+            }
+        }
+        let _ = out.send(chunk(Vec::new(), true, error)).await;
+        return;
+    }
     let (lines, mut offset, path) = match runtime.log_tail(&request.tenant_id, tail) {
         Ok(found) => found,
         Err(err) => {

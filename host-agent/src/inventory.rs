@@ -54,7 +54,7 @@ fn disk_bytes(path: &Path) -> u64 {
     stat.f_blocks as u64 * stat.f_frsize as u64
 }
 
-pub fn collect(config: &AgentConfig, state_dir: &Path, openclaw_version: &str) -> HostInventory {
+pub fn collect(config: &AgentConfig, state_dir: &Path, openclaw_version: &str, runtime: Runtime) -> HostInventory {
     let cpu_cores = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);
     HostInventory {
         agent_version: env!("CARGO_PKG_VERSION").to_string(),
@@ -69,7 +69,7 @@ pub fn collect(config: &AgentConfig, state_dir: &Path, openclaw_version: &str) -
             max_tenants: config.max_tenants.unwrap_or(cpu_cores * 4),
         }),
         labels: config.labels.clone(),
-        runtimes: vec![Runtime::Process as i32],
+        runtimes: vec![runtime as i32],
         proxy_endpoint: String::new(),
     }
 }

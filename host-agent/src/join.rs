@@ -37,7 +37,12 @@ pub async fn run(control_plane: &str, token: &str, ca_pin: &str, state_dir: &Pat
     let verifier = PinnedServerVerifier::new(ca_pin)?;
     let channel = clawplane_tls::channel(control_plane, clawplane_tls::pinned_client_config(verifier.clone())?)?;
     let (key_pem, csr_pem) = key_and_csr()?;
-    let inventory = collect(&AgentConfig::default(), state_dir.parent().unwrap_or(Path::new("/")), "");
+    let inventory = collect(
+        &AgentConfig::default(),
+        state_dir.parent().unwrap_or(Path::new("/")),
+        "",
+        clawplane_proto::v1::Runtime::Process,
+    );
     let request = JoinRequest { token: token.to_string(), csr_pem, inventory: Some(inventory) };
     let response = tokio::time::timeout(Duration::from_secs(30), EnrollmentServiceClient::new(channel).join(request))
         .await

@@ -10,6 +10,8 @@ mod state;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use openclaw::runtime::RuntimeKind;
+
 use clap::{Parser, Subcommand};
 
 #[derive(Parser, Debug)]
@@ -58,6 +60,10 @@ enum Command {
         /// How long archives of deleted tenants are kept, e.g. 7d.
         #[arg(long, env = "CLAWPLANE_ARCHIVE_RETENTION", default_value = "7d", value_parser = humantime::parse_duration)]
         archive_retention: std::time::Duration,
+        /// How tenants run: `process` (own OS user and supervised gateway
+        /// each) or `fleet` (OpenClaw's own Docker/Podman cells).
+        #[arg(long, env = "CLAWPLANE_RUNTIME", default_value = "process", value_parser = ["process", "fleet"])]
+        runtime: String,
     },
 }
 
@@ -87,6 +93,7 @@ fn main() -> ExitCode {
                 gateway_base_port,
                 no_tenant_users,
                 archive_retention,
+                runtime,
             } => {
                 let options = connection::RuntimeOptions {
                     openclaw_bin,
@@ -94,6 +101,7 @@ fn main() -> ExitCode {
                     base_port: gateway_base_port,
                     tenant_users: !no_tenant_users,
                     archive_retention,
+                    runtime: if runtime == "fleet" { RuntimeKind::Fleet } else { RuntimeKind::Process },
                 };
                 connection::run(&state_dir, config.as_deref(), options).await
             }

@@ -380,3 +380,82 @@ async fn tenants_run_isolated_on_real_openclaw() {
     agent.kill9();
     drop(cp);
 }
+
+/// The `fleet` runtime: the same tenant commands through OpenClaw's own
+/// `openclaw fleet` (the real CLI), against a stand-in `docker` on PATH since
+/// no container engine runs here.
+#[tokio::test(flavor = "multi_thread")]
+async fn tenants_run_as_openclaw_fleet_cells() {
+    let Some(openclaw) = openclaw_bin() else { return };
+    let db = sqlite_db();
+    let mut cp = ControlPlane::start(&db, "");
+    let (token, pin) = cp.join_token(600, 1).await;
+    let mut agent = Agent::new(&db.data_dir(), "fleet-agent");
+    assert!(agent.join(&cp.url(), &token, &pin).status.success());
+    let bin_dir = db.data_dir().join("bin");
+    std::fs::create_dir_all(&bin_dir).unwrap();
+    std::os::unix::fs::symlink(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/fake-docker"),
+        bin_dir.join("docker"),
+    )
+    .unwrap();
+    let docker_state = db.data_dir().join("docker-state");
+    let path = format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap_or_default());
+    let base_port = (free_port() / 1000 * 1000).clamp(21000, 60000).to_string();
+    agent.run_env(
+        &["--openclaw-bin", openclaw.to_str().unwrap(), "--runtime", "fleet", "--gateway-base-port", &base_port],
+        &[("PATH", path.as_str()), ("FAKE_DOCKER_STATE", docker_state.to_str().unwrap())],
+    );
+
+    let mut client = TenantServiceClient::new(cp.channel().await);
+    let dora = Cred::shared("dora");
+    client
+        .create_tenant(dora.request(CreateTenantRequest { plan: "free".into(), ..Default::default() }))
+        .await
+        .unwrap();
+    let t = wait_running(&mut client, &dora).await;
+    let host =
+        cp.hosts().await.get_host(cp.admin(GetHostRequest { host_id: t.host_id.clone() })).await.unwrap().into_inner();
+    assert_eq!(host.host.unwrap().inventory.unwrap().runtimes, vec![clawplane_proto::v1::Runtime::Fleet as i32]);
+    let rec = record(&agent.state_dir, &t.id);
+    let port = rec["port"].as_u64().unwrap();
+    assert_eq!(http_status(port, "/healthz", None), 200, "the cell answers on its loopback port");
+    let calls = std::fs::read_to_string(docker_state.join("calls.jsonl")).unwrap();
+    assert!(calls.contains("\"create\""), "openclaw fleet drove docker: {calls}");
+    assert!(calls.contains(&format!("openclaw-cell-{}", t.slug)), "one cell per tenant, named by its slug");
+
+    client
+        .restart_tenant(dora.request(RestartTenantRequest { tenant_id: t.id.clone() }))
+        .await
+        .expect("restart via fleet restart");
+    assert_eq!(http_status(port, "/healthz", None), 200);
+
+    let mut logs = client
+        .stream_tenant_logs(dora.request(StreamTenantLogsRequest {
+            tenant_id: t.id.clone(),
+            tail_lines: 5,
+            follow: false,
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut lines = Vec::new();
+    while let Some(message) = logs.message().await.unwrap() {
+        lines.extend(message.lines.into_iter().map(|l| l.text));
+    }
+    assert!(!lines.is_empty() && lines.len() <= 5, "{lines:?}");
+    assert!(!lines.iter().any(|l| l.contains(rec["gateway_token"].as_str().unwrap())), "fleet redacts the token");
+
+    client.delete_tenant(dora.request(DeleteTenantRequest { tenant_id: t.id.clone() })).await.unwrap();
+    let archives = agent.state_dir.join("archives");
+    eventually(Duration::from_secs(90), "cell backed up and removed", || {
+        let (archives, record) = (archives.clone(), agent.state_dir.join("tenants").join(format!("{}.json", t.id)));
+        async move { !record.exists() && std::fs::read_dir(&archives).map(|d| d.count() > 0).unwrap_or(false) }
+    })
+    .await;
+    assert_eq!(http_status(port, "/healthz", None), 0, "the cell is gone");
+    let containers = std::fs::read_dir(docker_state.join("containers")).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(containers, 0, "no container left");
+    agent.kill9();
+    cp.kill9();
+}

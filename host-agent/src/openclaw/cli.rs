@@ -16,6 +16,10 @@ pub struct TenantEnv {
     pub state_dir: PathBuf,
     pub tmp_dir: PathBuf,
     pub gateway_port: u16,
+    /// Keep the agent's own environment (PATH, DOCKER_*) instead of a
+    /// cleared one: for `openclaw fleet`, which runs as the agent and drives
+    /// the host's container engine, never for calls as a tenant.
+    pub inherit_env: bool,
 }
 
 /// What a finished CLI call left behind.
@@ -79,10 +83,11 @@ impl OpenClawCli {
     /// OpenClaw needs, the tenant's user, its own process group.
     pub fn command(&self, env: &TenantEnv, args: &[&str]) -> Command {
         let mut command = Command::new(&self.bin);
+        command.args(args);
+        if !env.inherit_env {
+            command.env_clear().env("PATH", "/usr/local/bin:/usr/bin:/bin");
+        }
         command
-            .args(args)
-            .env_clear()
-            .env("PATH", "/usr/local/bin:/usr/bin:/bin")
             .env("LANG", "C.UTF-8")
             .env("HOME", &env.home)
             .env("OPENCLAW_HOME", &env.home)

@@ -29,9 +29,19 @@ use tokio::sync::{watch, Notify};
 use super::cli::{kill_group, CliOutput, OpenClawCli, TenantEnv};
 use super::{valid_config_path, valid_secret_pointer, valid_slug};
 
-/// Settings of the process runtime.
+/// How tenants run on this host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RuntimeKind {
+    /// Own OS user + supervised `openclaw gateway run` per tenant.
+    Process,
+    /// OpenClaw's own `openclaw fleet` cells (Docker or Podman containers).
+    Fleet,
+}
+
+/// Settings of the runtime.
 #[derive(Debug, Clone)]
 pub struct RuntimeConfig {
+    pub kind: RuntimeKind,
     pub openclaw: OpenClawCli,
     /// The agent's state directory (tenant records go under it).
     pub state_dir: PathBuf,
@@ -201,7 +211,116 @@ impl ProcessRuntime {
             state_dir: root.join("state"),
             tmp_dir: root.join("tmp"),
             gateway_port: record.port,
+            inherit_env: false,
         }
+    }
+
+    /// The environment of `openclaw fleet` calls: the agent's own, with one
+    /// OpenClaw state for the host's fleet registry.
+    fn fleet_env(&self, port: u16) -> anyhow::Result<TenantEnv> {
+        let root = self.config.state_dir.join("fleet");
+        for dir in ["home", "state", "tmp"] {
+            create_private_dir(&root.join(dir))?;
+        }
+        Ok(TenantEnv {
+            user: None,
+            home: root.join("home"),
+            state_dir: root.join("state"),
+            tmp_dir: root.join("tmp"),
+            gateway_port: port,
+            inherit_env: true,
+        })
+    }
+
+    async fn fleet(&self, record: &TenantRecord, args: &[&str]) -> RuntimeResult<CliOutput> {
+        let env = self.fleet_env(record.port)?;
+        let output = self.config.openclaw.run(&env, args, self.config.cli_timeout).await?;
+        tracing::debug!(tenant = %record.tenant_id, command = %args[..args.len().min(2)].join(" "), elapsed_ms = output.elapsed.as_millis() as u64, ok = output.success, "openclaw call");
+        Ok(output)
+    }
+
+    async fn fleet_ok(&self, record: &TenantRecord, args: &[&str]) -> RuntimeResult<CliOutput> {
+        let output = self.fleet(record, args).await?;
+        if !output.success {
+            return Err(RuntimeError::OpenClaw(format!(
+                "openclaw {}: {}",
+                args[..2].join(" "),
+                output.error_message()
+            )));
+        }
+        Ok(output)
+    }
+
+    /// A fleet cell per tenant: `fleet create` (or `start` if it exists),
+    /// then readiness on its loopback port.
+    async fn provision_cell(&self, tenant_id: &str, slug: &str) -> RuntimeResult<Provisioned> {
+        let mut record = match self.record(tenant_id) {
+            Some(record) if record.slug != slug => {
+                return Err(RuntimeError::Invalid(format!(
+                    "tenant {tenant_id} already runs here as {:?}",
+                    record.slug
+                )));
+            }
+            Some(record) => record,
+            None => {
+                let record = TenantRecord {
+                    tenant_id: tenant_id.to_string(),
+                    slug: slug.to_string(),
+                    port: self.free_port(),
+                    user: None,
+                    uid: None,
+                    gid: None,
+                    agent_ids: vec!["main".to_string()],
+                    applied_generation: 0,
+                    gateway_token: hex::encode(rand::random::<[u8; 16]>()),
+                    secrets: HashMap::new(),
+                    provisioned: false,
+                };
+                self.save_record(&record)?;
+                record
+            }
+        };
+        let port = record.port.to_string();
+        let status = self.fleet(&record, &["fleet", "status", slug, "--json"]).await?;
+        let running = status.success
+            && serde_json::from_str::<Value>(status.stdout.trim())
+                .ok()
+                .and_then(|s| s.pointer("/container/running").and_then(Value::as_bool))
+                .unwrap_or(false);
+        if !status.success {
+            // The token goes to fleet on the command line: fleet has no other
+            // way to take one, and it never prints it back to our logs.
+            self.fleet_ok(
+                &record,
+                &["fleet", "create", slug, "--json", "--port", &port, "--gateway-token", &record.gateway_token],
+            )
+            .await?;
+        } else if !running {
+            self.fleet_ok(&record, &["fleet", "start", slug]).await?;
+        }
+        self.wait_ready(&record).await?;
+        record.provisioned = true;
+        self.save_record(&record)?;
+        Ok(Provisioned { port: record.port, agent_ids: record.agent_ids })
+    }
+
+    /// Stop, back up into the archive folder, remove (data purged).
+    async fn delete_cell(&self, record: &TenantRecord, archive: bool) -> RuntimeResult<Option<(PathBuf, u64)>> {
+        let _ = self.fleet(record, &["fleet", "stop", &record.slug]).await?;
+        let mut archived = None;
+        if archive {
+            let out = format!("{}/", self.config.archive_dir.display());
+            let backup = self.fleet_ok(record, &["fleet", "backup", &record.slug, "--json", "--out", &out]).await?;
+            let path = serde_json::from_str::<Value>(backup.stdout.trim())
+                .ok()
+                .and_then(|b| b.get("archivePath").and_then(Value::as_str).map(PathBuf::from));
+            if let Some(path) = path {
+                let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+                archived = Some((path, size));
+            }
+        }
+        self.fleet_ok(record, &["fleet", "rm", &record.slug, "--force", "--purge-data"]).await?;
+        Ok(archived)
     }
 
     pub fn gateway_state(&self, tenant_id: &str) -> Option<GatewayState> {
@@ -245,6 +364,9 @@ impl ProcessRuntime {
         }
         let lock = self.lock(tenant_id);
         let _guard = lock.lock().await;
+        if self.config.kind == RuntimeKind::Fleet {
+            return self.provision_cell(tenant_id, slug).await;
+        }
         let mut record = match self.record(tenant_id) {
             Some(record) if record.slug != slug => {
                 return Err(RuntimeError::Invalid(format!(
@@ -521,6 +643,10 @@ impl ProcessRuntime {
         let record = self
             .record(tenant_id)
             .ok_or_else(|| RuntimeError::Invalid(format!("tenant {tenant_id} is not on this host")))?;
+        if self.config.kind == RuntimeKind::Fleet {
+            self.fleet_ok(&record, &["fleet", "restart", &record.slug]).await?;
+            return self.wait_ready(&record).await;
+        }
         self.restart_locked(&record).await
     }
 
@@ -558,6 +684,12 @@ impl ProcessRuntime {
         let lock = self.lock(tenant_id);
         let _guard = lock.lock().await;
         let Some(record) = self.record(tenant_id) else { return Ok(None) };
+        if self.config.kind == RuntimeKind::Fleet {
+            let archived = self.delete_cell(&record, archive).await?;
+            let _ = std::fs::remove_file(self.record_path(tenant_id));
+            self.prune_archives();
+            return Ok(archived);
+        }
         self.stop_gateway(tenant_id).await;
         let root = self.tenant_root(&record.slug);
         let mut archived = None;
@@ -604,6 +736,9 @@ impl ProcessRuntime {
     /// After the agent restarts: stop gateways left over from the previous
     /// run and start fresh supervised ones for every recorded tenant.
     pub async fn adopt_all(self: &Arc<Self>) {
+        if self.config.kind == RuntimeKind::Fleet {
+            return; // the container engine keeps cells running
+        }
         for record in self.records() {
             if let Some(pid) = read_pid(&self.tenant_root(&record.slug)) {
                 kill_group(pid, libc::SIGTERM);
@@ -636,6 +771,7 @@ impl ProcessRuntime {
             state_dir: scratch.clone(),
             tmp_dir: scratch,
             gateway_port: 0,
+            inherit_env: false,
         };
         match self.config.openclaw.run(&env, &["--version"], Duration::from_secs(30)).await {
             // e.g. "OpenClaw 2026.9.6 (eb377ac)": the first token that is a version.
@@ -673,6 +809,21 @@ impl ProcessRuntime {
 
     /// The last `tail` lines of the tenant's gateway log and the offset
     /// after them, for following.
+    pub fn kind(&self) -> RuntimeKind {
+        self.config.kind
+    }
+
+    /// The last `tail` lines of a fleet cell's log (`openclaw fleet logs`,
+    /// which redacts the cell's token).
+    pub async fn cell_log_tail(&self, tenant_id: &str, tail: usize) -> RuntimeResult<Vec<String>> {
+        let record = self
+            .record(tenant_id)
+            .ok_or_else(|| RuntimeError::Invalid(format!("tenant {tenant_id} is not on this host")))?;
+        let tail = tail.to_string();
+        let output = self.fleet_ok(&record, &["fleet", "logs", &record.slug, "--tail", &tail]).await?;
+        Ok(output.stdout.lines().map(String::from).collect())
+    }
+
     pub fn log_tail(&self, tenant_id: &str, tail: usize) -> RuntimeResult<(Vec<String>, u64, PathBuf)> {
         let record = self
             .record(tenant_id)
@@ -981,6 +1132,7 @@ mod tests {
             std::fs::copy(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/fake-openclaw"), &bin).unwrap();
             std::fs::write(dir.path().join("fake-mode"), mode).unwrap();
             let runtime = ProcessRuntime::new(RuntimeConfig {
+                kind: RuntimeKind::Process,
                 openclaw: OpenClawCli::new(&bin),
                 state_dir: dir.path().join("agent"),
                 tenants_dir: dir.path().join("tenants"),

@@ -220,11 +220,16 @@ impl Agent {
     }
 
     pub fn run_with(&mut self, extra: &[&str]) {
+        self.run_env(extra, &[]);
+    }
+
+    pub fn run_env(&mut self, extra: &[&str], env: &[(&str, &str)]) {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
         let child = Command::new(bin("clawplane-agent"))
             .args(["run", "--state-dir"])
             .arg(&self.state_dir)
             .args(extra)
+            .envs(env.iter().copied())
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)
