@@ -33,6 +33,8 @@ fn new_tenant(owner: Owner, slug: &str, plan: clawplane::store::entities::plan::
         slug_requested: true,
         display_name: "Test".into(),
         plan,
+        placement_labels: Default::default(),
+        extra_agents: Vec::new(),
         actor_user_id: "actor".into(),
         actor_email: None,
     }

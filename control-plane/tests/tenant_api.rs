@@ -188,6 +188,7 @@ async fn tenants_are_isolated_between_owners() {
         .await;
         assert_eq!(team_tenant.owner.clone().unwrap().kind, Some(owner::Kind::TeamId("team-red".into())));
         assert_eq!(team_tenant.slug, "team-red");
+        assert_eq!(team_tenant.agent_ids, vec!["team-red".to_string()]);
 
         let outsiders = [
             ("other user", Cred::user("bob", &[])),
@@ -316,6 +317,24 @@ async fn bad_input_is_refused_with_a_named_reason() {
     for (what, request, text) in cases {
         assert_status(client.create_tenant(user.request(request)).await, Code::InvalidArgument, text, what);
     }
+    let labelled = |key: &str| {
+        let mut labels = std::collections::HashMap::new();
+        labels.insert(key.to_string(), "x".to_string());
+        CreateTenantRequest { plan: "free".into(), placement_labels: labels, ..Default::default() }
+    };
+    assert_status(
+        client.create_tenant(user.request(labelled("bad key!"))).await,
+        Code::InvalidArgument,
+        "label key",
+        "bad label",
+    );
+    let agents = CreateTenantRequest { plan: "free".into(), agent_ids: vec!["helper".into()], ..Default::default() };
+    assert_status(
+        client.create_tenant(user.request(agents)).await,
+        Code::InvalidArgument,
+        "only team tenants",
+        "user agents",
+    );
     // Nothing was written by any of them.
     assert_status(
         client.get_my_tenant(user.request(GetMyTenantRequest::default())).await,

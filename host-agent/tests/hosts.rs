@@ -354,3 +354,85 @@ async fn renewal_keeps_the_stream_alive() {
     drop(cp);
     db.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn placement_honours_labels_and_waits_for_a_matching_host() {
+    use clawplane_proto::v1::tenant_service_client::TenantServiceClient;
+    use clawplane_proto::v1::{CreateTenantRequest, GetTenantRequest, TenantStatus};
+    let db = sqlite_db();
+    let cp = ControlPlane::start(&db, "");
+    let mut tenants = TenantServiceClient::new(cp.channel().await);
+    let carol = common::cp::Cred::Shared {
+        secret: common::cp::SHARED_SECRET.into(),
+        user: "carol".into(),
+        teams: "crew".into(),
+    };
+    let mut labels = std::collections::HashMap::new();
+    labels.insert("zone".to_string(), "eu".to_string());
+    let created = tenants
+        .create_tenant(carol.request(CreateTenantRequest {
+            plan: "pro".into(),
+            team_id: "crew".into(),
+            placement_labels: labels.clone(),
+            agent_ids: vec!["planner".into(), "writer".into()],
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .tenant
+        .unwrap();
+    assert_eq!(created.agent_ids, vec!["crew", "planner", "writer"]);
+    assert_eq!(created.placement_labels, labels);
+
+    // A host without the label joins: the tenant keeps waiting, and says why.
+    let join = |name: &str, label: &str| {
+        let (cp, dir, name, label) = (&cp, db.data_dir(), name.to_string(), label.to_string());
+        async move {
+            let response = cp
+                .hosts()
+                .await
+                .create_join_token(cp.admin(clawplane_proto::v1::CreateJoinTokenRequest {
+                    labels: [("zone".to_string(), label)].into_iter().collect(),
+                    ..Default::default()
+                }))
+                .await
+                .unwrap()
+                .into_inner();
+            let mut agent = Agent::new(&dir, &name);
+            assert!(agent.join(&cp.url(), &response.token, &response.ca_pin).status.success());
+            agent.run();
+            agent
+        }
+    };
+    let us = join("us-host", "us").await;
+    let us_id = us.host_id();
+    eventually(Duration::from_secs(20), "us host online", || online(&cp, &us_id)).await;
+    eventually(Duration::from_secs(20), "pending reason names the labels", || {
+        let mut tenants = tenants.clone();
+        let request = carol.request(GetTenantRequest { tenant_id: created.id.clone() });
+        async move {
+            let t = tenants.get_tenant(request).await.unwrap().into_inner().tenant.unwrap();
+            t.status == TenantStatus::Pending as i32 && t.status_message.contains("labels zone=eu")
+        }
+    })
+    .await;
+
+    // The matching host joins: the tenant is placed there at once. This agent
+    // has no OpenClaw configured, so provisioning fails with that reason,
+    // which proves the command reached the right host.
+    let eu = join("eu-host", "eu").await;
+    eventually(Duration::from_secs(30), "placed on the eu host", || {
+        let mut tenants = tenants.clone();
+        let request = carol.request(GetTenantRequest { tenant_id: created.id.clone() });
+        let eu_id = eu.host_id();
+        async move {
+            let t = tenants.get_tenant(request).await.unwrap().into_inner().tenant.unwrap();
+            t.host_id == eu_id
+                && t.status == TenantStatus::Failed as i32
+                && t.status_message.contains("OpenClaw is not configured")
+        }
+    })
+    .await;
+    drop(cp);
+}

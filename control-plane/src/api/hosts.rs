@@ -14,7 +14,7 @@ use serde_json::json;
 use tonic::{Request, Response, Status};
 
 use super::{
-    admin, check_text, decode_page_token, next_page_token, page_size, required_id, timestamp, ApiError, ApiResult,
+    admin, check_label, decode_page_token, next_page_token, page_size, required_id, timestamp, ApiError, ApiResult,
 };
 use crate::fleet::{host_status, Fleet};
 use crate::store::entities::join_token;
@@ -74,18 +74,6 @@ fn token_message(model: join_token::Model) -> pb::JoinToken {
         status: status as i32,
         host_ids: Vec::new(),
     }
-}
-
-/// Label keys and values: the Kubernetes-style shape operators expect.
-fn check_label(key: &str, value: &str) -> ApiResult<()> {
-    let key_ok =
-        !key.is_empty() && key.len() <= 63 && key.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./".contains(&b));
-    if !key_ok {
-        return Err(ApiError::invalid(format!(
-            "label key {key:?} must be 1-63 characters of a-z, 0-9, '-', '_', '.', '/'"
-        )));
-    }
-    check_text("label value", value, 253)
 }
 
 impl HostApi {

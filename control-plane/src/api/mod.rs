@@ -88,6 +88,18 @@ pub fn check_text(field: &str, value: &str, max_chars: usize) -> ApiResult<()> {
     Ok(())
 }
 
+/// Label keys and values: the Kubernetes-style shape operators expect.
+pub fn check_label(key: &str, value: &str) -> ApiResult<()> {
+    let key_ok =
+        !key.is_empty() && key.len() <= 63 && key.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./".contains(&b));
+    if !key_ok {
+        return Err(ApiError::invalid(format!(
+            "label key {key:?} must be 1-63 characters of a-z, 0-9, '-', '_', '.', '/'"
+        )));
+    }
+    check_text("label value", value, 253)
+}
+
 /// A required identifier from a request.
 pub fn required_id<'a>(field: &str, value: &'a str) -> ApiResult<&'a str> {
     if value.is_empty() {

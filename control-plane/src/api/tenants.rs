@@ -47,8 +47,12 @@ impl TenantApi {
                 Owner::Team(id) => owner::Kind::TeamId(id),
             }),
         };
+        let agent_ids = record.agent_ids();
+        let placement_labels = record.placement_labels().into_iter().collect();
         let t = record.tenant;
         pb::Tenant {
+            agent_ids,
+            placement_labels,
             url: format!("https://{}.{}", t.slug, self.base_domain),
             id: t.id,
             slug: t.slug,
@@ -89,6 +93,28 @@ impl TenantApi {
             slug::validate(&req.slug).map_err(ApiError::InvalidArgument)?;
             (vec![req.slug.clone()], true)
         };
+        if req.placement_labels.len() > 16 {
+            return Err(ApiError::invalid("at most 16 placement_labels"));
+        }
+        for (key, value) in &req.placement_labels {
+            super::check_label(key, value)?;
+        }
+        let mut extra_agents: Vec<String> = Vec::new();
+        if !req.agent_ids.is_empty() {
+            if matches!(owner, Owner::User(_)) {
+                return Err(ApiError::invalid("agent_ids: only team tenants hold several agents"));
+            }
+            if req.agent_ids.len() > 8 {
+                return Err(ApiError::invalid("agent_ids: at most 8 extra agents"));
+            }
+            for agent in &req.agent_ids {
+                slug::validate(agent).map_err(|err| ApiError::invalid(format!("agent_ids: {agent:?}: {err}")))?;
+                if extra_agents.contains(agent) {
+                    return Err(ApiError::invalid(format!("agent_ids: {agent:?} is listed twice")));
+                }
+                extra_agents.push(agent.clone());
+            }
+        }
         let display_name = if !req.display_name.is_empty() {
             req.display_name.clone()
         } else if let (Owner::User(_), Some(email)) = (&owner, &principal.email) {
@@ -106,6 +132,8 @@ impl TenantApi {
                 slug_requested,
                 display_name,
                 plan,
+                placement_labels: req.placement_labels.clone().into_iter().collect(),
+                extra_agents,
                 actor_user_id: principal.user_id.clone(),
                 actor_email: principal.email.clone(),
             })

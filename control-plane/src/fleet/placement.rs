@@ -10,7 +10,7 @@ use prost::Message;
 use super::Fleet;
 use crate::api::ApiResult;
 use crate::store::entities::{host, host_command};
-use crate::store::TenantStatus;
+use crate::store::{TenantRecord, TenantStatus};
 
 const PROVISION: &str = "provision_tenant";
 const DELETE: &str = "delete_tenant";
@@ -18,6 +18,11 @@ const APPLY: &str = "apply_config";
 
 /// Tenants a host takes when its inventory does not say.
 const DEFAULT_MAX_TENANTS: u32 = 8;
+
+/// Whether a host carries every wanted label.
+fn carries(host: &host::Model, wanted: &std::collections::BTreeMap<String, String>) -> bool {
+    wanted.iter().all(|(key, value)| host.labels.get(key).and_then(|v| v.as_str()) == Some(value.as_str()))
+}
 
 fn capacity(host: &host::Model) -> u32 {
     host.inventory
@@ -51,29 +56,37 @@ impl Fleet {
         let mut placed = 0;
         for tenant in pending {
             hosts.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.2.id.cmp(&b.2.id)));
-            let Some(slot) = hosts.iter_mut().find(|(load, max, _)| load < max) else {
-                break;
+            let wanted = tenant.placement_labels();
+            let Some(slot) = hosts.iter_mut().find(|(load, max, host)| load < max && carries(host, &wanted)) else {
+                let reason = if wanted.is_empty() {
+                    "waiting for a host: no online host has room".to_string()
+                } else {
+                    let labels: Vec<String> = wanted.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                    format!("waiting for a host with room and labels {}", labels.join(","))
+                };
+                self.store.set_pending_reason(&tenant.tenant.id, &reason).await?;
+                continue;
             };
             if !self.store.assign_tenant(&tenant.tenant.id, &slot.2.id).await? {
                 continue; // another replica placed it
             }
             slot.0 += 1;
-            self.provision(&slot.2.id, &tenant.tenant.id, &tenant.tenant.slug).await?;
+            self.provision(&slot.2.id, &tenant).await?;
             tracing::info!(tenant = %tenant.tenant.id, host = %slot.2.id, "tenant placed");
             placed += 1;
         }
         Ok(placed)
     }
 
-    async fn provision(&self, host_id: &str, tenant_id: &str, slug: &str) -> ApiResult<()> {
+    async fn provision(&self, host_id: &str, tenant: &TenantRecord) -> ApiResult<()> {
         let payload = command::Payload::ProvisionTenant(ProvisionTenantCommand {
-            tenant_id: tenant_id.to_string(),
-            slug: slug.to_string(),
+            tenant_id: tenant.tenant.id.clone(),
+            slug: tenant.tenant.slug.clone(),
             runtime: pb::Runtime::Process as i32,
-            agent_ids: vec![slug.to_string()],
+            agent_ids: tenant.agent_ids(),
             ..Default::default()
         });
-        self.enqueue(host_id, Some(tenant_id), payload).await?;
+        self.enqueue(host_id, Some(&tenant.tenant.id), payload).await?;
         Ok(())
     }
 
@@ -99,7 +112,7 @@ impl Fleet {
                 None => {
                     if !self.store.has_open_command(host_id, id, PROVISION).await? {
                         tracing::info!(tenant = %id, host = %host_id, "host lacks a placed tenant; provisioning again");
-                        self.provision(host_id, id, &tenant.tenant.slug).await?;
+                        self.provision(host_id, tenant).await?;
                     }
                 }
                 Some(state) => {

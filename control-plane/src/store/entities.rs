@@ -22,6 +22,10 @@ pub mod tenant {
         pub created_at: DateTimeUtc,
         pub updated_at: DateTimeUtc,
         pub deleted_at: Option<DateTimeUtc>,
+        /// Labels a host must carry, `{"k": "v"}`.
+        pub placement_labels: Option<Json>,
+        /// OpenClaw agents in the gateway, the slug first, `["a", "b"]`.
+        pub agent_ids: Option<Json>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -84,6 +84,25 @@ impl TenantRecord {
         TenantStatus::parse(&self.tenant.status).unwrap_or(TenantStatus::Failed)
     }
 
+    /// The OpenClaw agents of the tenant's gateway, the slug first.
+    pub fn agent_ids(&self) -> Vec<String> {
+        self.tenant
+            .agent_ids
+            .as_ref()
+            .and_then(|ids| serde_json::from_value::<Vec<String>>(ids.clone()).ok())
+            .filter(|ids| !ids.is_empty())
+            .unwrap_or_else(|| vec![self.tenant.slug.clone()])
+    }
+
+    /// Labels a host must carry to run the tenant.
+    pub fn placement_labels(&self) -> std::collections::BTreeMap<String, String> {
+        self.tenant
+            .placement_labels
+            .as_ref()
+            .and_then(|labels| serde_json::from_value(labels.clone()).ok())
+            .unwrap_or_default()
+    }
+
     pub fn owner(&self) -> Owner {
         match self.tenant.owner_kind.as_str() {
             "team" => Owner::Team(self.tenant.owner_id.clone()),
@@ -101,6 +120,10 @@ pub struct NewTenant {
     pub slug_requested: bool,
     pub display_name: String,
     pub plan: plan::Model,
+    /// Labels a host must carry.
+    pub placement_labels: std::collections::BTreeMap<String, String>,
+    /// Agents besides the slug's own (team tenants).
+    pub extra_agents: Vec<String>,
     /// The user creating it (recorded as a user, and as a member of the team).
     pub actor_user_id: String,
     pub actor_email: Option<String>,
@@ -237,6 +260,10 @@ impl Store {
             created_at: now,
             updated_at: now,
             deleted_at: None,
+            placement_labels: (!new.placement_labels.is_empty()).then(|| json!(new.placement_labels)),
+            agent_ids: Some(json!(std::iter::once(slug.to_string())
+                .chain(new.extra_agents.iter().cloned())
+                .collect::<Vec<_>>())),
         };
         tenant::Entity::insert(tenant::ActiveModel::from(model.clone())).exec(&txn).await?;
         subscription::Entity::insert(subscription::ActiveModel {
@@ -429,6 +456,19 @@ impl Store {
             .await?;
         self.forget_tenant(tenant_id).await?;
         Ok(result.rows_affected == 1)
+    }
+
+    /// Explains why a pending tenant still waits (written only on change).
+    pub async fn set_pending_reason(&self, tenant_id: &str, message: &str) -> StoreResult<()> {
+        tenant::Entity::update_many()
+            .col_expr(tenant::Column::StatusMessage, message.into())
+            .col_expr(tenant::Column::UpdatedAt, Utc::now().into())
+            .filter(tenant::Column::Id.eq(tenant_id))
+            .filter(tenant::Column::HostId.is_null())
+            .filter(tenant::Column::StatusMessage.ne(message))
+            .exec(&self.db)
+            .await?;
+        self.forget_tenant(tenant_id).await
     }
 
     /// Records what the tenant's host reported, if it is still placed there.

@@ -1173,6 +1173,15 @@ mod tests {
         assert_eq!(first.port, second.port);
         let agents_added = fake.calls("alice").iter().filter(|c| c[..2] == ["agents", "add"]).count();
         assert_eq!(agents_added, 1, "a second provision does not re-run the steps");
+        // A team tenant: several agents in its one gateway.
+        const TEAM: &str = "01a20c6b-19d8-76c4-937e-6d06bfdd3193";
+        let team = fake.runtime.provision(TEAM, "crew", &["crew".into(), "planner".into()]).await.unwrap();
+        assert_eq!(team.agent_ids, vec!["crew", "planner"]);
+        let added: Vec<String> =
+            fake.calls("crew").into_iter().filter(|c| c[..2] == ["agents", "add"]).map(|c| c[2].clone()).collect();
+        assert_eq!(added, vec!["crew", "planner"]);
+        assert_ne!(team.port, first.port, "its own gateway");
+        fake.runtime.delete(TEAM, false).await.unwrap();
 
         let ops = vec![("agents.defaults.model.primary".to_string(), "\"local/m\"".to_string())];
         let change = || ConfigChange { ops: &ops, unset_paths: &[], secrets: &[], files: &[] };
