@@ -229,6 +229,8 @@ impl Agent {
             .args(["run", "--state-dir"])
             .arg(&self.state_dir)
             .args(extra)
+            // OpenClaw only where a test asks for it with --openclaw-bin.
+            .env_remove("CLAWPLANE_OPENCLAW_BIN")
             .envs(env.iter().copied())
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
