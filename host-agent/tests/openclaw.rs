@@ -51,6 +51,22 @@ async fn wait_running(client: &mut TenantServiceClient<Channel>, cred: &Cred) ->
     panic!("tenant not running within 240 s: {last:?}")
 }
 
+/// The tenant's log tail through host and control plane (no follow).
+async fn log_lines(
+    client: &mut TenantServiceClient<Channel>,
+    cred: &Cred,
+    tenant_id: &str,
+    tail_lines: i32,
+) -> Vec<String> {
+    let request = StreamTenantLogsRequest { tenant_id: tenant_id.to_string(), tail_lines, follow: false };
+    let mut logs = client.stream_tenant_logs(cred.request(request)).await.unwrap().into_inner();
+    let mut lines = Vec::new();
+    while let Some(message) = logs.message().await.unwrap() {
+        lines.extend(message.lines.into_iter().map(|l| l.text));
+    }
+    lines
+}
+
 /// The agent's record of a tenant (port, OS user).
 fn record(state_dir: &Path, tenant_id: &str) -> serde_json::Value {
     let text = std::fs::read_to_string(state_dir.join("tenants").join(format!("{tenant_id}.json"))).unwrap();
@@ -305,19 +321,7 @@ async fn tenants_run_isolated_on_real_openclaw() {
     assert_ne!(pid_before, pid_after, "a new gateway process");
 
     // Real gateway log lines, through host and control plane.
-    let mut logs = client
-        .stream_tenant_logs(alice.request(StreamTenantLogsRequest {
-            tenant_id: a.id.clone(),
-            tail_lines: 200,
-            follow: false,
-        }))
-        .await
-        .unwrap()
-        .into_inner();
-    let mut lines = Vec::new();
-    while let Some(message) = logs.message().await.unwrap() {
-        lines.extend(message.lines.into_iter().map(|l| l.text));
-    }
+    let lines = log_lines(&mut client, &alice, &a.id, 200).await;
     assert!(!lines.is_empty(), "no log lines");
     assert!(lines.iter().any(|l| l.contains("gateway") || l.contains("listening")), "{lines:?}");
     assert!(!lines.iter().any(|l| l.contains(ra["gateway_token"].as_str().unwrap())), "token in logs");
@@ -430,19 +434,7 @@ async fn tenants_run_as_openclaw_fleet_cells() {
         .expect("restart via fleet restart");
     assert_eq!(http_status(port, "/healthz", None), 200);
 
-    let mut logs = client
-        .stream_tenant_logs(dora.request(StreamTenantLogsRequest {
-            tenant_id: t.id.clone(),
-            tail_lines: 5,
-            follow: false,
-        }))
-        .await
-        .unwrap()
-        .into_inner();
-    let mut lines = Vec::new();
-    while let Some(message) = logs.message().await.unwrap() {
-        lines.extend(message.lines.into_iter().map(|l| l.text));
-    }
+    let lines = log_lines(&mut client, &dora, &t.id, 5).await;
     assert!(!lines.is_empty() && lines.len() <= 5, "{lines:?}");
     assert!(!lines.iter().any(|l| l.contains(rec["gateway_token"].as_str().unwrap())), "fleet redacts the token");
 
