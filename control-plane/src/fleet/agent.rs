@@ -19,7 +19,7 @@ use clawplane_proto::v1::{
     agent_message, control_message, AgentMessage, CloseConnection, CommandOutcome, ControlMessage, HelloAck,
     SyncRequest, SyncResponse,
 };
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -83,7 +83,7 @@ impl AgentService for AgentApi {
             lease_duration: Some(duration(config.lease)),
             server_time: Some(timestamp(Utc::now())),
         };
-        let _ = tx.send(Ok(control(control_message::Kind::HelloAck(ack)))).await;
+        let _ = tx.send(Box::new(Ok(control(control_message::Kind::HelloAck(ack))))).await;
         let not_after = peer.map(|p| p.not_after).unwrap_or(0);
         let handles = self.fleet.register(&host.id, not_after, tx.clone());
         tracing::info!(host = %host.id, session = handles.id, agent = %inventory.agent_version, "host connected");
@@ -98,7 +98,7 @@ impl AgentService for AgentApi {
             }
         });
         tokio::spawn(run_session(self.fleet.clone(), host.id, inbound, tx, handles));
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx).map(|message| *message))))
     }
 
     type SyncStream = SyncStream;
@@ -110,7 +110,10 @@ impl AgentService for AgentApi {
     }
 }
 
-pub(super) type Outbound = mpsc::Sender<Result<ControlMessage, Status>>;
+/// Messages to one agent. Boxed: a channel allocates its slots up front,
+/// and thousands of idle sessions should not each hold room for 32 full
+/// messages.
+pub(super) type Outbound = mpsc::Sender<Box<Result<ControlMessage, Status>>>;
 
 async fn run_session(
     fleet: Arc<Fleet>,
@@ -149,7 +152,7 @@ async fn run_session(
                         Err(_) => "control plane closed the session".into(),
                     };
                     let close = control(control_message::Kind::Close(CloseConnection { reason: reason.clone(), ..Default::default() }));
-                    let _ = tx.send(Ok(close)).await;
+                    let _ = tx.send(Box::new(Ok(close))).await;
                     break 'session reason;
                 }
                 _ = check.tick() => {
@@ -160,7 +163,7 @@ async fn run_session(
                     }
                     let not_after = handles.cert_not_after.load(Ordering::Relaxed);
                     if not_after > 0 && now.timestamp() > not_after {
-                        let _ = tx.send(Err(Status::unauthenticated("client certificate expired; reconnect with a renewed one"))).await;
+                        let _ = tx.send(Box::new(Err(Status::unauthenticated("client certificate expired; reconnect with a renewed one")))).await;
                         break 'session "client certificate expired".to_string();
                     }
                 }
@@ -190,7 +193,7 @@ async fn push_open_commands(
             continue;
         };
         fleet.store.mark_delivered(&row.id).await?;
-        if tx.send(Ok(control(control_message::Kind::Command(command)))).await.is_err() {
+        if tx.send(Box::new(Ok(control(control_message::Kind::Command(command))))).await.is_err() {
             return Ok(());
         }
         sent.insert(row.id);

@@ -225,7 +225,7 @@ impl Fleet {
             ..Default::default()
         };
         let message = pb::ControlMessage { kind: Some(pb::control_message::Kind::Command(command)) };
-        if outbound.send(Ok(message)).await.is_err() {
+        if outbound.send(Box::new(Ok(message))).await.is_err() {
             self.log_routes.lock().unwrap().remove(&request_id);
             return Err(ApiError::FailedPrecondition("the tenant's host disconnected".into()));
         }
@@ -375,7 +375,7 @@ impl Drop for LogSubscription {
             ..Default::default()
         };
         let message = pb::ControlMessage { kind: Some(pb::control_message::Kind::Command(cancel)) };
-        if self.outbound.try_send(Ok(message)).is_err() {
+        if self.outbound.try_send(Box::new(Ok(message))).is_err() {
             tracing::debug!(host = %self.host_id, "could not cancel a log stream; the host stops it on disconnect");
         }
     }
