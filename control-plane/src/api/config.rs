@@ -23,7 +23,6 @@ use serde_json::{json, Value};
 use tonic::{Request, Response, Status};
 
 use super::{caller, check_text, timestamp, visible_tenant, ApiError, ApiResult};
-use crate::auth::Principal;
 use crate::fleet::Fleet;
 use crate::openclaw_config::{self, ChannelSettings, Desired, ModelSettings, ProfileSettings, ToolSettings};
 use crate::secrets::{hint, SecretBox};
@@ -98,8 +97,17 @@ impl ConfigApi {
         Ok(())
     }
 
-    fn unseal(&self, row: &tenant_config::Model) -> ApiResult<BTreeMap<String, String>> {
-        unseal(&self.secrets, row)
+    /// The stored secrets of one config row, if it exists.
+    fn stored_secrets(
+        &self,
+        rows: &[tenant_config::Model],
+        kind: &str,
+        key: &str,
+    ) -> ApiResult<BTreeMap<String, String>> {
+        match rows.iter().find(|r| r.config_type == kind && r.config_key == key) {
+            Some(row) => unseal(&self.secrets, row),
+            None => Ok(BTreeMap::new()),
+        }
     }
 
     async fn view(&self, tenant_id: &str) -> ApiResult<pb::TenantConfig> {
@@ -311,22 +319,18 @@ fn desired(secrets: &SecretBox, rows: &[tenant_config::Model]) -> ApiResult<Desi
     Ok(desired)
 }
 
-async fn tenant_for(store: &Store, principal: &Principal, tenant_id: &str) -> ApiResult<TenantRecord> {
-    visible_tenant(store, principal, tenant_id).await
-}
-
 #[tonic::async_trait]
 impl ConfigService for ConfigApi {
     async fn get_config(&self, request: Request<GetConfigRequest>) -> Result<Response<GetConfigResponse>, Status> {
         let principal = caller(&request)?;
-        let tenant = tenant_for(&self.store, &principal, &request.get_ref().tenant_id).await?;
+        let tenant = visible_tenant(&self.store, &principal, &request.get_ref().tenant_id).await?;
         Ok(Response::new(GetConfigResponse { config: Some(self.view(&tenant.tenant.id).await?) }))
     }
 
     async fn set_model(&self, request: Request<SetModelRequest>) -> Result<Response<SetModelResponse>, Status> {
         let principal = caller(&request)?;
         let req = request.into_inner();
-        let tenant = tenant_for(&self.store, &principal, &req.tenant_id).await?;
+        let tenant = visible_tenant(&self.store, &principal, &req.tenant_id).await?;
         check_name("provider", &req.provider, 40)?;
         if req.model.is_empty()
             || req.model.len() > 128
@@ -347,10 +351,7 @@ impl ConfigService for ConfigApi {
         }
         // An absent api_key keeps the stored one.
         let existing = self.store.config_rows(&tenant.tenant.id).await.map_err(ApiError::from)?;
-        let mut secrets = match existing.iter().find(|r| r.config_type == MODEL) {
-            Some(row) => self.unseal(row)?,
-            None => BTreeMap::new(),
-        };
+        let mut secrets = self.stored_secrets(&existing, MODEL, DEFAULT_KEY)?;
         if let Some(key) = &req.api_key {
             check_secret("api_key", key)?;
             secrets.insert("api_key".into(), key.clone());
@@ -367,7 +368,7 @@ impl ConfigService for ConfigApi {
     ) -> Result<Response<SetAgentProfileResponse>, Status> {
         let principal = caller(&request)?;
         let req = request.into_inner();
-        let tenant = tenant_for(&self.store, &principal, &req.tenant_id).await?;
+        let tenant = visible_tenant(&self.store, &principal, &req.tenant_id).await?;
         let existing = self.store.config_rows(&tenant.tenant.id).await.map_err(ApiError::from)?;
         let mut profile: ProfileSettings = existing
             .iter()
@@ -394,7 +395,7 @@ impl ConfigService for ConfigApi {
     async fn set_tools(&self, request: Request<SetToolsRequest>) -> Result<Response<SetToolsResponse>, Status> {
         let principal = caller(&request)?;
         let req = request.into_inner();
-        let tenant = tenant_for(&self.store, &principal, &req.tenant_id).await?;
+        let tenant = visible_tenant(&self.store, &principal, &req.tenant_id).await?;
         for (field, list) in [("allow", &req.allow), ("deny", &req.deny)] {
             if list.len() > 200 {
                 return Err(ApiError::invalid(format!("{field} lists more than 200 tools")).into());
@@ -417,7 +418,7 @@ impl ConfigService for ConfigApi {
     async fn set_channel(&self, request: Request<SetChannelRequest>) -> Result<Response<SetChannelResponse>, Status> {
         let principal = caller(&request)?;
         let req = request.into_inner();
-        let tenant = tenant_for(&self.store, &principal, &req.tenant_id).await?;
+        let tenant = visible_tenant(&self.store, &principal, &req.tenant_id).await?;
         check_name("channel", &req.channel, 32)?;
         if req.settings.len() + req.secrets.len() > 64 {
             return Err(ApiError::invalid("at most 64 settings and secrets per channel").into());
@@ -428,10 +429,7 @@ impl ConfigService for ConfigApi {
         }
         let existing = self.store.config_rows(&tenant.tenant.id).await.map_err(ApiError::from)?;
         // Secrets merge: an empty value deletes one, an absent key keeps it.
-        let mut secrets = match existing.iter().find(|r| r.config_type == CHANNEL && r.config_key == req.channel) {
-            Some(row) => self.unseal(row)?,
-            None => BTreeMap::new(),
-        };
+        let mut secrets = self.stored_secrets(&existing, CHANNEL, &req.channel)?;
         for (key, value) in &req.secrets {
             check_name("secret name", key, 64)?;
             if req.settings.contains_key(key) {
@@ -460,7 +458,7 @@ impl ConfigService for ConfigApi {
     ) -> Result<Response<RemoveChannelResponse>, Status> {
         let principal = caller(&request)?;
         let req = request.into_inner();
-        let tenant = tenant_for(&self.store, &principal, &req.tenant_id).await?;
+        let tenant = visible_tenant(&self.store, &principal, &req.tenant_id).await?;
         check_name("channel", &req.channel, 32)?;
         let existing = self.store.config_rows(&tenant.tenant.id).await.map_err(ApiError::from)?;
         let present = existing.iter().any(|r| {
