@@ -4,12 +4,14 @@
 //! Layout: `config` parses and validates settings once; `auth` turns request
 //! metadata into a principal; `api` holds the gRPC services and their one
 //! error type; `store` owns every query;
-//! `pki` is the CA; `fleet` enrolls hosts and runs their command streams; `server` wires them to a listener.
+//! `pki` is the CA; `fleet` enrolls hosts and runs their command streams; `ingest`
+//! stores what agents sync; `server` wires them to a listener.
 pub mod api;
 pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod fleet;
+pub mod ingest;
 pub mod net;
 pub mod openclaw_config;
 pub mod pki;

@@ -11,6 +11,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clawplane_proto::v1::config_service_server::ConfigServiceServer;
 use clawplane_proto::v1::host_service_server::HostServiceServer;
+use clawplane_proto::v1::session_service_server::SessionServiceServer;
 use clawplane_proto::v1::tenant_service_server::TenantServiceServer;
 use clawplane_proto::v1::usage_service_server::UsageServiceServer;
 use futures::Stream;
@@ -19,7 +20,7 @@ use tokio::sync::{watch, Semaphore};
 use tonic::transport::server::{Connected, TcpConnectInfo};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
-use crate::api::{ConfigApi, HostApi, TenantApi, UsageApi};
+use crate::api::{ConfigApi, HostApi, SessionApi, TenantApi, UsageApi};
 use crate::auth::{AuthLayer, Authenticator};
 use crate::config::{Config, CorsOrigins};
 use crate::fleet::{serve_agents, Fleet, FleetConfig};
@@ -112,6 +113,7 @@ impl Server {
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_serving::<TenantServiceServer<TenantApi>>().await;
         health.set_serving::<UsageServiceServer<UsageApi>>().await;
+        health.set_serving::<SessionServiceServer<SessionApi>>().await;
         tokio::spawn(watch_database(store.clone(), health.clone(), stop_rx.clone()));
         tokio::spawn(purge_deleted_tenants(store.clone(), config.clone(), stop_rx.clone()));
         tokio::spawn(fleet.clone().keep_leases(stop_rx.clone()));
@@ -149,6 +151,7 @@ impl Server {
                 config.base_domain.clone(),
             )))
             .add_service(UsageServiceServer::new(UsageApi::new(store.clone())))
+            .add_service(SessionServiceServer::new(SessionApi::new(store.clone())))
             .add_service(HostServiceServer::new(HostApi::new(store.clone(), fleet.clone())))
             .add_service(ConfigServiceServer::new(ConfigApi::new(store.clone(), fleet.clone())))
             .serve_with_incoming_shutdown(incoming, async move {

@@ -22,6 +22,8 @@ pub enum ApiError {
     #[error("{0}")]
     DeadlineExceeded(String),
     #[error("{0}")]
+    ResourceExhausted(String),
+    #[error("{0}")]
     Unimplemented(&'static str),
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
@@ -41,6 +43,7 @@ impl ApiError {
             ApiError::AlreadyExists(_) => Code::AlreadyExists,
             ApiError::FailedPrecondition(_) => Code::FailedPrecondition,
             ApiError::DeadlineExceeded(_) => Code::DeadlineExceeded,
+            ApiError::ResourceExhausted(_) => Code::ResourceExhausted,
             ApiError::Unimplemented(_) => Code::Unimplemented,
             ApiError::Internal(_) => Code::Internal,
         }

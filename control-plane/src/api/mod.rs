@@ -5,9 +5,10 @@
 mod config;
 mod error;
 mod hosts;
-mod plans;
+mod sessions;
 pub mod slug;
 mod tenants;
+mod usage;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -16,8 +17,9 @@ use chrono::{DateTime, Utc};
 pub use config::{push_config, ConfigApi};
 pub use error::{ApiError, ApiResult};
 pub use hosts::HostApi;
-pub use plans::UsageApi;
+pub use sessions::SessionApi;
 pub use tenants::TenantApi;
+pub use usage::UsageApi;
 
 use crate::auth::{Authentication, Principal};
 use crate::store::{Owner, Store, TenantRecord};

@@ -105,8 +105,9 @@ impl AgentService for AgentApi {
 
     async fn sync(&self, request: Request<Streaming<SyncRequest>>) -> Result<Response<SyncStream>, Status> {
         let peer = request.extensions().get::<AgentConnectInfo>().and_then(|info| info.peer.clone());
-        self.fleet.authorize(peer.as_ref()).await?;
-        Err(ApiError::Unimplemented("session sync arrives with the sync issue").into())
+        let host = self.fleet.authorize(peer.as_ref()).await?;
+        let stream = crate::ingest::serve(self.fleet.store.clone(), host.id, request.into_inner());
+        Ok(Response::new(Box::pin(stream)))
     }
 }
 

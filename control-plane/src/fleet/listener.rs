@@ -111,7 +111,10 @@ pub async fn serve_agents(
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .add_service(EnrollmentServiceServer::new(EnrollmentApi::new(fleet.clone())))
-        .add_service(AgentServiceServer::new(AgentApi::new(fleet)))
+        .add_service(
+            AgentServiceServer::new(AgentApi::new(fleet))
+                .max_decoding_message_size(crate::ingest::MAX_SYNC_MESSAGE_BYTES),
+        )
         .serve_with_incoming_shutdown(ReceiverStream::new(rx), async move { stopped(&mut stop).await })
         .await;
     accept.abort();

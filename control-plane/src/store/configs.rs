@@ -103,4 +103,26 @@ impl Store {
         update.exec(&self.db).await?;
         Ok(())
     }
+
+    /// Records the tenant's openclaw.json as last seen after a change made
+    /// outside Clawplane (secrets already redacted by the agent).
+    pub async fn record_observed_config(&self, tenant_id: &str, observed: serde_json::Value) -> StoreResult<()> {
+        let now = Utc::now();
+        tenant_config_state::Entity::insert(tenant_config_state::ActiveModel {
+            tenant_id: Set(tenant_id.to_string()),
+            desired_generation: Set(0),
+            applied_generation: Set(0),
+            last_apply_error: Set(None),
+            observed: Set(Some(observed.clone())),
+            updated_at: Set(now),
+        })
+        .on_conflict(
+            OnConflict::column(tenant_config_state::Column::TenantId)
+                .update_columns([tenant_config_state::Column::Observed, tenant_config_state::Column::UpdatedAt])
+                .to_owned(),
+        )
+        .exec(&self.db)
+        .await?;
+        Ok(())
+    }
 }

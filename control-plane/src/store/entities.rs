@@ -318,3 +318,126 @@ pub mod tenant_config_state {
 
     impl ActiveModelBehavior for ActiveModel {}
 }
+
+pub mod session {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "sessions")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub tenant_id: String,
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub session_id: String,
+        pub agent_id: String,
+        pub session_key: Option<String>,
+        pub channel: Option<String>,
+        pub chat_type: Option<String>,
+        pub model: Option<String>,
+        pub provider: Option<String>,
+        pub started_at: Option<DateTimeUtc>,
+        pub last_activity_at: Option<DateTimeUtc>,
+        pub message_count: i64,
+        pub total_tokens: i64,
+        /// Free-form details; unused by sync.
+        pub metadata: Option<Json>,
+        pub input_tokens: i64,
+        pub output_tokens: i64,
+        pub cache_read_tokens: i64,
+        pub cache_write_tokens: i64,
+        pub cost_micros: i64,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod message {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "messages")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub tenant_id: String,
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub session_id: String,
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub position: i64,
+        pub source: String,
+        pub event_id: Option<String>,
+        pub role: String,
+        pub content: String,
+        pub model: Option<String>,
+        pub provider: Option<String>,
+        pub input_tokens: i64,
+        pub output_tokens: i64,
+        pub cache_read_tokens: i64,
+        pub cache_write_tokens: i64,
+        pub total_tokens: i64,
+        pub cost_micros: i64,
+        pub created_at: DateTimeUtc,
+        pub raw: Option<Json>,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod usage {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "usage")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub tenant_id: String,
+        /// "day" or "month".
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub period_kind: String,
+        /// First day of the period, `YYYY-MM-DD` (UTC).
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub period_start: String,
+        pub messages: i64,
+        pub input_tokens: i64,
+        pub output_tokens: i64,
+        pub cache_read_tokens: i64,
+        pub cache_write_tokens: i64,
+        pub total_tokens: i64,
+        pub cost_micros: i64,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod session_stat {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "session_stats")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub tenant_id: String,
+        /// `YYYY-MM-DD` (UTC).
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub day: String,
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub channel: String,
+        pub sessions: i64,
+        pub messages: i64,
+        pub response_time_total_ms: i64,
+        pub response_count: i64,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}

@@ -5,6 +5,7 @@ mod configs;
 pub mod entities;
 mod hosts;
 mod tenants;
+mod transcripts;
 
 use std::time::Duration;
 
@@ -16,6 +17,9 @@ pub use hosts::{
     HOST_DRAINING, HOST_REMOVED,
 };
 pub use tenants::{NewTenant, Owner, TenantRecord, TenantStatus};
+pub use transcripts::{
+    day_start, IngestItem, IngestOutcome, NewMessage, SessionFilter, SessionUpdate, Tokens, UNKNOWN_CHANNEL,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
