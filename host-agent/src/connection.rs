@@ -115,6 +115,14 @@ pub async fn run(state_dir: &Path, config_path: Option<&Path>, options: RuntimeO
     tracing::info!(host = %agent.identity.host_id, control_plane = %agent.identity.control_plane, "agent starting");
 
     let renewal = tokio::spawn(agent.clone().renew_forever());
+    let sync = match &agent.executor.runtime {
+        Some(runtime) => {
+            let syncer = crate::sync::Syncer::new(agent.state.root(), Arc::new(RuntimeTenants(runtime.clone())))?;
+            let agent = agent.clone();
+            Some(tokio::spawn(async move { syncer.run(|| agent.channel()).await }))
+        }
+        None => None,
+    };
     let mut attempt: u32 = 0;
     let result = loop {
         let started = Instant::now();
@@ -132,11 +140,27 @@ pub async fn run(state_dir: &Path, config_path: Option<&Path>, options: RuntimeO
         }
     };
     renewal.abort();
+    if let Some(sync) = sync {
+        sync.abort();
+    }
     result
 }
 
+/// The runtime's tenants, as the syncer sees them.
+struct RuntimeTenants(Arc<ProcessRuntime>);
+
+impl crate::sync::TenantSource for RuntimeTenants {
+    fn tenants(&self) -> Vec<crate::sync::SyncTenant> {
+        self.0.sync_tenants()
+    }
+
+    fn own_config_hash(&self, tenant_id: &str) -> Option<String> {
+        self.0.own_config_hash(tenant_id)
+    }
+}
+
 /// Full jitter: uniform in [0, min(cap, base * 2^attempt)].
-fn backoff(attempt: u32) -> Duration {
+pub(crate) fn backoff(attempt: u32) -> Duration {
     let ceiling = BACKOFF_BASE.saturating_mul(1u32 << attempt.min(16)).min(BACKOFF_CAP);
     ceiling.mul_f64(rand::random::<f64>())
 }

@@ -6,6 +6,7 @@ mod inventory;
 mod join;
 mod openclaw;
 mod state;
+mod sync;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

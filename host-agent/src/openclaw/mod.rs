@@ -25,6 +25,12 @@ pub fn valid_config_path(path: &str) -> bool {
         })
 }
 
+/// OpenClaw agent ids as they appear as directories under `agents/`.
+pub fn valid_agent_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
 /// Secret names are JSON pointers into the tenant's secrets file.
 pub fn valid_secret_pointer(name: &str) -> bool {
     name.starts_with('/')

@@ -80,6 +80,10 @@ pub struct TenantRecord {
     /// finished on the next provision (agent restarted midway).
     #[serde(default)]
     pub provisioned: bool,
+    /// sha256 of openclaw.json after the agent's own last write, so sync
+    /// tells outside changes from ours.
+    #[serde(default)]
+    pub config_hash: Option<String>,
 }
 
 /// What a supervisor reports about its gateway.
@@ -199,6 +203,29 @@ impl ProcessRuntime {
             .collect()
     }
 
+    /// Process tenants whose state sync reads (fleet cells keep theirs in
+    /// the container engine's volumes and are not synced).
+    pub fn sync_tenants(&self) -> Vec<crate::sync::SyncTenant> {
+        if self.config.kind == RuntimeKind::Fleet {
+            return Vec::new();
+        }
+        self.records()
+            .into_iter()
+            .map(|record| crate::sync::SyncTenant {
+                state_dir: self.env(&record).state_dir,
+                tenant_id: record.tenant_id,
+            })
+            .collect()
+    }
+
+    /// The hash of the agent's own last config write; `None` while a
+    /// command holds the tenant (a write may be under way).
+    pub fn own_config_hash(&self, tenant_id: &str) -> Option<String> {
+        let lock = self.lock(tenant_id);
+        let _guard = lock.try_lock().ok()?;
+        Some(self.record(tenant_id)?.config_hash.unwrap_or_default())
+    }
+
     pub fn tenant_root(&self, slug: &str) -> PathBuf {
         self.config.tenants_dir.join(slug)
     }
@@ -275,6 +302,7 @@ impl ProcessRuntime {
                     gateway_token: hex::encode(rand::random::<[u8; 16]>()),
                     secrets: HashMap::new(),
                     provisioned: false,
+                    config_hash: None,
                 };
                 self.save_record(&record)?;
                 record
@@ -412,6 +440,7 @@ impl ProcessRuntime {
             }
         }
         record.provisioned = true;
+        record.config_hash = crate::sync::config::current_hash(&self.env(&record).state_dir);
         self.save_record(&record)?;
         self.ensure_gateway(&record);
         self.wait_ready(&record).await?;
@@ -444,6 +473,7 @@ impl ProcessRuntime {
             gateway_token: hex_token(),
             secrets: HashMap::new(),
             provisioned: false,
+            config_hash: None,
         };
         self.create_tree(&record)?;
         self.write_secrets(&record)?;
@@ -583,6 +613,7 @@ impl ProcessRuntime {
             chown(&path, &record)?;
         }
         record.applied_generation = generation;
+        record.config_hash = crate::sync::config::current_hash(&self.env(&record).state_dir);
         self.save_record(&record)?;
         if restart {
             self.restart_locked(&record).await?;

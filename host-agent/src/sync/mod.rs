@@ -1,0 +1,420 @@
+//! Sync: streams what OpenClaw writes on this host (sessions, transcript
+//! events, outside config changes) to the control plane over
+//! `AgentService/Sync`, off the command stream.
+//!
+//! A `notify` watcher marks a tenant dirty when anything under its state
+//! changes (during a turn only the `*.sqlite-wal` files do); the loop reads
+//! what is new right away, in batches of at most [`BATCH_RECORDS`], with at
+//! most [`MAX_IN_FLIGHT`] batches unacknowledged. Positions are persisted
+//! only from the control plane's acks, so a crash or a dropped connection
+//! re-sends instead of losing, and ingestion deduplicates.
+pub mod config;
+pub mod cursors;
+pub mod event;
+pub mod jsonl;
+pub mod sqlite;
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use clawplane_proto::v1::agent_service_client::AgentServiceClient;
+use clawplane_proto::v1::{SyncBatch, SyncRecord, SyncRequest};
+use notify::{RecursiveMode, Watcher};
+use tokio::sync::{mpsc, Notify};
+use tokio_stream::wrappers::ReceiverStream;
+
+use cursors::{CursorKey, Cursors, Position};
+
+/// Records per batch.
+pub const BATCH_RECORDS: usize = 1_000;
+/// Batches sent and not yet acknowledged.
+pub const MAX_IN_FLIGHT: usize = 4;
+/// A batch also closes at this size, so one message stays far below the
+/// control plane's limit even with multi-MiB events.
+const BATCH_BYTES: usize = 8 * 1024 * 1024;
+/// Largest message sent; the control plane accepts 32 MiB.
+const MAX_MESSAGE_BYTES: usize = 32 * 1024 * 1024;
+/// A second look shortly after a burst: the WAL write that woke us may land
+/// a moment before its commit is visible to readers.
+const RECHECK_AFTER: Duration = Duration::from_millis(50);
+/// Everything is rescanned this often, in case the watcher missed events
+/// (e.g. an inotify queue overflow).
+const FULL_SCAN_EVERY: Duration = Duration::from_secs(10);
+const TENANT_REFRESH_EVERY: Duration = Duration::from_secs(2);
+
+/// A tenant whose OpenClaw state this host syncs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncTenant {
+    pub tenant_id: String,
+    /// The tenant's OPENCLAW_STATE_DIR.
+    pub state_dir: PathBuf,
+}
+
+/// Where the syncer learns which tenants run here and which config writes
+/// are the agent's own.
+pub trait TenantSource: Send + Sync + 'static {
+    fn tenants(&self) -> Vec<SyncTenant>;
+    /// The content hash of the agent's own last write of the tenant's
+    /// openclaw.json; `None` while the agent is writing it right now.
+    fn own_config_hash(&self, tenant_id: &str) -> Option<String>;
+}
+
+/// What one read produced: records to send and the positions they reach.
+#[derive(Debug, Default)]
+pub struct Reading {
+    pub records: Vec<SyncRecord>,
+    pub advanced: Vec<(CursorKey, Position)>,
+    /// The budget ran out before the end.
+    pub more: bool,
+    pub parse_errors: u64,
+}
+
+impl Reading {
+    pub fn parse_error(&mut self, at: &str, detail: &str) {
+        self.parse_errors += 1;
+        tracing::warn!(at, detail, "transcript event skipped: it cannot be parsed");
+    }
+
+    fn extend(&mut self, other: Reading) {
+        self.records.extend(other.records);
+        self.advanced.extend(other.advanced);
+        self.more |= other.more;
+        self.parse_errors += other.parse_errors;
+    }
+}
+
+pub fn millis(ms: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp { seconds: ms.div_euclid(1000), nanos: (ms.rem_euclid(1000) * 1_000_000) as i32 }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+/// Agents of a tenant: the directories under `agents/`.
+fn agent_ids(state_dir: &Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(state_dir.join("agents")) else { return Vec::new() };
+    let mut ids: Vec<String> = entries
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .filter_map(|e| e.file_name().to_str().map(String::from))
+        .filter(|id| crate::openclaw::valid_agent_id(id))
+        .collect();
+    ids.sort();
+    ids
+}
+
+/// Reads everything new of one tenant, up to `budget` records.
+fn read_tenant(tenant: &SyncTenant, own_hash: Option<&str>, cursors: &Cursors, budget: usize) -> Reading {
+    let mut reading = Reading::default();
+    if let Some(own) = own_hash {
+        match config::observe(&tenant.state_dir, &tenant.tenant_id, own, cursors) {
+            Ok(Some(observed)) => reading.extend(observed),
+            Ok(None) => {}
+            Err(err) => tracing::warn!(tenant = %tenant.tenant_id, error = %err, "cannot read openclaw.json"),
+        }
+    }
+    for agent_id in agent_ids(&tenant.state_dir) {
+        let room = budget.saturating_sub(reading.records.len());
+        if room == 0 {
+            reading.more = true;
+            break;
+        }
+        let db = tenant.state_dir.join("agents").join(&agent_id).join("agent").join("openclaw-agent.sqlite");
+        if db.is_file() {
+            match sqlite::read(&db, &tenant.tenant_id, &agent_id, cursors, room) {
+                Ok(more) => reading.extend(more),
+                Err(err) => log_once(&db, &err.to_string()),
+            }
+        }
+        let room = budget.saturating_sub(reading.records.len());
+        if room == 0 {
+            reading.more = true;
+            break;
+        }
+        match jsonl::read(&tenant.state_dir, &tenant.tenant_id, &agent_id, cursors, room) {
+            Ok(more) => reading.extend(more),
+            Err(err) => {
+                tracing::warn!(tenant = %tenant.tenant_id, agent = %agent_id, error = %err, "cannot read legacy transcripts")
+            }
+        }
+    }
+    reading
+}
+
+/// An unreadable source is reported once per distinct problem, not on
+/// every scan.
+fn log_once(path: &Path, problem: &str) {
+    static SEEN: Mutex<Option<HashMap<PathBuf, String>>> = Mutex::new(None);
+    let mut seen = SEEN.lock().unwrap();
+    let seen = seen.get_or_insert_with(HashMap::new);
+    if seen.get(path).map(String::as_str) != Some(problem) {
+        tracing::error!(database = %path.display(), %problem, "agent database not synced");
+        seen.insert(path.to_path_buf(), problem.to_string());
+    }
+}
+
+/// Tenants marked for a read, from the watcher or the loop itself.
+#[derive(Default)]
+struct Dirty {
+    tenants: Mutex<HashSet<String>>,
+    wake: Notify,
+}
+
+impl Dirty {
+    fn mark(&self, tenant_id: &str) {
+        if self.tenants.lock().unwrap().insert(tenant_id.to_string()) {
+            self.wake.notify_one();
+        }
+    }
+
+    fn take(&self) -> HashSet<String> {
+        std::mem::take(&mut *self.tenants.lock().unwrap())
+    }
+}
+
+pub struct Syncer {
+    source: Arc<dyn TenantSource>,
+    cursors: Arc<Mutex<Cursors>>,
+    dirty: Arc<Dirty>,
+    /// State dirs being watched, by tenant id (shared with the watcher).
+    roots: Arc<RwLock<Vec<(PathBuf, String)>>>,
+}
+
+impl Syncer {
+    pub fn new(state_dir: &Path, source: Arc<dyn TenantSource>) -> anyhow::Result<Syncer> {
+        Ok(Syncer {
+            source,
+            cursors: Arc::new(Mutex::new(Cursors::load(state_dir)?)),
+            dirty: Default::default(),
+            roots: Default::default(),
+        })
+    }
+
+    /// Runs forever: watches, reads, sends, commits acked positions, and
+    /// reconnects with backoff when the stream fails.
+    pub async fn run<F>(self, connect: F)
+    where
+        F: Fn() -> anyhow::Result<tonic::transport::Channel>,
+    {
+        let roots = self.roots.clone();
+        let dirty = self.dirty.clone();
+        let watcher = notify::recommended_watcher(move |result: notify::Result<notify::Event>| {
+            let Ok(event) = result else {
+                // Overflow or a watcher error: read everything.
+                for (_, tenant) in roots.read().unwrap().iter() {
+                    dirty.mark(tenant);
+                }
+                return;
+            };
+            if matches!(event.kind, notify::EventKind::Access(_)) {
+                return;
+            }
+            let roots = roots.read().unwrap();
+            for path in &event.paths {
+                if let Some((_, tenant)) = roots.iter().find(|(root, _)| path.starts_with(root)) {
+                    dirty.mark(tenant);
+                }
+            }
+        });
+        let mut watcher = match watcher {
+            Ok(watcher) => Some(watcher),
+            Err(err) => {
+                tracing::error!(error = %err, "cannot watch tenant state; falling back to periodic scans");
+                None
+            }
+        };
+        let mut attempt = 0u32;
+        loop {
+            let started = Instant::now();
+            let reason = match connect() {
+                Ok(channel) => self.session(channel, &mut watcher).await,
+                Err(err) => format!("{err:#}"),
+            };
+            if started.elapsed() > Duration::from_secs(30) {
+                attempt = 0;
+            }
+            let delay = crate::connection::backoff(attempt);
+            attempt = attempt.saturating_add(1);
+            tracing::warn!(%reason, retry_in_ms = delay.as_millis() as u64, "sync stream lost");
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    /// Adds watches for new tenants and forgets departed ones.
+    fn refresh_tenants(&self, watcher: &mut Option<notify::RecommendedWatcher>) -> HashMap<String, SyncTenant> {
+        let tenants: HashMap<String, SyncTenant> =
+            self.source.tenants().into_iter().map(|t| (t.tenant_id.clone(), t)).collect();
+        let mut roots = self.roots.write().unwrap();
+        roots.retain(|(root, tenant)| {
+            let keep = tenants.get(tenant).is_some_and(|t| &t.state_dir == root);
+            if !keep {
+                if let Some(watcher) = watcher.as_mut() {
+                    let _ = watcher.unwatch(root);
+                }
+            }
+            keep
+        });
+        for tenant in tenants.values() {
+            if roots.iter().any(|(_, id)| id == &tenant.tenant_id) || !tenant.state_dir.is_dir() {
+                continue;
+            }
+            if let Some(watcher) = watcher.as_mut() {
+                if let Err(err) = watcher.watch(&tenant.state_dir, RecursiveMode::Recursive) {
+                    tracing::warn!(tenant = %tenant.tenant_id, error = %err, "cannot watch tenant state");
+                    continue;
+                }
+            }
+            roots.push((tenant.state_dir.clone(), tenant.tenant_id.clone()));
+            self.dirty.mark(&tenant.tenant_id);
+        }
+        drop(roots);
+        let keep: HashSet<String> = tenants.keys().cloned().collect();
+        if let Err(err) = self.cursors.lock().unwrap().retain_tenants(&keep) {
+            tracing::warn!(error = %err, "cannot prune sync cursors");
+        }
+        tenants
+    }
+
+    async fn session(
+        &self,
+        channel: tonic::transport::Channel,
+        watcher: &mut Option<notify::RecommendedWatcher>,
+    ) -> String {
+        let (tx, rx) = mpsc::channel::<SyncRequest>(MAX_IN_FLIGHT);
+        let mut client = AgentServiceClient::new(channel).max_encoding_message_size(MAX_MESSAGE_BYTES);
+        let mut acks = match client.sync(ReceiverStream::new(rx)).await {
+            Ok(response) => response.into_inner(),
+            Err(status) => return crate::join::transport_detail(&status),
+        };
+        self.cursors.lock().unwrap().rewind();
+        let mut in_flight: VecDeque<(String, Vec<(CursorKey, Position)>)> = VecDeque::new();
+        let mut tenants = self.refresh_tenants(watcher);
+        for id in tenants.keys() {
+            self.dirty.mark(id);
+        }
+        let mut pending: HashSet<String> = HashSet::new();
+        let mut rechecks: HashSet<String> = HashSet::new();
+        let mut recheck_at: Option<tokio::time::Instant> = None;
+        let mut refresh = tokio::time::interval(TENANT_REFRESH_EVERY);
+        let mut full_scan = tokio::time::interval(FULL_SCAN_EVERY);
+        let mut batch_seq: u64 = 0;
+        loop {
+            // Send while the window has room and something may be new.
+            let woke = self.dirty.take();
+            for tenant in &woke {
+                rechecks.insert(tenant.clone());
+            }
+            if !woke.is_empty() && recheck_at.is_none() {
+                recheck_at = Some(tokio::time::Instant::now() + RECHECK_AFTER);
+            }
+            pending.extend(woke);
+            while in_flight.len() < MAX_IN_FLIGHT {
+                let Some(tenant_id) = pending.iter().next().cloned() else { break };
+                let Some(tenant) = tenants.get(&tenant_id).cloned() else {
+                    pending.remove(&tenant_id);
+                    continue;
+                };
+                let own_hash = self.source.own_config_hash(&tenant_id);
+                let cursors = self.cursors.clone();
+                let reading = tokio::task::spawn_blocking(move || {
+                    let cursors = cursors.lock().unwrap();
+                    read_tenant(&tenant, own_hash.as_deref(), &cursors, BATCH_RECORDS)
+                })
+                .await
+                .unwrap_or_default();
+                if !reading.more {
+                    pending.remove(&tenant_id);
+                }
+                if reading.records.is_empty() && reading.advanced.is_empty() {
+                    continue;
+                }
+                for batch in split(reading) {
+                    batch_seq += 1;
+                    let batch_id = format!("{}-{batch_seq}", std::process::id());
+                    {
+                        let mut cursors = self.cursors.lock().unwrap();
+                        for (key, at) in &batch.1 {
+                            cursors.advance(key.clone(), at.clone());
+                        }
+                    }
+                    let request = SyncRequest {
+                        batch: Some(SyncBatch {
+                            batch_id: batch_id.clone(),
+                            records: batch.0,
+                            cursors_to_ack_on_commit: batch.1.iter().map(|(k, at)| k.to_proto(at.position)).collect(),
+                        }),
+                    };
+                    in_flight.push_back((batch_id, batch.1));
+                    if tx.send(request).await.is_err() {
+                        return "sync stream closed".into();
+                    }
+                }
+            }
+            let recheck = async {
+                match recheck_at {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                ack = acks.message() => {
+                    let ack = match ack {
+                        Ok(Some(response)) => match response.ack { Some(ack) => ack, None => continue },
+                        Ok(None) => return "control plane closed the sync stream".into(),
+                        Err(status) => return crate::join::transport_detail(&status),
+                    };
+                    let Some((batch_id, positions)) = in_flight.pop_front() else {
+                        return format!("unexpected ack for batch {}", ack.batch_id);
+                    };
+                    if batch_id != ack.batch_id {
+                        return format!("ack for batch {} while {batch_id} was expected", ack.batch_id);
+                    }
+                    for rejection in &ack.rejections {
+                        tracing::warn!(batch = %batch_id, index = rejection.index, reason = %rejection.reason, detail = %rejection.message, "control plane rejected a sync record");
+                    }
+                    let committed: Vec<_> = positions
+                        .into_iter()
+                        .filter(|(key, _)| ack.committed_cursors.iter().any(|c| key.matches(c)))
+                        .collect();
+                    if let Err(err) = self.cursors.lock().unwrap().commit(committed) {
+                        tracing::error!(error = %err, "cannot persist sync cursors");
+                    }
+                }
+                _ = self.dirty.wake.notified() => {}
+                _ = recheck => {
+                    recheck_at = None;
+                    pending.extend(rechecks.drain());
+                }
+                _ = refresh.tick() => {
+                    tenants = self.refresh_tenants(watcher);
+                }
+                _ = full_scan.tick() => {
+                    pending.extend(tenants.keys().cloned());
+                }
+            }
+        }
+    }
+}
+
+/// Splits a reading into batches that respect the byte budget. Positions
+/// go with the last batch, so none is committed before all its records.
+fn split(reading: Reading) -> Vec<(Vec<SyncRecord>, Vec<(CursorKey, Position)>)> {
+    use prost::Message;
+    let mut batches = Vec::new();
+    let mut current = Vec::new();
+    let mut bytes = 0;
+    for record in reading.records {
+        let size = record.encoded_len();
+        if !current.is_empty() && bytes + size > BATCH_BYTES {
+            batches.push((std::mem::take(&mut current), Vec::new()));
+            bytes = 0;
+        }
+        bytes += size;
+        current.push(record);
+    }
+    batches.push((current, reading.advanced));
+    batches
+}

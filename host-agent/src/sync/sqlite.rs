@@ -1,0 +1,284 @@
+//! Reader of OpenClaw's per-agent database
+//! (`agents/<id>/agent/openclaw-agent.sqlite`, WAL mode, schema 23).
+//! Opened read-only for one short read at a time: in WAL mode readers never
+//! block the gateway's writes, and no read transaction stays open long
+//! enough to hold back its checkpoints.
+use std::io::Read;
+use std::path::Path;
+
+use clawplane_proto::v1::{sync_record, SessionMeta, SyncRecord, SyncSource};
+use rusqlite::{Connection, OpenFlags, OptionalExtension};
+
+use super::cursors::{CursorKey, Cursors, Position};
+use super::{event, millis, Reading};
+
+/// The agent schema this reader understands.
+pub const SCHEMA_VERSION: i64 = 23;
+/// Stream of a database's session metadata.
+pub const SESSIONS_STREAM: &str = "session_windows";
+/// An event larger than this is not decompressed (OpenClaw's own cap is
+/// 4 MiB per event).
+const MAX_EVENT_BYTES: usize = 16 * 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SqliteError {
+    #[error("agent database has schema version {0}; this agent reads version {SCHEMA_VERSION} (OpenClaw 2026.9.x)")]
+    UnsupportedSchema(i64),
+    #[error("agent database has no schema_meta row; it is not an OpenClaw agent database")]
+    NoSchemaMeta,
+    #[error("cannot read the agent database: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+}
+
+struct Window {
+    session_id: String,
+    session_key: String,
+    updated_at: i64,
+    generation: String,
+}
+
+/// Reads what is new in one agent database, at most `budget` records.
+pub fn read(
+    path: &Path,
+    tenant_id: &str,
+    agent_id: &str,
+    cursors: &Cursors,
+    budget: usize,
+) -> Result<Reading, SqliteError> {
+    let db = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
+    db.busy_timeout(std::time::Duration::from_secs(2))?;
+    let version: Option<i64> = db
+        .query_row("SELECT schema_version FROM schema_meta WHERE role = 'agent' ORDER BY meta_key LIMIT 1", [], |r| {
+            r.get(0)
+        })
+        .optional()?;
+    match version {
+        None => return Err(SqliteError::NoSchemaMeta),
+        Some(SCHEMA_VERSION) => {}
+        Some(other) => return Err(SqliteError::UnsupportedSchema(other)),
+    }
+    let mut reading = Reading::default();
+
+    // Session metadata changed since the cursor, oldest change first.
+    let meta_key = CursorKey::new(tenant_id, agent_id, SyncSource::Sqlite, SESSIONS_STREAM);
+    let meta_from = cursors.read(&meta_key).map(|p| p.position).unwrap_or(-1);
+    let mut windows = Vec::new();
+    let mut meta_to = meta_from;
+    {
+        let mut statement = db.prepare(
+            "SELECT w.session_id, w.session_key, w.channel, w.chat_type, w.model, w.model_provider, \
+                    w.created_at, w.updated_at, coalesce(g.generation, '') \
+             FROM session_windows w LEFT JOIN transcript_rewrite_watermarks g ON g.session_id = w.session_id \
+             ORDER BY w.updated_at, w.session_id",
+        )?;
+        let mut rows = statement.query([])?;
+        while let Some(row) = rows.next()? {
+            let window = Window {
+                session_id: row.get(0)?,
+                session_key: row.get(1)?,
+                updated_at: row.get(7)?,
+                generation: row.get(8)?,
+            };
+            if window.updated_at > meta_from {
+                let meta = SessionMeta {
+                    channel: row.get::<_, Option<String>>(2)?.unwrap_or_default(),
+                    chat_type: row.get::<_, Option<String>>(3)?.unwrap_or_default(),
+                    model: row.get::<_, Option<String>>(4)?.unwrap_or_default(),
+                    provider: row.get::<_, Option<String>>(5)?.unwrap_or_default(),
+                    started_at: Some(millis(row.get(6)?)),
+                    last_activity_at: Some(millis(window.updated_at)),
+                };
+                reading.records.push(SyncRecord {
+                    tenant_id: tenant_id.into(),
+                    agent_id: agent_id.into(),
+                    source: SyncSource::Sqlite as i32,
+                    session_key: window.session_key.clone(),
+                    session_id: window.session_id.clone(),
+                    position: window.updated_at,
+                    body: Some(sync_record::Body::SessionMeta(meta)),
+                });
+                meta_to = meta_to.max(window.updated_at);
+            }
+            windows.push(window);
+        }
+    }
+    if meta_to > meta_from {
+        reading.advanced.push((meta_key, Position { position: meta_to, identity: String::new() }));
+    }
+
+    // New events per session, in seq order.
+    let mut statement = db.prepare(
+        "SELECT seq, event_json, event_zstd, event_utf8_bytes, created_at FROM transcript_events \
+         WHERE session_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+    )?;
+    for window in &windows {
+        let room = budget.saturating_sub(reading.records.len());
+        if room == 0 {
+            reading.more = true;
+            break;
+        }
+        let key = CursorKey::new(tenant_id, agent_id, SyncSource::Sqlite, &window.session_id);
+        let from = match cursors.read(&key) {
+            // A rewrite renumbers the session from 0: read it all again
+            // (event ids deduplicate on the control plane).
+            Some(at) if at.identity == window.generation => at.position,
+            Some(_) => -1,
+            None => -1,
+        };
+        let mut last = from;
+        let mut rows = statement.query(rusqlite::params![window.session_id, from, room as i64])?;
+        let mut count = 0;
+        while let Some(row) = rows.next()? {
+            count += 1;
+            let seq: i64 = row.get(0)?;
+            let created_at: i64 = row.get(4)?;
+            last = seq;
+            let bytes = match (row.get::<_, Option<String>>(1)?, row.get::<_, Option<Vec<u8>>>(2)?) {
+                (Some(json), _) => json.into_bytes(),
+                (None, Some(compressed)) => match decompress(&compressed, row.get::<_, Option<i64>>(3)?) {
+                    Ok(bytes) => bytes,
+                    Err(err) => {
+                        reading.parse_error(&format!("{}#{seq}", window.session_id), &err);
+                        continue;
+                    }
+                },
+                (None, None) => {
+                    reading.parse_error(&format!("{}#{seq}", window.session_id), "row holds no event");
+                    continue;
+                }
+            };
+            match event::parse(&bytes, Some(created_at)) {
+                Ok(event) => reading.records.push(SyncRecord {
+                    tenant_id: tenant_id.into(),
+                    agent_id: agent_id.into(),
+                    source: SyncSource::Sqlite as i32,
+                    session_key: window.session_key.clone(),
+                    session_id: window.session_id.clone(),
+                    position: seq,
+                    body: Some(sync_record::Body::Event(event)),
+                }),
+                Err(err) => reading.parse_error(&format!("{}#{seq}", window.session_id), &err.to_string()),
+            }
+        }
+        if count == room {
+            reading.more = true;
+        }
+        if last != from || cursors.read(&key).is_some_and(|at| at.identity != window.generation) {
+            reading.advanced.push((key, Position { position: last, identity: window.generation.clone() }));
+        }
+    }
+    Ok(reading)
+}
+
+fn decompress(compressed: &[u8], expected: Option<i64>) -> Result<Vec<u8>, String> {
+    let mut decoder =
+        ruzstd::decoding::StreamingDecoder::new(compressed).map_err(|err| format!("bad zstd frame: {err}"))?;
+    let mut out = Vec::with_capacity(expected.unwrap_or(0).clamp(0, MAX_EVENT_BYTES as i64) as usize);
+    decoder
+        .by_ref()
+        .take(MAX_EVENT_BYTES as u64 + 1)
+        .read_to_end(&mut out)
+        .map_err(|err| format!("bad zstd data: {err}"))?;
+    if out.len() > MAX_EVENT_BYTES {
+        return Err(format!("event is larger than {MAX_EVENT_BYTES} bytes"));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use clawplane_proto::v1::MessageRole;
+
+    use super::*;
+
+    /// Real OpenClaw 2026.9.6 output: three `openclaw agent` turns against
+    /// a fake model, 13 events, two of them zstd-compressed by OpenClaw.
+    fn fixture() -> (tempfile::TempDir, std::path::PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("openclaw-agent.sqlite");
+        let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/openclaw-agent-2026.9.6.sqlite");
+        std::fs::copy(source, &path).unwrap();
+        (dir, path)
+    }
+
+    fn apply(cursors: &mut Cursors, reading: &Reading) {
+        for (key, at) in &reading.advanced {
+            cursors.advance(key.clone(), at.clone());
+        }
+    }
+
+    fn events(reading: &Reading) -> Vec<(i64, clawplane_proto::v1::TranscriptEvent)> {
+        reading
+            .records
+            .iter()
+            .filter_map(|r| match &r.body {
+                Some(sync_record::Body::Event(e)) => Some((r.position, e.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn reads_a_real_openclaw_database_including_zstd_events() {
+        let (dir, path) = fixture();
+        let mut cursors = Cursors::load(dir.path()).unwrap();
+        let reading = read(&path, "t1", "main", &cursors, 1000).unwrap();
+        assert!(!reading.more);
+        assert_eq!(reading.parse_errors, 0);
+        let Some(sync_record::Body::SessionMeta(meta)) = &reading.records[0].body else {
+            panic!("session metadata comes first")
+        };
+        assert_eq!((meta.model.as_str(), meta.provider.as_str()), ("fake-model", "local"));
+        assert_eq!(reading.records[0].session_key, "agent:main:main");
+        let events = events(&reading);
+        assert_eq!(events.iter().map(|(seq, _)| *seq).collect::<Vec<_>>(), (0..13).collect::<Vec<_>>());
+        let messages: Vec<_> = events.iter().filter(|(_, e)| e.event_type == "message").collect();
+        assert_eq!(messages.len(), 6);
+        assert_eq!(messages[0].1.role, MessageRole::User as i32);
+        assert_eq!(messages[0].1.text, "hello there");
+        assert_eq!(messages[1].1.role, MessageRole::Assistant as i32);
+        assert_eq!(messages[1].1.text, "pong from fake");
+        let usage = messages[1].1.usage.unwrap();
+        assert_eq!((usage.input_tokens, usage.output_tokens, usage.total_tokens), (42, 7, 49));
+        // seq 10 and 11 are stored compressed (event_zstd).
+        assert!(messages[4].1.text.len() > 1000, "decompressed user text");
+        assert!(messages[5].1.raw_event_json.starts_with("{\"type\":\"message\""));
+
+        // Nothing new: nothing read, nothing advanced.
+        apply(&mut cursors, &reading);
+        let again = read(&path, "t1", "main", &cursors, 1000).unwrap();
+        assert!(again.records.is_empty() && again.advanced.is_empty());
+    }
+
+    #[test]
+    fn the_budget_splits_reading_and_cursors_resume_exactly() {
+        let (dir, path) = fixture();
+        let mut cursors = Cursors::load(dir.path()).unwrap();
+        let mut seqs = Vec::new();
+        for _ in 0..10 {
+            let reading = read(&path, "t1", "main", &cursors, 4).unwrap();
+            seqs.extend(events(&reading).into_iter().map(|(seq, _)| seq));
+            apply(&mut cursors, &reading);
+            if !reading.more {
+                break;
+            }
+        }
+        assert_eq!(seqs, (0..13).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_rewritten_session_is_read_again_and_unknown_schemas_are_refused() {
+        let (dir, path) = fixture();
+        let mut cursors = Cursors::load(dir.path()).unwrap();
+        let first = read(&path, "t1", "main", &cursors, 1000).unwrap();
+        apply(&mut cursors, &first);
+        let db = Connection::open(&path).unwrap();
+        db.execute("UPDATE transcript_rewrite_watermarks SET generation = 'g2'", []).unwrap();
+        let again = read(&path, "t1", "main", &cursors, 1000).unwrap();
+        assert_eq!(events(&again).len(), 13, "a new generation starts from seq 0");
+
+        db.execute("UPDATE schema_meta SET schema_version = 24", []).unwrap();
+        let err = read(&path, "t1", "main", &cursors, 1000).unwrap_err();
+        assert!(err.to_string().contains("schema version 24"), "{err}");
+    }
+}
