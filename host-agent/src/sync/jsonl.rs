@@ -17,9 +17,9 @@ use sha2::{Digest, Sha256};
 use super::cursors::{CursorKey, Cursors, Position};
 use super::{event, millis, Reading};
 
-/// Bytes before the cursor that must still match for the file to count as
-/// the same one.
-const FINGERPRINT_BYTES: u64 = 64;
+/// Bytes at the start of the file and just before the cursor that must
+/// still match for the file to count as the same one.
+const FINGERPRINT_BYTES: u64 = 1024;
 const READ_CHUNK: usize = 256 * 1024;
 /// Longest line read; a longer one is reported and the file waits.
 pub const MAX_LINE_BYTES: usize = 16 * 1024 * 1024;
@@ -104,12 +104,16 @@ fn relative(state_dir: &Path, path: &Path) -> String {
     path.strip_prefix(state_dir).unwrap_or(path).to_string_lossy().into_owned()
 }
 
-/// `ino:<inode>:<sha256 of the bytes before offset>`.
+/// `ino:<inode>:<sha256 of the file's first bytes and the bytes before
+/// offset>`.
 fn fingerprint(file: &File, inode: u64, offset: u64) -> std::io::Result<String> {
+    let mut head = vec![0; offset.min(FINGERPRINT_BYTES) as usize];
+    file.read_exact_at(&mut head, 0)?;
     let start = offset.saturating_sub(FINGERPRINT_BYTES);
     let mut tail = vec![0; (offset - start) as usize];
     file.read_exact_at(&mut tail, start)?;
-    Ok(format!("ino:{inode}:{}", hex::encode(&Sha256::digest(&tail)[..16])))
+    let digest = Sha256::new().chain_update(&head).chain_update(&tail).finalize();
+    Ok(format!("ino:{inode}:{}", hex::encode(&digest[..16])))
 }
 
 fn read_file(
