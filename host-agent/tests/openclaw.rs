@@ -11,11 +11,14 @@ use std::process::Command;
 use std::time::Duration;
 
 use clawplane_proto::v1::config_service_client::ConfigServiceClient;
+use clawplane_proto::v1::session_service_client::SessionServiceClient;
 use clawplane_proto::v1::tenant_service_client::TenantServiceClient;
+use clawplane_proto::v1::usage_service_client::UsageServiceClient;
 use clawplane_proto::v1::{
-    CreateTenantRequest, DeleteTenantRequest, GetConfigRequest, GetHostRequest, GetMyTenantRequest,
-    RestartTenantRequest, SetAgentProfileRequest, SetChannelRequest, SetModelRequest, SetToolsRequest,
-    StreamTenantLogsRequest, Tenant, TenantStatus,
+    CreateTenantRequest, DeleteTenantRequest, GetConfigRequest, GetHostRequest, GetMyTenantRequest, GetOverviewRequest,
+    GetUsageRequest, ListMessagesRequest, ListSessionsRequest, MessageRole, RestartTenantRequest,
+    SetAgentProfileRequest, SetChannelRequest, SetModelRequest, SetToolsRequest, StreamTenantLogsRequest, Tenant,
+    TenantStatus, UsagePeriod,
 };
 use common::cp::Cred;
 use common::*;
@@ -91,6 +94,99 @@ fn as_user(uid: u64, gid: u64, program: &str, args: &[&str]) -> std::process::Ou
         .args(args)
         .output()
         .unwrap()
+}
+
+async fn synced_turn_is_queryable(
+    cp: &ControlPlane,
+    owner: &Cred,
+    other: &Cred,
+    tenant: &Tenant,
+    port: u16,
+    token: &str,
+) {
+    let auth = format!("Bearer {token}");
+    let body = serde_json::json!({
+        "model": format!("openclaw/{}", tenant.slug),
+        "messages": [{"role": "user", "content": "hello from the sync test"}],
+    });
+    let sent = std::time::Instant::now();
+    let (status, answer) = http_post_json(port, "/v1/chat/completions", &[("Authorization", &auth)], &body).await;
+    assert_eq!(status, 200, "{answer}");
+    assert!(answer.contains("pong from the fake model"), "{answer}");
+    let answered = sent.elapsed();
+
+    let mut sessions = SessionServiceClient::new(cp.channel().await);
+    let found = std::sync::Arc::new(std::sync::Mutex::new(None));
+    eventually(Duration::from_secs(30), "the turn's messages in ListMessages", || {
+        let mut sessions = sessions.clone();
+        let (list, tenant_id) = (
+            owner.request(ListSessionsRequest { tenant_id: tenant.id.clone(), ..Default::default() }),
+            tenant.id.clone(),
+        );
+        let owner = owner.clone();
+        let found = found.clone();
+        async move {
+            let Ok(list) = sessions.list_sessions(list).await else { return false };
+            for session in list.into_inner().sessions {
+                let request = owner.request(ListMessagesRequest {
+                    tenant_id: tenant_id.clone(),
+                    session_id: session.id.clone(),
+                    ..Default::default()
+                });
+                let messages = sessions.list_messages(request).await.unwrap().into_inner().messages;
+                let has_reply = messages.iter().any(|m| m.role == MessageRole::Assistant as i32);
+                if messages.iter().any(|m| m.text.contains("hello from the sync test")) && has_reply {
+                    *found.lock().unwrap() = Some((session, messages));
+                    return true;
+                }
+            }
+            false
+        }
+    })
+    .await;
+    eprintln!("turn answered in {answered:?}; queryable {:?} after sending", sent.elapsed());
+    let (session, messages) = found.lock().unwrap().take().unwrap();
+    assert_eq!(session.agent_id, tenant.slug);
+    let user = messages.iter().find(|m| m.role == MessageRole::User as i32).unwrap();
+    assert_eq!(user.text, "hello from the sync test");
+    let assistant = messages.iter().find(|m| m.role == MessageRole::Assistant as i32).unwrap();
+    assert_eq!(assistant.text, "pong from the fake model");
+    assert_eq!((assistant.model.as_str(), assistant.provider.as_str()), ("fake-model", "local"));
+    let usage = assistant.usage.unwrap();
+    assert_eq!((usage.input_tokens, usage.output_tokens, usage.total_tokens), (42, 7, 49));
+    assert!(messages.windows(2).all(|w| w[0].seq < w[1].seq), "chronological");
+    assert_eq!(session.message_count, messages.len() as i64);
+
+    let mut usage = UsageServiceClient::new(cp.channel().await);
+    let day = usage
+        .get_usage(owner.request(GetUsageRequest {
+            tenant_id: tenant.id.clone(),
+            period: UsagePeriod::Day as i32,
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    let total = day.total.unwrap();
+    assert_eq!(total.messages, 2, "one user and one assistant message");
+    assert_eq!(total.tokens.unwrap().total_tokens, 49);
+    assert_eq!(day.points.len(), 30);
+    let overview = usage
+        .get_overview(owner.request(GetOverviewRequest { tenant_id: tenant.id.clone() }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((overview.today_messages, overview.active_sessions), (2, 1));
+    // Nobody else sees them.
+    let denied = sessions
+        .list_messages(other.request(ListMessagesRequest {
+            tenant_id: tenant.id.clone(),
+            session_id: session.id.clone(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), tonic::Code::NotFound);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -187,13 +283,14 @@ async fn tenants_run_isolated_on_real_openclaw() {
     // Config: model (with a secret) and profile, each one batch on the host.
     let mut config = ConfigServiceClient::new(cp.channel().await);
     let secret = "sk-alice-secret-0123456789";
+    let model_port = fake_model_server("pong from the fake model").await;
     let model = config
         .set_model(alice.request(SetModelRequest {
             tenant_id: a.id.clone(),
             provider: "local".into(),
             model: "fake-model".into(),
             api_key: Some(secret.into()),
-            base_url: Some("http://127.0.0.1:9/v1".into()),
+            base_url: Some(format!("http://127.0.0.1:{model_port}/v1")),
             expected_generation: None,
         }))
         .await
@@ -325,6 +422,10 @@ async fn tenants_run_isolated_on_real_openclaw() {
     assert!(!lines.is_empty(), "no log lines");
     assert!(lines.iter().any(|l| l.contains("gateway") || l.contains("listening")), "{lines:?}");
     assert!(!lines.iter().any(|l| l.contains(ra["gateway_token"].as_str().unwrap())), "token in logs");
+
+    // A real agent turn through the gateway lands in OpenClaw's SQLite; sync
+    // brings it to the control plane within seconds.
+    synced_turn_is_queryable(&cp, &alice, &bob, &a, a_port as u16, ra["gateway_token"].as_str().unwrap()).await;
 
     // The agent dies (kill -9) in the middle of provisioning a tenant: after
     // its restart the tenant still ends up running, and the others come back.

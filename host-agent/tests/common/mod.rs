@@ -286,3 +286,96 @@ impl Drop for Agent {
 pub fn text(output: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
 }
+
+/// A tiny OpenAI-compatible model server on 127.0.0.1 for real OpenClaw
+/// turns: every `POST /v1/chat/completions` answers `reply` with usage
+/// 42 prompt / 7 completion tokens, streamed as SSE when asked (OpenClaw
+/// always asks, with `include_usage`). Returns the port; the server lives
+/// as long as the test's runtime.
+pub async fn fake_model_server(reply: &'static str) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut socket, _)) = listener.accept().await else { return };
+            tokio::spawn(async move {
+                let mut request = Vec::new();
+                let mut buf = [0u8; 16 * 1024];
+                // Headers, then a body of content-length bytes.
+                let (head_end, length) = loop {
+                    let Ok(n) = socket.read(&mut buf).await else { return };
+                    if n == 0 {
+                        return;
+                    }
+                    request.extend_from_slice(&buf[..n]);
+                    if let Some(end) = request.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&request[..end]).to_ascii_lowercase();
+                        let length = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:").map(|v| v.trim().parse().unwrap_or(0)))
+                            .unwrap_or(0usize);
+                        break (end + 4, length);
+                    }
+                };
+                while request.len() < head_end + length {
+                    let Ok(n) = socket.read(&mut buf).await else { return };
+                    if n == 0 {
+                        break;
+                    }
+                    request.extend_from_slice(&buf[..n]);
+                }
+                let body: serde_json::Value = serde_json::from_slice(&request[head_end..]).unwrap_or_default();
+                let usage = serde_json::json!({"prompt_tokens": 42, "completion_tokens": 7, "total_tokens": 49});
+                let response = if body["stream"].as_bool() == Some(true) {
+                    let chunk = |delta: serde_json::Value, finish: serde_json::Value| {
+                        serde_json::json!({"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1,
+                            "model": "fake-model", "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+                    };
+                    let events = [
+                        chunk(serde_json::json!({"role": "assistant", "content": reply}), serde_json::Value::Null),
+                        chunk(serde_json::json!({}), "stop".into()),
+                        serde_json::json!({"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1,
+                            "model": "fake-model", "choices": [], "usage": usage}),
+                    ];
+                    let mut sse: String = events.iter().map(|e| format!("data: {e}\n\n")).collect();
+                    sse.push_str("data: [DONE]\n\n");
+                    format!("HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\nConnection: close\r\n\r\n{sse}")
+                } else {
+                    let json = serde_json::json!({"id": "chatcmpl-fake", "object": "chat.completion", "created": 1,
+                        "model": "fake-model", "usage": usage, "choices": [{"index": 0, "finish_reason": "stop",
+                        "message": {"role": "assistant", "content": reply}}]})
+                    .to_string();
+                    format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{json}", json.len())
+                };
+                let _ = socket.write_all(response.as_bytes()).await;
+                let _ = socket.shutdown().await;
+            });
+        }
+    });
+    port
+}
+
+/// A JSON POST over plain HTTP/1.1 to 127.0.0.1; returns status and body.
+pub async fn http_post_json(
+    port: u16,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &serde_json::Value,
+) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let body = body.to_string();
+    let extra: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{extra}Connection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.unwrap();
+    let text = String::from_utf8_lossy(&response).to_string();
+    let status = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (status, body)
+}
