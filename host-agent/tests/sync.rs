@@ -126,18 +126,23 @@ impl Rig {
         }
     }
 
-    /// Usage and session counters must equal what was written, exactly.
-    async fn assert_counters(&self, session_id: &str, messages: i64, tokens: i64) {
-        let alice = Cred::shared("alice");
+    /// The tenant's billed (messages, tokens) this month.
+    async fn billed(&self) -> (i64, i64) {
         let mut usage = UsageServiceClient::new(self.cp.channel().await);
         let request = GetUsageRequest {
             tenant_id: self.tenant.id.clone(),
             period: UsagePeriod::Month as i32,
             ..Default::default()
         };
-        let total = usage.get_usage(alice.request(request)).await.unwrap().into_inner().total.unwrap();
-        assert_eq!(total.messages, messages, "billed messages");
-        assert_eq!(total.tokens.unwrap().total_tokens, tokens, "billed tokens");
+        let total = usage.get_usage(Cred::shared("alice").request(request)).await.unwrap().into_inner().total.unwrap();
+        (total.messages, total.tokens.unwrap().total_tokens)
+    }
+
+    /// Usage and session counters must equal what was written, exactly
+    /// (`before`: what was billed before the session was written).
+    async fn assert_counters(&self, session_id: &str, messages: i64, tokens: i64, before: (i64, i64)) {
+        let alice = Cred::shared("alice");
+        assert_eq!(self.billed().await, (before.0 + messages, before.1 + tokens), "billed messages and tokens");
         let mut sessions = SessionServiceClient::new(self.cp.channel().await);
         let request = GetSessionRequest { tenant_id: self.tenant.id.clone(), session_id: session_id.into() };
         let session = sessions.get_session(alice.request(request)).await.unwrap().into_inner().session.unwrap();
@@ -243,6 +248,8 @@ async fn a_backlog_survives_kill9_of_agent_and_control_plane() {
     let db_path = install_agent_db(&rig.state_dir);
     // The fixture's own conversation: 6 messages, 98 tokens.
     rig.wait_stored(6, Duration::from_secs(30)).await;
+    let before = rig.billed().await;
+    assert_eq!(before.0, 6, "the fixture's user and assistant messages are billed");
 
     // 100,000 events pile up while the agent is down.
     const N: i64 = 100_000;
@@ -263,7 +270,7 @@ async fn a_backlog_survives_kill9_of_agent_and_control_plane() {
     eprintln!("stored before agent kill: {after_agent_kill}; before control plane kill: {after_cp_kill}");
     rig.wait_stored(6 + N as u64, Duration::from_secs(240)).await;
     let (messages, tokens) = expected(N);
-    rig.assert_counters(SESSION, messages, tokens).await;
+    rig.assert_counters(SESSION, messages, tokens, before).await;
 
     // The session's metadata came from session_windows.
     let mut sessions = SessionServiceClient::new(rig.cp.channel().await);
@@ -371,7 +378,7 @@ async fn a_burst_through_a_dropped_connection_arrives_once() {
     let n = BURSTS * PER_BURST;
     rig.wait_stored(n as u64, Duration::from_secs(120)).await;
     let (messages, tokens) = expected(n);
-    rig.assert_counters(SESSION, messages, tokens).await;
+    rig.assert_counters(SESSION, messages, tokens, (0, 0)).await;
     let mut sessions = SessionServiceClient::new(rig.cp.channel().await);
     let request =
         ListSessionsRequest { tenant_id: rig.tenant.id.clone(), channel: "discord".into(), ..Default::default() };
