@@ -1,0 +1,359 @@
+//! Sync, end to end: transcript events appended on the host (rows in a
+//! per-agent SQLite with OpenClaw's schema, and legacy JSONL lines) until
+//! they are queryable in the control plane's database. Prints, for
+//! PostgreSQL and SQLite: sustained throughput draining a backlog, and
+//! append-to-queryable latency p50/p99 at a steady 1,000 records/s.
+//!
+//!     cargo bench -p clawplane-host-agent --bench sync
+//!
+//! Env: BENCH_BACKLOG (default 100000), BENCH_RATE_SECS (default 10),
+//! CLAWPLANE_TEST_PG_URL (admin URL; a fresh database is created).
+//! Tenants run on the stand-in `openclaw` (tests/fixtures): OpenClaw itself
+//! plays no part in what is measured.
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use clawplane::config::{Config, ServeArgs};
+use clawplane::store::Store;
+use clawplane::Server;
+use clawplane_proto::v1::host_service_client::HostServiceClient;
+use clawplane_proto::v1::tenant_service_client::TenantServiceClient;
+use clawplane_proto::v1::{CreateJoinTokenRequest, CreateTenantRequest, GetMyTenantRequest, TenantStatus};
+use sea_orm::{ConnectionTrait, Database};
+use tonic::metadata::MetadataValue;
+use tonic::transport::Channel;
+
+const SHARED: &str = "bench-shared-secret-0123456789";
+
+fn env(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn request<T>(headers: &[(&'static str, String)], message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    for (name, value) in headers {
+        request.metadata_mut().insert(*name, MetadataValue::try_from(value.as_str()).unwrap());
+    }
+    request
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as i64
+}
+
+fn event_json(session: &str, i: i64) -> String {
+    let at = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
+    if i % 2 == 0 {
+        serde_json::json!({"type": "message", "id": format!("{session}-{i}"), "timestamp": at,
+            "message": {"role": "user", "content": format!("question {i} with some ordinary length to it")}})
+    } else {
+        serde_json::json!({"type": "message", "id": format!("{session}-{i}"), "timestamp": at,
+            "message": {"role": "assistant", "content": [{"type": "text", "text": format!("answer {i}, a few words long, like a short reply")}],
+                "provider": "local", "model": "fake-model", "stopReason": "stop",
+                "usage": {"input": 120, "output": 40, "cacheRead": 0, "cacheWrite": 0, "totalTokens": 160, "cost": {"total": 0.0001}}}})
+    }
+    .to_string()
+}
+
+/// Appends events the way OpenClaw does (SQLite rows or JSONL lines).
+enum Writer {
+    Sqlite(rusqlite::Connection, String),
+    Jsonl(std::fs::File, String),
+}
+
+impl Writer {
+    fn open(kind: &str, state_dir: &Path, session: &str) -> Writer {
+        match kind {
+            "sqlite" => {
+                let dir = state_dir.join("agents/main/agent");
+                std::fs::create_dir_all(&dir).unwrap();
+                let path = dir.join("openclaw-agent.sqlite");
+                if !path.exists() {
+                    let fixture =
+                        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/openclaw-agent-2026.9.6.sqlite");
+                    std::fs::copy(fixture, &path).unwrap();
+                }
+                let db = rusqlite::Connection::open(&path).unwrap();
+                db.busy_timeout(Duration::from_secs(10)).unwrap();
+                db.execute_batch("PRAGMA journal_mode=WAL").unwrap();
+                let now = now_ms();
+                let key = format!("agent:main:bench:{session}");
+                db.execute(
+                    "INSERT INTO session_nodes (session_key, current_session_id, entry_json, updated_at) VALUES (?1, ?2, '{}', ?3)",
+                    rusqlite::params![key, session, now],
+                )
+                .unwrap();
+                db.execute(
+                    "INSERT INTO session_windows (session_id, session_key, created_at, updated_at, channel) VALUES (?1, ?2, ?3, ?3, 'bench')",
+                    rusqlite::params![session, key, now],
+                )
+                .unwrap();
+                Writer::Sqlite(db, session.to_string())
+            }
+            _ => {
+                let dir = state_dir.join("agents/main/sessions");
+                std::fs::create_dir_all(&dir).unwrap();
+                let file = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(dir.join(format!("{session}.jsonl")))
+                    .unwrap();
+                Writer::Jsonl(file, session.to_string())
+            }
+        }
+    }
+
+    /// Appends events [from, to) in one write (one transaction).
+    fn append(&mut self, from: i64, to: i64) {
+        match self {
+            Writer::Sqlite(db, session) => {
+                let tx = db.transaction().unwrap();
+                {
+                    let mut insert = tx
+                        .prepare_cached("INSERT INTO transcript_events (session_id, seq, event_json, created_at, event_utf8_bytes) VALUES (?1, ?2, ?3, ?4, ?5)")
+                        .unwrap();
+                    let now = now_ms();
+                    for i in from..to {
+                        let json = event_json(session, i);
+                        insert.execute(rusqlite::params![&*session, i, json, now, json.len() as i64]).unwrap();
+                    }
+                }
+                tx.execute(
+                    "UPDATE session_windows SET updated_at = ?2, transcript_updated_at = ?2 WHERE session_id = ?1",
+                    rusqlite::params![&*session, now_ms()],
+                )
+                .unwrap();
+                tx.commit().unwrap();
+            }
+            Writer::Jsonl(file, session) => {
+                let mut text = String::new();
+                for i in from..to {
+                    text.push_str(&event_json(session, i));
+                    text.push('\n');
+                }
+                file.write_all(text.as_bytes()).unwrap();
+            }
+        }
+    }
+}
+
+struct Rig {
+    store: Store,
+    tenant_id: String,
+    state_dir: PathBuf,
+    agent: Child,
+    agent_cmd: Vec<String>,
+}
+
+impl Rig {
+    async fn stored(&self) -> i64 {
+        self.store.message_count(&self.tenant_id).await.unwrap() as i64
+    }
+
+    async fn wait_for(&self, target: i64, limit: Duration) -> Duration {
+        let started = Instant::now();
+        while self.stored().await < target {
+            assert!(started.elapsed() < limit, "only {} of {target} stored after {limit:?}", self.stored().await);
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        started.elapsed()
+    }
+
+    fn stop_agent(&mut self) {
+        let _ = self.agent.kill();
+        let _ = self.agent.wait();
+    }
+
+    fn start_agent(&mut self) {
+        self.agent = spawn(&self.agent_cmd);
+    }
+}
+
+fn spawn(cmd: &[String]) -> Child {
+    Command::new(&cmd[0])
+        .args(&cmd[1..])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+async fn setup(dir: &Path, database_url: String) -> Rig {
+    let mut args = ServeArgs {
+        data_dir: Some(dir.join("cp")),
+        api_listen: Some("127.0.0.1:0".into()),
+        agent_listen: Some("127.0.0.1:0".into()),
+        database_url: Some(database_url.clone()),
+        ..Default::default()
+    };
+    args.auth.shared_secret = Some(SHARED.into());
+    let server = Server::bind(Config::load(&args).unwrap()).await.unwrap();
+    let (api, agent_addr, pin) = (server.local_addr(), server.agent_addr(), server.ca_pin());
+    let admin_token = std::fs::read_to_string(dir.join("cp/admin-token")).unwrap();
+    tokio::spawn(server.run(std::future::pending()));
+    let channel = Channel::from_shared(format!("http://{api}")).unwrap().connect().await.unwrap();
+    let admin = [("authorization", format!("Bearer {}", admin_token.trim()))];
+    let user = [("x-shared-secret", SHARED.to_string()), ("x-user-id", "bench".to_string())];
+    let token = HostServiceClient::new(channel.clone())
+        .create_join_token(request(&admin, CreateJoinTokenRequest::default()))
+        .await
+        .unwrap()
+        .into_inner()
+        .token;
+    let agent_bin = env!("CARGO_BIN_EXE_clawplane-agent");
+    let state = dir.join("agent");
+    let joined = Command::new(agent_bin)
+        .args(["join", "--control-plane", &format!("https://{agent_addr}"), "--token", &token, "--ca-pin", &pin])
+        .arg("--state-dir")
+        .arg(&state)
+        .output()
+        .unwrap();
+    assert!(joined.status.success(), "{}", String::from_utf8_lossy(&joined.stderr));
+    let fake = dir.join("fake");
+    std::fs::create_dir_all(&fake).unwrap();
+    std::fs::copy(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fake-openclaw"), fake.join("openclaw"))
+        .unwrap();
+    std::fs::write(fake.join("fake-mode"), "ok").unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let agent_cmd: Vec<String> = vec![
+        agent_bin.into(),
+        "run".into(),
+        "--state-dir".into(),
+        state.display().to_string(),
+        "--openclaw-bin".into(),
+        fake.join("openclaw").display().to_string(),
+        "--tenants-dir".into(),
+        dir.join("tenants").display().to_string(),
+        "--no-tenant-users".into(),
+        "--gateway-base-port".into(),
+        port.to_string(),
+    ];
+    let agent = spawn(&agent_cmd);
+    let mut tenants = TenantServiceClient::new(channel);
+    tenants
+        .create_tenant(request(&user, CreateTenantRequest { plan: "pro".into(), ..Default::default() }))
+        .await
+        .unwrap();
+    let tenant = loop {
+        let t = tenants
+            .get_my_tenant(request(&user, GetMyTenantRequest::default()))
+            .await
+            .ok()
+            .and_then(|r| r.into_inner().tenant);
+        match t {
+            Some(t) if t.status == TenantStatus::Running as i32 => break t,
+            Some(t) if t.status == TenantStatus::Failed as i32 => panic!("{}", t.status_message),
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    };
+    let store = Store::connect(&database_url, 2).await.unwrap();
+    Rig {
+        store,
+        state_dir: dir.join("tenants").join(&tenant.slug).join("state"),
+        tenant_id: tenant.id,
+        agent,
+        agent_cmd,
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize].as_secs_f64() * 1e3
+}
+
+async fn run_backend(name: &str, database_url: String, dir: &Path) {
+    let mut rig = setup(dir, database_url).await;
+    let backlog = env("BENCH_BACKLOG", 100_000) as i64;
+    let rate_secs = env("BENCH_RATE_SECS", 10) as i64;
+    let mut expected = rig.stored().await;
+    for source in ["sqlite", "jsonl"] {
+        // Throughput: a backlog written while the agent is down, drained.
+        rig.stop_agent();
+        let mut writer = Writer::open(source, &rig.state_dir, &format!("backlog-{source}"));
+        for from in (0..backlog).step_by(10_000) {
+            writer.append(from, (from + 10_000).min(backlog));
+        }
+        drop(writer);
+        let started = Instant::now();
+        rig.start_agent();
+        expected += backlog;
+        rig.wait_for(expected, Duration::from_secs(600)).await;
+        let drained = started.elapsed();
+        println!(
+            "{name:<10} {source:<6} backlog of {backlog}: drained in {:.2} s = {:.0} records/s (agent start included)",
+            drained.as_secs_f64(),
+            backlog as f64 / drained.as_secs_f64()
+        );
+
+        // Latency at 1,000 records/s: 10 records every 10 ms.
+        let mut writer = Writer::open(source, &rig.state_dir, &format!("steady-{source}"));
+        let base = expected;
+        let total = 1_000 * rate_secs;
+        let appended_at = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Instant>::with_capacity(total as usize)));
+        let appended = appended_at.clone();
+        let producer = std::thread::spawn(move || {
+            let start = Instant::now();
+            for tick in 0..(total / 10) {
+                let due = start + Duration::from_millis(tick as u64 * 10);
+                if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                    std::thread::sleep(wait);
+                }
+                writer.append(tick * 10, tick * 10 + 10);
+                let now = Instant::now();
+                appended.lock().unwrap().extend(std::iter::repeat_n(now, 10));
+            }
+        });
+        let mut latencies = Vec::with_capacity(total as usize);
+        let mut seen = 0i64;
+        let limit = Instant::now() + Duration::from_secs(rate_secs as u64 + 120);
+        while seen < total {
+            assert!(Instant::now() < limit, "steady run stalled at {seen} of {total}");
+            let stored = rig.stored().await - base;
+            let now = Instant::now();
+            if stored > seen {
+                let appended = appended_at.lock().unwrap();
+                let upto = (stored as usize).min(appended.len());
+                for at in &appended[seen as usize..upto] {
+                    latencies.push(now.duration_since(*at));
+                }
+                seen = upto as i64;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        producer.join().unwrap();
+        expected += total;
+        latencies.sort();
+        println!(
+            "{name:<10} {source:<6} steady 1000 records/s for {rate_secs} s: append-to-queryable p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+            percentile(&latencies, 0.50),
+            percentile(&latencies, 0.99),
+            percentile(&latencies, 1.0)
+        );
+    }
+    rig.stop_agent();
+    rig.store.close().await;
+}
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let admin_url = std::env::var("CLAWPLANE_TEST_PG_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+        match Database::connect(admin_url.clone()).await {
+            Ok(admin) => {
+                let name = format!("clawplane_bench_{}", uuid::Uuid::new_v4().simple());
+                admin.execute_unprepared(&format!("CREATE DATABASE {name}")).await.unwrap();
+                let base = admin_url.rsplit_once('/').unwrap().0;
+                let dir = tempfile::tempdir().unwrap();
+                run_backend("postgres", format!("{base}/{name}"), dir.path()).await;
+                let _ = admin.execute_unprepared(&format!("DROP DATABASE {name} WITH (FORCE)")).await;
+            }
+            Err(err) => println!("postgres   skipped: {admin_url} unreachable ({err})"),
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("bench.db").display());
+        run_backend("sqlite", url, dir.path()).await;
+    });
+}
