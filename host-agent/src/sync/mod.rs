@@ -301,6 +301,7 @@ impl Syncer {
         let mut refresh = tokio::time::interval(TENANT_REFRESH_EVERY);
         let mut full_scan = tokio::time::interval(FULL_SCAN_EVERY);
         let mut batch_seq: u64 = 0;
+        let mut draining = false;
         loop {
             // Send while the window has room and something may be new.
             let woke = self.dirty.take();
@@ -311,7 +312,10 @@ impl Syncer {
                 recheck_at = Some(tokio::time::Instant::now() + RECHECK_AFTER);
             }
             pending.extend(woke);
-            while in_flight.len() < MAX_IN_FLIGHT {
+            // Several batches in flight only while draining a backlog (full
+            // batches); otherwise the next read waits for the ack, so what
+            // arrives meanwhile goes out as one batch, not many small ones.
+            while in_flight.len() < MAX_IN_FLIGHT && (in_flight.is_empty() || draining) {
                 let Some(tenant_id) = pending.iter().next().cloned() else { break };
                 let Some(tenant) = tenants.get(&tenant_id).cloned() else {
                     pending.remove(&tenant_id);
@@ -325,6 +329,7 @@ impl Syncer {
                 })
                 .await
                 .unwrap_or_default();
+                draining = reading.more;
                 if !reading.more {
                     pending.remove(&tenant_id);
                 }

@@ -281,4 +281,24 @@ mod tests {
         let err = read(&path, "t1", "main", &cursors, 1000).unwrap_err();
         assert!(err.to_string().contains("schema version 24"), "{err}");
     }
+
+    #[test]
+    fn reading_as_root_leaves_wal_files_owned_by_the_tenant() {
+        // A read-only open creates -wal/-shm when they are missing; files
+        // owned by root would lock the tenant's gateway out of its own
+        // database. SQLite hands them to the database file's owner.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: needs root");
+            return;
+        }
+        use std::os::unix::fs::MetadataExt;
+        let (dir, path) = fixture();
+        std::os::unix::fs::chown(&path, Some(65534), Some(65534)).unwrap();
+        let cursors = Cursors::load(dir.path()).unwrap();
+        read(&path, "t1", "main", &cursors, 10).unwrap();
+        for suffix in ["-wal", "-shm"] {
+            let meta = std::fs::metadata(format!("{}{suffix}", path.display())).unwrap();
+            assert_eq!((meta.uid(), meta.gid()), (65534, 65534), "{suffix}");
+        }
+    }
 }
