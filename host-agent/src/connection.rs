@@ -154,8 +154,8 @@ impl crate::sync::TenantSource for RuntimeTenants {
         self.0.sync_tenants()
     }
 
-    fn own_config_hash(&self, tenant_id: &str) -> Option<String> {
-        self.0.own_config_hash(tenant_id)
+    fn read_permit(&self, tenant_id: &str) -> Option<crate::sync::ReadPermit> {
+        self.0.sync_permit(tenant_id)
     }
 }
 
@@ -401,8 +401,48 @@ async fn stream_logs(
         return;
     };
     let tail = (request.tail_lines as usize).clamp(1, 10_000);
+    if runtime.kind() == RuntimeKind::Fleet && request.follow {
+        // Fleet cells: `openclaw fleet logs --follow` for as long as the
+        // caller listens; its lines go out in chunks as they come.
+        let mut follower = match runtime.cell_log_follow(&request.tenant_id, tail) {
+            Ok(follower) => follower,
+            Err(err) => {
+                let _ = out.send(chunk(Vec::new(), true, err.to_string())).await;
+                return;
+            }
+        };
+        let Some(stdout) = follower.child.stdout.take() else { return };
+        let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
+        let mut pending = Vec::new();
+        // Lines wait at most LOG_POLL after the first of a chunk arrived.
+        let mut flush_at = tokio::time::Instant::now();
+        loop {
+            tokio::select! {
+                _ = &mut stop => return,
+                line = lines.next_line() => match line {
+                    Ok(Some(line)) => {
+                        if pending.is_empty() {
+                            flush_at = tokio::time::Instant::now() + LOG_POLL;
+                        }
+                        pending.push(line);
+                        if pending.len() < LOG_CHUNK_LINES {
+                            continue;
+                        }
+                    }
+                    // The cell went away or the CLI ended: say so and stop.
+                    _ => {
+                        let _ = out.send(chunk(std::mem::take(&mut pending), true, String::new())).await;
+                        return;
+                    }
+                },
+                _ = tokio::time::sleep_until(flush_at), if !pending.is_empty() => {}
+            }
+            if out.send(chunk(std::mem::take(&mut pending), false, String::new())).await.is_err() {
+                return;
+            }
+        }
+    }
     if runtime.kind() == RuntimeKind::Fleet {
-        // Fleet cells: the tail only (a follow would hold a CLI process open).
         let (lines, error) = match runtime.cell_log_tail(&request.tenant_id, tail).await {
             Ok(lines) => (lines, String::new()),
             Err(err) => (Vec::new(), err.to_string()),

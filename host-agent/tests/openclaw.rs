@@ -316,7 +316,8 @@ async fn tenants_run_isolated_on_real_openclaw() {
     assert_eq!(profile.desired_generation, 2);
     assert_eq!(profile.applied_generation, 2, "applied on the host before the call returned");
     assert!(profile.last_apply_error.is_empty(), "{}", profile.last_apply_error);
-    let get = |path: &str| {
+    // `openclaw` run by hand on the host as the tenant's user.
+    let by_hand = |cli_args: &[&str]| {
         let root = a_root.clone();
         let env = [
             format!("HOME={}", root.join("home").display()),
@@ -328,11 +329,12 @@ async fn tenants_run_isolated_on_real_openclaw() {
         ];
         let mut args: Vec<String> = vec!["-i".into()];
         args.extend(env);
-        args.extend([openclaw.display().to_string(), "config".into(), "get".into(), path.into(), "--json".into()]);
+        args.push(openclaw.display().to_string());
+        args.extend(cli_args.iter().map(|a| a.to_string()));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let out = as_user(ra["uid"].as_u64().unwrap(), ra["gid"].as_u64().unwrap(), "env", &args);
-        String::from_utf8_lossy(&out.stdout).to_string()
+        as_user(ra["uid"].as_u64().unwrap(), ra["gid"].as_u64().unwrap(), "env", &args)
     };
+    let get = |path: &str| String::from_utf8_lossy(&by_hand(&["config", "get", path, "--json"]).stdout).to_string();
     assert!(get("agents.defaults.model.primary").contains("local/fake-model"));
     assert!(get(&format!("agents.entries.{}.identity.name", a.slug)).contains("Alice Claw"));
     let openclaw_json = std::fs::read_to_string(a_root.join("state/openclaw.json")).unwrap();
@@ -426,6 +428,26 @@ async fn tenants_run_isolated_on_real_openclaw() {
     // A real agent turn through the gateway lands in OpenClaw's SQLite; sync
     // brings it to the control plane within seconds.
     synced_turn_is_queryable(&cp, &alice, &bob, &a, a_port as u16, ra["gateway_token"].as_str().unwrap()).await;
+
+    // Clawplane's own applies are not reported as outside changes; a change
+    // made by hand on the host is, with secrets redacted.
+    let get_config = |config: &ConfigServiceClient<Channel>| {
+        let mut config = config.clone();
+        let request = alice.request(GetConfigRequest { tenant_id: a.id.clone() });
+        async move { config.get_config(request).await.unwrap().into_inner().config.unwrap() }
+    };
+    let current = get_config(&config).await;
+    assert!(current.observed_config_json.is_empty(), "own writes echoed: {}", current.observed_config_json);
+    let out = by_hand(&["config", "set", "gateway.http.endpoints.responses.enabled", "true"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    eventually(Duration::from_secs(30), "the outside change observed", || {
+        let observed = get_config(&config);
+        async move { observed.await.observed_config_json.contains("responses") }
+    })
+    .await;
+    let observed = get_config(&config).await;
+    assert!(observed.observed_at.is_some());
+    assert!(!observed.observed_config_json.contains(secret));
 
     // The agent dies (kill -9) in the middle of provisioning a tenant: after
     // its restart the tenant still ends up running, and the others come back.
@@ -538,6 +560,68 @@ async fn tenants_run_as_openclaw_fleet_cells() {
     let lines = log_lines(&mut client, &dora, &t.id, 5).await;
     assert!(!lines.is_empty() && lines.len() <= 5, "{lines:?}");
     assert!(!lines.iter().any(|l| l.contains(rec["gateway_token"].as_str().unwrap())), "fleet redacts the token");
+
+    // Follow: the tail, then lines as the cell writes them (a restart logs
+    // its shutdown), until the caller hangs up.
+    let request = StreamTenantLogsRequest { tenant_id: t.id.clone(), tail_lines: 2, follow: true };
+    let mut follow = client.stream_tenant_logs(dora.request(request)).await.unwrap().into_inner();
+    let first = follow.message().await.unwrap().unwrap();
+    assert!(!first.lines.is_empty());
+    client.restart_tenant(dora.request(RestartTenantRequest { tenant_id: t.id.clone() })).await.expect("restart");
+    let mut followed = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !followed.iter().any(|l: &String| l.contains("SIGTERM")) {
+        assert!(std::time::Instant::now() < deadline, "no new line followed: {followed:?}");
+        let message = tokio::time::timeout(Duration::from_secs(30), follow.message()).await.unwrap().unwrap().unwrap();
+        followed.extend(message.lines.into_iter().map(|l| l.text));
+    }
+    drop(follow);
+
+    // Config for a cell: one `openclaw config set` inside its container,
+    // secrets in a 0600 file in the cell's state, referenced, never inline.
+    let mut config = ConfigServiceClient::new(cp.channel().await);
+    let secret = "sk-dora-secret-9876543210";
+    let applied = config
+        .set_model(dora.request(SetModelRequest {
+            tenant_id: t.id.clone(),
+            provider: "local".into(),
+            model: "fake-model".into(),
+            api_key: Some(secret.into()),
+            base_url: Some("http://127.0.0.1:9/v1".into()),
+            expected_generation: None,
+        }))
+        .await
+        .expect("set model on a cell")
+        .into_inner()
+        .config
+        .unwrap();
+    assert_eq!(applied.applied_generation, applied.desired_generation, "{}", applied.last_apply_error);
+    let profile = config
+        .set_agent_profile(dora.request(SetAgentProfileRequest {
+            tenant_id: t.id.clone(),
+            name: Some("Dora".into()),
+            system_prompt: Some("You help Dora.".into()),
+            style: None,
+            expected_generation: None,
+        }))
+        .await
+        .expect("set profile on a cell")
+        .into_inner()
+        .config
+        .unwrap();
+    assert_eq!(profile.applied_generation, profile.desired_generation, "{}", profile.last_apply_error);
+    let calls = std::fs::read_to_string(docker_state.join("calls.jsonl")).unwrap();
+    let execs: Vec<&str> = calls.lines().filter(|l| l.starts_with("[\"exec\"")).collect();
+    assert!(!execs.is_empty(), "{calls}");
+    assert!(execs.iter().all(|l| l.contains(&format!("openclaw-cell-{}", t.slug)) && l.contains("--batch-json")));
+    assert!(execs.iter().any(|l| l.contains("agents.entries.main.identity")), "the cell's agent is OpenClaw's main");
+    assert!(!calls.contains(secret), "a secret on a command line");
+    let cell = agent.state_dir.join("fleet/state/fleet/cells").join(&t.slug);
+    let secrets_file = cell.join("clawplane-secrets.json");
+    assert!(std::fs::read_to_string(&secrets_file).unwrap().contains(secret));
+    assert_eq!(std::fs::metadata(&secrets_file).unwrap().permissions().mode() & 0o777, 0o600);
+    assert!(std::fs::read_to_string(cell.join("workspace/SOUL.md")).unwrap().contains("You help Dora."));
+    assert!(!agent.log().contains(secret) && !cp.log().contains(secret));
 
     client.delete_tenant(dora.request(DeleteTenantRequest { tenant_id: t.id.clone() })).await.unwrap();
     let archives = agent.state_dir.join("archives");

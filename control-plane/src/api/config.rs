@@ -164,6 +164,13 @@ impl ConfigApi {
             config.last_apply_error = state.last_apply_error.unwrap_or_default();
             config.applied_at = None;
             updated = updated.max(Some(state.updated_at));
+            if let Some(observed) = &state.observed {
+                config.observed_config_json = observed["config"].to_string();
+                config.observed_at = observed["observed_at"]
+                    .as_str()
+                    .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                    .map(|t| timestamp(t.with_timezone(&chrono::Utc)));
+            }
         }
         config.updated_at = updated.map(timestamp);
         Ok(config)
@@ -263,7 +270,10 @@ pub async fn push_config(
     if desired.model.as_ref().is_some_and(|(m, _)| m.provider.is_empty()) {
         desired.model = None;
     }
-    let apply = openclaw_config::build(&tenant.tenant.slug, &desired);
+    // The persona and tools go to the gateway's first agent: the slug's own
+    // agent, a team's first, or OpenClaw's default agent of a fleet cell.
+    let agent_id = tenant.agent_ids().into_iter().next().unwrap_or_else(|| tenant.tenant.slug.clone());
+    let apply = openclaw_config::build(&agent_id, &desired);
     let payload = command::Payload::ApplyConfig(ApplyConfigCommand {
         tenant_id: tenant.tenant.id.clone(),
         generation: state.desired_generation,

@@ -154,6 +154,13 @@ impl Fleet {
                 self.store.set_tenant_status(tenant_id, &row.host_id, status, &message).await?;
                 // A fresh gateway gets the tenant's config right away.
                 if succeeded {
+                    if let Some(command_result::Payload::ProvisionTenant(p)) = &result.payload {
+                        let reported = &p.agent_ids;
+                        let known = self.store.live_tenant(tenant_id).await?.map(|t| t.agent_ids());
+                        if !reported.is_empty() && known.as_ref() != Some(reported) {
+                            self.store.set_tenant_agents(tenant_id, reported).await?;
+                        }
+                    }
                     if let Some(tenant) = self.store.live_tenant(tenant_id).await? {
                         crate::api::push_config(self, &self.store, &self.secrets, &tenant).await?;
                     }

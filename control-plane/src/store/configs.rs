@@ -118,7 +118,7 @@ impl Store {
         })
         .on_conflict(
             OnConflict::column(tenant_config_state::Column::TenantId)
-                .update_columns([tenant_config_state::Column::Observed, tenant_config_state::Column::UpdatedAt])
+                .update_column(tenant_config_state::Column::Observed)
                 .to_owned(),
         )
         .exec(&self.db)

@@ -1,6 +1,6 @@
 //! Tenants, their owners (users, teams), subscriptions and audit entries.
 use chrono::{DateTime, Months, Utc};
-use sea_orm::sea_query::OnConflict;
+use sea_orm::sea_query::{Expr, OnConflict};
 use sea_orm::{ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, TransactionTrait};
 use serde_json::json;
 use uuid::Uuid;
@@ -486,6 +486,17 @@ impl Store {
             .filter(tenant::Column::Id.eq(tenant_id))
             .filter(tenant::Column::HostId.eq(host_id))
             .filter(tenant::Column::DeletedAt.is_null())
+            .exec(&self.db)
+            .await?;
+        self.forget_tenant(tenant_id).await
+    }
+
+    /// Records the OpenClaw agents the host reports in the tenant's gateway
+    /// (a fleet cell has OpenClaw's default agent, not the requested ones).
+    pub async fn set_tenant_agents(&self, tenant_id: &str, agent_ids: &[String]) -> StoreResult<()> {
+        tenant::Entity::update_many()
+            .col_expr(tenant::Column::AgentIds, Expr::value(serde_json::json!(agent_ids)))
+            .filter(tenant::Column::Id.eq(tenant_id))
             .exec(&self.db)
             .await?;
         self.forget_tenant(tenant_id).await

@@ -109,27 +109,75 @@ impl OpenClawCli {
 
     /// Runs `openclaw <args>` to completion or kills it at `timeout`.
     pub async fn run(&self, env: &TenantEnv, args: &[&str], timeout: Duration) -> Result<CliOutput, CliError> {
-        let started = Instant::now();
+        let command = self.command(env, args);
+        run_to_end(command, &self.bin.display().to_string(), args, timeout).await
+    }
+
+    /// Runs `openclaw <args>` inside a fleet cell's container
+    /// (`<engine> exec <container> openclaw <args>`), where paths are the
+    /// container's. Runs as the agent, with its environment (the engine's
+    /// socket settings), like `openclaw fleet` itself.
+    pub async fn run_in_container(
+        &self,
+        engine: &str,
+        container: &str,
+        args: &[&str],
+        timeout: Duration,
+    ) -> Result<CliOutput, CliError> {
+        let mut command = Command::new(engine);
+        command
+            .args(["exec", container, "openclaw"])
+            .args(args)
+            .stdin(Stdio::null())
+            .process_group(0)
+            .kill_on_drop(true);
+        run_to_end(command, engine, args, timeout).await
+    }
+
+    /// Starts a long-running `openclaw <args>` (e.g. a log follow) with its
+    /// stdout piped; dropping the handle kills its whole process group.
+    pub fn spawn_streaming(&self, env: &TenantEnv, args: &[&str]) -> Result<StreamingChild, CliError> {
         let mut command = self.command(env, args);
-        command.stdout(Stdio::piped()).stderr(Stdio::piped());
+        command.stdout(Stdio::piped()).stderr(Stdio::null());
         let child =
             command.spawn().map_err(|source| CliError::Spawn { bin: self.bin.display().to_string(), source })?;
-        let pid = child.id();
-        match tokio::time::timeout(timeout, child.wait_with_output()).await {
-            Ok(Ok(output)) => Ok(CliOutput {
-                success: output.status.success(),
-                exit_code: output.status.code(),
-                stdout: bounded(&output.stdout),
-                stderr: bounded(&output.stderr),
-                elapsed: started.elapsed(),
-            }),
-            Ok(Err(source)) => Err(CliError::Spawn { bin: self.bin.display().to_string(), source }),
-            Err(_) => {
-                if let Some(pid) = pid {
-                    kill_group(pid, libc::SIGKILL);
-                }
-                Err(CliError::Timeout { command: args.first().copied().unwrap_or_default().to_string(), timeout })
+        Ok(StreamingChild { pid: child.id(), child })
+    }
+}
+
+/// A running CLI process whose output is read as it comes.
+pub struct StreamingChild {
+    pid: Option<u32>,
+    pub child: tokio::process::Child,
+}
+
+impl Drop for StreamingChild {
+    fn drop(&mut self) {
+        if let Some(pid) = self.pid {
+            kill_group(pid, libc::SIGKILL);
+        }
+    }
+}
+
+async fn run_to_end(mut command: Command, bin: &str, args: &[&str], timeout: Duration) -> Result<CliOutput, CliError> {
+    let started = Instant::now();
+    command.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let child = command.spawn().map_err(|source| CliError::Spawn { bin: bin.to_string(), source })?;
+    let pid = child.id();
+    match tokio::time::timeout(timeout, child.wait_with_output()).await {
+        Ok(Ok(output)) => Ok(CliOutput {
+            success: output.status.success(),
+            exit_code: output.status.code(),
+            stdout: bounded(&output.stdout),
+            stderr: bounded(&output.stderr),
+            elapsed: started.elapsed(),
+        }),
+        Ok(Err(source)) => Err(CliError::Spawn { bin: bin.to_string(), source }),
+        Err(_) => {
+            if let Some(pid) = pid {
+                kill_group(pid, libc::SIGKILL);
             }
+            Err(CliError::Timeout { command: args.first().copied().unwrap_or_default().to_string(), timeout })
         }
     }
 }

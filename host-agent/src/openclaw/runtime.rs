@@ -26,7 +26,7 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{watch, Notify};
 
-use super::cli::{kill_group, CliOutput, OpenClawCli, TenantEnv};
+use super::cli::{kill_group, CliOutput, OpenClawCli, StreamingChild, TenantEnv};
 use super::{valid_config_path, valid_secret_pointer, valid_slug};
 
 /// How tenants run on this host.
@@ -59,6 +59,15 @@ pub struct RuntimeConfig {
     /// How long archives of deleted tenants are kept.
     pub archive_retention: Duration,
 }
+
+/// Container of a tenant's fleet cell, as `openclaw fleet` names it.
+const CELL_CONTAINER_PREFIX: &str = "openclaw-cell-";
+/// The engine `openclaw fleet` drives by default (found on PATH).
+const CONTAINER_ENGINE: &str = "docker";
+/// Where a cell's state is mounted inside its container.
+const CELL_HOME: &str = "/home/node/.openclaw";
+/// Tenant secrets inside a cell's state, referenced by SecretRefs.
+const CELL_SECRETS_FILE: &str = "clawplane-secrets.json";
 
 /// The agent's record of one tenant.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -218,12 +227,12 @@ impl ProcessRuntime {
             .collect()
     }
 
-    /// The hash of the agent's own last config write; `None` while a
-    /// command holds the tenant (a write may be under way).
-    pub fn own_config_hash(&self, tenant_id: &str) -> Option<String> {
-        let lock = self.lock(tenant_id);
-        let _guard = lock.try_lock().ok()?;
-        Some(self.record(tenant_id)?.config_hash.unwrap_or_default())
+    /// Holds the tenant for a sync read, unless a command holds it (a
+    /// config write, or a delete removing the tree, may be under way).
+    pub fn sync_permit(&self, tenant_id: &str) -> Option<crate::sync::ReadPermit> {
+        let guard = self.lock(tenant_id).try_lock_owned().ok()?;
+        let own_config_hash = self.record(tenant_id)?.config_hash.unwrap_or_default();
+        Some(crate::sync::ReadPermit { own_config_hash, _hold: Box::new(guard) })
     }
 
     pub fn tenant_root(&self, slug: &str) -> PathBuf {
@@ -366,8 +375,19 @@ impl ProcessRuntime {
         }
     }
 
+    /// `openclaw <args>` for a tenant: as its user on its state, or inside
+    /// its container for a fleet cell.
     async fn openclaw(&self, record: &TenantRecord, args: &[&str]) -> RuntimeResult<CliOutput> {
-        let output = self.config.openclaw.run(&self.env(record), args, self.config.cli_timeout).await?;
+        let output = match self.config.kind {
+            RuntimeKind::Fleet => {
+                let container = format!("{CELL_CONTAINER_PREFIX}{}", record.slug);
+                self.config
+                    .openclaw
+                    .run_in_container(CONTAINER_ENGINE, &container, args, self.config.cli_timeout)
+                    .await?
+            }
+            RuntimeKind::Process => self.config.openclaw.run(&self.env(record), args, self.config.cli_timeout).await?,
+        };
         tracing::debug!(tenant = %record.tenant_id, command = %args[..args.len().min(2)].join(" "), elapsed_ms = output.elapsed.as_millis() as u64, ok = output.success, "openclaw call");
         Ok(output)
     }
@@ -494,6 +514,21 @@ impl ProcessRuntime {
     /// The secrets file: the gateway token and every tenant secret, 0600,
     /// owned by the tenant; OpenClaw reads it through SecretRefs.
     fn write_secrets(&self, record: &TenantRecord) -> anyhow::Result<()> {
+        if self.config.kind == RuntimeKind::Fleet {
+            // Inside the cell's state (the container's bind mount), owned
+            // like the rest of it; fleet keeps the gateway token itself.
+            let cell = self.cell_dir(&record.slug);
+            if !cell.is_dir() {
+                anyhow::bail!("the cell's state {} is missing; is the cell provisioned?", cell.display());
+            }
+            let mut document = json!({});
+            for (pointer, value) in &record.secrets {
+                set_pointer(&mut document, pointer, Value::String(value.clone()));
+            }
+            let path = cell.join(CELL_SECRETS_FILE);
+            write_private(&path, serde_json::to_vec_pretty(&document)?.as_slice())?;
+            return chown_like(&path, &cell);
+        }
         let mut document = json!({"gateway": {"token": record.gateway_token}});
         for (pointer, value) in &record.secrets {
             set_pointer(&mut document, pointer, Value::String(value.clone()));
@@ -502,6 +537,20 @@ impl ProcessRuntime {
         write_private(&path, serde_json::to_vec_pretty(&document)?.as_slice())?;
         chown(&path, record)?;
         Ok(())
+    }
+
+    /// A fleet cell's state on the host (bind-mounted at [`CELL_HOME`]).
+    fn cell_dir(&self, slug: &str) -> PathBuf {
+        self.config.state_dir.join("fleet").join("state").join("fleet").join("cells").join(slug)
+    }
+
+    /// Where an agent's workspace files go.
+    fn workspace_dir(&self, record: &TenantRecord, agent_id: &str) -> PathBuf {
+        match self.config.kind {
+            // A cell has OpenClaw's default agent, with the default workspace.
+            RuntimeKind::Fleet => self.cell_dir(&record.slug).join("workspace"),
+            RuntimeKind::Process => self.tenant_root(&record.slug).join("state").join("workspaces").join(agent_id),
+        }
     }
 
     /// Runs a CLI call, again when OpenClaw reports a transient conflict
@@ -522,6 +571,13 @@ impl ProcessRuntime {
 
     /// One `openclaw config set --batch-json` call for all the operations.
     async fn config_set(&self, record: &TenantRecord, ops: &Value) -> RuntimeResult<()> {
+        let mut ops = ops.clone();
+        if let (RuntimeKind::Fleet, Value::Array(list)) = (self.config.kind, &mut ops) {
+            // The secrets file as the container sees it.
+            let provider =
+                json!({"source": "file", "path": format!("{CELL_HOME}/{CELL_SECRETS_FILE}"), "mode": "json"});
+            list.insert(0, json!({"path": "secrets.providers.clawplane", "value": provider}));
+        }
         let batch = ops.to_string();
         let output = self.openclaw_retrying(record, &["config", "set", "--batch-json", &batch]).await?;
         if !output.success {
@@ -608,15 +664,32 @@ impl ProcessRuntime {
             return Err(err);
         }
         for (agent_id, name, content) in files {
-            let path = self.tenant_root(&record.slug).join("state").join("workspaces").join(agent_id).join(name);
+            let dir = self.workspace_dir(&record, agent_id);
+            let path = dir.join(name);
+            create_private_dir(&dir)?;
             write_private(&path, content.as_bytes())?;
-            chown(&path, &record)?;
+            match self.config.kind {
+                RuntimeKind::Fleet => {
+                    let cell = self.cell_dir(&record.slug);
+                    chown_like(&dir, &cell)?;
+                    chown_like(&path, &cell)?;
+                }
+                RuntimeKind::Process => chown(&path, &record)?,
+            }
         }
         record.applied_generation = generation;
-        record.config_hash = crate::sync::config::current_hash(&self.env(&record).state_dir);
+        if self.config.kind == RuntimeKind::Process {
+            record.config_hash = crate::sync::config::current_hash(&self.env(&record).state_dir);
+        }
         self.save_record(&record)?;
         if restart {
-            self.restart_locked(&record).await?;
+            match self.config.kind {
+                RuntimeKind::Fleet => {
+                    self.fleet_ok(&record, &["fleet", "restart", &record.slug]).await?;
+                    self.wait_ready(&record).await?;
+                }
+                RuntimeKind::Process => self.restart_locked(&record).await?,
+            }
         }
         Ok(generation)
     }
@@ -855,6 +928,17 @@ impl ProcessRuntime {
         Ok(output.stdout.lines().map(String::from).collect())
     }
 
+    /// Follows a fleet cell's log: `openclaw fleet logs --follow`, killed
+    /// when the handle is dropped.
+    pub fn cell_log_follow(&self, tenant_id: &str, tail: usize) -> RuntimeResult<StreamingChild> {
+        let record = self
+            .record(tenant_id)
+            .ok_or_else(|| RuntimeError::Invalid(format!("tenant {tenant_id} is not on this host")))?;
+        let env = self.fleet_env(record.port)?;
+        let tail = tail.to_string();
+        Ok(self.config.openclaw.spawn_streaming(&env, &["fleet", "logs", &record.slug, "--tail", &tail, "--follow"])?)
+    }
+
     pub fn log_tail(&self, tenant_id: &str, tail: usize) -> RuntimeResult<(Vec<String>, u64, PathBuf)> {
         let record = self
             .record(tenant_id)
@@ -1049,6 +1133,15 @@ fn chown(path: &Path, record: &TenantRecord) -> anyhow::Result<()> {
         std::os::unix::fs::chown(path, Some(uid), Some(gid)).with_context(|| format!("chown {}", path.display()))?;
     }
     Ok(())
+}
+
+/// Gives `path` the owner of `like` (a cell's files belong to the
+/// container's user, whatever uid that is).
+fn chown_like(path: &Path, like: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let owner = std::fs::metadata(like).with_context(|| format!("stat {}", like.display()))?;
+    std::os::unix::fs::chown(path, Some(owner.uid()), Some(owner.gid()))
+        .with_context(|| format!("chown {}", path.display()))
 }
 
 fn set_pointer(document: &mut Value, pointer: &str, value: Value) {

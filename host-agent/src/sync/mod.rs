@@ -43,6 +43,8 @@ const RECHECK_AFTER: Duration = Duration::from_millis(50);
 /// (e.g. an inotify queue overflow).
 const FULL_SCAN_EVERY: Duration = Duration::from_secs(10);
 const TENANT_REFRESH_EVERY: Duration = Duration::from_secs(2);
+/// How soon a tenant held by a command is looked at again.
+const BUSY_RETRY: Duration = Duration::from_millis(250);
 
 /// A tenant whose OpenClaw state this host syncs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,9 +58,16 @@ pub struct SyncTenant {
 /// are the agent's own.
 pub trait TenantSource: Send + Sync + 'static {
     fn tenants(&self) -> Vec<SyncTenant>;
-    /// The content hash of the agent's own last write of the tenant's
-    /// openclaw.json; `None` while the agent is writing it right now.
-    fn own_config_hash(&self, tenant_id: &str) -> Option<String>;
+    /// Permission to read a tenant now; `None` while a command holds it
+    /// (provisioning, a config write, a delete removing the tree).
+    fn read_permit(&self, tenant_id: &str) -> Option<ReadPermit>;
+}
+
+/// Held while a tenant's state is read.
+pub struct ReadPermit {
+    /// The content hash of the agent's own last write of openclaw.json.
+    pub own_config_hash: String,
+    pub _hold: Box<dyn Send>,
 }
 
 /// What one read produced: records to send and the positions they reach.
@@ -107,14 +116,12 @@ fn agent_ids(state_dir: &Path) -> Vec<String> {
 }
 
 /// Reads everything new of one tenant, up to `budget` records.
-fn read_tenant(tenant: &SyncTenant, own_hash: Option<&str>, cursors: &Cursors, budget: usize) -> Reading {
+fn read_tenant(tenant: &SyncTenant, own_hash: &str, cursors: &Cursors, budget: usize) -> Reading {
     let mut reading = Reading::default();
-    if let Some(own) = own_hash {
-        match config::observe(&tenant.state_dir, &tenant.tenant_id, own, cursors) {
-            Ok(Some(observed)) => reading.extend(observed),
-            Ok(None) => {}
-            Err(err) => tracing::warn!(tenant = %tenant.tenant_id, error = %err, "cannot read openclaw.json"),
-        }
+    match config::observe(&tenant.state_dir, &tenant.tenant_id, own_hash, cursors) {
+        Ok(Some(observed)) => reading.extend(observed),
+        Ok(None) => {}
+        Err(err) => tracing::warn!(tenant = %tenant.tenant_id, error = %err, "cannot read openclaw.json"),
     }
     for agent_id in agent_ids(&tenant.state_dir) {
         let room = budget.saturating_sub(reading.records.len());
@@ -321,11 +328,19 @@ impl Syncer {
                     pending.remove(&tenant_id);
                     continue;
                 };
-                let own_hash = self.source.own_config_hash(&tenant_id);
+                let Some(permit) = self.source.read_permit(&tenant_id) else {
+                    // Busy: look again shortly, without spinning.
+                    pending.remove(&tenant_id);
+                    rechecks.insert(tenant_id);
+                    recheck_at.get_or_insert(tokio::time::Instant::now() + BUSY_RETRY);
+                    continue;
+                };
                 let cursors = self.cursors.clone();
                 let reading = tokio::task::spawn_blocking(move || {
                     let cursors = cursors.lock().unwrap();
-                    read_tenant(&tenant, own_hash.as_deref(), &cursors, BATCH_RECORDS)
+                    let reading = read_tenant(&tenant, &permit.own_config_hash, &cursors, BATCH_RECORDS);
+                    drop(permit);
+                    reading
                 })
                 .await
                 .unwrap_or_default();
