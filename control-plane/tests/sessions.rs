@@ -103,8 +103,9 @@ async fn synced_conversations_through_the_api() {
         assert_eq!(store.ingest(vec![IngestItem::Message(moved)]).await.unwrap().inserted, 0, "{}", db.backend);
 
         let mut sessions = SessionServiceClient::new(channel.clone());
+        let lister = sessions.clone();
         let list = |request: ListSessionsRequest| {
-            let mut sessions = sessions.clone();
+            let mut sessions = lister.clone();
             let request = alice.request(request);
             async move { sessions.list_sessions(request).await.map(|r| r.into_inner()) }
         };

@@ -146,6 +146,8 @@ impl Store {
                     merge_update(&mut delta.update, update);
                 }
                 IngestItem::Message(message) => {
+                    // The session must exist; its activity moves only by the
+                    // messages actually inserted (below).
                     let delta = deltas.entry((message.tenant_id.clone(), message.session_id.clone())).or_default();
                     merge_update(
                         &mut delta.update,
@@ -154,10 +156,6 @@ impl Store {
                             session_id: message.session_id.clone(),
                             agent_id: message.agent_id.clone(),
                             session_key: message.session_key.clone(),
-                            model: message.model.clone(),
-                            provider: message.provider.clone(),
-                            started_at: Some(message.created_at),
-                            last_activity_at: Some(message.created_at),
                             ..Default::default()
                         },
                     );
@@ -205,6 +203,16 @@ impl Store {
                 if is_new {
                     delta.messages += 1;
                     delta.tokens.add(&message.tokens);
+                    merge_update(
+                        &mut delta.update,
+                        SessionUpdate {
+                            model: message.model.clone(),
+                            provider: message.provider.clone(),
+                            started_at: Some(message.created_at),
+                            last_activity_at: Some(message.created_at),
+                            ..Default::default()
+                        },
+                    );
                     let date = day(message.created_at);
                     let stat = stats.entry((key.0.clone(), date, channel.clone())).or_default();
                     if previous.as_ref().is_none_or(|(_, at)| day(*at) < date) {
