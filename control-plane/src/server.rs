@@ -11,6 +11,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clawplane_proto::v1::config_service_server::ConfigServiceServer;
 use clawplane_proto::v1::host_service_server::HostServiceServer;
+use clawplane_proto::v1::route_service_server::RouteServiceServer;
 use clawplane_proto::v1::session_service_server::SessionServiceServer;
 use clawplane_proto::v1::tenant_service_server::TenantServiceServer;
 use clawplane_proto::v1::usage_service_server::UsageServiceServer;
@@ -20,7 +21,7 @@ use tokio::sync::{watch, Semaphore};
 use tonic::transport::server::{Connected, TcpConnectInfo};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
-use crate::api::{ConfigApi, HostApi, SessionApi, TenantApi, UsageApi};
+use crate::api::{ConfigApi, HostApi, RouteApi, SessionApi, TenantApi, UsageApi};
 use crate::auth::{AuthLayer, Authenticator};
 use crate::config::{Config, CorsOrigins};
 use crate::fleet::{serve_agents, Fleet, FleetConfig};
@@ -152,6 +153,11 @@ impl Server {
             )))
             .add_service(UsageServiceServer::new(UsageApi::new(store.clone())))
             .add_service(SessionServiceServer::new(SessionApi::new(store.clone())))
+            .add_service(RouteServiceServer::new(RouteApi::new(
+                store.clone(),
+                config.base_domain.clone(),
+                stop_rx.clone(),
+            )))
             .add_service(HostServiceServer::new(HostApi::new(store.clone(), fleet.clone())))
             .add_service(ConfigServiceServer::new(ConfigApi::new(store.clone(), fleet.clone())))
             .serve_with_incoming_shutdown(incoming, async move {

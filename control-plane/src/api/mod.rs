@@ -5,6 +5,7 @@
 mod config;
 mod error;
 mod hosts;
+mod routes;
 mod sessions;
 pub mod slug;
 mod tenants;
@@ -17,6 +18,7 @@ use chrono::{DateTime, Utc};
 pub use config::{push_config, ConfigApi};
 pub use error::{ApiError, ApiResult};
 pub use hosts::HostApi;
+pub use routes::{slug_of, RouteApi};
 pub use sessions::SessionApi;
 pub use tenants::TenantApi;
 pub use usage::UsageApi;

@@ -150,6 +150,11 @@ impl Store {
         Ok(newest.map(|c| c.not_after))
     }
 
+    /// Every host not removed (for the route table).
+    pub async fn all_hosts(&self) -> StoreResult<Vec<host::Model>> {
+        Ok(host::Entity::find().filter(host::Column::Status.ne(HOST_REMOVED)).all(&self.db).await?)
+    }
+
     pub async fn host(&self, id: &str) -> StoreResult<Option<host::Model>> {
         Ok(host::Entity::find_by_id(id).one(&self.db).await?)
     }

@@ -434,6 +434,16 @@ impl Store {
         Ok(rows.into_iter().map(record).collect())
     }
 
+    /// Every live tenant (for the route table).
+    pub async fn live_tenants(&self) -> StoreResult<Vec<TenantRecord>> {
+        let rows = tenant::Entity::find()
+            .find_also_related(plan::Entity)
+            .filter(tenant::Column::DeletedAt.is_null())
+            .all(&self.db)
+            .await?;
+        Ok(rows.into_iter().map(record).collect())
+    }
+
     /// Any tenant by id, deleted or not.
     pub async fn tenant_by_id(&self, tenant_id: &str) -> StoreResult<Option<TenantRecord>> {
         let row = tenant::Entity::find_by_id(tenant_id).find_also_related(plan::Entity).one(&self.db).await?;

@@ -1,0 +1,257 @@
+//! RouteService: where `https://<slug>.<base domain>` leads, for the gateway
+//! bridge's in-memory table (WatchRoutes) and nginx's auth_request lookups
+//! (ResolveRoute). The database is the source of truth, so every replica
+//! answers the same: a shared task reads the table a few times a second and
+//! every watcher streams the difference from what it sent last.
+use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use chrono::Utc;
+use clawplane_proto::v1::route_service_server::RouteService;
+use clawplane_proto::v1::{
+    watch_routes_response, HostInventory, ResolveRouteRequest, ResolveRouteResponse, Route, RouteChange,
+    RouteChangeType, RouteSnapshot, RouteStatus, WatchRoutesRequest, WatchRoutesResponse,
+};
+use futures::Stream;
+use prost::Message;
+use tokio::sync::watch;
+use tonic::{Request, Response, Status};
+
+use super::{admin, ApiError, ApiResult};
+use crate::store::entities::host;
+use crate::store::{Owner, Store, TenantRecord, TenantStatus, HOST_ACTIVE, HOST_DRAINING};
+
+/// How often the shared table is re-read (route changes show up within it).
+pub const ROUTE_REFRESH: Duration = Duration::from_millis(250);
+
+/// A route without its hostname (that depends on the caller's domain).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct RouteEntry {
+    tenant_id: String,
+    slug: String,
+    host_id: String,
+    agent_endpoint: String,
+    status: RouteStatus,
+    owner_user_id: String,
+    owner_team_id: String,
+}
+
+impl RouteEntry {
+    fn to_route(&self, base_domain: &str) -> Route {
+        Route {
+            hostname: format!("{}.{base_domain}", self.slug),
+            tenant_id: self.tenant_id.clone(),
+            slug: self.slug.clone(),
+            host_id: self.host_id.clone(),
+            agent_endpoint: self.agent_endpoint.clone(),
+            status: self.status as i32,
+            owner_user_id: self.owner_user_id.clone(),
+            owner_team_id: self.owner_team_id.clone(),
+        }
+    }
+}
+
+/// The table by slug, with a revision bumped on every change.
+#[derive(Debug, Default, Clone)]
+struct Table {
+    revision: i64,
+    routes: BTreeMap<String, RouteEntry>,
+}
+
+/// The proxy endpoint a host's agent reported in its hello.
+fn proxy_endpoint(host: &host::Model) -> String {
+    host.inventory
+        .as_ref()
+        .and_then(|inventory| inventory.get("b64")?.as_str().map(String::from))
+        .and_then(|b64| STANDARD.decode(b64).ok())
+        .and_then(|bytes| HostInventory::decode(bytes.as_slice()).ok())
+        .map(|inventory| inventory.proxy_endpoint)
+        .unwrap_or_default()
+}
+
+fn entry(tenant: &TenantRecord, host: Option<&host::Model>) -> RouteEntry {
+    let (owner_user_id, owner_team_id) = match tenant.owner() {
+        Owner::User(id) => (id, String::new()),
+        Owner::Team(id) => (String::new(), id),
+    };
+    let online = host.filter(|h| {
+        (h.status == HOST_ACTIVE || h.status == HOST_DRAINING) && h.lease_expires_at.is_some_and(|t| t > Utc::now())
+    });
+    let endpoint = online.map(proxy_endpoint).unwrap_or_default();
+    let status = match tenant.status() {
+        TenantStatus::Suspended => RouteStatus::Suspended,
+        TenantStatus::Running if !endpoint.is_empty() => RouteStatus::Active,
+        _ => RouteStatus::Unavailable,
+    };
+    RouteEntry {
+        tenant_id: tenant.tenant.id.clone(),
+        slug: tenant.tenant.slug.clone(),
+        host_id: tenant.tenant.host_id.clone().unwrap_or_default(),
+        agent_endpoint: if status == RouteStatus::Active { endpoint } else { String::new() },
+        status,
+        owner_user_id,
+        owner_team_id,
+    }
+}
+
+async fn read_table(store: &Store) -> ApiResult<BTreeMap<String, RouteEntry>> {
+    let hosts: BTreeMap<String, host::Model> =
+        store.all_hosts().await?.into_iter().map(|h| (h.id.clone(), h)).collect();
+    let tenants = store.live_tenants().await?;
+    Ok(tenants
+        .iter()
+        .map(|t| (t.tenant.slug.clone(), entry(t, t.tenant.host_id.as_ref().and_then(|id| hosts.get(id)))))
+        .collect())
+}
+
+pub struct RouteApi {
+    store: Store,
+    base_domain: String,
+    table: watch::Receiver<Arc<Table>>,
+}
+
+impl RouteApi {
+    /// Starts the shared table refresher; it stops when `stop` turns true.
+    pub fn new(store: Store, base_domain: String, mut stop: watch::Receiver<bool>) -> Self {
+        let (tx, table) = watch::channel(Arc::new(Table::default()));
+        let reader = store.clone();
+        tokio::spawn(async move {
+            let mut current = Table::default();
+            loop {
+                match read_table(&reader).await {
+                    Ok(routes) if routes != current.routes => {
+                        // One revision per changed route, so a watcher's
+                        // per-route changes fit between two table revisions.
+                        let changed = routes.iter().filter(|(k, v)| current.routes.get(*k) != Some(v)).count()
+                            + current.routes.keys().filter(|k| !routes.contains_key(*k)).count();
+                        current = Table { revision: current.revision + changed as i64, routes };
+                        let _ = tx.send(Arc::new(current.clone()));
+                    }
+                    Ok(_) => {}
+                    Err(err) => tracing::warn!(error = %err, "cannot read the route table"),
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(ROUTE_REFRESH) => {}
+                    _ = stop.wait_for(|s| *s) => return,
+                }
+            }
+        });
+        RouteApi { store, base_domain, table }
+    }
+
+    fn domain(&self, requested: &str) -> ApiResult<String> {
+        if requested.is_empty() {
+            return Ok(self.base_domain.clone());
+        }
+        let domain = requested.trim_end_matches('.').to_ascii_lowercase();
+        let valid = domain.split('.').count() >= 1
+            && domain.split('.').all(|label| {
+                !label.is_empty()
+                    && label.len() <= 63
+                    && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                    && !label.starts_with('-')
+            });
+        if !valid || domain.len() > 253 {
+            return Err(ApiError::invalid(format!("base_domain {requested:?} is not a domain name")));
+        }
+        Ok(domain)
+    }
+}
+
+/// The slug a Host header names under `base_domain`, if any. `Err` for a
+/// malformed header; `Ok(None)` for a well-formed name outside the domain.
+pub fn slug_of(host: &str, base_domain: &str) -> ApiResult<Option<String>> {
+    let host = host.trim();
+    if host.is_empty() {
+        return Err(ApiError::invalid("host is required"));
+    }
+    if host.len() > 260 || host.chars().any(|c| c.is_control() || c.is_whitespace() || c == '/' || c == '@') {
+        return Err(ApiError::invalid(format!("host {host:?} is not a hostname")));
+    }
+    let name = match host.rsplit_once(':') {
+        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+        _ => host,
+    };
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    let Some(label) = name.strip_suffix(&format!(".{base_domain}")) else { return Ok(None) };
+    Ok(super::slug::validate(label).is_ok().then(|| label.to_string()))
+}
+
+type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchRoutesResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl RouteService for RouteApi {
+    async fn resolve_route(
+        &self,
+        request: Request<ResolveRouteRequest>,
+    ) -> Result<Response<ResolveRouteResponse>, Status> {
+        admin(&request)?;
+        let request = request.into_inner();
+        let domain = self.domain(&request.base_domain)?;
+        let slug = slug_of(&request.host, &domain)?.ok_or(ApiError::NotFound("route"))?;
+        let tenant = self.store.live_tenant(&slug).await.map_err(ApiError::from)?;
+        let tenant = tenant.filter(|t| t.tenant.slug == slug).ok_or(ApiError::NotFound("route"))?;
+        let host = match &tenant.tenant.host_id {
+            Some(id) => self.store.host(id).await.map_err(ApiError::from)?,
+            None => None,
+        };
+        Ok(Response::new(ResolveRouteResponse { route: Some(entry(&tenant, host.as_ref()).to_route(&domain)) }))
+    }
+
+    type WatchRoutesStream = WatchStream;
+
+    async fn watch_routes(&self, request: Request<WatchRoutesRequest>) -> Result<Response<WatchStream>, Status> {
+        admin(&request)?;
+        let domain = self.domain(&request.into_inner().base_domain)?;
+        let mut table = self.table.clone();
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(async move {
+            // The first table after start-up may not be read yet.
+            let mut sent = {
+                let current = table.borrow_and_update().clone();
+                let snapshot = RouteSnapshot {
+                    routes: current.routes.values().map(|r| r.to_route(&domain)).collect(),
+                    revision: current.revision,
+                };
+                let message = watch_routes_response::Event::Snapshot(snapshot);
+                if tx.send(Ok(WatchRoutesResponse { event: Some(message) })).await.is_err() {
+                    return;
+                }
+                current
+            };
+            let mut revision = sent.revision;
+            while table.changed().await.is_ok() {
+                let current = table.borrow_and_update().clone();
+                let mut changes = Vec::new();
+                for (slug, route) in &current.routes {
+                    if sent.routes.get(slug) != Some(route) {
+                        changes.push((RouteChangeType::Upsert, route.to_route(&domain)));
+                    }
+                }
+                for (slug, route) in &sent.routes {
+                    if !current.routes.contains_key(slug) {
+                        let mut gone = route.to_route(&domain);
+                        gone.status = RouteStatus::Deleted as i32;
+                        changes.push((RouteChangeType::Delete, gone));
+                    }
+                }
+                for (kind, route) in changes {
+                    revision += 1;
+                    let change = RouteChange { r#type: kind as i32, route: Some(route), revision };
+                    let message = watch_routes_response::Event::Change(change);
+                    if tx.send(Ok(WatchRoutesResponse { event: Some(message) })).await.is_err() {
+                        return;
+                    }
+                }
+                revision = revision.max(current.revision);
+                sent = current;
+            }
+            let _ = tx.send(Err(Status::unavailable("the control plane is shutting down; reconnect"))).await;
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+}
