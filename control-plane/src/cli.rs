@@ -261,3 +261,34 @@ pub fn ca_show(data_dir: &std::path::Path, ca_cert_file: Option<PathBuf>) -> any
     println!("{}", clawplane_tls::cert_info(&cert)?.spki_pin);
     Ok(())
 }
+
+/// `clawplane ca issue-bridge`: a bridge identity signed by the CA in a
+/// data directory.
+pub fn issue_bridge(
+    data_dir: &std::path::Path,
+    name: &str,
+    out: &std::path::Path,
+    ttl: std::time::Duration,
+    ca_cert_file: Option<PathBuf>,
+    ca_key_file: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    use clawplane_tls::files::{create_private_dir, write_private};
+    let dir = data_dir.join("pki");
+    if ca_cert_file.is_none() && !dir.join("ca.pem").exists() {
+        anyhow::bail!("{}: no CA yet (start `clawplane serve` once, or pass --ca-cert/--ca-key)", dir.display());
+    }
+    let pki = crate::pki::Pki::load_or_create(&crate::pki::PkiConfig {
+        dir,
+        ca_cert_file,
+        ca_key_file,
+        server_names: vec!["localhost".into()],
+        host_cert_ttl: ttl,
+    })?;
+    let (key_pem, cert_pem) = pki.issue_bridge_identity(name, ttl)?;
+    create_private_dir(out)?;
+    write_private(&out.join("bridge.key"), key_pem.as_bytes())?;
+    write_private(&out.join("bridge.pem"), cert_pem.as_bytes())?;
+    write_private(&out.join("ca.pem"), pki.ca_pem().as_bytes())?;
+    println!("bridge identity bridge:{name} written to {} (bridge.key, bridge.pem, ca.pem)", out.display());
+    Ok(())
+}

@@ -23,6 +23,26 @@ enum CaCommand {
         #[arg(long)]
         ca_cert: Option<std::path::PathBuf>,
     },
+    /// Issue a gateway bridge identity (key, certificate, CA) into a folder;
+    /// host agents accept tenant traffic only from such identities.
+    IssueBridge {
+        #[arg(long, env = "CLAWPLANE_DATA_DIR", default_value = "./clawplane-data")]
+        data_dir: std::path::PathBuf,
+        /// Name of the bridge, e.g. edge-1 (its certificate says bridge:<name>).
+        #[arg(long)]
+        name: String,
+        /// Folder to write bridge.key, bridge.pem and ca.pem into (created 0700).
+        #[arg(long)]
+        out: std::path::PathBuf,
+        /// Certificate lifetime, e.g. 90d.
+        #[arg(long, default_value = "90d", value_parser = humantime::parse_duration)]
+        ttl: std::time::Duration,
+        /// Operator-supplied CA certificate and key instead of the generated ones.
+        #[arg(long, requires = "ca_key")]
+        ca_cert: Option<std::path::PathBuf>,
+        #[arg(long, requires = "ca_cert")]
+        ca_key: Option<std::path::PathBuf>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -102,6 +122,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Token { connection, command } => cli::token(&connection, command).await,
         Command::Hosts { connection, command } => cli::hosts(&connection, command).await,
         Command::Ca { command: CaCommand::Show { data_dir, ca_cert } } => cli::ca_show(&data_dir, ca_cert),
+        Command::Ca { command: CaCommand::IssueBridge { data_dir, name, out, ttl, ca_cert, ca_key } } => {
+            cli::issue_bridge(&data_dir, &name, &out, ttl, ca_cert, ca_key)
+        }
     }
 }
 

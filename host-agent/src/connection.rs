@@ -34,6 +34,8 @@ const STABLE_SESSION: Duration = Duration::from_secs(30);
 
 struct Agent {
     state: StateDir,
+    /// `host:port` of the tenant proxy, reported in the hello; empty if off.
+    proxy_endpoint: String,
     /// `openclaw --version` of this host, for the inventory.
     openclaw_version: String,
     executor: Arc<commands::Executor>,
@@ -65,6 +67,9 @@ pub struct RuntimeOptions {
     /// How long archives of deleted tenants are kept.
     pub archive_retention: Duration,
     pub runtime: RuntimeKind,
+    /// Tenant proxy listen address and the address to advertise.
+    pub proxy_listen: Option<String>,
+    pub proxy_advertise: Option<String>,
 }
 
 pub async fn run(state_dir: &Path, config_path: Option<&Path>, options: RuntimeOptions) -> anyhow::Result<()> {
@@ -101,7 +106,21 @@ pub async fn run(state_dir: &Path, config_path: Option<&Path>, options: RuntimeO
         Some(runtime) => runtime.openclaw_version().await,
         None => String::new(),
     };
+    // The tenant proxy, for gateway bridges.
+    let proxy_endpoint = match (&options.proxy_listen, &executor.runtime) {
+        (Some(listen), Some(runtime)) => {
+            let (listener, addr) = crate::proxy::bind(listen).await?;
+            let tls = clawplane_tls::mtls_server_config(&state.read("ca.pem")?, tls_identity.clone())?;
+            tokio::spawn(crate::proxy::serve(listener, tls, runtime.clone()));
+            let endpoint = options.proxy_advertise.clone().unwrap_or_else(|| addr.to_string());
+            tracing::info!(listen = %addr, %endpoint, "tenant proxy listening");
+            endpoint
+        }
+        (Some(_), None) => anyhow::bail!("--proxy-listen needs --openclaw-bin: there are no tenants to proxy to"),
+        (None, _) => String::new(),
+    };
     let agent = Arc::new(Agent {
+        proxy_endpoint,
         openclaw_version,
         ca_pem: state.read("ca.pem")?,
         executor,
@@ -181,11 +200,10 @@ impl Agent {
             Err(err) => return Ended::Refused(format!("invalid agent state: {err:#}")),
         };
         let (out, out_rx) = mpsc::channel::<AgentMessage>(64);
-        let hello = AgentHello {
-            inventory: Some(collect(&self.config, self.state.root(), &self.openclaw_version, self.runtime_kind())),
-            tenants: self.tenant_states(),
-            completed_command_ids: Vec::new(),
-        };
+        let mut inventory = collect(&self.config, self.state.root(), &self.openclaw_version, self.runtime_kind());
+        inventory.proxy_endpoint = self.proxy_endpoint.clone();
+        let hello =
+            AgentHello { inventory: Some(inventory), tenants: self.tenant_states(), completed_command_ids: Vec::new() };
         let _ = out.send(AgentMessage { kind: Some(agent_message::Kind::Hello(hello)) }).await;
         let mut inbound = match AgentServiceClient::new(channel).connect(ReceiverStream::new(out_rx)).await {
             Ok(response) => response.into_inner(),

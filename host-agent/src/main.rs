@@ -5,6 +5,7 @@ mod connection;
 mod inventory;
 mod join;
 mod openclaw;
+mod proxy;
 mod state;
 mod sync;
 
@@ -65,6 +66,14 @@ enum Command {
         /// each) or `fleet` (OpenClaw's own Docker/Podman cells).
         #[arg(long, env = "CLAWPLANE_RUNTIME", default_value = "process", value_parser = ["process", "fleet"])]
         runtime: String,
+        /// Where gateway bridges reach this host's tenant proxy (mutual TLS,
+        /// bridge identities only), e.g. 0.0.0.0:7702; unset disables it.
+        #[arg(long, env = "CLAWPLANE_PROXY_LISTEN")]
+        proxy_listen: Option<String>,
+        /// The `host:port` bridges should dial, when it differs from the
+        /// listen address (e.g. behind NAT or when listening on 0.0.0.0).
+        #[arg(long, env = "CLAWPLANE_PROXY_ADVERTISE")]
+        proxy_advertise: Option<String>,
     },
 }
 
@@ -95,6 +104,8 @@ fn main() -> ExitCode {
                 no_tenant_users,
                 archive_retention,
                 runtime,
+                proxy_listen,
+                proxy_advertise,
             } => {
                 let options = connection::RuntimeOptions {
                     openclaw_bin,
@@ -103,6 +114,8 @@ fn main() -> ExitCode {
                     tenant_users: !no_tenant_users,
                     archive_retention,
                     runtime: if runtime == "fleet" { RuntimeKind::Fleet } else { RuntimeKind::Process },
+                    proxy_listen,
+                    proxy_advertise,
                 };
                 connection::run(&state_dir, config.as_deref(), options).await
             }

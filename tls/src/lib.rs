@@ -197,6 +197,45 @@ impl ResolvesClientCert for ReloadableIdentity {
     }
 }
 
+impl rustls::server::ResolvesServerCert for ReloadableIdentity {
+    fn resolve(&self, _hello: rustls::server::ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current.read().unwrap().clone())
+    }
+}
+
+/// The DNS name every host certificate carries for its tenant proxy
+/// listener; the bridge connects to a host by this name.
+pub fn host_server_name(host_id: &str) -> String {
+    format!("{host_id}.hosts.clawplane.internal")
+}
+
+/// Subject CN prefix of gateway bridge identities (`bridge:<name>`).
+pub const BRIDGE_CN_PREFIX: &str = "bridge:";
+
+/// The subject CN of a DER certificate.
+pub fn common_name(der: &[u8]) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let cn = cert.subject().iter_common_name().next()?.as_str().ok()?.to_string();
+    Some(cn)
+}
+
+/// Server config for a host agent's tenant proxy: the host's own
+/// certificate (reloaded on renewal); client certificates are required and
+/// must chain to the CA (who they name is checked per connection).
+pub fn mtls_server_config(ca_pem: &str, identity: Arc<ReloadableIdentity>) -> anyhow::Result<rustls::ServerConfig> {
+    let mut roots = RootCertStore::empty();
+    for cert in certs_from_pem(ca_pem)? {
+        roots.add(cert)?;
+    }
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider()).build()?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_client_cert_verifier(verifier)
+        .with_cert_resolver(identity);
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(config)
+}
+
 /// Client config for joining: no client certificate, server pinned.
 pub fn pinned_client_config(verifier: Arc<PinnedServerVerifier>) -> anyhow::Result<rustls::ClientConfig> {
     let mut config = rustls::ClientConfig::builder_with_provider(provider())

@@ -107,7 +107,10 @@ impl Pki {
         let mut params = CertificateParams::default();
         params.distinguished_name = rcgen::DistinguishedName::new();
         params.distinguished_name.push(DnType::CommonName, host_id);
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        // Client for the agent channel; server for its tenant proxy, which
+        // the bridge reaches by the host's own name.
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth, ExtendedKeyUsagePurpose::ServerAuth];
+        params.subject_alt_names = vec![rcgen::SanType::DnsName(clawplane_tls::host_server_name(host_id).try_into()?)];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.not_before = (SystemTime::now() - BACKDATE).into();
         params.not_after = (SystemTime::now() + self.host_cert_ttl).into();
@@ -115,6 +118,29 @@ impl Pki {
         let cert = params.signed_by(&csr.public_key, &self.issuer)?;
         let info = clawplane_tls::cert_info(cert.der())?;
         Ok(IssuedCert { pem: cert.pem(), info })
+    }
+
+    /// A gateway bridge identity: a new key and a client certificate with
+    /// subject `bridge:<name>`, which host agents accept on their tenant
+    /// proxies. Returns (key PEM, certificate PEM).
+    pub fn issue_bridge_identity(&self, name: &str, ttl: Duration) -> anyhow::Result<(String, String)> {
+        let valid = !name.is_empty()
+            && name.len() <= 63
+            && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if !valid {
+            bail!("bridge name {name:?} must be 1-63 characters of a-z, 0-9 and '-'");
+        }
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::default();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params.distinguished_name.push(DnType::CommonName, format!("{}{name}", clawplane_tls::BRIDGE_CN_PREFIX));
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.not_before = (SystemTime::now() - BACKDATE).into();
+        params.not_after = (SystemTime::now() + ttl).into();
+        params.serial_number = Some(random_serial());
+        let cert = params.signed_by(&key, &self.issuer)?;
+        Ok((key.serialize_pem(), cert.pem()))
     }
 
     /// TLS for the agent listener: our server certificate (chain includes the

@@ -1,0 +1,212 @@
+//! The tenant proxy: the only way user traffic reaches a tenant's gateway,
+//! which listens on this host's loopback. Gateway bridges connect over
+//! mutual TLS with an identity from the control plane's CA (subject
+//! `bridge:<name>`; host certificates and anything else are refused at
+//! connect), name the tenant in `x-clawplane-tenant`, and the request goes
+//! to that tenant's gateway with the gateway's own credential added, so
+//! users never hold it. HTTP/1.1 and HTTP/2 are served; WebSocket upgrades
+//! are relayed byte for byte.
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Request, Response, StatusCode};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+use crate::openclaw::runtime::ProcessRuntime;
+
+/// Header naming the tenant a bridged request is for.
+pub const TENANT_HEADER: &str = "x-clawplane-tenant";
+const MAX_CONNECTIONS: usize = 4096;
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+type Body = BoxBody<Bytes, hyper::Error>;
+
+fn reply(status: StatusCode, text: &str) -> Response<Body> {
+    let body = Full::new(Bytes::from(format!("{text}\n"))).map_err(|never| match never {}).boxed();
+    let mut response = Response::new(body);
+    *response.status_mut() = status;
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    response
+}
+
+/// Headers that describe one hop and must not be forwarded (RFC 9110 7.6.1).
+pub const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+fn is_upgrade(request: &Request<Incoming>) -> bool {
+    request.headers().contains_key(header::UPGRADE)
+        && request
+            .headers()
+            .get(header::CONNECTION)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
+}
+
+struct Proxy {
+    runtime: Arc<ProcessRuntime>,
+    client: Client<HttpConnector, Incoming>,
+}
+
+/// Binds the proxy listener; the address goes into the hello inventory.
+pub async fn bind(listen: &str) -> anyhow::Result<(TcpListener, SocketAddr)> {
+    let listener = TcpListener::bind(listen).await.map_err(|e| anyhow::anyhow!("tenant proxy {listen}: {e}"))?;
+    let addr = listener.local_addr()?;
+    Ok((listener, addr))
+}
+
+/// Serves bridged traffic forever.
+pub async fn serve(listener: TcpListener, tls: rustls::ServerConfig, runtime: Arc<ProcessRuntime>) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(Duration::from_secs(5)));
+    let client = Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(60)).build(connector);
+    let proxy = Arc::new(Proxy { runtime, client });
+    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let Ok(permit) = permits.clone().acquire_owned().await else { return };
+        let (tcp, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(err) => {
+                tracing::warn!(error = %err, "tenant proxy accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let (acceptor, proxy) = (acceptor.clone(), proxy.clone());
+        tokio::spawn(async move {
+            let _permit = permit;
+            let _ = tcp.set_nodelay(true);
+            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(err)) => {
+                    tracing::debug!(%peer, error = %err, "tenant proxy handshake refused");
+                    return;
+                }
+                Err(_) => return,
+            };
+            let bridge = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|chain| chain.first())
+                .and_then(|cert| clawplane_tls::common_name(cert))
+                .filter(|cn| cn.starts_with(clawplane_tls::BRIDGE_CN_PREFIX));
+            let Some(bridge) = bridge else {
+                tracing::warn!(%peer, "tenant proxy: refused a client certificate that is not a bridge identity");
+                return;
+            };
+            let service = hyper::service::service_fn(move |request| {
+                let proxy = proxy.clone();
+                async move { Ok::<_, std::convert::Infallible>(proxy.forward(request).await) }
+            });
+            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            if let Err(err) = builder.serve_connection_with_upgrades(TokioIo::new(tls), service).await {
+                tracing::debug!(%peer, %bridge, error = %err, "tenant proxy connection ended");
+            }
+        });
+    }
+}
+
+impl Proxy {
+    async fn forward(&self, mut request: Request<Incoming>) -> Response<Body> {
+        let Some(tenant_id) = request.headers().get(TENANT_HEADER).and_then(|v| v.to_str().ok()).map(String::from)
+        else {
+            return reply(StatusCode::BAD_REQUEST, "missing x-clawplane-tenant");
+        };
+        let record = match self.runtime.record(&tenant_id) {
+            Some(record) if record.provisioned => record,
+            _ => return reply(StatusCode::NOT_FOUND, "tenant is not on this host"),
+        };
+        let path = request.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/").to_string();
+        let Ok(uri) = format!("http://127.0.0.1:{}{path}", record.port).parse::<http::Uri>() else {
+            return reply(StatusCode::BAD_REQUEST, "invalid request path");
+        };
+        let upgrade = is_upgrade(&request);
+        let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
+        let (mut parts, body) = request.into_parts();
+        parts.uri = uri;
+        parts.version = http::Version::HTTP_11;
+        let headers = &mut parts.headers;
+        headers.remove(TENANT_HEADER);
+        if !upgrade {
+            for name in HOP_BY_HOP {
+                headers.remove(*name);
+            }
+        }
+        headers.insert(header::HOST, HeaderValue::from_str(&format!("127.0.0.1:{}", record.port)).unwrap());
+        // The gateway's own credential: users never see it.
+        if let Ok(value) = HeaderValue::from_str(&format!("Bearer {}", record.gateway_token)) {
+            headers.insert(header::AUTHORIZATION, value);
+        }
+        let upstream = Request::from_parts(parts, body);
+        if let Some(client_upgrade) = client_upgrade {
+            return self.relay_upgrade(upstream, client_upgrade, record.port).await;
+        }
+        match self.client.request(upstream).await {
+            Ok(response) => {
+                let (mut parts, body) = response.into_parts();
+                for name in HOP_BY_HOP {
+                    parts.headers.remove(*name);
+                }
+                Response::from_parts(parts, body.boxed())
+            }
+            Err(err) => {
+                tracing::debug!(tenant = %tenant_id, error = %err, "tenant gateway unreachable");
+                reply(StatusCode::BAD_GATEWAY, "the tenant's gateway is not answering")
+            }
+        }
+    }
+
+    /// A WebSocket (or other) upgrade: its own upstream connection, then
+    /// bytes relayed both ways until either side closes.
+    async fn relay_upgrade(
+        &self,
+        request: Request<Incoming>,
+        client_upgrade: hyper::upgrade::OnUpgrade,
+        port: u16,
+    ) -> Response<Body> {
+        let Ok(tcp) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
+            return reply(StatusCode::BAD_GATEWAY, "the tenant's gateway is not answering");
+        };
+        let Ok((mut sender, connection)) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await else {
+            return reply(StatusCode::BAD_GATEWAY, "the tenant's gateway is not answering");
+        };
+        tokio::spawn(connection.with_upgrades());
+        let mut response = match sender.send_request(request).await {
+            Ok(response) => response,
+            Err(_) => return reply(StatusCode::BAD_GATEWAY, "the tenant's gateway is not answering"),
+        };
+        if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+            let (parts, body) = response.into_parts();
+            return Response::from_parts(parts, body.boxed());
+        }
+        let upstream_upgrade = hyper::upgrade::on(&mut response);
+        tokio::spawn(async move {
+            if let (Ok(client), Ok(upstream)) = (client_upgrade.await, upstream_upgrade.await) {
+                let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+            }
+        });
+        let (parts, _) = response.into_parts();
+        Response::from_parts(parts, Full::new(Bytes::new()).map_err(|never| match never {}).boxed())
+    }
+}
