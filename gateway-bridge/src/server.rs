@@ -1,0 +1,285 @@
+//! The bridge's HTTP front: Host header -> route -> edge authentication ->
+//! the tenant's host agent. Answers without forwarding: unknown host 404,
+//! suspended tenant 403, tenant or host unavailable 503 (with Retry-After),
+//! and none of these name any tenant.
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use clawplane::auth::{JwtVerifier, Principal};
+use clawplane_proto::v1::{Route, RouteStatus};
+use http::{header, HeaderMap, HeaderValue, Request, Response, StatusCode};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+
+use crate::routes::RouteTable;
+use crate::upstream::{authority, AgentConnector};
+
+pub type Body = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+
+/// Cookie that may carry the SSO token (browsers cannot set headers on
+/// navigations or WebSocket handshakes).
+pub const SESSION_COOKIE: &str = "clawplane_session";
+/// Header naming the tenant to the host agent.
+const TENANT_HEADER: &str = "x-clawplane-tenant";
+/// Identity headers a client must never be able to set.
+const CLIENT_IDENTITY_HEADERS: &[&str] = &[
+    TENANT_HEADER,
+    "x-forwarded-user",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "x-real-ip",
+    "forwarded",
+];
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+pub struct Bridge {
+    pub table: Arc<RouteTable>,
+    pub base_domain: String,
+    pub jwt: Option<JwtVerifier>,
+    pub client: Client<AgentConnector, Limited<Incoming>>,
+    /// HTTP/1.1 connections for upgrades.
+    pub upgrades: AgentConnector,
+    pub max_body_bytes: usize,
+    pub response_timeout: Duration,
+}
+
+pub fn build_client(connector: AgentConnector) -> Client<AgentConnector, Limited<Incoming>> {
+    Client::builder(TokioExecutor::new())
+        .timer(hyper_util::rt::TokioTimer::new())
+        .pool_timer(hyper_util::rt::TokioTimer::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .http2_only(true)
+        .http2_keep_alive_interval(Some(Duration::from_secs(20)))
+        .build(connector)
+}
+
+fn text(status: StatusCode, message: &str) -> Response<Body> {
+    let body = Full::new(Bytes::from(format!("{message}\n"))).map_err(|never| match never {}).boxed();
+    let mut response = Response::new(body);
+    *response.status_mut() = status;
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+fn is_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE)
+        && headers
+            .get(header::CONNECTION)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
+}
+
+/// The SSO token from `Authorization: Bearer` or the session cookie.
+fn token(headers: &HeaderMap) -> Option<String> {
+    if let Some(value) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
+        let (scheme, token) = value.split_once(' ')?;
+        return scheme.eq_ignore_ascii_case("bearer").then(|| token.trim().to_string());
+    }
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == SESSION_COOKIE)
+        .map(|(_, value)| value.to_string())
+}
+
+/// The Cookie header without our session cookie (the gateway never sees
+/// the user's SSO token).
+fn strip_session_cookie(headers: &mut HeaderMap) {
+    let kept: Vec<String> = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .map(str::trim)
+        .filter(|pair| !pair.is_empty() && pair.split_once('=').map(|(n, _)| n) != Some(SESSION_COOKIE))
+        .map(String::from)
+        .collect();
+    headers.remove(header::COOKIE);
+    if !kept.is_empty() {
+        if let Ok(value) = HeaderValue::from_str(&kept.join("; ")) {
+            headers.insert(header::COOKIE, value);
+        }
+    }
+}
+
+fn owns(principal: &Principal, route: &Route) -> bool {
+    (principal.is_user && !route.owner_user_id.is_empty() && principal.user_id == route.owner_user_id)
+        || (!route.owner_team_id.is_empty() && principal.is_member_of(&route.owner_team_id))
+}
+
+impl Bridge {
+    pub async fn handle(&self, request: Request<Incoming>, peer: SocketAddr, tls: bool) -> Response<Body> {
+        let started = Instant::now();
+        let host = request
+            .headers()
+            .get(header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .map(String::from)
+            .or_else(|| request.uri().authority().map(|a| a.to_string()))
+            .unwrap_or_default();
+        let slug = clawplane::api::slug_of(&host, &self.base_domain).ok().flatten();
+        let route = slug.and_then(|slug| self.table.get(&format!("{slug}.{}", self.base_domain)));
+        let Some(route) = route else {
+            if request.uri().path() == "/api/health" {
+                return text(StatusCode::OK, &format!("ok: {} routes", self.table.len()));
+            }
+            return text(StatusCode::NOT_FOUND, "no such tenant");
+        };
+        match RouteStatus::try_from(route.status) {
+            Ok(RouteStatus::Active) => {}
+            Ok(RouteStatus::Suspended) => return text(StatusCode::FORBIDDEN, "this tenant is suspended"),
+            _ => {
+                let mut response = text(StatusCode::SERVICE_UNAVAILABLE, "this tenant is not available right now");
+                response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+                return response;
+            }
+        }
+        // Edge authentication: only the owner (or a member of the owning
+        // team) reaches the gateway.
+        let Some(jwt) = &self.jwt else {
+            return text(StatusCode::SERVICE_UNAVAILABLE, "the bridge has no SSO configuration");
+        };
+        let principal = match token(request.headers()) {
+            None => {
+                let mut response = text(StatusCode::UNAUTHORIZED, "sign in required");
+                response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                return response;
+            }
+            Some(token) => match jwt.verify(&token) {
+                Ok(principal) => principal,
+                Err(err) => {
+                    let mut response = text(StatusCode::UNAUTHORIZED, &format!("invalid credentials: {err}"));
+                    response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                    return response;
+                }
+            },
+        };
+        if !owns(&principal, &route) {
+            return text(StatusCode::FORBIDDEN, "this tenant is not yours");
+        }
+        if let Some(length) = request.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()) {
+            if length.parse::<usize>().map_or(true, |n| n > self.max_body_bytes) {
+                return text(StatusCode::PAYLOAD_TOO_LARGE, "request body too large");
+            }
+        }
+        let response = self.forward(request, &route, &host, peer, tls).await;
+        tracing::debug!(tenant = %route.tenant_id, status = response.status().as_u16(), elapsed_ms = started.elapsed().as_millis() as u64, "bridged");
+        response
+    }
+
+    async fn forward(
+        &self,
+        mut request: Request<Incoming>,
+        route: &Route,
+        host: &str,
+        peer: SocketAddr,
+        tls: bool,
+    ) -> Response<Body> {
+        let upgrade = is_upgrade(request.headers());
+        let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
+        let path = request.uri().path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| "/".into());
+        let Ok(uri) = format!("https://{}{path}", authority(&route.host_id)).parse::<http::Uri>() else {
+            return text(StatusCode::BAD_REQUEST, "invalid request path");
+        };
+        let (mut parts, body) = request.into_parts();
+        parts.uri = uri;
+        let headers = &mut parts.headers;
+        for name in CLIENT_IDENTITY_HEADERS {
+            headers.remove(*name);
+        }
+        if !upgrade {
+            for name in HOP_BY_HOP {
+                headers.remove(*name);
+            }
+        }
+        headers.remove(header::AUTHORIZATION);
+        strip_session_cookie(headers);
+        headers.remove(header::HOST);
+        let set = |headers: &mut HeaderMap, name: &'static str, value: &str| {
+            if let Ok(value) = HeaderValue::from_str(value) {
+                headers.insert(name, value);
+            }
+        };
+        set(headers, TENANT_HEADER, &route.tenant_id);
+        set(headers, "x-forwarded-for", &peer.ip().to_string());
+        set(headers, "x-forwarded-proto", if tls { "https" } else { "http" });
+        set(headers, "x-forwarded-host", host);
+        if let Some(client_upgrade) = client_upgrade {
+            parts.version = http::Version::HTTP_11;
+            return self.relay_upgrade(Request::from_parts(parts, body), client_upgrade, &route.host_id).await;
+        }
+        parts.version = http::Version::HTTP_2;
+        let upstream = Request::from_parts(parts, Limited::new(body, self.max_body_bytes));
+        match tokio::time::timeout(self.response_timeout, self.client.request(upstream)).await {
+            Ok(Ok(response)) => {
+                let (mut parts, body) = response.into_parts();
+                for name in HOP_BY_HOP {
+                    parts.headers.remove(*name);
+                }
+                Response::from_parts(parts, body.map_err(Into::into).boxed())
+            }
+            Ok(Err(err)) => {
+                tracing::info!(tenant = %route.tenant_id, host = %route.host_id, error = %err, "upstream failed");
+                let mut response = text(StatusCode::SERVICE_UNAVAILABLE, "this tenant is not reachable right now");
+                response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+                response
+            }
+            Err(_) => text(StatusCode::GATEWAY_TIMEOUT, "the tenant's gateway did not answer in time"),
+        }
+    }
+
+    async fn relay_upgrade(
+        &self,
+        request: Request<Incoming>,
+        client_upgrade: hyper::upgrade::OnUpgrade,
+        host_id: &str,
+    ) -> Response<Body> {
+        let unavailable = || {
+            let mut response = text(StatusCode::SERVICE_UNAVAILABLE, "this tenant is not reachable right now");
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            response
+        };
+        let Ok(stream) = self.upgrades.connect(host_id).await else { return unavailable() };
+        let Ok((mut sender, connection)) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await else {
+            return unavailable();
+        };
+        tokio::spawn(connection.with_upgrades());
+        let mut response = match sender.send_request(request).await {
+            Ok(response) => response,
+            Err(_) => return unavailable(),
+        };
+        if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+            let (parts, body) = response.into_parts();
+            return Response::from_parts(parts, body.map_err(Into::into).boxed());
+        }
+        let upstream_upgrade = hyper::upgrade::on(&mut response);
+        tokio::spawn(async move {
+            if let (Ok(client), Ok(upstream)) = (client_upgrade.await, upstream_upgrade.await) {
+                let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+            }
+        });
+        let (parts, _) = response.into_parts();
+        Response::from_parts(parts, Full::new(Bytes::new()).map_err(|never| match never {}).boxed())
+    }
+}

@@ -1,0 +1,255 @@
+//! The gateway bridge end to end, as real processes on 127.0.0.1: control
+//! plane, a host agent with its tenant proxy, two tenants' gateways (the
+//! stand-in `openclaw`, whose gateway reports what it received), and
+//! `clawplane-bridge` in front. Routing by Host, edge authentication,
+//! header hygiene, WebSocket upgrades and live route changes.
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use clawplane_proto::v1::tenant_service_client::TenantServiceClient;
+use clawplane_proto::v1::{CreateTenantRequest, DeleteTenantRequest, GetMyTenantRequest, Tenant, TenantStatus};
+use common::cp::{claims, hs256, now, Cred, AUDIENCE, HS_SECRET, ISSUER, SHARED_SECRET};
+use common::*;
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+struct Bridge {
+    child: Child,
+}
+
+impl Drop for Bridge {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A raw HTTP/1.1 exchange; returns (status, head, body).
+async fn http(port: u16, host: &str, path: &str, headers: &[(&str, &str)]) -> (u16, String, String) {
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let extra: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n{extra}Connection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut response)).await;
+    let text = String::from_utf8_lossy(&response).to_string();
+    let status = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    (status, head.to_string(), body.to_string())
+}
+
+fn bearer(token: &str) -> String {
+    format!("Bearer {token}")
+}
+
+fn gateway_token(agent: &Agent, tenant_id: &str) -> String {
+    let path = agent.state_dir.join("tenants").join(format!("{tenant_id}.json"));
+    let record: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    record["gateway_token"].as_str().unwrap().to_string()
+}
+
+async fn running(client: &mut TenantServiceClient<tonic::transport::Channel>, cred: &Cred, team: &str) -> Tenant {
+    let mut last = None;
+    for _ in 0..300 {
+        let request = cred.request(GetMyTenantRequest { team_id: team.into() });
+        last = client.get_my_tenant(request).await.ok().and_then(|r| r.into_inner().tenant);
+        if last.as_ref().is_some_and(|t| t.status == TenantStatus::Running as i32) {
+            return last.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("tenant not running: {last:?}")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_bridge_routes_each_host_to_its_own_tenant_only() {
+    let db = sqlite_db();
+    let mut cp = ControlPlane::start(&db, "");
+    let dir = db.data_dir();
+    let fake = dir.join("fake");
+    std::fs::create_dir_all(&fake).unwrap();
+    std::fs::copy(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/fake-openclaw"), fake.join("openclaw")).unwrap();
+    std::fs::write(fake.join("fake-mode"), "ok").unwrap();
+    let (token, pin) = cp.join_token(600, 1).await;
+    let mut agent = Agent::new(&dir, "agent");
+    assert!(agent.join(&cp.url(), &token, &pin).status.success());
+    let agent_args = [
+        "--openclaw-bin".to_string(),
+        fake.join("openclaw").display().to_string(),
+        "--tenants-dir".into(),
+        dir.join("tenants").display().to_string(),
+        "--no-tenant-users".into(),
+        "--gateway-base-port".into(),
+        free_port().to_string(),
+        "--proxy-listen".into(),
+        "127.0.0.1:0".into(),
+    ];
+    let agent_args: Vec<&str> = agent_args.iter().map(String::as_str).collect();
+    agent.run_with(&agent_args);
+
+    let mut tenants = TenantServiceClient::new(cp.channel().await);
+    let alice = Cred::shared("alice");
+    let carol = Cred::Shared { secret: SHARED_SECRET.into(), user: "carol".into(), teams: "team-red".into() };
+    tenants
+        .create_tenant(alice.request(CreateTenantRequest { plan: "free".into(), ..Default::default() }))
+        .await
+        .unwrap();
+    let team = CreateTenantRequest { plan: "pro".into(), team_id: "team-red".into(), ..Default::default() };
+    tenants.create_tenant(carol.request(team)).await.unwrap();
+    let a = running(&mut tenants, &alice, "").await;
+    let t = running(&mut tenants, &carol, "team-red").await;
+
+    // A bridge identity from the CA, and the bridge.
+    let identity = dir.join("bridge-identity");
+    let issued = Command::new(bin("clawplane"))
+        .args(["ca", "issue-bridge", "--name", "edge-1", "--out"])
+        .arg(&identity)
+        .arg("--data-dir")
+        .arg(&cp.data_dir)
+        .output()
+        .unwrap();
+    assert!(issued.status.success(), "{}", text(&issued));
+    let port = free_port();
+    let log = std::fs::File::create(dir.join("bridge.log")).unwrap();
+    let child = Command::new(bin("clawplane-bridge"))
+        .args(["--control-plane", &format!("http://127.0.0.1:{}", cp.api_port)])
+        .args(["--listen", &format!("127.0.0.1:{port}"), "--base-domain", "claw.test", "--identity-dir"])
+        .arg(&identity)
+        .env("CLAWPLANE_ADMIN_TOKEN", cp.admin_token())
+        .env("CLAWPLANE_JWT_HS256_SECRET", HS_SECRET)
+        .env("CLAWPLANE_JWT_ISSUER", ISSUER)
+        .env("CLAWPLANE_JWT_AUDIENCE", AUDIENCE)
+        .env("RUST_LOG", "info,clawplane_bridge=debug")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let mut bridge = Bridge { child };
+    wait_for_port(port, &mut bridge.child);
+
+    let alice_jwt = hs256(claims("alice", &[]));
+    let dave_jwt = hs256(claims("dave", &["team-red"]));
+    let bob_jwt = hs256(claims("bob", &["team-blue"]));
+    let mut expired = claims("alice", &[]);
+    expired["exp"] = serde_json::json!(now() - 600);
+    expired["iat"] = serde_json::json!(now() - 4000);
+    let expired_jwt = hs256(expired);
+    let (a_host, t_host) = ("alice.claw.test".to_string(), format!("{}.claw.test", t.slug));
+    let started = std::time::Instant::now();
+    loop {
+        let last = http(port, "alice.claw.test", "/healthz", &[("Authorization", &bearer(&alice_jwt))]).await;
+        if last.0 == 200 {
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            let bridge_log = std::fs::read_to_string(dir.join("bridge.log")).unwrap_or_default();
+            panic!("alice's route never became active: {last:?}\nbridge:\n{bridge_log}\nagent:\n{}", agent.log());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // Who gets through, on plain HTTP.
+    let a_port = serde_json::from_str::<serde_json::Value>(
+        &http(port, &a_host, "/healthz", &[("Authorization", &bearer(&alice_jwt))]).await.2,
+    )
+    .unwrap()["port"]
+        .clone();
+    let cases: Vec<(&str, &str, Vec<(&str, String)>, u16)> = vec![
+        ("no token", &a_host, vec![], 401),
+        ("expired token", &a_host, vec![("Authorization", bearer(&expired_jwt))], 401),
+        ("garbage token", &a_host, vec![("Authorization", "Bearer abc.def.ghi".into())], 401),
+        ("another user's token", &a_host, vec![("Authorization", bearer(&bob_jwt))], 403),
+        ("a team member on a personal tenant", &a_host, vec![("Authorization", bearer(&dave_jwt))], 403),
+        ("forged x-forwarded-user", &a_host, vec![("X-Forwarded-User", "alice".into())], 401),
+        ("the owner", &a_host, vec![("Authorization", bearer(&alice_jwt))], 200),
+        ("the owner by cookie", &a_host, vec![("Cookie", format!("clawplane_session={alice_jwt}; theme=dark"))], 200),
+        ("a team member", &t_host, vec![("Authorization", bearer(&dave_jwt))], 200),
+        ("the owner of another tenant", &t_host, vec![("Authorization", bearer(&alice_jwt))], 403),
+        ("an unknown tenant", "nobody.claw.test", vec![("Authorization", bearer(&alice_jwt))], 404),
+        ("outside the base domain", "alice.evil.test", vec![("Authorization", bearer(&alice_jwt))], 404),
+    ];
+    for (what, host, headers, expected) in &cases {
+        let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let (status, _, body) = http(port, host, "/healthz", &headers).await;
+        assert_eq!(status, *expected, "{what}: {body}");
+        if status != 200 {
+            assert!(!body.contains("alice") && !body.contains(&t.slug), "{what} leaks a tenant name: {body}");
+        }
+    }
+
+    // What reached alice's gateway: her gateway's token (added by the agent),
+    // not her SSO token, no forged identity, the session cookie stripped.
+    let forged = [
+        ("Cookie", format!("clawplane_session={alice_jwt}; theme=dark")),
+        ("X-Forwarded-User", "root".to_string()),
+        ("X-Clawplane-Tenant", t.id.clone()),
+    ];
+    let forged: Vec<(&str, &str)> = forged.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let (status, _, body) = http(port, &a_host, "/some/path?x=1", &forged).await;
+    assert_eq!(status, 200, "{body}");
+    let seen: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(seen["port"], a_port, "a forged tenant header does not redirect the request");
+    assert_eq!(seen["path"], "/some/path?x=1");
+    let expected_auth = hex::encode(Sha256::digest(bearer(&gateway_token(&agent, &a.id)).as_bytes()));
+    assert_eq!(seen["auth_sha256"], expected_auth.as_str(), "the gateway got its own token");
+    assert_eq!(seen["x_forwarded_user"], "");
+    assert_eq!(seen["x_forwarded_for"], "127.0.0.1");
+    assert_eq!(seen["cookie"], "theme=dark");
+    let (_, _, team_body) = http(port, &t_host, "/", &[("Authorization", &bearer(&dave_jwt))]).await;
+    let team_seen: serde_json::Value = serde_json::from_str(&team_body).unwrap();
+    assert_ne!(team_seen["port"], a_port, "each hostname reaches its own gateway");
+
+    // WebSocket upgrade: relayed both ways, with the same edge checks.
+    for (token, expected) in [(None, "401"), (Some(&bob_jwt), "403"), (Some(&alice_jwt), "101")] {
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+        let request = format!(
+            "GET /ws HTTP/1.1\r\nHost: {a_host}\r\n{auth}Connection: Upgrade\r\nUpgrade: websocket\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        );
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut head = vec![0u8; 1024];
+        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut head)).await.unwrap().unwrap();
+        let head = String::from_utf8_lossy(&head[..n]).to_string();
+        assert!(head.starts_with(&format!("HTTP/1.1 {expected}")), "{head}");
+        if expected == "101" {
+            stream.write_all(b"frame-1").await.unwrap();
+            let mut echo = vec![0u8; 64];
+            let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut echo)).await.unwrap().unwrap();
+            assert_eq!(&echo[..n], b"echo:frame-1");
+        }
+    }
+
+    // The control plane goes away: the bridge keeps routing from its table.
+    cp.kill9();
+    let (status, _, _) = http(port, &a_host, "/", &[("Authorization", &bearer(&alice_jwt))]).await;
+    assert_eq!(status, 200, "routing survives a control plane outage");
+    cp.restart();
+
+    // A deleted tenant is gone from the bridge within a second or two.
+    tenants = TenantServiceClient::new(cp.channel().await);
+    tenants.delete_tenant(carol.request(DeleteTenantRequest { tenant_id: t.id.clone() })).await.unwrap();
+    let deleted = std::time::Instant::now();
+    eventually(Duration::from_secs(10), "deleted tenant answers 404", || {
+        let (host, auth) = (t_host.clone(), bearer(&dave_jwt));
+        async move { http(port, &host, "/", &[("Authorization", &auth)]).await.0 == 404 }
+    })
+    .await;
+    eprintln!("deleted tenant unroutable after {:?}", deleted.elapsed());
+
+    // The host goes offline: 503 with Retry-After, once its lease runs out.
+    agent.kill9();
+    eventually(Duration::from_secs(20), "offline host answers 503", || {
+        let (host, auth) = (a_host.clone(), bearer(&alice_jwt));
+        async move {
+            let (status, head, _) = http(port, &host, "/", &[("Authorization", &auth)]).await;
+            status == 503 && head.to_ascii_lowercase().contains("retry-after: 5")
+        }
+    })
+    .await;
+    let health = http(port, "10.0.0.1", "/api/health", &[]).await;
+    assert_eq!(health.0, 200, "{health:?}");
+    drop(bridge);
+}
