@@ -7,6 +7,7 @@
 //! same SSO JWT settings as the control plane (its TOML file or the
 //! `CLAWPLANE_JWT_*` variables); the gateway's own credential is added by
 //! the host agent, never by or for the user.
+mod metrics;
 mod routes;
 mod server;
 mod upstream;
@@ -35,6 +36,10 @@ struct Cli {
     /// Where users connect (HTTP/1.1, HTTP/2 with TLS, WebSocket).
     #[arg(long, env = "CLAWPLANE_LISTEN", default_value = "0.0.0.0:8080")]
     listen: String,
+    /// Health, Prometheus metrics and nginx's `/api/internal/route`; keep it
+    /// private (it reveals where tenants run).
+    #[arg(long, env = "CLAWPLANE_ADMIN_LISTEN", default_value = "127.0.0.1:9090")]
+    admin_listen: String,
     /// Base domain of tenant hostnames (default: the control plane's).
     #[arg(long, env = "CLAWPLANE_BASE_DOMAIN")]
     base_domain: Option<String>,
@@ -120,7 +125,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         upgrades,
         max_body_bytes: cli.max_body_bytes,
         response_timeout: cli.response_timeout,
+        metrics: Default::default(),
     });
+    let admin =
+        TcpListener::bind(&cli.admin_listen).await.with_context(|| format!("admin_listen {}", cli.admin_listen))?;
+    tracing::info!(admin = %admin.local_addr()?, "admin listener (health, metrics, internal route)");
+    tokio::spawn(serve_admin(admin, bridge.clone()));
     let tls = match (&cli.tls_cert, &cli.tls_key) {
         (Some(cert), Some(key)) => Some(tls_acceptor(cert.clone(), key.clone())?),
         _ => None,
@@ -164,6 +174,23 @@ where
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     if let Err(err) = builder.serve_connection_with_upgrades(io, service).await {
         tracing::debug!(%peer, error = %err, "connection ended");
+    }
+}
+
+async fn serve_admin(listener: TcpListener, bridge: Arc<server::Bridge>) {
+    loop {
+        let Ok((tcp, peer)) = listener.accept().await else { continue };
+        let bridge = bridge.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |request| {
+                let bridge = bridge.clone();
+                async move { Ok::<_, std::convert::Infallible>(bridge.admin(request).await) }
+            });
+            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            if let Err(err) = builder.serve_connection(TokioIo::new(tcp), service).await {
+                tracing::debug!(%peer, error = %err, "admin connection ended");
+            }
+        });
     }
 }
 

@@ -16,6 +16,7 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
+use crate::metrics::Metrics;
 use crate::routes::RouteTable;
 use crate::upstream::{authority, AgentConnector};
 
@@ -57,6 +58,7 @@ pub struct Bridge {
     pub upgrades: AgentConnector,
     pub max_body_bytes: usize,
     pub response_timeout: Duration,
+    pub metrics: Arc<Metrics>,
 }
 
 pub fn build_client(connector: AgentConnector) -> Client<AgentConnector, Limited<Incoming>> {
@@ -128,6 +130,40 @@ fn owns(principal: &Principal, route: &Route) -> bool {
 }
 
 impl Bridge {
+    /// The route a request may use, or the answer that refuses it: unknown
+    /// host 404, suspended 403, unavailable 503, no or bad SSO token 401,
+    /// someone else's tenant 403.
+    pub fn authorize(&self, headers: &HeaderMap, host: &str) -> Result<Route, Response<Body>> {
+        let slug = clawplane::api::slug_of(host, &self.base_domain).ok().flatten();
+        let route = slug.and_then(|slug| self.table.get(&format!("{slug}.{}", self.base_domain)));
+        let Some(route) = route else { return Err(text(StatusCode::NOT_FOUND, "no such tenant")) };
+        match RouteStatus::try_from(route.status) {
+            Ok(RouteStatus::Active) => {}
+            Ok(RouteStatus::Suspended) => return Err(text(StatusCode::FORBIDDEN, "this tenant is suspended")),
+            _ => {
+                let mut response = text(StatusCode::SERVICE_UNAVAILABLE, "this tenant is not available right now");
+                response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+                return Err(response);
+            }
+        }
+        let Some(jwt) = &self.jwt else {
+            return Err(text(StatusCode::SERVICE_UNAVAILABLE, "the bridge has no SSO configuration"));
+        };
+        let unauthorized = |message: &str| {
+            let mut response = text(StatusCode::UNAUTHORIZED, message);
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            response
+        };
+        let principal = match token(headers) {
+            None => return Err(unauthorized("sign in required")),
+            Some(token) => jwt.verify(&token).map_err(|err| unauthorized(&format!("invalid credentials: {err}")))?,
+        };
+        if !owns(&principal, &route) {
+            return Err(text(StatusCode::FORBIDDEN, "this tenant is not yours"));
+        }
+        Ok(route)
+    }
+
     pub async fn handle(&self, request: Request<Incoming>, peer: SocketAddr, tls: bool) -> Response<Body> {
         let started = Instant::now();
         let host = request
@@ -137,54 +173,82 @@ impl Bridge {
             .map(String::from)
             .or_else(|| request.uri().authority().map(|a| a.to_string()))
             .unwrap_or_default();
-        let slug = clawplane::api::slug_of(&host, &self.base_domain).ok().flatten();
-        let route = slug.and_then(|slug| self.table.get(&format!("{slug}.{}", self.base_domain)));
-        let Some(route) = route else {
-            if request.uri().path() == "/api/health" {
+        let route = match self.authorize(request.headers(), &host) {
+            Ok(route) => route,
+            Err(_) if request.uri().path() == "/api/health" => {
                 return text(StatusCode::OK, &format!("ok: {} routes", self.table.len()));
             }
-            return text(StatusCode::NOT_FOUND, "no such tenant");
-        };
-        match RouteStatus::try_from(route.status) {
-            Ok(RouteStatus::Active) => {}
-            Ok(RouteStatus::Suspended) => return text(StatusCode::FORBIDDEN, "this tenant is suspended"),
-            _ => {
-                let mut response = text(StatusCode::SERVICE_UNAVAILABLE, "this tenant is not available right now");
-                response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            Err(response) => {
+                self.metrics.refused(response.status().as_u16());
                 return response;
             }
-        }
-        // Edge authentication: only the owner (or a member of the owning
-        // team) reaches the gateway.
-        let Some(jwt) = &self.jwt else {
-            return text(StatusCode::SERVICE_UNAVAILABLE, "the bridge has no SSO configuration");
         };
-        let principal = match token(request.headers()) {
-            None => {
-                let mut response = text(StatusCode::UNAUTHORIZED, "sign in required");
-                response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-                return response;
-            }
-            Some(token) => match jwt.verify(&token) {
-                Ok(principal) => principal,
-                Err(err) => {
-                    let mut response = text(StatusCode::UNAUTHORIZED, &format!("invalid credentials: {err}"));
-                    response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-                    return response;
-                }
-            },
-        };
-        if !owns(&principal, &route) {
-            return text(StatusCode::FORBIDDEN, "this tenant is not yours");
-        }
         if let Some(length) = request.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()) {
-            if length.parse::<usize>().map_or(true, |n| n > self.max_body_bytes) {
-                return text(StatusCode::PAYLOAD_TOO_LARGE, "request body too large");
+            match length.parse::<u64>() {
+                Ok(n) if n <= self.max_body_bytes as u64 => self.metrics.bytes(&route.tenant_id, n, 0),
+                _ => return text(StatusCode::PAYLOAD_TOO_LARGE, "request body too large"),
             }
         }
         let response = self.forward(request, &route, &host, peer, tls).await;
-        tracing::debug!(tenant = %route.tenant_id, status = response.status().as_u16(), elapsed_ms = started.elapsed().as_millis() as u64, "bridged");
-        response
+        let status = response.status();
+        let failed = status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::GATEWAY_TIMEOUT;
+        self.metrics.request(&route.tenant_id, started.elapsed(), failed);
+        tracing::debug!(tenant = %route.tenant_id, status = status.as_u16(), elapsed_ms = started.elapsed().as_millis() as u64, "bridged");
+        // Count response bytes as they stream.
+        let (metrics, tenant) = (self.metrics.clone(), route.tenant_id.clone());
+        response.map(move |body| {
+            body.map_frame(move |frame| {
+                if let Some(data) = frame.data_ref() {
+                    metrics.bytes(&tenant, 0, data.len() as u64);
+                }
+                frame
+            })
+            .boxed()
+        })
+    }
+
+    /// nginx `auth_request`: 200 with where to send the request, or the
+    /// refusal (the original Host comes in `X-Original-Host`).
+    pub fn internal_route(&self, headers: &HeaderMap) -> Response<Body> {
+        let host = headers
+            .get("x-original-host")
+            .or_else(|| headers.get(header::HOST))
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        match self.authorize(headers, &host) {
+            Ok(route) => {
+                let mut response = text(StatusCode::OK, "ok");
+                let set = |response: &mut Response<Body>, name: &'static str, value: &str| {
+                    if let Ok(value) = HeaderValue::from_str(value) {
+                        response.headers_mut().insert(name, value);
+                    }
+                };
+                set(&mut response, "x-clawplane-upstream", &route.agent_endpoint);
+                set(&mut response, "x-clawplane-server-name", &authority(&route.host_id));
+                set(&mut response, "x-clawplane-tenant", &route.tenant_id);
+                response
+            }
+            Err(response) => response,
+        }
+    }
+
+    /// The admin listener: health, metrics and nginx's route lookups.
+    pub async fn admin(&self, request: Request<Incoming>) -> Response<Body> {
+        match request.uri().path() {
+            "/api/health" => text(StatusCode::OK, &format!("ok: {} routes", self.table.len())),
+            "/metrics" => {
+                let mut response = text(StatusCode::OK, "");
+                *response.body_mut() =
+                    Full::new(Bytes::from(self.metrics.render())).map_err(|never| match never {}).boxed();
+                response
+                    .headers_mut()
+                    .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
+                response
+            }
+            "/api/internal/route" => self.internal_route(request.headers()),
+            _ => text(StatusCode::NOT_FOUND, "not found"),
+        }
     }
 
     async fn forward(

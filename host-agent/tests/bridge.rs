@@ -5,6 +5,7 @@
 //! header hygiene, WebSocket upgrades and live route changes.
 mod common;
 
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -112,9 +113,11 @@ async fn the_bridge_routes_each_host_to_its_own_tenant_only() {
         .unwrap();
     assert!(issued.status.success(), "{}", text(&issued));
     let port = free_port();
+    let admin_port = free_port();
     let log = std::fs::File::create(dir.join("bridge.log")).unwrap();
     let child = Command::new(bin("clawplane-bridge"))
         .args(["--control-plane", &format!("http://127.0.0.1:{}", cp.api_port)])
+        .args(["--admin-listen", &format!("127.0.0.1:{admin_port}")])
         .args(["--listen", &format!("127.0.0.1:{port}"), "--base-domain", "claw.test", "--identity-dir"])
         .arg(&identity)
         .env("CLAWPLANE_ADMIN_TOKEN", cp.admin_token())
@@ -222,6 +225,47 @@ async fn the_bridge_routes_each_host_to_its_own_tenant_only() {
         }
     }
 
+    // The admin listener: metrics per tenant, and the lookup nginx uses.
+    let (status, _, metrics) = http(admin_port, "127.0.0.1", "/metrics", &[]).await;
+    assert_eq!(status, 200);
+    let line = format!("clawplane_bridge_requests_total{{tenant=\"{}\"}}", a.id);
+    let count: f64 =
+        metrics.lines().find(|l| l.starts_with(&line)).unwrap().rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(count >= 3.0, "{metrics}");
+    assert!(metrics.contains("clawplane_bridge_refused_total{status=\"401\"}"), "{metrics}");
+    let (status, head, _) = http(
+        admin_port,
+        "127.0.0.1",
+        "/api/internal/route",
+        &[("X-Original-Host", &a_host), ("Authorization", &bearer(&alice_jwt))],
+    )
+    .await;
+    assert_eq!(status, 200, "{head}");
+    assert!(head.to_ascii_lowercase().contains(&format!("x-clawplane-tenant: {}", a.id)), "{head}");
+
+    // nginx in front, with the shipped deploy/nginx config and auth_request.
+    match nginx_bin() {
+        Some(nginx) => {
+            through_nginx(
+                &nginx,
+                &dir,
+                &identity,
+                admin_port,
+                &[
+                    (&a_host, bearer(&alice_jwt), 200),
+                    (&a_host, bearer(&bob_jwt), 403),
+                    (&a_host, String::new(), 401),
+                    (&t_host, bearer(&dave_jwt), 200),
+                ],
+                &a_port,
+                &expected_auth,
+                &alice_jwt,
+            )
+            .await
+        }
+        None => eprintln!("\n!!! SKIPPING the nginx part: nginx is not installed (scripts/test installs it) !!!\n"),
+    }
+
     // The control plane goes away: the bridge keeps routing from its table.
     cp.kill9();
     let (status, _, _) = http(port, &a_host, "/", &[("Authorization", &bearer(&alice_jwt))]).await;
@@ -252,4 +296,78 @@ async fn the_bridge_routes_each_host_to_its_own_tenant_only() {
     let health = http(port, "10.0.0.1", "/api/health", &[]).await;
     assert_eq!(health.0, 200, "{health:?}");
     drop(bridge);
+}
+
+fn nginx_bin() -> Option<PathBuf> {
+    let found = ["/usr/sbin/nginx", "/usr/bin/nginx"].iter().map(PathBuf::from).find(|p| p.exists());
+    if found.is_none() && std::env::var("CLAWPLANE_REQUIRE_TOOLS").as_deref() == Ok("1") {
+        panic!("nginx is required (scripts/test installs the Debian package nginx-light)");
+    }
+    found
+}
+
+/// Real nginx with deploy/nginx/*.conf (paths and ports substituted) on a
+/// plain-HTTP test port; checks who gets through and what the gateway saw.
+async fn through_nginx(
+    nginx: &std::path::Path,
+    dir: &std::path::Path,
+    identity: &std::path::Path,
+    admin_port: u16,
+    cases: &[(&String, String, u16)],
+    alice_gateway_port: &serde_json::Value,
+    expected_auth: &str,
+    alice_jwt: &str,
+) {
+    let root = dir.join("nginx");
+    std::fs::create_dir_all(root.join("logs")).unwrap();
+    let shipped = |name: &str| {
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/nginx/").to_string() + name).unwrap()
+    };
+    let http_conf = shipped("clawplane-http.conf").replace("127.0.0.1:9090", &format!("127.0.0.1:{admin_port}"));
+    let locations = shipped("clawplane-tenant-locations.conf")
+        .replace("/etc/clawplane/bridge/", &format!("{}/", identity.display()));
+    std::fs::write(root.join("clawplane-http.conf"), http_conf).unwrap();
+    std::fs::write(root.join("clawplane-tenant-locations.conf"), locations).unwrap();
+    let port = free_port();
+    let r = root.display();
+    let conf = format!(
+        "user root;\ndaemon off;\nworker_processes 1;\npid {r}/nginx.pid;\nerror_log {r}/logs/error.log;\n\
+         events {{}}\nhttp {{\n  access_log off;\n  client_body_temp_path {r}/body;\n  proxy_temp_path {r}/proxy;\n\
+         fastcgi_temp_path {r}/fastcgi;\n  uwsgi_temp_path {r}/uwsgi;\n  scgi_temp_path {r}/scgi;\n\
+         include {r}/clawplane-http.conf;\n  server {{\n    listen 127.0.0.1:{port};\n\
+         server_name ~^(?<clawplane_slug>[a-z0-9-]+)\\.claw\\.test$;\n    include {r}/clawplane-tenant-locations.conf;\n  }}\n}}\n"
+    );
+    std::fs::write(root.join("nginx.conf"), conf).unwrap();
+    let mut child = Command::new(nginx)
+        .arg("-p")
+        .arg(&root)
+        .arg("-c")
+        .arg(root.join("nginx.conf"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_port(port, &mut child);
+    for (host, auth, expected) in cases {
+        let headers: Vec<(&str, &str)> = if auth.is_empty() { vec![] } else { vec![("Authorization", auth.as_str())] };
+        let (status, _, body) = http(port, host, "/healthz", &headers).await;
+        assert_eq!(
+            status,
+            *expected,
+            "nginx {host} {}: {body}\n{}",
+            !auth.is_empty(),
+            std::fs::read_to_string(root.join("logs/error.log")).unwrap_or_default()
+        );
+    }
+    let cookie = format!("clawplane_session={alice_jwt}; theme=dark");
+    let (status, _, body) =
+        http(port, cases[0].0, "/p?q=1", &[("Cookie", &cookie), ("X-Forwarded-User", "root")]).await;
+    assert_eq!(status, 200, "{body}");
+    let seen: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(&seen["port"], alice_gateway_port);
+    assert_eq!(seen["auth_sha256"], expected_auth);
+    assert_eq!(seen["x_forwarded_user"], "");
+    assert_eq!(seen["cookie"], "theme=dark", "nginx drops the session cookie");
+    let _ = child.kill();
+    let _ = child.wait();
 }

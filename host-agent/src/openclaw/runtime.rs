@@ -126,6 +126,8 @@ pub struct ProcessRuntime {
     supervisors: Mutex<HashMap<String, Supervisor>>,
     /// Serialises operations per tenant (provision, apply, restart, delete).
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Held while a new tenant's port is chosen and its record written.
+    allocating: Mutex<()>,
 }
 
 /// A command failure that names what went wrong, with OpenClaw's own text.
@@ -183,6 +185,7 @@ impl ProcessRuntime {
             config,
             supervisors: Mutex::new(HashMap::new()),
             locks: Mutex::new(HashMap::new()),
+            allocating: Mutex::new(()),
         }))
     }
 
@@ -299,6 +302,7 @@ impl ProcessRuntime {
             }
             Some(record) => record,
             None => {
+                let _allocating = self.allocating.lock().unwrap();
                 let record = TenantRecord {
                     tenant_id: tenant_id.to_string(),
                     slug: slug.to_string(),
@@ -481,6 +485,9 @@ impl ProcessRuntime {
         } else {
             (None, None, None)
         };
+        // Port choice and record are one step: concurrent provisions of
+        // different tenants must not pick the same port.
+        let _allocating = self.allocating.lock().unwrap();
         let record = TenantRecord {
             tenant_id: tenant_id.to_string(),
             slug: slug.to_string(),
