@@ -1,0 +1,391 @@
+//! The gateway bridge against the alternatives, one run on loopback and
+//! one upstream (a small Rust HTTP server standing in for a tenant's
+//! gateway on its loopback port): direct; through clawplane-bridge (which
+//! includes the mutual-TLS hop to the host agent); through nginx
+//! `proxy_pass` straight to the upstream; and through nginx with
+//! `auth_request` to the bridge and mTLS to the agent (deploy/nginx).
+//! Prints requests/s and p99 for a small response, MB/s for a large one.
+//!
+//!     cargo build --release --workspace --bins
+//!     cargo bench -p clawplane-host-agent --bench bridge
+//!
+//! Env: BENCH_SECS (default 5), BENCH_CONCURRENCY (default 32). nginx is
+//! skipped when not installed.
+use std::convert::Infallible;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use clawplane::config::{Config, ServeArgs};
+use clawplane::Server;
+use clawplane_proto::v1::host_service_client::HostServiceClient;
+use clawplane_proto::v1::tenant_service_client::TenantServiceClient;
+use clawplane_proto::v1::{CreateJoinTokenRequest, CreateTenantRequest, GetMyTenantRequest, TenantStatus};
+use http_body_util::{BodyExt, Empty, Full};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tonic::metadata::MetadataValue;
+use tonic::transport::Channel;
+
+const SHARED: &str = "bench-shared-secret-0123456789";
+const JWT_SECRET: &str = "bench-jwt-secret-0123456789abcdef0123456789";
+const SMALL: &[u8] =
+    b"{\"ok\":true,\"bench\":\"small response of about one hundred bytes, like a health or status call\"}";
+const LARGE_BYTES: usize = 16 * 1024 * 1024;
+
+fn env(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn request<T>(headers: &[(&'static str, String)], message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    for (name, value) in headers {
+        request.metadata_mut().insert(*name, MetadataValue::try_from(value.as_str()).unwrap());
+    }
+    request
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn wait_port(port: u16) {
+    let started = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(started.elapsed() < Duration::from_secs(30), "nothing listens on {port}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The stand-in gateway: /large is 16 MiB, anything else the small body.
+async fn upstream(listener: tokio::net::TcpListener) {
+    let large = Bytes::from(vec![b'x'; LARGE_BYTES]);
+    loop {
+        let Ok((tcp, _)) = listener.accept().await else { return };
+        let _ = tcp.set_nodelay(true);
+        let large = large.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |request: http::Request<hyper::body::Incoming>| {
+                let body = if request.uri().path() == "/large" { large.clone() } else { Bytes::from_static(SMALL) };
+                async move { Ok::<_, Infallible>(http::Response::new(Full::new(body))) }
+            });
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection_with_upgrades(TokioIo::new(tcp), service)
+                .await;
+        });
+    }
+}
+
+/// Keep-alive HTTP/1.1 load for `secs` from `concurrency` connections.
+/// Returns (requests/s, p50 ms, p99 ms).
+async fn load(port: u16, host: &str, token: Option<&str>, secs: u64, concurrency: usize) -> (f64, f64, f64) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let (host, token) = (host.to_string(), token.map(String::from));
+        tasks.push(tokio::spawn(async move {
+            let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+            tcp.set_nodelay(true).unwrap();
+            let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.unwrap();
+            tokio::spawn(connection);
+            let mut latencies = Vec::new();
+            while Instant::now() < deadline {
+                let mut builder = http::Request::get("/small").header("host", &host);
+                if let Some(token) = &token {
+                    builder = builder.header("authorization", format!("Bearer {token}"));
+                }
+                let started = Instant::now();
+                let response = sender.send_request(builder.body(Empty::<Bytes>::new()).unwrap()).await.unwrap();
+                assert_eq!(response.status(), 200);
+                response.into_body().collect().await.unwrap();
+                latencies.push(started.elapsed());
+            }
+            latencies
+        }));
+    }
+    let mut all = Vec::new();
+    for task in tasks {
+        all.extend(task.await.unwrap());
+    }
+    all.sort();
+    let pct = |p: f64| all[((all.len() - 1) as f64 * p) as usize].as_secs_f64() * 1e3;
+    (all.len() as f64 / secs as f64, pct(0.5), pct(0.99))
+}
+
+/// MB/s fetching /large `times` times over one connection.
+async fn throughput(port: u16, host: &str, token: Option<&str>, times: usize) -> f64 {
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.unwrap();
+    tokio::spawn(connection);
+    let started = Instant::now();
+    let mut bytes = 0;
+    for _ in 0..times {
+        let mut builder = http::Request::get("/large").header("host", host);
+        if let Some(token) = token {
+            builder = builder.header("authorization", format!("Bearer {token}"));
+        }
+        let response = sender.send_request(builder.body(Empty::<Bytes>::new()).unwrap()).await.unwrap();
+        assert_eq!(response.status(), 200);
+        bytes += response.into_body().collect().await.unwrap().to_bytes().len();
+    }
+    assert_eq!(bytes, LARGE_BYTES * times);
+    bytes as f64 / 1e6 / started.elapsed().as_secs_f64()
+}
+
+fn nginx_conf(root: &Path, port: u16, mode: &str, upstream_port: u16, admin_port: u16, identity: &Path) -> PathBuf {
+    std::fs::create_dir_all(root.join("logs")).unwrap();
+    let r = root.display();
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/nginx");
+    let server_body = if mode == "plain" {
+        format!(
+            "location / {{ proxy_pass http://bench_upstream; proxy_http_version 1.1; proxy_set_header Connection \"\"; }}"
+        )
+    } else {
+        let http_conf = std::fs::read_to_string(repo.join("clawplane-http.conf"))
+            .unwrap()
+            .replace("127.0.0.1:9090", &format!("127.0.0.1:{admin_port}"));
+        let locations = std::fs::read_to_string(repo.join("clawplane-tenant-locations.conf"))
+            .unwrap()
+            .replace("/etc/clawplane/bridge/", &format!("{}/", identity.display()));
+        std::fs::write(root.join("clawplane-http.conf"), http_conf).unwrap();
+        std::fs::write(root.join("locations.conf"), locations).unwrap();
+        format!("include {r}/locations.conf;")
+    };
+    let include_http = if mode == "plain" { String::new() } else { format!("include {r}/clawplane-http.conf;") };
+    let conf = format!(
+        "user root; daemon off; worker_processes 2; pid {r}/nginx.pid; error_log {r}/logs/error.log;\n\
+         events {{ worker_connections 4096; }}\n\
+         http {{ access_log off; client_body_temp_path {r}/body; proxy_temp_path {r}/proxy;\n\
+         fastcgi_temp_path {r}/fastcgi; uwsgi_temp_path {r}/uwsgi; scgi_temp_path {r}/scgi;\n\
+         upstream bench_upstream {{ server 127.0.0.1:{upstream_port}; keepalive 64; }}\n\
+         {include_http}\n\
+         server {{ listen 127.0.0.1:{port}; server_name _; keepalive_requests 1000000; {server_body} }} }}\n"
+    );
+    let path = root.join("nginx.conf");
+    std::fs::write(&path, conf).unwrap();
+    path
+}
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    runtime.block_on(async move {
+        let secs = env("BENCH_SECS", 5);
+        let concurrency = env("BENCH_CONCURRENCY", 32) as usize;
+        let dir = tempfile::tempdir().unwrap();
+        let mut args = ServeArgs {
+            data_dir: Some(dir.path().join("cp")),
+            api_listen: Some("127.0.0.1:0".into()),
+            agent_listen: Some("127.0.0.1:0".into()),
+            base_domain: Some("bench.test".into()),
+            ..Default::default()
+        };
+        args.auth.shared_secret = Some(SHARED.into());
+        let server = Server::bind(Config::load(&args).unwrap()).await.unwrap();
+        let (api, agent_addr, pin) = (server.local_addr(), server.agent_addr(), server.ca_pin());
+        let admin_token = std::fs::read_to_string(dir.path().join("cp/admin-token")).unwrap().trim().to_string();
+        tokio::spawn(server.run(std::future::pending()));
+        let channel = Channel::from_shared(format!("http://{api}")).unwrap().connect().await.unwrap();
+        let admin = [("authorization", format!("Bearer {admin_token}"))];
+        let user = [("x-shared-secret", SHARED.to_string()), ("x-user-id", "bench".to_string())];
+        let token = HostServiceClient::new(channel.clone())
+            .create_join_token(request(&admin, CreateJoinTokenRequest::default()))
+            .await
+            .unwrap()
+            .into_inner()
+            .token;
+
+        let agent_bin = PathBuf::from(env!("CARGO_BIN_EXE_clawplane-agent"));
+        let bins = agent_bin.parent().unwrap().to_path_buf();
+        let bridge_bin = bins.join("clawplane-bridge");
+        let cp_bin = bins.join("clawplane");
+        for bin in [&bridge_bin, &cp_bin] {
+            assert!(bin.exists(), "{} is missing: cargo build --release --workspace --bins", bin.display());
+        }
+        let state = dir.path().join("agent");
+        let joined = Command::new(&agent_bin)
+            .args(["join", "--control-plane", &format!("https://{agent_addr}"), "--token", &token, "--ca-pin", &pin])
+            .arg("--state-dir")
+            .arg(&state)
+            .output()
+            .unwrap();
+        assert!(joined.status.success(), "{}", String::from_utf8_lossy(&joined.stderr));
+        let fake = dir.path().join("fake");
+        std::fs::create_dir_all(&fake).unwrap();
+        std::fs::copy(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fake-openclaw"),
+            fake.join("openclaw"),
+        )
+        .unwrap();
+        std::fs::write(fake.join("fake-mode"), "ok").unwrap();
+        let _agent = Killed(
+            Command::new(&agent_bin)
+                .args(["run", "--state-dir"])
+                .arg(&state)
+                .arg("--openclaw-bin")
+                .arg(fake.join("openclaw"))
+                .arg("--tenants-dir")
+                .arg(dir.path().join("tenants"))
+                .args(["--no-tenant-users", "--gateway-base-port", &free_port().to_string()])
+                .args(["--proxy-listen", "127.0.0.1:0"])
+                .env("RUST_LOG", "warn")
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        let mut tenants = TenantServiceClient::new(channel.clone());
+        tenants
+            .create_tenant(request(&user, CreateTenantRequest { plan: "pro".into(), ..Default::default() }))
+            .await
+            .unwrap();
+        let tenant = loop {
+            let t = tenants
+                .get_my_tenant(request(&user, GetMyTenantRequest::default()))
+                .await
+                .ok()
+                .and_then(|r| r.into_inner().tenant);
+            match t {
+                Some(t) if t.status == TenantStatus::Running as i32 => break t,
+                _ => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        };
+        // Swap the stand-in gateway for the fast Rust upstream on its port.
+        let record: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(state.join("tenants").join(format!("{}.json", tenant.id))).unwrap(),
+        )
+        .unwrap();
+        let gateway_port = record["port"].as_u64().unwrap() as u16;
+        let root = dir.path().join("tenants").join(&tenant.slug);
+        let listener = loop {
+            if let Ok(pid) = std::fs::read_to_string(root.join("gateway.pid")) {
+                unsafe { libc::kill(-pid.trim().parse::<i32>().unwrap(), libc::SIGKILL) };
+            }
+            match tokio::net::TcpListener::bind(("127.0.0.1", gateway_port)).await {
+                Ok(listener) => break listener,
+                Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+            }
+        };
+        tokio::spawn(upstream(listener));
+
+        // The bridge.
+        let identity = dir.path().join("bridge-identity");
+        let issued = Command::new(&cp_bin)
+            .args(["ca", "issue-bridge", "--name", "bench", "--out"])
+            .arg(&identity)
+            .arg("--data-dir")
+            .arg(dir.path().join("cp"))
+            .output()
+            .unwrap();
+        assert!(issued.status.success(), "{}", String::from_utf8_lossy(&issued.stderr));
+        let (bridge_port, admin_port) = (free_port(), free_port());
+        let _bridge = Killed(
+            Command::new(&bridge_bin)
+                .args(["--control-plane", &format!("http://{api}"), "--base-domain", "bench.test"])
+                .args([
+                    "--listen",
+                    &format!("127.0.0.1:{bridge_port}"),
+                    "--admin-listen",
+                    &format!("127.0.0.1:{admin_port}"),
+                ])
+                .arg("--identity-dir")
+                .arg(&identity)
+                .env("CLAWPLANE_ADMIN_TOKEN", &admin_token)
+                .env("CLAWPLANE_JWT_HS256_SECRET", JWT_SECRET)
+                .env("RUST_LOG", "warn")
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        wait_port(bridge_port);
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+        let jwt = jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+            &serde_json::json!({"sub": "bench", "iat": now, "exp": now + 3600}),
+            &jsonwebtoken::EncodingKey::from_secret(JWT_SECRET.as_bytes()),
+        )
+        .unwrap();
+        let host = format!("{}.bench.test", tenant.slug);
+        let started = Instant::now();
+        loop {
+            let probe = tokio::net::TcpStream::connect(("127.0.0.1", bridge_port)).await.unwrap();
+            let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(probe)).await.unwrap();
+            tokio::spawn(connection);
+            let request = http::Request::get("/small")
+                .header("host", &host)
+                .header("authorization", format!("Bearer {jwt}"))
+                .body(Empty::<Bytes>::new())
+                .unwrap();
+            if sender.send_request(request).await.map(|r| r.status() == 200).unwrap_or(false) {
+                break;
+            }
+            assert!(started.elapsed() < Duration::from_secs(30), "the bridge never routed the tenant");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+
+        let mut rows: Vec<(String, (f64, f64, f64), f64)> = Vec::new();
+        let direct = (
+            load(gateway_port, "127.0.0.1", None, secs, concurrency).await,
+            throughput(gateway_port, "127.0.0.1", None, 8).await,
+        );
+        rows.push(("direct to the gateway port".into(), direct.0, direct.1));
+        let bridged = (
+            load(bridge_port, &host, Some(&jwt), secs, concurrency).await,
+            throughput(bridge_port, &host, Some(&jwt), 8).await,
+        );
+        rows.push(("clawplane-bridge (+ agent mTLS hop)".into(), bridged.0, bridged.1));
+        let nginx = ["/usr/sbin/nginx", "/usr/bin/nginx"].iter().map(PathBuf::from).find(|p| p.exists());
+        match nginx {
+            Some(nginx) => {
+                for mode in ["plain", "auth_request"] {
+                    let port = free_port();
+                    let conf = nginx_conf(
+                        &dir.path().join(format!("nginx-{mode}")),
+                        port,
+                        mode,
+                        gateway_port,
+                        admin_port,
+                        &identity,
+                    );
+                    let _nginx = Killed(
+                        Command::new(&nginx)
+                            .arg("-p")
+                            .arg(conf.parent().unwrap())
+                            .arg("-c")
+                            .arg(&conf)
+                            .stderr(Stdio::null())
+                            .spawn()
+                            .unwrap(),
+                    );
+                    wait_port(port);
+                    let token = (mode != "plain").then_some(jwt.as_str());
+                    let result =
+                        (load(port, &host, token, secs, concurrency).await, throughput(port, &host, token, 8).await);
+                    let label = if mode == "plain" {
+                        "nginx proxy_pass (no auth)"
+                    } else {
+                        "nginx + auth_request + agent mTLS"
+                    };
+                    rows.push((label.into(), result.0, result.1));
+                }
+            }
+            None => println!("nginx not installed: nginx rows skipped"),
+        }
+        println!(
+            "\nconcurrency {concurrency}, {secs} s per row, small body {} B, large body {} MiB",
+            SMALL.len(),
+            LARGE_BYTES >> 20
+        );
+        println!("{:<40} {:>10} {:>9} {:>9} {:>10}", "path", "req/s", "p50 ms", "p99 ms", "large MB/s");
+        for (label, (rps, p50, p99), mbs) in &rows {
+            println!("{label:<40} {rps:>10.0} {p50:>9.2} {p99:>9.2} {mbs:>10.0}");
+        }
+    });
+}
