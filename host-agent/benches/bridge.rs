@@ -61,7 +61,8 @@ struct Killed(Child);
 
 impl Drop for Killed {
     fn drop(&mut self) {
-        let _ = self.0.kill();
+        // SIGTERM, so nginx's master takes its workers down too.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
         let _ = self.0.wait();
     }
 }
@@ -103,6 +104,7 @@ async fn load(port: u16, host: &str, token: Option<&str>, secs: u64, concurrency
                 if let Some(token) = &token {
                     builder = builder.header("authorization", format!("Bearer {token}"));
                 }
+                sender.ready().await.unwrap();
                 let started = Instant::now();
                 let response = sender.send_request(builder.body(Empty::<Bytes>::new()).unwrap()).await.unwrap();
                 assert_eq!(response.status(), 200);
@@ -133,6 +135,7 @@ async fn throughput(port: u16, host: &str, token: Option<&str>, times: usize) ->
         if let Some(token) = token {
             builder = builder.header("authorization", format!("Bearer {token}"));
         }
+        sender.ready().await.unwrap();
         let response = sender.send_request(builder.body(Empty::<Bytes>::new()).unwrap()).await.unwrap();
         assert_eq!(response.status(), 200);
         bytes += response.into_body().collect().await.unwrap().to_bytes().len();
@@ -336,6 +339,7 @@ fn main() {
             throughput(gateway_port, "127.0.0.1", None, 8).await,
         );
         rows.push(("direct to the gateway port".into(), direct.0, direct.1));
+        eprintln!("measuring: bridge");
         let bridged = (
             load(bridge_port, &host, Some(&jwt), secs, concurrency).await,
             throughput(bridge_port, &host, Some(&jwt), 8).await,
@@ -365,6 +369,7 @@ fn main() {
                             .unwrap(),
                     );
                     wait_port(port);
+                    eprintln!("measuring: nginx {mode}");
                     let token = (mode != "plain").then_some(jwt.as_str());
                     let result =
                         (load(port, &host, token, secs, concurrency).await, throughput(port, &host, token, 8).await);

@@ -63,6 +63,43 @@ fn is_upgrade(request: &Request<Incoming>) -> bool {
 struct Proxy {
     runtime: Arc<ProcessRuntime>,
     client: Client<HttpConnector, Incoming>,
+    /// Where each tenant's gateway listens and its token, re-read from the
+    /// runtime's records at most every RECORDS_TTL (not per request).
+    targets: std::sync::RwLock<(std::time::Instant, std::collections::HashMap<String, Target>)>,
+}
+
+#[derive(Clone)]
+struct Target {
+    port: u16,
+    authorization: HeaderValue,
+}
+
+/// How stale the tenant table may be: a deleted tenant stops being reachable
+/// at most this much later (its gateway is stopped first anyway).
+const RECORDS_TTL: Duration = Duration::from_secs(1);
+
+impl Proxy {
+    fn target(&self, tenant_id: &str) -> Option<Target> {
+        {
+            let targets = self.targets.read().unwrap();
+            if targets.0.elapsed() < RECORDS_TTL {
+                return targets.1.get(tenant_id).cloned();
+            }
+        }
+        let fresh: std::collections::HashMap<String, Target> = self
+            .runtime
+            .records()
+            .into_iter()
+            .filter(|r| r.provisioned)
+            .filter_map(|r| {
+                let authorization = HeaderValue::from_str(&format!("Bearer {}", r.gateway_token)).ok()?;
+                Some((r.tenant_id, Target { port: r.port, authorization }))
+            })
+            .collect();
+        let found = fresh.get(tenant_id).cloned();
+        *self.targets.write().unwrap() = (std::time::Instant::now(), fresh);
+        found
+    }
 }
 
 /// Binds the proxy listener; the address goes into the hello inventory.
@@ -79,7 +116,8 @@ pub async fn serve(listener: TcpListener, tls: rustls::ServerConfig, runtime: Ar
     connector.set_nodelay(true);
     connector.set_connect_timeout(Some(Duration::from_secs(5)));
     let client = Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(60)).build(connector);
-    let proxy = Arc::new(Proxy { runtime, client });
+    let stale = std::time::Instant::now() - RECORDS_TTL * 2;
+    let proxy = Arc::new(Proxy { runtime, client, targets: std::sync::RwLock::new((stale, Default::default())) });
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let Ok(permit) = permits.clone().acquire_owned().await else { return };
@@ -132,12 +170,11 @@ impl Proxy {
         else {
             return reply(StatusCode::BAD_REQUEST, "missing x-clawplane-tenant");
         };
-        let record = match self.runtime.record(&tenant_id) {
-            Some(record) if record.provisioned => record,
-            _ => return reply(StatusCode::NOT_FOUND, "tenant is not on this host"),
+        let Some(target) = self.target(&tenant_id) else {
+            return reply(StatusCode::NOT_FOUND, "tenant is not on this host");
         };
         let path = request.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/").to_string();
-        let Ok(uri) = format!("http://127.0.0.1:{}{path}", record.port).parse::<http::Uri>() else {
+        let Ok(uri) = format!("http://127.0.0.1:{}{path}", target.port).parse::<http::Uri>() else {
             return reply(StatusCode::BAD_REQUEST, "invalid request path");
         };
         let upgrade = is_upgrade(&request);
@@ -152,14 +189,12 @@ impl Proxy {
                 headers.remove(*name);
             }
         }
-        headers.insert(header::HOST, HeaderValue::from_str(&format!("127.0.0.1:{}", record.port)).unwrap());
+        headers.insert(header::HOST, HeaderValue::from_str(&format!("127.0.0.1:{}", target.port)).unwrap());
         // The gateway's own credential: users never see it.
-        if let Ok(value) = HeaderValue::from_str(&format!("Bearer {}", record.gateway_token)) {
-            headers.insert(header::AUTHORIZATION, value);
-        }
+        headers.insert(header::AUTHORIZATION, target.authorization.clone());
         let upstream = Request::from_parts(parts, body);
         if let Some(client_upgrade) = client_upgrade {
-            return self.relay_upgrade(upstream, client_upgrade, record.port).await;
+            return self.relay_upgrade(upstream, client_upgrade, target.port).await;
         }
         match self.client.request(upstream).await {
             Ok(response) => {

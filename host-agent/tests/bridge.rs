@@ -368,6 +368,7 @@ async fn through_nginx(
     assert_eq!(seen["auth_sha256"], expected_auth);
     assert_eq!(seen["x_forwarded_user"], "");
     assert_eq!(seen["cookie"], "theme=dark", "nginx drops the session cookie");
-    let _ = child.kill();
+    // SIGTERM: the master takes its workers down (SIGKILL would orphan them).
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let _ = child.wait();
 }

@@ -802,6 +802,11 @@ impl ProcessRuntime {
             return Ok(archived);
         }
         self.stop_gateway(tenant_id).await;
+        // Helpers OpenClaw detached from the gateway's group (workers, CLI
+        // calls) go too: nothing of the tenant may outlive it.
+        if let Some(uid) = record.uid {
+            kill_user_processes(uid);
+        }
         let root = self.tenant_root(&record.slug);
         let mut archived = None;
         if archive && root.exists() {
