@@ -61,6 +61,11 @@ struct Cli {
     response_timeout: Duration,
     #[arg(long, env = "CLAWPLANE_MAX_CONNECTIONS", default_value_t = 10_000)]
     max_connections: usize,
+    /// Address of a load balancer in front whose X-Forwarded-For and
+    /// X-Forwarded-Proto are believed (repeatable); from anyone else those
+    /// headers are replaced.
+    #[arg(long = "trusted-front", env = "CLAWPLANE_TRUSTED_FRONTS", value_delimiter = ',')]
+    trusted_fronts: Vec<std::net::IpAddr>,
     /// Admin token (for WatchRoutes) and SSO settings.
     #[command(flatten)]
     auth: AuthArgs,
@@ -126,6 +131,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         max_body_bytes: cli.max_body_bytes,
         response_timeout: cli.response_timeout,
         metrics: Default::default(),
+        trusted_fronts: cli.trusted_fronts.clone(),
     });
     let admin =
         TcpListener::bind(&cli.admin_listen).await.with_context(|| format!("admin_listen {}", cli.admin_listen))?;

@@ -59,6 +59,9 @@ pub struct Bridge {
     pub max_body_bytes: usize,
     pub response_timeout: Duration,
     pub metrics: Arc<Metrics>,
+    /// Front proxies (load balancers) whose X-Forwarded-For is believed;
+    /// from anyone else it is replaced by the peer address.
+    pub trusted_fronts: Vec<std::net::IpAddr>,
 }
 
 pub fn build_client(connector: AgentConnector) -> Client<AgentConnector, Limited<Incoming>> {
@@ -268,6 +271,21 @@ impl Bridge {
         let (mut parts, body) = request.into_parts();
         parts.uri = uri;
         let headers = &mut parts.headers;
+        // The client as the nearest trusted hop saw it.
+        let front = self.trusted_fronts.contains(&peer.ip());
+        let client_ip = headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.rsplit(',').next())
+            .and_then(|ip| ip.trim().parse::<std::net::IpAddr>().ok())
+            .filter(|_| front)
+            .unwrap_or(peer.ip());
+        let proto = headers
+            .get("x-forwarded-proto")
+            .and_then(|v| v.to_str().ok())
+            .filter(|p| front && (*p == "https" || *p == "http"))
+            .map(String::from)
+            .unwrap_or_else(|| if tls { "https".into() } else { "http".into() });
         for name in CLIENT_IDENTITY_HEADERS {
             headers.remove(*name);
         }
@@ -285,8 +303,8 @@ impl Bridge {
             }
         };
         set(headers, TENANT_HEADER, &route.tenant_id);
-        set(headers, "x-forwarded-for", &peer.ip().to_string());
-        set(headers, "x-forwarded-proto", if tls { "https" } else { "http" });
+        set(headers, "x-forwarded-for", &client_ip.to_string());
+        set(headers, "x-forwarded-proto", &proto);
         set(headers, "x-forwarded-host", host);
         if let Some(client_upgrade) = client_upgrade {
             parts.version = http::Version::HTTP_11;

@@ -6,44 +6,15 @@
 mod common;
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use clawplane_proto::v1::tenant_service_client::TenantServiceClient;
 use clawplane_proto::v1::{CreateTenantRequest, DeleteTenantRequest, GetMyTenantRequest, Tenant, TenantStatus};
-use common::cp::{claims, hs256, now, Cred, AUDIENCE, HS_SECRET, ISSUER, SHARED_SECRET};
+use common::cp::{claims, hs256, now, Cred, SHARED_SECRET};
 use common::*;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-struct Bridge {
-    child: Child,
-}
-
-impl Drop for Bridge {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A raw HTTP/1.1 exchange; returns (status, head, body).
-async fn http(port: u16, host: &str, path: &str, headers: &[(&str, &str)]) -> (u16, String, String) {
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-    let extra: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n{extra}Connection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut response = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut response)).await;
-    let text = String::from_utf8_lossy(&response).to_string();
-    let status = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    (status, head.to_string(), body.to_string())
-}
-
-fn bearer(token: &str) -> String {
-    format!("Bearer {token}")
-}
 
 fn gateway_token(agent: &Agent, tenant_id: &str) -> String {
     let path = agent.state_dir.join("tenants").join(format!("{tenant_id}.json"));
@@ -103,34 +74,8 @@ async fn the_bridge_routes_each_host_to_its_own_tenant_only() {
     let t = running(&mut tenants, &carol, "team-red").await;
 
     // A bridge identity from the CA, and the bridge.
-    let identity = dir.join("bridge-identity");
-    let issued = Command::new(bin("clawplane"))
-        .args(["ca", "issue-bridge", "--name", "edge-1", "--out"])
-        .arg(&identity)
-        .arg("--data-dir")
-        .arg(&cp.data_dir)
-        .output()
-        .unwrap();
-    assert!(issued.status.success(), "{}", text(&issued));
-    let port = free_port();
-    let admin_port = free_port();
-    let log = std::fs::File::create(dir.join("bridge.log")).unwrap();
-    let child = Command::new(bin("clawplane-bridge"))
-        .args(["--control-plane", &format!("http://127.0.0.1:{}", cp.api_port)])
-        .args(["--admin-listen", &format!("127.0.0.1:{admin_port}")])
-        .args(["--listen", &format!("127.0.0.1:{port}"), "--base-domain", "claw.test", "--identity-dir"])
-        .arg(&identity)
-        .env("CLAWPLANE_ADMIN_TOKEN", cp.admin_token())
-        .env("CLAWPLANE_JWT_HS256_SECRET", HS_SECRET)
-        .env("CLAWPLANE_JWT_ISSUER", ISSUER)
-        .env("CLAWPLANE_JWT_AUDIENCE", AUDIENCE)
-        .env("RUST_LOG", "info,clawplane_bridge=debug")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let mut bridge = Bridge { child };
-    wait_for_port(port, &mut bridge.child);
+    let bridge = BridgeProcess::start(&cp, &dir);
+    let (port, admin_port, identity) = (bridge.port, bridge.admin_port, bridge.identity.clone());
 
     let alice_jwt = hs256(claims("alice", &[]));
     let dave_jwt = hs256(claims("dave", &["team-red"]));

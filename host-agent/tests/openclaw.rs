@@ -189,6 +189,68 @@ async fn synced_turn_is_queryable(
     assert_eq!(denied.code(), tonic::Code::NotFound);
 }
 
+/// `https://<slug>.<domain>` through clawplane-bridge and the agent's tenant
+/// proxy to the real gateway: /healthz, the Control UI page, and the
+/// gateway's WebSocket protocol (its `connect.challenge`, then ping/pong).
+async fn through_the_bridge(cp: &ControlPlane, dir: &Path, a: &Tenant, b: &Tenant) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // The gateway refuses proxied requests it cannot attribute to a real,
+    // non-loopback client: the test plays a load balancer in front that
+    // forwards a documentation-range client address.
+    let bridge = BridgeProcess::start_with(cp, dir, &["--trusted-front", "127.0.0.1"]);
+    let port = bridge.port;
+    let client = ("X-Forwarded-For", "203.0.113.7");
+    let (alice, bob) = (bearer(&cp::hs256(cp::claims("alice", &[]))), bearer(&cp::hs256(cp::claims("bob", &[]))));
+    let (a_host, b_host) = (format!("{}.claw.test", a.slug), format!("{}.claw.test", b.slug));
+    eventually(Duration::from_secs(30), "alice's gateway through the bridge", || {
+        let (host, auth) = (a_host.clone(), alice.clone());
+        async move { http(port, &host, "/healthz", &[("Authorization", &auth), client]).await.0 == 200 }
+    })
+    .await;
+    for (host, auth, expected) in
+        [(&b_host, &bob, 200), (&b_host, &alice, 403), (&a_host, &bob, 403), (&a_host, &String::new(), 401)]
+    {
+        let mut headers = vec![client];
+        if !auth.is_empty() {
+            headers.push(("Authorization", auth));
+        }
+        let (status, _, body) = http(port, host, "/healthz", &headers).await;
+        assert_eq!(status, expected, "{host}: {body}");
+    }
+    let (status, _, page) =
+        http(port, &a_host, "/", &[("Authorization", &alice), ("Accept", "text/html"), client]).await;
+    assert_eq!(status, 200, "{page}");
+    assert!(page.to_ascii_lowercase().contains("<html"), "the Control UI page: {}", &page[..page.len().min(300)]);
+
+    let mut ws = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let upgrade = format!(
+        "GET / HTTP/1.1\r\nHost: {a_host}\r\nAuthorization: {alice}\r\nX-Forwarded-For: 203.0.113.7\r\n\
+         Connection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    );
+    ws.write_all(upgrade.as_bytes()).await.unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !String::from_utf8_lossy(&seen).contains("connect.challenge") {
+        assert!(std::time::Instant::now() < deadline, "no challenge frame: {}", String::from_utf8_lossy(&seen));
+        let n = tokio::time::timeout(Duration::from_secs(20), ws.read(&mut buf)).await.unwrap().unwrap();
+        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&buf[..n]);
+    }
+    assert!(String::from_utf8_lossy(&seen).starts_with("HTTP/1.1 101"), "{}", String::from_utf8_lossy(&seen));
+    // A masked ping from us; the gateway answers with a pong frame (0x8A).
+    ws.write_all(&[0x89, 0x84, 1, 2, 3, 4, b'p' ^ 1, b'i' ^ 2, b'n' ^ 3, b'g' ^ 4]).await.unwrap();
+    let mut after = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !after.windows(2).any(|w| w == [0x8A, 0x04]) {
+        assert!(std::time::Instant::now() < deadline, "no pong: {after:?}");
+        let n = tokio::time::timeout(Duration::from_secs(10), ws.read(&mut buf)).await.unwrap().unwrap();
+        assert!(n > 0, "closed before the pong");
+        after.extend_from_slice(&buf[..n]);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn tenants_run_isolated_on_real_openclaw() {
     let Some(openclaw) = openclaw_bin() else { return };
@@ -208,6 +270,8 @@ async fn tenants_run_isolated_on_real_openclaw() {
         tenants_dir.to_str().unwrap(),
         "--gateway-base-port",
         &base_port,
+        "--proxy-listen",
+        "127.0.0.1:0",
     ]);
 
     let mut client = TenantServiceClient::new(cp.channel().await);
@@ -449,6 +513,9 @@ async fn tenants_run_isolated_on_real_openclaw() {
     assert!(observed.observed_at.is_some());
     assert!(!observed.observed_config_json.contains(secret));
 
+    // Users reach their real gateways through the bridge, and only theirs.
+    through_the_bridge(&cp, &db.data_dir(), &a, &b).await;
+
     // The agent dies (kill -9) in the middle of provisioning a tenant: after
     // its restart the tenant still ends up running, and the others come back.
     let carol = Cred::shared("carol");
@@ -470,6 +537,8 @@ async fn tenants_run_isolated_on_real_openclaw() {
         tenants_dir.to_str().unwrap(),
         "--gateway-base-port",
         &base_port,
+        "--proxy-listen",
+        "127.0.0.1:0",
     ]);
     let c = wait_running(&mut client, &carol).await;
     assert_eq!(record(&agent.state_dir, &c.id)["provisioned"], true);

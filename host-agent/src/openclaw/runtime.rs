@@ -445,6 +445,10 @@ impl ProcessRuntime {
             {"path": "gateway.auth", "value": {"mode": "token", "token": {"source": "file", "provider": "clawplane", "id": "/gateway/token"}}},
             {"path": "gateway.http.endpoints.chatCompletions.enabled", "value": true},
             {"path": "logging.file", "value": root.join("logs").join("gateway.log")},
+            // User traffic arrives through this host's agent (the tenant
+            // proxy, on loopback) with X-Forwarded-* naming the real client;
+            // attribution only: every request still needs the token.
+            {"path": "gateway.trustedProxies", "value": ["127.0.0.1/32", "::1/128"]},
         ]);
         self.config_set(&record, &initial).await?;
         for agent in &agents {

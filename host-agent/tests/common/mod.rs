@@ -379,3 +379,77 @@ pub async fn http_post_json(
     let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
     (status, body)
 }
+
+/// A `clawplane-bridge` process in front of a test control plane, with a
+/// bridge identity issued by `clawplane ca issue-bridge` and the test SSO
+/// (HS256) settings.
+pub struct BridgeProcess {
+    child: Child,
+    pub port: u16,
+    pub admin_port: u16,
+    pub identity: PathBuf,
+    pub log: PathBuf,
+}
+
+impl BridgeProcess {
+    pub fn start(cp: &ControlPlane, dir: &Path) -> BridgeProcess {
+        BridgeProcess::start_with(cp, dir, &[])
+    }
+
+    pub fn start_with(cp: &ControlPlane, dir: &Path, extra: &[&str]) -> BridgeProcess {
+        let identity = dir.join("bridge-identity");
+        let issued = Command::new(bin("clawplane"))
+            .args(["ca", "issue-bridge", "--name", "edge-1", "--out"])
+            .arg(&identity)
+            .arg("--data-dir")
+            .arg(&cp.data_dir)
+            .output()
+            .unwrap();
+        assert!(issued.status.success(), "{}", text(&issued));
+        let (port, admin_port) = (free_port(), free_port());
+        let log = dir.join("bridge.log");
+        let mut child = Command::new(bin("clawplane-bridge"))
+            .args(["--control-plane", &format!("http://127.0.0.1:{}", cp.api_port)])
+            .args(["--admin-listen", &format!("127.0.0.1:{admin_port}")])
+            .args(["--listen", &format!("127.0.0.1:{port}"), "--base-domain", "claw.test", "--identity-dir"])
+            .arg(&identity)
+            .args(extra)
+            .env("CLAWPLANE_ADMIN_TOKEN", cp.admin_token())
+            .env("CLAWPLANE_JWT_HS256_SECRET", cp::HS_SECRET)
+            .env("CLAWPLANE_JWT_ISSUER", cp::ISSUER)
+            .env("CLAWPLANE_JWT_AUDIENCE", cp::AUDIENCE)
+            .env("RUST_LOG", "info,clawplane_bridge=debug")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        wait_for_port(port, &mut child);
+        BridgeProcess { child, port, admin_port, identity, log }
+    }
+}
+
+impl Drop for BridgeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A raw HTTP/1.1 GET with `Connection: close`; returns (status, head, body).
+pub async fn http(port: u16, host: &str, path: &str, headers: &[(&str, &str)]) -> (u16, String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let extra: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n{extra}Connection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut response)).await;
+    let text = String::from_utf8_lossy(&response).to_string();
+    let status = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    (status, head.to_string(), body.to_string())
+}
+
+pub fn bearer(token: &str) -> String {
+    format!("Bearer {token}")
+}
