@@ -25,6 +25,8 @@ pub type Body = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
 /// Cookie that may carry the SSO token (browsers cannot set headers on
 /// navigations or WebSocket handshakes).
 pub const SESSION_COOKIE: &str = "clawplane_session";
+/// Where a browser trades an SSO token for the session cookie.
+pub const SESSION_PATH: &str = "/_clawplane/session";
 /// Header naming the tenant to the host agent.
 const TENANT_HEADER: &str = "x-clawplane-tenant";
 /// Identity headers a client must never be able to set.
@@ -176,6 +178,9 @@ impl Bridge {
             .map(String::from)
             .or_else(|| request.uri().authority().map(|a| a.to_string()))
             .unwrap_or_default();
+        if request.uri().path() == SESSION_PATH {
+            return self.start_session(request.uri().query().unwrap_or_default(), &host, tls);
+        }
         let route = match self.authorize(request.headers(), &host) {
             Ok(route) => route,
             Err(_) if request.uri().path() == "/api/health" => {
@@ -208,6 +213,44 @@ impl Bridge {
             })
             .boxed()
         })
+    }
+
+    /// The browser hand-off: the web product links the user to
+    /// `https://<slug>.<domain>/_clawplane/session?token=<SSO JWT>&next=/`;
+    /// an owner's valid token becomes an HttpOnly session cookie for this
+    /// host, then the browser goes on to `next` (a local path only).
+    fn start_session(&self, query: &str, host: &str, tls: bool) -> Response<Body> {
+        let param = |name: &str| {
+            query.split('&').filter_map(|pair| pair.split_once('=')).find(|(k, _)| *k == name).map(|(_, v)| v)
+        };
+        let Some(token) = param("token").filter(|t| !t.is_empty()) else {
+            return text(StatusCode::BAD_REQUEST, "token is required");
+        };
+        let next = param("next").unwrap_or("/").replace("%2F", "/").replace("%2f", "/");
+        let local = next.starts_with('/')
+            && !next.starts_with("//")
+            && next.bytes().all(|b| b.is_ascii_alphanumeric() || b"/-_.~?=&%".contains(&b));
+        if !local {
+            return text(StatusCode::BAD_REQUEST, "next must be a path on this host");
+        }
+        let mut headers = HeaderMap::new();
+        let Ok(value) = HeaderValue::from_str(&format!("Bearer {token}")) else {
+            return text(StatusCode::BAD_REQUEST, "token is not a token");
+        };
+        headers.insert(header::AUTHORIZATION, value);
+        if let Err(refused) = self.authorize(&headers, host) {
+            return refused;
+        }
+        let secure = if tls { "; Secure" } else { "" };
+        let mut response = text(StatusCode::SEE_OTHER, "signed in");
+        if let (Ok(location), Ok(cookie)) = (
+            HeaderValue::from_str(&next),
+            HeaderValue::from_str(&format!("{SESSION_COOKIE}={token}; Path=/; HttpOnly; SameSite=Lax{secure}")),
+        ) {
+            response.headers_mut().insert(header::LOCATION, location);
+            response.headers_mut().insert(header::SET_COOKIE, cookie);
+        }
+        response
     }
 
     /// nginx `auth_request`: 200 with where to send the request, or the

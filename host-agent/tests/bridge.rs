@@ -127,6 +127,24 @@ async fn the_bridge_routes_each_host_to_its_own_tenant_only() {
         }
     }
 
+    // The browser hand-off: an owner's token becomes an HttpOnly cookie.
+    let handoff = format!("/_clawplane/session?token={alice_jwt}&next=/chat");
+    let (status, head, _) = http(port, &a_host, &handoff, &[]).await;
+    assert_eq!(status, 303, "{head}");
+    let head = head.to_ascii_lowercase();
+    assert!(head.contains("location: /chat") && head.contains("set-cookie: clawplane_session="), "{head}");
+    assert!(head.contains("httponly") && head.contains("samesite=lax"), "{head}");
+    for (what, query, expected) in [
+        ("someone else's token", format!("token={bob_jwt}&next=/"), 403),
+        ("an open redirect", format!("token={alice_jwt}&next=//evil.test/"), 400),
+        ("no token", "next=/".to_string(), 400),
+        ("an expired token", format!("token={expired_jwt}"), 401),
+    ] {
+        let (status, head, _) = http(port, &a_host, &format!("/_clawplane/session?{query}"), &[]).await;
+        assert_eq!(status, expected, "{what}: {head}");
+        assert!(!head.to_ascii_lowercase().contains("set-cookie"), "{what}");
+    }
+
     // What reached alice's gateway: her gateway's token (added by the agent),
     // not her SSO token, no forged identity, the session cookie stripped.
     let forged = [
