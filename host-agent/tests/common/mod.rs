@@ -21,7 +21,11 @@ pub use cp::{sqlite_db, test_databases, TestDb};
 pub fn bin(name: &str) -> PathBuf {
     let agent = PathBuf::from(env!("CARGO_BIN_EXE_clawplane-agent"));
     let path = agent.parent().unwrap().join(name);
-    assert!(path.exists(), "{} is missing: run the tests with `cargo test --workspace`", path.display());
+    assert!(
+        path.exists(),
+        "{} is missing: run scripts/test (or `cargo build --workspace --bins` first)",
+        path.display()
+    );
     path
 }
 
