@@ -73,6 +73,7 @@ impl Server {
             heartbeat_interval: config.host_heartbeat_interval,
             lease: config.host_lease,
             public_url: config.agent_public_url.clone(),
+            base_domain: config.base_domain.clone(),
         };
         // An ephemeral agent port (tests) is only known once bound.
         if config.agent_listen.port() == 0 {

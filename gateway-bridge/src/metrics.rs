@@ -11,6 +11,7 @@ struct TenantCounters {
     bytes_in: u64,
     bytes_out: u64,
     latency_seconds_sum: f64,
+    upgrades: u64,
 }
 
 #[derive(Default)]
@@ -31,6 +32,10 @@ impl Metrics {
         }
     }
 
+    pub fn upgraded(&self, tenant: &str) {
+        self.tenants.lock().unwrap().entry(tenant.to_string()).or_default().upgrades += 1;
+    }
+
     pub fn bytes(&self, tenant: &str, inbound: u64, outbound: u64) {
         let mut tenants = self.tenants.lock().unwrap();
         let counters = tenants.entry(tenant.to_string()).or_default();
@@ -46,7 +51,10 @@ impl Metrics {
     pub fn render(&self) -> String {
         let tenants = self.tenants.lock().unwrap().clone();
         let mut out = String::new();
-        let series: [(&str, &str, &str, fn(&TenantCounters) -> f64); 5] = [
+        let series: [(&str, &str, &str, fn(&TenantCounters) -> f64); 6] = [
+            ("clawplane_bridge_upgrades_total", "counter", "WebSocket (and other) upgrades relayed.", |c| {
+                c.upgrades as f64
+            }),
             ("clawplane_bridge_requests_total", "counter", "Requests forwarded to the tenant.", |c| c.requests as f64),
             (
                 "clawplane_bridge_upstream_errors_total",

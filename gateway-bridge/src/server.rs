@@ -199,6 +199,9 @@ impl Bridge {
         }
         let response = self.forward(request, &route, &host, peer, tls).await;
         let status = response.status();
+        if status == StatusCode::SWITCHING_PROTOCOLS {
+            self.metrics.upgraded(&route.tenant_id);
+        }
         let failed = status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::GATEWAY_TIMEOUT;
         self.metrics.request(&route.tenant_id, started.elapsed(), failed);
         tracing::debug!(tenant = %route.tenant_id, status = status.as_u16(), elapsed_ms = started.elapsed().as_millis() as u64, "bridged");

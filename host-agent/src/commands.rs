@@ -57,12 +57,14 @@ impl Executor {
                 agent_version: env!("CARGO_PKG_VERSION").to_string(),
             }))),
             command::Payload::ProvisionTenant(p) => match self.runtime() {
-                Ok(runtime) => runtime.provision(&p.tenant_id, &p.slug, &p.agent_ids).await.map(|done| {
-                    Some(command_result::Payload::ProvisionTenant(ProvisionTenantResult {
-                        gateway_port: done.port as u32,
-                        agent_ids: done.agent_ids,
-                    }))
-                }),
+                Ok(runtime) => {
+                    runtime.provision_for(&p.tenant_id, &p.slug, &p.agent_ids, &p.public_origin).await.map(|done| {
+                        Some(command_result::Payload::ProvisionTenant(ProvisionTenantResult {
+                            gateway_port: done.port as u32,
+                            agent_ids: done.agent_ids,
+                        }))
+                    })
+                }
                 Err(err) => Err(err),
             },
             command::Payload::ApplyConfig(c) => match self.runtime() {

@@ -92,7 +92,7 @@ async fn the_bridge_routes_each_host_to_its_own_tenant_only() {
             break;
         }
         if started.elapsed() > Duration::from_secs(30) {
-            let bridge_log = std::fs::read_to_string(dir.join("bridge.log")).unwrap_or_default();
+            let bridge_log = std::fs::read_to_string(&bridge.log).unwrap_or_default();
             panic!("alice's route never became active: {last:?}\nbridge:\n{bridge_log}\nagent:\n{}", agent.log());
         }
         tokio::time::sleep(Duration::from_millis(200)).await;

@@ -249,6 +249,90 @@ async fn through_the_bridge(cp: &ControlPlane, dir: &Path, a: &Tenant, b: &Tenan
         assert!(n > 0, "closed before the pong");
         after.extend_from_slice(&buf[..n]);
     }
+    drop(ws);
+    in_a_browser(dir, a, &alice, port, bridge.admin_port).await;
+}
+
+fn chromium_bin() -> Option<PathBuf> {
+    let found = ["/usr/bin/chromium", "/usr/bin/chromium-browser"].iter().map(PathBuf::from).find(|p| p.exists());
+    if found.is_none() && std::env::var("CLAWPLANE_REQUIRE_TOOLS").as_deref() == Ok("1") {
+        panic!("chromium is required (scripts/test installs the Debian package)");
+    }
+    found
+}
+
+/// Headless Chromium opens alice's Control UI at https://<slug>.claw.test:
+/// nginx on 127.0.0.1:443 plays the TLS load balancer (reporting a public
+/// client address, as real users have), the bridge behind it trusts it.
+/// The SSO hand-off sets the session cookie, the page loads, and its
+/// WebSocket to the gateway upgrades through bridge and agent.
+async fn in_a_browser(dir: &Path, a: &Tenant, alice: &str, bridge_port: u16, bridge_admin: u16) {
+    let Some(chromium) = chromium_bin() else {
+        eprintln!("\n!!! SKIPPING the browser check: chromium is not installed (scripts/test installs it) !!!\n");
+        return;
+    };
+    let nginx = ["/usr/sbin/nginx", "/usr/bin/nginx"].iter().map(PathBuf::from).find(|p| p.exists());
+    let Some(nginx) = nginx else { panic!("nginx is required for the browser check (scripts/test installs it)") };
+    let key = rcgen::KeyPair::generate().unwrap();
+    let params = rcgen::CertificateParams::new(vec!["*.claw.test".to_string()]).unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    let root = dir.join("lb");
+    std::fs::create_dir_all(root.join("logs")).unwrap();
+    std::fs::write(root.join("wildcard.pem"), cert.pem()).unwrap();
+    std::fs::write(root.join("wildcard.key"), key.serialize_pem()).unwrap();
+    let r = root.display();
+    let conf = format!(
+        "user root; daemon off; worker_processes 1; pid {r}/nginx.pid; error_log {r}/logs/error.log;\n\
+         events {{}}\nhttp {{ access_log off; client_body_temp_path {r}/body; proxy_temp_path {r}/proxy;\n\
+         fastcgi_temp_path {r}/fastcgi; uwsgi_temp_path {r}/uwsgi; scgi_temp_path {r}/scgi;\n\
+         map $http_upgrade $up {{ default upgrade; '' ''; }}\n\
+         server {{ listen 127.0.0.1:443 ssl; server_name *.claw.test;\n\
+         ssl_certificate {r}/wildcard.pem; ssl_certificate_key {r}/wildcard.key;\n\
+         location / {{ proxy_pass http://127.0.0.1:{bridge_port}; proxy_http_version 1.1;\n\
+         proxy_set_header Host $host; proxy_set_header X-Forwarded-For 203.0.113.7;\n\
+         proxy_set_header X-Forwarded-Proto https; proxy_set_header Upgrade $http_upgrade;\n\
+         proxy_set_header Connection $up; proxy_read_timeout 1h; }} }} }}\n"
+    );
+    std::fs::write(root.join("nginx.conf"), conf).unwrap();
+    let mut lb = Command::new(nginx).arg("-p").arg(&root).arg("-c").arg(root.join("nginx.conf")).spawn().unwrap();
+    wait_for_port(443, &mut lb);
+    let token = alice.trim_start_matches("Bearer ");
+    let url = format!("https://{}.claw.test/_clawplane/session?token={token}&next=/", a.slug);
+    let upgrades = |admin: u16, tenant: String| async move {
+        let line = format!("clawplane_bridge_upgrades_total{{tenant=\"{tenant}\"}}");
+        let (_, _, body) = http(admin, "127.0.0.1", "/metrics", &[]).await;
+        body.lines()
+            .find(|l| l.starts_with(&line))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // Upgrades before the browser (the raw WebSocket check made one).
+    let before = upgrades(bridge_admin, a.id.clone()).await;
+    let profile = dir.join("chromium-profile");
+    let mut child = Command::new(chromium)
+        .args(["--headless=new", "--no-sandbox", "--disable-gpu", "--ignore-certificate-errors"])
+        .args(["--host-resolver-rules=MAP *.claw.test 127.0.0.1", "--virtual-time-budget=20000", "--dump-dom"])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .arg(&url)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while upgrades(bridge_admin, a.id.clone()).await <= before {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the page's WebSocket never upgraded through the bridge\nload balancer log:\n{}",
+            std::fs::read_to_string(root.join("logs/error.log")).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let _ = child.kill();
+    let output = child.wait_with_output().unwrap();
+    let dom = String::from_utf8_lossy(&output.stdout).to_string();
+    eprintln!("browser: WebSocket upgraded after {:?}; DOM {} bytes", started.elapsed(), dom.len());
+    unsafe { libc::kill(lb.id() as i32, libc::SIGTERM) };
+    let _ = lb.wait();
 }
 
 #[tokio::test(flavor = "multi_thread")]

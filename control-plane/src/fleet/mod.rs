@@ -41,6 +41,8 @@ pub struct FleetConfig {
     pub lease: Duration,
     /// The agent listener's URL as hosts reach it (used in join commands).
     pub public_url: String,
+    /// Base domain of tenant URLs (`https://<slug>.<base_domain>`).
+    pub base_domain: String,
 }
 
 /// What the control plane knows of one connected agent stream.

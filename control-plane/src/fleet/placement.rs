@@ -84,6 +84,7 @@ impl Fleet {
             slug: tenant.tenant.slug.clone(),
             runtime: pb::Runtime::Process as i32,
             agent_ids: tenant.agent_ids(),
+            public_origin: format!("https://{}.{}", tenant.tenant.slug, self.config().base_domain),
             ..Default::default()
         });
         self.enqueue(host_id, Some(&tenant.tenant.id), payload).await?;

@@ -399,12 +399,28 @@ impl ProcessRuntime {
     /// Creates the tenant's user, tree, initial config and agent, and starts
     /// its gateway. Provisioning a tenant that exists only makes sure its
     /// gateway runs.
+    #[cfg(test)]
     pub async fn provision(
         self: &Arc<Self>,
         tenant_id: &str,
         slug: &str,
         agent_ids: &[String],
     ) -> RuntimeResult<Provisioned> {
+        self.provision_for(tenant_id, slug, agent_ids, "").await
+    }
+
+    /// As [`Self::provision`], allowing the tenant's public origin
+    /// (`https://<slug>.<domain>`) to open the gateway's Control UI.
+    pub async fn provision_for(
+        self: &Arc<Self>,
+        tenant_id: &str,
+        slug: &str,
+        agent_ids: &[String],
+        public_origin: &str,
+    ) -> RuntimeResult<Provisioned> {
+        if !public_origin.is_empty() && !valid_origin(public_origin) {
+            return Err(RuntimeError::Invalid(format!("invalid public origin {public_origin:?}")));
+        }
         if !valid_slug(slug) {
             return Err(RuntimeError::Invalid(format!("invalid tenant slug {slug:?}")));
         }
@@ -437,7 +453,7 @@ impl ProcessRuntime {
         // Every step below is idempotent, so an interrupted provisioning is
         // simply run again.
         let root = self.tenant_root(slug);
-        let initial = json!([
+        let mut initial = json!([
             {"path": "gateway.mode", "value": "local"},
             {"path": "gateway.port", "value": record.port},
             {"path": "gateway.bind", "value": "loopback"},
@@ -450,6 +466,11 @@ impl ProcessRuntime {
             // attribution only: every request still needs the token.
             {"path": "gateway.trustedProxies", "value": ["127.0.0.1/32", "::1/128"]},
         ]);
+        if !public_origin.is_empty() {
+            if let Value::Array(ops) = &mut initial {
+                ops.push(json!({"path": "gateway.controlUi.allowedOrigins", "value": [public_origin]}));
+            }
+        }
         self.config_set(&record, &initial).await?;
         for agent in &agents {
             let workspace = root.join("state").join("workspaces").join(agent);
@@ -1149,6 +1170,16 @@ fn chown(path: &Path, record: &TenantRecord) -> anyhow::Result<()> {
         std::os::unix::fs::chown(path, Some(uid), Some(gid)).with_context(|| format!("chown {}", path.display()))?;
     }
     Ok(())
+}
+
+/// `https://host[:port]` (or http) with a plain DNS host name.
+fn valid_origin(origin: &str) -> bool {
+    let Some(rest) = origin.strip_prefix("https://").or_else(|| origin.strip_prefix("http://")) else { return false };
+    let (host, port) = rest.split_once(':').unwrap_or((rest, "443"));
+    !host.is_empty()
+        && host.len() <= 253
+        && host.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        && port.parse::<u16>().is_ok()
 }
 
 /// Gives `path` the owner of `like` (a cell's files belong to the

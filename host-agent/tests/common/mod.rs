@@ -98,6 +98,7 @@ impl ControlPlane {
             .arg(&self.data_dir)
             .args(["--database-url", &self.database_url])
             .args(["--api-listen", &format!("127.0.0.1:{}", self.api_port)])
+            .args(["--base-domain", "claw.test"])
             .args(["--agent-listen", &format!("127.0.0.1:{}", self.agent_port)])
             .env_remove("CLAWPLANE_ADMIN_TOKEN")
             .env("CLAWPLANE_SHARED_SECRET", cp::SHARED_SECRET)
@@ -401,6 +402,11 @@ impl BridgeProcess {
     }
 
     pub fn start_with(cp: &ControlPlane, dir: &Path, extra: &[&str]) -> BridgeProcess {
+        BridgeProcess::start_on(cp, dir, free_port(), extra)
+    }
+
+    /// On a given port (e.g. 443 for a browser), with extra flags.
+    pub fn start_on(cp: &ControlPlane, dir: &Path, port: u16, extra: &[&str]) -> BridgeProcess {
         let identity = dir.join("bridge-identity");
         let issued = Command::new(bin("clawplane"))
             .args(["ca", "issue-bridge", "--name", "edge-1", "--out"])
@@ -410,8 +416,8 @@ impl BridgeProcess {
             .output()
             .unwrap();
         assert!(issued.status.success(), "{}", text(&issued));
-        let (port, admin_port) = (free_port(), free_port());
-        let log = dir.join("bridge.log");
+        let admin_port = free_port();
+        let log = dir.join(format!("bridge-{port}.log"));
         let mut child = Command::new(bin("clawplane-bridge"))
             .args(["--control-plane", &format!("http://127.0.0.1:{}", cp.api_port)])
             .args(["--admin-listen", &format!("127.0.0.1:{admin_port}")])
