@@ -7,6 +7,7 @@ mod common;
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
 use clawplane_proto::v1::tenant_service_client::TenantServiceClient;
@@ -229,6 +230,10 @@ async fn the_bridge_routes_each_host_to_its_own_tenant_only() {
         None => eprintln!("\n!!! SKIPPING the nginx part: nginx is not installed (scripts/test installs it) !!!\n"),
     }
 
+    // TLS termination in the bridge, with the certificate reloaded when its
+    // files change.
+    tls_termination_reloads(&cp, &dir, &a_host, &bearer(&alice_jwt)).await;
+
     // The control plane goes away: the bridge keeps routing from its table.
     cp.kill9();
     let (status, _, _) = http(port, &a_host, "/", &[("Authorization", &bearer(&alice_jwt))]).await;
@@ -334,4 +339,108 @@ async fn through_nginx(
     // SIGTERM: the master takes its workers down (SIGKILL would orphan them).
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let _ = child.wait();
+}
+
+/// Accepts any server certificate and keeps the last one seen.
+#[derive(Debug, Default)]
+struct SeenCertificate(std::sync::Mutex<Vec<u8>>);
+
+impl rustls::client::danger::ServerCertVerifier for SeenCertificate {
+    fn verify_server_cert(
+        &self,
+        end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _: &[rustls::pki_types::CertificateDer<'_>],
+        _: &rustls::pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        *self.0.lock().unwrap() = end_entity.to_vec();
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _: &[u8],
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        _: &[u8],
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        clawplane_tls::provider().signature_verification_algorithms.supported_schemes()
+    }
+}
+
+fn wildcard_cert(dir: &std::path::Path) -> Vec<u8> {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["*.claw.test".to_string()]).unwrap().self_signed(&key).unwrap();
+    std::fs::write(dir.join("tls.key"), key.serialize_pem()).unwrap();
+    std::fs::write(dir.join("tls.pem"), cert.pem()).unwrap();
+    cert.der().to_vec()
+}
+
+/// One HTTPS GET through the bridge; returns (status, certificate served).
+async fn https_get(port: u16, host: &str, auth: &str) -> (u16, Vec<u8>) {
+    let seen = Arc::new(SeenCertificate::default());
+    let mut config = rustls::ClientConfig::builder_with_provider(clawplane_tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(seen.clone())
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from(host.to_string()).unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await.unwrap();
+    let request =
+        format!("GET /healthz HTTP/1.1\r\nHost: {host}\r\nAuthorization: {auth}\r\nConnection: close\r\n\r\n");
+    tls.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(20), tls.read_to_end(&mut response)).await;
+    let text = String::from_utf8_lossy(&response);
+    let status = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let served = seen.0.lock().unwrap().clone();
+    (status, served)
+}
+
+async fn tls_termination_reloads(cp: &ControlPlane, dir: &std::path::Path, host: &str, auth: &str) {
+    let tls_dir = dir.join("tls");
+    std::fs::create_dir_all(&tls_dir).unwrap();
+    let first = wildcard_cert(&tls_dir);
+    let (cert, key) = (tls_dir.join("tls.pem"), tls_dir.join("tls.key"));
+    let bridge =
+        BridgeProcess::start_with(cp, dir, &["--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap()]);
+    let mut served = (0, Vec::new());
+    for _ in 0..100 {
+        served = https_get(bridge.port, host, auth).await;
+        if served.0 == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(served, (200, first.clone()), "HTTPS through the bridge with the first certificate");
+    // Mtime granularity: make sure the files look changed.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let second = wildcard_cert(&tls_dir);
+    let started = std::time::Instant::now();
+    loop {
+        let (status, cert) = https_get(bridge.port, host, auth).await;
+        assert_eq!(status, 200);
+        if cert == second {
+            break;
+        }
+        assert_eq!(cert, first);
+        assert!(started.elapsed() < Duration::from_secs(20), "the new certificate was never served");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
