@@ -93,6 +93,30 @@ pub struct TenantRecord {
     /// tells outside changes from ours.
     #[serde(default)]
     pub config_hash: Option<String>,
+    /// Which generation of the agent's own gateway defaults the tenant's
+    /// config carries ([`GATEWAY_DEFAULTS_VERSION`]); older tenants are
+    /// brought up to date when the agent starts.
+    #[serde(default)]
+    pub defaults_version: u32,
+    /// `https://<slug>.<domain>`, allowed to open the Control UI.
+    #[serde(default)]
+    pub public_origin: String,
+}
+
+/// Bumped whenever [`gateway_defaults`] changes.
+pub const GATEWAY_DEFAULTS_VERSION: u32 = 1;
+
+/// Settings the agent owns in every tenant's gateway config, beyond the
+/// first provisioning steps.
+fn gateway_defaults(public_origin: &str) -> Vec<Value> {
+    // User traffic arrives through this host's agent (the tenant proxy, on
+    // loopback) with X-Forwarded-* naming the real client; attribution only:
+    // every request still needs the token.
+    let mut ops = vec![json!({"path": "gateway.trustedProxies", "value": ["127.0.0.1/32", "::1/128"]})];
+    if !public_origin.is_empty() {
+        ops.push(json!({"path": "gateway.controlUi.allowedOrigins", "value": [public_origin]}));
+    }
+    ops
 }
 
 /// What a supervisor reports about its gateway.
@@ -316,6 +340,8 @@ impl ProcessRuntime {
                     secrets: HashMap::new(),
                     provisioned: false,
                     config_hash: None,
+                    defaults_version: 0,
+                    public_origin: String::new(),
                 };
                 self.save_record(&record)?;
                 record
@@ -461,15 +487,9 @@ impl ProcessRuntime {
             {"path": "gateway.auth", "value": {"mode": "token", "token": {"source": "file", "provider": "clawplane", "id": "/gateway/token"}}},
             {"path": "gateway.http.endpoints.chatCompletions.enabled", "value": true},
             {"path": "logging.file", "value": root.join("logs").join("gateway.log")},
-            // User traffic arrives through this host's agent (the tenant
-            // proxy, on loopback) with X-Forwarded-* naming the real client;
-            // attribution only: every request still needs the token.
-            {"path": "gateway.trustedProxies", "value": ["127.0.0.1/32", "::1/128"]},
         ]);
-        if !public_origin.is_empty() {
-            if let Value::Array(ops) = &mut initial {
-                ops.push(json!({"path": "gateway.controlUi.allowedOrigins", "value": [public_origin]}));
-            }
+        if let Value::Array(ops) = &mut initial {
+            ops.extend(gateway_defaults(public_origin));
         }
         self.config_set(&record, &initial).await?;
         for agent in &agents {
@@ -489,6 +509,8 @@ impl ProcessRuntime {
             }
         }
         record.provisioned = true;
+        record.defaults_version = GATEWAY_DEFAULTS_VERSION;
+        record.public_origin = public_origin.to_string();
         record.config_hash = crate::sync::config::current_hash(&self.env(&record).state_dir);
         self.save_record(&record)?;
         self.ensure_gateway(&record);
@@ -526,6 +548,8 @@ impl ProcessRuntime {
             secrets: HashMap::new(),
             provisioned: false,
             config_hash: None,
+            defaults_version: 0,
+            public_origin: String::new(),
         };
         self.create_tree(&record)?;
         self.write_secrets(&record)?;
@@ -894,6 +918,7 @@ impl ProcessRuntime {
             // An unfinished provisioning is completed by its redelivered
             // command; its gateway must not start before its config exists.
             if record.provisioned {
+                let record = self.upgrade_defaults(record).await;
                 tracing::info!(tenant = %record.tenant_id, slug = %record.slug, "restarting gateway left by a previous agent run");
                 self.ensure_gateway(&record);
             }
@@ -901,6 +926,29 @@ impl ProcessRuntime {
     }
 
     /// `openclaw --version`, run as the agent in a scratch directory.
+    /// Brings a tenant provisioned by an older agent up to the current
+    /// gateway defaults (one `config set`); on failure it keeps running as
+    /// it was and the next start tries again.
+    async fn upgrade_defaults(&self, mut record: TenantRecord) -> TenantRecord {
+        if record.defaults_version >= GATEWAY_DEFAULTS_VERSION {
+            return record;
+        }
+        match self.config_set(&record, &Value::Array(gateway_defaults(&record.public_origin))).await {
+            Ok(()) => {
+                record.defaults_version = GATEWAY_DEFAULTS_VERSION;
+                record.config_hash = crate::sync::config::current_hash(&self.env(&record).state_dir);
+                if let Err(err) = self.save_record(&record) {
+                    tracing::warn!(tenant = %record.tenant_id, error = %err, "cannot save the tenant record");
+                }
+                tracing::info!(tenant = %record.tenant_id, version = GATEWAY_DEFAULTS_VERSION, "gateway defaults applied");
+            }
+            Err(err) => {
+                tracing::warn!(tenant = %record.tenant_id, error = %err, "cannot apply the current gateway defaults")
+            }
+        }
+        record
+    }
+
     pub async fn openclaw_version(&self) -> String {
         let scratch = self.config.state_dir.join("openclaw-probe");
         if create_private_dir(&scratch).is_err() {
@@ -1335,6 +1383,31 @@ mod tests {
     }
 
     const TENANT: &str = "01a20c6b-19d8-76c4-937e-6d06bfdd3192";
+
+    #[tokio::test]
+    async fn older_tenants_get_the_current_gateway_defaults_on_restart() {
+        let fake = Fake::new("ok");
+        fake.runtime.provision_for(TENANT, "alice", &[], "https://alice.claw.test").await.unwrap();
+        let path = fake.dir.path().join("agent/tenants").join(format!("{TENANT}.json"));
+        let read = || serde_json::from_str::<TenantRecord>(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let mut record = read();
+        assert_eq!(record.defaults_version, GATEWAY_DEFAULTS_VERSION);
+        // As an older agent left it.
+        record.defaults_version = 0;
+        std::fs::write(&path, serde_json::to_vec(&record).unwrap()).unwrap();
+        let config_sets =
+            |fake: &Fake| fake.calls("alice").into_iter().filter(|c| c[..2] == ["config", "set"]).collect::<Vec<_>>();
+        let before = config_sets(&fake).len();
+        fake.runtime.adopt_all().await;
+        let after = config_sets(&fake);
+        assert_eq!(after.len(), before + 1, "one config set brings the tenant up to date");
+        let batch = after.last().unwrap().last().unwrap().clone();
+        assert!(batch.contains("gateway.trustedProxies") && batch.contains("https://alice.claw.test"), "{batch}");
+        assert_eq!(read().defaults_version, GATEWAY_DEFAULTS_VERSION);
+        fake.runtime.adopt_all().await;
+        assert_eq!(config_sets(&fake).len(), before + 1, "an up-to-date tenant is left alone");
+        fake.runtime.delete(TENANT, false).await.unwrap();
+    }
 
     #[tokio::test]
     async fn provisioning_and_applying_are_idempotent() {
