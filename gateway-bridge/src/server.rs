@@ -39,17 +39,6 @@ const CLIENT_IDENTITY_HEADERS: &[&str] = &[
     "x-real-ip",
     "forwarded",
 ];
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-];
 
 pub struct Bridge {
     pub table: Arc<RouteTable>,
@@ -83,14 +72,6 @@ fn text(status: StatusCode, message: &str) -> Response<Body> {
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
     response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
-}
-
-fn is_upgrade(headers: &HeaderMap) -> bool {
-    headers.contains_key(header::UPGRADE)
-        && headers
-            .get(header::CONNECTION)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
 }
 
 /// The SSO token from `Authorization: Bearer` or the session cookie.
@@ -308,7 +289,7 @@ impl Bridge {
         peer: SocketAddr,
         tls: bool,
     ) -> Response<Body> {
-        let upgrade = is_upgrade(request.headers());
+        let upgrade = clawplane_tls::forward::is_upgrade(request.headers());
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
         let path = request.uri().path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| "/".into());
         let Ok(uri) = format!("https://{}{path}", authority(&route.host_id)).parse::<http::Uri>() else {
@@ -336,9 +317,7 @@ impl Bridge {
             headers.remove(*name);
         }
         if !upgrade {
-            for name in HOP_BY_HOP {
-                headers.remove(*name);
-            }
+            clawplane_tls::forward::strip_hop_by_hop(headers);
         }
         headers.remove(header::AUTHORIZATION);
         strip_session_cookie(headers);
@@ -361,9 +340,7 @@ impl Bridge {
         match tokio::time::timeout(self.response_timeout, self.client.request(upstream)).await {
             Ok(Ok(response)) => {
                 let (mut parts, body) = response.into_parts();
-                for name in HOP_BY_HOP {
-                    parts.headers.remove(*name);
-                }
+                clawplane_tls::forward::strip_hop_by_hop(&mut parts.headers);
                 Response::from_parts(parts, body.map_err(Into::into).boxed())
             }
             Ok(Err(err)) => {

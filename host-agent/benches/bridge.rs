@@ -17,37 +17,16 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use clawplane::config::{Config, ServeArgs};
-use clawplane::Server;
-use clawplane_proto::v1::host_service_client::HostServiceClient;
-use clawplane_proto::v1::tenant_service_client::TenantServiceClient;
-use clawplane_proto::v1::{CreateJoinTokenRequest, CreateTenantRequest, GetMyTenantRequest, TenantStatus};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tonic::metadata::MetadataValue;
-use tonic::transport::Channel;
 
-const SHARED: &str = "bench-shared-secret-0123456789";
+mod common;
+use common::{env, free_port, spawn_quiet, Stage};
+
 const JWT_SECRET: &str = "bench-jwt-secret-0123456789abcdef0123456789";
 const SMALL: &[u8] =
     b"{\"ok\":true,\"bench\":\"small response of about one hundred bytes, like a health or status call\"}";
 const LARGE_BYTES: usize = 16 * 1024 * 1024;
-
-fn env(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-fn request<T>(headers: &[(&'static str, String)], message: T) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    for (name, value) in headers {
-        request.metadata_mut().insert(*name, MetadataValue::try_from(value.as_str()).unwrap());
-    }
-    request
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 fn wait_port(port: u16) {
     let started = Instant::now();
@@ -184,89 +163,24 @@ fn main() {
         let secs = env("BENCH_SECS", 5);
         let concurrency = env("BENCH_CONCURRENCY", 32) as usize;
         let dir = tempfile::tempdir().unwrap();
-        let mut args = ServeArgs {
-            data_dir: Some(dir.path().join("cp")),
-            api_listen: Some("127.0.0.1:0".into()),
-            agent_listen: Some("127.0.0.1:0".into()),
-            base_domain: Some("bench.test".into()),
-            ..Default::default()
-        };
-        args.auth.shared_secret = Some(SHARED.into());
-        let server = Server::bind(Config::load(&args).unwrap()).await.unwrap();
-        let (api, agent_addr, pin) = (server.local_addr(), server.agent_addr(), server.ca_pin());
-        let admin_token = std::fs::read_to_string(dir.path().join("cp/admin-token")).unwrap().trim().to_string();
-        tokio::spawn(server.run(std::future::pending()));
-        let channel = Channel::from_shared(format!("http://{api}")).unwrap().connect().await.unwrap();
-        let admin = [("authorization", format!("Bearer {admin_token}"))];
-        let user = [("x-shared-secret", SHARED.to_string()), ("x-user-id", "bench".to_string())];
-        let token = HostServiceClient::new(channel.clone())
-            .create_join_token(request(&admin, CreateJoinTokenRequest::default()))
-            .await
-            .unwrap()
-            .into_inner()
-            .token;
-
-        let agent_bin = PathBuf::from(env!("CARGO_BIN_EXE_clawplane-agent"));
-        let bins = agent_bin.parent().unwrap().to_path_buf();
+        let stage = Stage::start(dir.path(), None, Some("bench.test")).await;
+        let (api, admin_token) = (stage.api, stage.admin_token.clone());
+        let bins = PathBuf::from(env!("CARGO_BIN_EXE_clawplane-agent")).parent().unwrap().to_path_buf();
         let bridge_bin = bins.join("clawplane-bridge");
         let cp_bin = bins.join("clawplane");
         for bin in [&bridge_bin, &cp_bin] {
             assert!(bin.exists(), "{} is missing: cargo build --release --workspace --bins", bin.display());
         }
-        let state = dir.path().join("agent");
-        let joined = Command::new(&agent_bin)
-            .args(["join", "--control-plane", &format!("https://{agent_addr}"), "--token", &token, "--ca-pin", &pin])
-            .arg("--state-dir")
-            .arg(&state)
-            .output()
-            .unwrap();
-        assert!(joined.status.success(), "{}", String::from_utf8_lossy(&joined.stderr));
-        let fake = dir.path().join("fake");
-        std::fs::create_dir_all(&fake).unwrap();
-        std::fs::copy(
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fake-openclaw"),
-            fake.join("openclaw"),
-        )
-        .unwrap();
-        std::fs::write(fake.join("fake-mode"), "ok").unwrap();
-        let _agent = Killed(
-            Command::new(&agent_bin)
-                .args(["run", "--state-dir"])
-                .arg(&state)
-                .arg("--openclaw-bin")
-                .arg(fake.join("openclaw"))
-                .arg("--tenants-dir")
-                .arg(dir.path().join("tenants"))
-                .args(["--no-tenant-users", "--gateway-base-port", &free_port().to_string()])
-                .args(["--proxy-listen", "127.0.0.1:0"])
-                .env("RUST_LOG", "warn")
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap(),
-        );
-        let mut tenants = TenantServiceClient::new(channel.clone());
-        tenants
-            .create_tenant(request(&user, CreateTenantRequest { plan: "pro".into(), ..Default::default() }))
-            .await
-            .unwrap();
-        let tenant = loop {
-            let t = tenants
-                .get_my_tenant(request(&user, GetMyTenantRequest::default()))
-                .await
-                .ok()
-                .and_then(|r| r.into_inner().tenant);
-            match t {
-                Some(t) if t.status == TenantStatus::Running as i32 => break t,
-                _ => tokio::time::sleep(Duration::from_millis(100)).await,
-            }
-        };
+        let _agent = Killed(spawn_quiet(&stage.agent_command(&["--proxy-listen", "127.0.0.1:0"])));
+        let tenant = stage.running_tenant().await;
+        let state = stage.agent_state.clone();
         // Swap the stand-in gateway for the fast Rust upstream on its port.
         let record: serde_json::Value = serde_json::from_str(
             &std::fs::read_to_string(state.join("tenants").join(format!("{}.json", tenant.id))).unwrap(),
         )
         .unwrap();
         let gateway_port = record["port"].as_u64().unwrap() as u16;
-        let root = dir.path().join("tenants").join(&tenant.slug);
+        let root = stage.tenants_dir.join(&tenant.slug);
         let listener = loop {
             if let Ok(pid) = std::fs::read_to_string(root.join("gateway.pid")) {
                 unsafe { libc::kill(-pid.trim().parse::<i32>().unwrap(), libc::SIGKILL) };

@@ -22,18 +22,10 @@ use clawplane_proto::v1::{
     CreateJoinTokenRequest, CreateTenantRequest, DeleteTenantRequest, GetMyTenantRequest, PingHostRequest,
     RestartTenantRequest, SetAgentProfileRequest, SetChannelRequest, SetModelRequest, SetToolsRequest, TenantStatus,
 };
-use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
 
-const SHARED: &str = "bench-shared-secret-0123456789";
-
-fn request<T>(headers: &[(&'static str, String)], message: T) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    for (name, value) in headers {
-        request.metadata_mut().insert(*name, MetadataValue::try_from(value.as_str()).unwrap());
-    }
-    request
-}
+mod common;
+use common::{request, SHARED};
 
 /// RSS (KiB) of every process in a process group.
 fn group_rss_kib(pgid: i32) -> u64 {

@@ -12,32 +12,14 @@
 //! plays no part in what is measured.
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use clawplane::config::{Config, ServeArgs};
 use clawplane::store::Store;
-use clawplane::Server;
-use clawplane_proto::v1::host_service_client::HostServiceClient;
-use clawplane_proto::v1::tenant_service_client::TenantServiceClient;
-use clawplane_proto::v1::{CreateJoinTokenRequest, CreateTenantRequest, GetMyTenantRequest, TenantStatus};
 use sea_orm::{ConnectionTrait, Database};
-use tonic::metadata::MetadataValue;
-use tonic::transport::Channel;
 
-const SHARED: &str = "bench-shared-secret-0123456789";
-
-fn env(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-fn request<T>(headers: &[(&'static str, String)], message: T) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    for (name, value) in headers {
-        request.metadata_mut().insert(*name, MetadataValue::try_from(value.as_str()).unwrap());
-    }
-    request
-}
+mod common;
+use common::{env, spawn_quiet, Stage};
 
 fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as i64
@@ -167,96 +149,17 @@ impl Rig {
     }
 
     fn start_agent(&mut self) {
-        self.agent = spawn(&self.agent_cmd);
+        self.agent = spawn_quiet(&self.agent_cmd);
     }
-}
-
-fn spawn(cmd: &[String]) -> Child {
-    Command::new(&cmd[0])
-        .args(&cmd[1..])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
 }
 
 async fn setup(dir: &Path, database_url: String) -> Rig {
-    let mut args = ServeArgs {
-        data_dir: Some(dir.join("cp")),
-        api_listen: Some("127.0.0.1:0".into()),
-        agent_listen: Some("127.0.0.1:0".into()),
-        database_url: Some(database_url.clone()),
-        ..Default::default()
-    };
-    args.auth.shared_secret = Some(SHARED.into());
-    let server = Server::bind(Config::load(&args).unwrap()).await.unwrap();
-    let (api, agent_addr, pin) = (server.local_addr(), server.agent_addr(), server.ca_pin());
-    let admin_token = std::fs::read_to_string(dir.join("cp/admin-token")).unwrap();
-    tokio::spawn(server.run(std::future::pending()));
-    let channel = Channel::from_shared(format!("http://{api}")).unwrap().connect().await.unwrap();
-    let admin = [("authorization", format!("Bearer {}", admin_token.trim()))];
-    let user = [("x-shared-secret", SHARED.to_string()), ("x-user-id", "bench".to_string())];
-    let token = HostServiceClient::new(channel.clone())
-        .create_join_token(request(&admin, CreateJoinTokenRequest::default()))
-        .await
-        .unwrap()
-        .into_inner()
-        .token;
-    let agent_bin = env!("CARGO_BIN_EXE_clawplane-agent");
-    let state = dir.join("agent");
-    let joined = Command::new(agent_bin)
-        .args(["join", "--control-plane", &format!("https://{agent_addr}"), "--token", &token, "--ca-pin", &pin])
-        .arg("--state-dir")
-        .arg(&state)
-        .output()
-        .unwrap();
-    assert!(joined.status.success(), "{}", String::from_utf8_lossy(&joined.stderr));
-    let fake = dir.join("fake");
-    std::fs::create_dir_all(&fake).unwrap();
-    std::fs::copy(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fake-openclaw"), fake.join("openclaw"))
-        .unwrap();
-    std::fs::write(fake.join("fake-mode"), "ok").unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let agent_cmd: Vec<String> = vec![
-        agent_bin.into(),
-        "run".into(),
-        "--state-dir".into(),
-        state.display().to_string(),
-        "--openclaw-bin".into(),
-        fake.join("openclaw").display().to_string(),
-        "--tenants-dir".into(),
-        dir.join("tenants").display().to_string(),
-        "--no-tenant-users".into(),
-        "--gateway-base-port".into(),
-        port.to_string(),
-    ];
-    let agent = spawn(&agent_cmd);
-    let mut tenants = TenantServiceClient::new(channel);
-    tenants
-        .create_tenant(request(&user, CreateTenantRequest { plan: "pro".into(), ..Default::default() }))
-        .await
-        .unwrap();
-    let tenant = loop {
-        let t = tenants
-            .get_my_tenant(request(&user, GetMyTenantRequest::default()))
-            .await
-            .ok()
-            .and_then(|r| r.into_inner().tenant);
-        match t {
-            Some(t) if t.status == TenantStatus::Running as i32 => break t,
-            Some(t) if t.status == TenantStatus::Failed as i32 => panic!("{}", t.status_message),
-            _ => tokio::time::sleep(Duration::from_millis(100)).await,
-        }
-    };
+    let stage = Stage::start(dir, Some(database_url.clone()), None).await;
+    let agent_cmd = stage.agent_command(&[]);
+    let agent = spawn_quiet(&agent_cmd);
+    let tenant = stage.running_tenant().await;
     let store = Store::connect(&database_url, 2).await.unwrap();
-    Rig {
-        store,
-        state_dir: dir.join("tenants").join(&tenant.slug).join("state"),
-        tenant_id: tenant.id,
-        agent,
-        agent_cmd,
-    }
+    Rig { store, state_dir: stage.tenants_dir.join(&tenant.slug).join("state"), tenant_id: tenant.id, agent, agent_cmd }
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> f64 {

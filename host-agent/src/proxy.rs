@@ -38,28 +38,6 @@ fn reply(status: StatusCode, text: &str) -> Response<Body> {
     response
 }
 
-/// Headers that describe one hop and must not be forwarded (RFC 9110 7.6.1).
-pub const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-];
-
-fn is_upgrade(request: &Request<Incoming>) -> bool {
-    request.headers().contains_key(header::UPGRADE)
-        && request
-            .headers()
-            .get(header::CONNECTION)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
-}
-
 struct Proxy {
     runtime: Arc<ProcessRuntime>,
     client: Client<HttpConnector, Incoming>,
@@ -177,7 +155,7 @@ impl Proxy {
         let Ok(uri) = format!("http://127.0.0.1:{}{path}", target.port).parse::<http::Uri>() else {
             return reply(StatusCode::BAD_REQUEST, "invalid request path");
         };
-        let upgrade = is_upgrade(&request);
+        let upgrade = clawplane_tls::forward::is_upgrade(request.headers());
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
         let (mut parts, body) = request.into_parts();
         parts.uri = uri;
@@ -185,9 +163,7 @@ impl Proxy {
         let headers = &mut parts.headers;
         headers.remove(TENANT_HEADER);
         if !upgrade {
-            for name in HOP_BY_HOP {
-                headers.remove(*name);
-            }
+            clawplane_tls::forward::strip_hop_by_hop(headers);
         }
         headers.insert(header::HOST, HeaderValue::from_str(&format!("127.0.0.1:{}", target.port)).unwrap());
         // The gateway's own credential: users never see it.
@@ -199,9 +175,7 @@ impl Proxy {
         match self.client.request(upstream).await {
             Ok(response) => {
                 let (mut parts, body) = response.into_parts();
-                for name in HOP_BY_HOP {
-                    parts.headers.remove(*name);
-                }
+                clawplane_tls::forward::strip_hop_by_hop(&mut parts.headers);
                 Response::from_parts(parts, body.boxed())
             }
             Err(err) => {

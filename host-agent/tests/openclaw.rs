@@ -347,7 +347,7 @@ async fn tenants_run_isolated_on_real_openclaw() {
     assert!(agent.join(&cp.url(), &token, &pin).status.success());
     let tenants_dir = db.data_dir().join("tenants");
     let base_port = (free_port() / 1000 * 1000).clamp(21000, 60000).to_string();
-    agent.run_with(&[
+    let agent_args = [
         "--openclaw-bin",
         openclaw.to_str().unwrap(),
         "--tenants-dir",
@@ -356,7 +356,8 @@ async fn tenants_run_isolated_on_real_openclaw() {
         &base_port,
         "--proxy-listen",
         "127.0.0.1:0",
-    ]);
+    ];
+    agent.run_with(&agent_args);
 
     let mut client = TenantServiceClient::new(cp.channel().await);
     let (alice, bob) = (Cred::shared("alice"), Cred::shared("bob"));
@@ -614,16 +615,7 @@ async fn tenants_run_isolated_on_real_openclaw() {
     })
     .await;
     agent.kill9();
-    agent.run_with(&[
-        "--openclaw-bin",
-        openclaw.to_str().unwrap(),
-        "--tenants-dir",
-        tenants_dir.to_str().unwrap(),
-        "--gateway-base-port",
-        &base_port,
-        "--proxy-listen",
-        "127.0.0.1:0",
-    ]);
+    agent.run_with(&agent_args);
     let c = wait_running(&mut client, &carol).await;
     assert_eq!(record(&agent.state_dir, &c.id)["provisioned"], true);
     eventually(Duration::from_secs(120), "gateways back after the agent restart", || {

@@ -4,6 +4,7 @@
 //! identity that can be swapped at runtime (certificate renewal without a
 //! restart), and gRPC channels over our own rustls configuration.
 pub mod files;
+pub mod forward;
 
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
