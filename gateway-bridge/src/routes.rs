@@ -13,11 +13,11 @@ use tonic::metadata::MetadataValue;
 #[derive(Default)]
 pub struct RouteTable {
     /// By hostname.
-    routes: RwLock<HashMap<String, Route>>,
+    routes: RwLock<HashMap<String, Arc<Route>>>,
 }
 
 impl RouteTable {
-    pub fn get(&self, hostname: &str) -> Option<Route> {
+    pub fn get(&self, hostname: &str) -> Option<Arc<Route>> {
         self.routes.read().unwrap().get(hostname).cloned()
     }
 
@@ -36,7 +36,7 @@ impl RouteTable {
     }
 
     fn replace(&self, routes: Vec<Route>) {
-        *self.routes.write().unwrap() = routes.into_iter().map(|r| (r.hostname.clone(), r)).collect();
+        *self.routes.write().unwrap() = routes.into_iter().map(|r| (r.hostname.clone(), Arc::new(r))).collect();
     }
 
     fn apply(&self, kind: RouteChangeType, route: Route) {
@@ -46,7 +46,7 @@ impl RouteTable {
                 routes.remove(&route.hostname);
             }
             _ => {
-                routes.insert(route.hostname.clone(), route);
+                routes.insert(route.hostname.clone(), Arc::new(route));
             }
         }
     }

@@ -119,7 +119,7 @@ impl Bridge {
     /// The route a request may use, or the answer that refuses it: unknown
     /// host 404, suspended 403, unavailable 503, no or bad SSO token 401,
     /// someone else's tenant 403.
-    pub fn authorize(&self, headers: &HeaderMap, host: &str) -> Result<Route, Response<Body>> {
+    pub fn authorize(&self, headers: &HeaderMap, host: &str) -> Result<Arc<Route>, Response<Body>> {
         let slug = clawplane::api::slug_of(host, &self.base_domain).ok().flatten();
         let route = slug.and_then(|slug| self.table.get(&format!("{slug}.{}", self.base_domain)));
         let Some(route) = route else { return Err(text(StatusCode::NOT_FOUND, "no such tenant")) };
@@ -172,26 +172,26 @@ impl Bridge {
                 return response;
             }
         };
+        let counters = self.metrics.tenant(&route.tenant_id);
         if let Some(length) = request.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()) {
             match length.parse::<u64>() {
-                Ok(n) if n <= self.max_body_bytes as u64 => self.metrics.bytes(&route.tenant_id, n, 0),
+                Ok(n) if n <= self.max_body_bytes as u64 => counters.bytes(n, 0),
                 _ => return text(StatusCode::PAYLOAD_TOO_LARGE, "request body too large"),
             }
         }
         let response = self.forward(request, &route, &host, peer, tls).await;
         let status = response.status();
         if status == StatusCode::SWITCHING_PROTOCOLS {
-            self.metrics.upgraded(&route.tenant_id);
+            counters.upgraded();
         }
         let failed = status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::GATEWAY_TIMEOUT;
-        self.metrics.request(&route.tenant_id, started.elapsed(), failed);
+        counters.request(started.elapsed(), failed);
         tracing::debug!(tenant = %route.tenant_id, status = status.as_u16(), elapsed_ms = started.elapsed().as_millis() as u64, "bridged");
         // Count response bytes as they stream.
-        let (metrics, tenant) = (self.metrics.clone(), route.tenant_id.clone());
         response.map(move |body| {
             body.map_frame(move |frame| {
                 if let Some(data) = frame.data_ref() {
-                    metrics.bytes(&tenant, 0, data.len() as u64);
+                    counters.bytes(0, data.len() as u64);
                 }
                 frame
             })
@@ -238,7 +238,10 @@ impl Bridge {
     }
 
     /// nginx `auth_request`: 200 with where to send the request, or the
-    /// refusal (the original Host comes in `X-Original-Host`).
+    /// refusal (the original Host comes in `X-Original-Host`). nginx passes
+    /// only 401 and 403 on (anything else becomes its own 500), so other
+    /// refusals answer 403 and carry the real status in `X-Clawplane-Status`
+    /// for deploy/nginx to answer with (404, 503).
     pub fn internal_route(&self, headers: &HeaderMap) -> Response<Body> {
         let host = headers
             .get("x-original-host")
@@ -259,7 +262,14 @@ impl Bridge {
                 set(&mut response, "x-clawplane-tenant", &route.tenant_id);
                 response
             }
-            Err(response) => response,
+            Err(mut response) => {
+                let status = response.status();
+                response.headers_mut().insert("x-clawplane-status", HeaderValue::from(status.as_u16()));
+                if status != StatusCode::UNAUTHORIZED {
+                    *response.status_mut() = StatusCode::FORBIDDEN;
+                }
+                response
+            }
         }
     }
 

@@ -1,16 +1,24 @@
-//! The gateway bridge against the alternatives, one run on loopback and
-//! one upstream (a small Rust HTTP server standing in for a tenant's
-//! gateway on its loopback port): direct; through clawplane-bridge (which
-//! includes the mutual-TLS hop to the host agent); through nginx
-//! `proxy_pass` straight to the upstream; and through nginx with
-//! `auth_request` to the bridge and mTLS to the agent (deploy/nginx).
-//! Prints requests/s and p99 for a small response, MB/s for a large one.
+//! The gateway bridge against the alternatives, side by side in one run on
+//! loopback, each time against one upstream on the tenant's gateway port:
+//! direct; through clawplane-bridge (which includes the mutual-TLS hop to
+//! the host agent); through nginx `proxy_pass` straight to the upstream;
+//! and through nginx with `auth_request` to the bridge and mTLS to the agent
+//! (deploy/nginx). Prints requests/s and p99 for a small response, MB/s for
+//! a large one.
 //!
+//! Two upstreams, one table each:
+//! - the real OpenClaw gateway of a tenant the agent provisioned (what users
+//!   reach in production): `/healthz`, and the Control UI's largest asset;
+//! - a small Rust HTTP server (about 1 us per request), which shows the
+//!   proxies' own ceiling rather than what a user would see.
+//!
+//!     eval "$(scripts/install-openclaw)"     # the real gateway table needs it
 //!     cargo build --release --workspace --bins
-//!     cargo bench -p clawplane-host-agent --bench bridge
+//!     CLAWPLANE_OPENCLAW_BIN=$OPENCLAW_BIN cargo bench -p clawplane-host-agent --bench bridge
 //!
-//! Env: BENCH_SECS (default 5), BENCH_CONCURRENCY (default 32). nginx is
-//! skipped when not installed.
+//! Env: BENCH_SECS (default 5), BENCH_CONCURRENCY (default 32). nginx rows
+//! are skipped when nginx is not installed, the OpenClaw table when
+//! CLAWPLANE_OPENCLAW_BIN is not set.
 use std::convert::Infallible;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -27,6 +35,11 @@ const JWT_SECRET: &str = "bench-jwt-secret-0123456789abcdef0123456789";
 const SMALL: &[u8] =
     b"{\"ok\":true,\"bench\":\"small response of about one hundred bytes, like a health or status call\"}";
 const LARGE_BYTES: usize = 16 * 1024 * 1024;
+/// The user's address as a load balancer in front would report it. The
+/// real gateway refuses proxied requests it can only attribute to
+/// loopback (`proxy_attribution_required`), and every client here is on
+/// loopback; the bridge and nginx trust the front on 127.0.0.1.
+const CLIENT_IP: &str = "203.0.113.7";
 
 fn wait_port(port: u16) {
     let started = Instant::now();
@@ -67,7 +80,14 @@ async fn upstream(listener: tokio::net::TcpListener) {
 
 /// Keep-alive HTTP/1.1 load for `secs` from `concurrency` connections.
 /// Returns (requests/s, p50 ms, p99 ms).
-async fn load(port: u16, host: &str, token: Option<&str>, secs: u64, concurrency: usize) -> (f64, f64, f64) {
+async fn load(
+    port: u16,
+    host: &str,
+    path: &'static str,
+    token: Option<&str>,
+    secs: u64,
+    concurrency: usize,
+) -> (f64, f64, f64) {
     let deadline = Instant::now() + Duration::from_secs(secs);
     let mut tasks = Vec::new();
     for _ in 0..concurrency {
@@ -79,7 +99,7 @@ async fn load(port: u16, host: &str, token: Option<&str>, secs: u64, concurrency
             tokio::spawn(connection);
             let mut latencies = Vec::new();
             while Instant::now() < deadline {
-                let mut builder = http::Request::get("/small").header("host", &host);
+                let mut builder = http::Request::get(path).header("host", &host).header("x-forwarded-for", CLIENT_IP);
                 if let Some(token) = &token {
                     builder = builder.header("authorization", format!("Bearer {token}"));
                 }
@@ -102,24 +122,31 @@ async fn load(port: u16, host: &str, token: Option<&str>, secs: u64, concurrency
     (all.len() as f64 / secs as f64, pct(0.5), pct(0.99))
 }
 
-/// MB/s fetching /large `times` times over one connection.
-async fn throughput(port: u16, host: &str, token: Option<&str>, times: usize) -> f64 {
+/// MB/s fetching `path` (`size` bytes) `times` times over one connection.
+async fn throughput(port: u16, host: &str, path: &str, size: usize, token: Option<&str>, times: usize) -> f64 {
     let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.unwrap();
     tokio::spawn(connection);
     let started = Instant::now();
     let mut bytes = 0;
     for _ in 0..times {
-        let mut builder = http::Request::get("/large").header("host", host);
+        let mut builder = http::Request::get(path).header("host", host).header("x-forwarded-for", CLIENT_IP);
         if let Some(token) = token {
             builder = builder.header("authorization", format!("Bearer {token}"));
         }
         sender.ready().await.unwrap();
         let response = sender.send_request(builder.body(Empty::<Bytes>::new()).unwrap()).await.unwrap();
-        assert_eq!(response.status(), 200);
-        bytes += response.into_body().collect().await.unwrap().to_bytes().len();
+        let status = response.status();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(
+            status,
+            200,
+            "{path} through port {port}: {}",
+            String::from_utf8_lossy(&body[..body.len().min(300)])
+        );
+        bytes += body.len();
     }
-    assert_eq!(bytes, LARGE_BYTES * times);
+    assert_eq!(bytes, size * times);
     bytes as f64 / 1e6 / started.elapsed().as_secs_f64()
 }
 
@@ -147,6 +174,7 @@ fn nginx_conf(root: &Path, port: u16, mode: &str, upstream_port: u16, admin_port
         "user root; daemon off; worker_processes 2; pid {r}/nginx.pid; error_log {r}/logs/error.log;\n\
          events {{ worker_connections 4096; }}\n\
          http {{ access_log off; client_body_temp_path {r}/body; proxy_temp_path {r}/proxy;\n\
+         set_real_ip_from 127.0.0.1; real_ip_header X-Forwarded-For;\n\
          fastcgi_temp_path {r}/fastcgi; uwsgi_temp_path {r}/uwsgi; scgi_temp_path {r}/scgi;\n\
          upstream bench_upstream {{ server 127.0.0.1:{upstream_port}; keepalive 64; }}\n\
          {include_http}\n\
@@ -157,154 +185,231 @@ fn nginx_conf(root: &Path, port: u16, mode: &str, upstream_port: u16, admin_port
     path
 }
 
+/// The upstream a table is measured against.
+struct Upstream {
+    label: &'static str,
+    small: &'static str,
+    large: String,
+    large_bytes: usize,
+}
+
+/// The Control UI's largest asset in the OpenClaw install that
+/// `openclaw_bin` (scripts/install-openclaw's wrapper) runs.
+fn largest_control_ui_asset(openclaw_bin: &Path) -> (String, usize) {
+    let assets = openclaw_bin
+        .parent()
+        .and_then(Path::parent)
+        .unwrap()
+        .join("openclaw/node_modules/openclaw/dist/control-ui/assets");
+    let largest = std::fs::read_dir(&assets)
+        .unwrap_or_else(|e| panic!("{}: {e}", assets.display()))
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".js"))
+        .max_by_key(|e| e.metadata().map(|m| m.len()).unwrap_or(0))
+        .unwrap();
+    (format!("/assets/{}", largest.file_name().to_string_lossy()), largest.metadata().unwrap().len() as usize)
+}
+
+type Row = (String, (f64, f64, f64), f64);
+
+/// One table: a control plane, an agent with its tenant proxy and one
+/// running tenant, the bridge, and the rows against `upstream`. With
+/// `openclaw` the tenant is provisioned and served by the real OpenClaw;
+/// without, its stand-in gateway is swapped for the Rust upstream.
+async fn measure(openclaw: Option<&Path>, secs: u64, concurrency: usize) -> (Upstream, Vec<Row>) {
+    let dir = tempfile::tempdir().unwrap();
+    let stage = Stage::start(dir.path(), None, Some("bench.test")).await;
+    let (api, admin_token) = (stage.api, stage.admin_token.clone());
+    let bins = PathBuf::from(env!("CARGO_BIN_EXE_clawplane-agent")).parent().unwrap().to_path_buf();
+    let bridge_bin = bins.join("clawplane-bridge");
+    let cp_bin = bins.join("clawplane");
+    for bin in [&bridge_bin, &cp_bin] {
+        assert!(bin.exists(), "{} is missing: cargo build --release --workspace --bins", bin.display());
+    }
+    let agent_command = match openclaw {
+        Some(openclaw) => stage.agent_command_with(openclaw, &["--proxy-listen", "127.0.0.1:0"]),
+        None => stage.agent_command(&["--proxy-listen", "127.0.0.1:0"]),
+    };
+    let agent = Killed(spawn_quiet(&agent_command));
+    let tenant = stage.running_tenant().await;
+    let state = stage.agent_state.clone();
+    let record: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(state.join("tenants").join(format!("{}.json", tenant.id))).unwrap(),
+    )
+    .unwrap();
+    let gateway_port = record["port"].as_u64().unwrap() as u16;
+    let upstream_kind = match openclaw {
+        Some(openclaw) => {
+            let (large, large_bytes) = largest_control_ui_asset(openclaw);
+            Upstream { label: "the tenant's real OpenClaw gateway", small: "/healthz", large, large_bytes }
+        }
+        None => {
+            // Swap the stand-in gateway for the fast Rust upstream on its port.
+            let root = stage.tenants_dir.join(&tenant.slug);
+            let listener = loop {
+                if let Ok(pid) = std::fs::read_to_string(root.join("gateway.pid")) {
+                    unsafe { libc::kill(-pid.trim().parse::<i32>().unwrap(), libc::SIGKILL) };
+                }
+                match tokio::net::TcpListener::bind(("127.0.0.1", gateway_port)).await {
+                    Ok(listener) => break listener,
+                    Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+                }
+            };
+            tokio::spawn(upstream(listener));
+            Upstream {
+                label: "a Rust stand-in upstream (proxy ceiling)",
+                small: "/small",
+                large: "/large".into(),
+                large_bytes: LARGE_BYTES,
+            }
+        }
+    };
+
+    // The bridge.
+    let identity = dir.path().join("bridge-identity");
+    let issued = Command::new(&cp_bin)
+        .args(["ca", "issue-bridge", "--name", "bench", "--out"])
+        .arg(&identity)
+        .arg("--data-dir")
+        .arg(dir.path().join("cp"))
+        .output()
+        .unwrap();
+    assert!(issued.status.success(), "{}", String::from_utf8_lossy(&issued.stderr));
+    let (bridge_port, admin_port) = (free_port(), free_port());
+    let _bridge = Killed(
+        Command::new(&bridge_bin)
+            .args(["--control-plane", &format!("http://{api}"), "--base-domain", "bench.test"])
+            .args([
+                "--listen",
+                &format!("127.0.0.1:{bridge_port}"),
+                "--admin-listen",
+                &format!("127.0.0.1:{admin_port}"),
+                "--trusted-front",
+                "127.0.0.1",
+            ])
+            .arg("--identity-dir")
+            .arg(&identity)
+            .env("CLAWPLANE_ADMIN_TOKEN", &admin_token)
+            .env("CLAWPLANE_JWT_HS256_SECRET", JWT_SECRET)
+            .env("RUST_LOG", "warn")
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_port(bridge_port);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let jwt = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &serde_json::json!({"sub": "bench", "iat": now, "exp": now + 3600}),
+        &jsonwebtoken::EncodingKey::from_secret(JWT_SECRET.as_bytes()),
+    )
+    .unwrap();
+    let host = format!("{}.bench.test", tenant.slug);
+    let started = Instant::now();
+    loop {
+        let probe = tokio::net::TcpStream::connect(("127.0.0.1", bridge_port)).await.unwrap();
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(probe)).await.unwrap();
+        tokio::spawn(connection);
+        let request = http::Request::get(upstream_kind.small)
+            .header("host", &host)
+            .header("authorization", format!("Bearer {jwt}"))
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        if sender.send_request(request).await.map(|r| r.status() == 200).unwrap_or(false) {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "the bridge never routed the tenant");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let u = &upstream_kind;
+    let row = |port: u16, host: String, token: Option<String>| async move {
+        let token = token.as_deref();
+        (
+            load(port, &host, u.small, token, secs, concurrency).await,
+            throughput(port, &host, &u.large, u.large_bytes, token, 8).await,
+        )
+    };
+    let mut rows: Vec<Row> = Vec::new();
+    eprintln!("measuring against {}: direct", u.label);
+    let direct = row(gateway_port, "127.0.0.1".into(), None).await;
+    rows.push(("direct to the gateway port".into(), direct.0, direct.1));
+    eprintln!("measuring against {}: bridge", u.label);
+    let bridged = row(bridge_port, host.clone(), Some(jwt.clone())).await;
+    rows.push(("clawplane-bridge (+ agent mTLS hop)".into(), bridged.0, bridged.1));
+    let nginx = ["/usr/sbin/nginx", "/usr/bin/nginx"].iter().map(PathBuf::from).find(|p| p.exists());
+    match nginx {
+        Some(nginx) => {
+            for mode in ["plain", "auth_request"] {
+                let port = free_port();
+                let conf = nginx_conf(
+                    &dir.path().join(format!("nginx-{mode}")),
+                    port,
+                    mode,
+                    gateway_port,
+                    admin_port,
+                    &identity,
+                );
+                let _nginx = Killed(
+                    Command::new(&nginx)
+                        .arg("-p")
+                        .arg(conf.parent().unwrap())
+                        .arg("-c")
+                        .arg(&conf)
+                        .stderr(Stdio::null())
+                        .spawn()
+                        .unwrap(),
+                );
+                wait_port(port);
+                eprintln!("measuring against {}: nginx {mode}", u.label);
+                let token = (mode != "plain").then(|| jwt.clone());
+                let result = row(port, host.clone(), token).await;
+                let label =
+                    if mode == "plain" { "nginx proxy_pass (no auth)" } else { "nginx + auth_request + agent mTLS" };
+                rows.push((label.into(), result.0, result.1));
+            }
+        }
+        None => println!("nginx not installed: nginx rows skipped"),
+    }
+    // The agent leaves gateways running when it stops (they outlive agent
+    // restarts): stop this table's one before the next table.
+    drop(agent);
+    if let Ok(pid) = std::fs::read_to_string(stage.tenants_dir.join(&tenant.slug).join("gateway.pid")) {
+        unsafe { libc::kill(-pid.trim().parse::<i32>().unwrap(), libc::SIGKILL) };
+    }
+    (upstream_kind, rows)
+}
+
 fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     runtime.block_on(async move {
         let secs = env("BENCH_SECS", 5);
         let concurrency = env("BENCH_CONCURRENCY", 32) as usize;
-        let dir = tempfile::tempdir().unwrap();
-        let stage = Stage::start(dir.path(), None, Some("bench.test")).await;
-        let (api, admin_token) = (stage.api, stage.admin_token.clone());
-        let bins = PathBuf::from(env!("CARGO_BIN_EXE_clawplane-agent")).parent().unwrap().to_path_buf();
-        let bridge_bin = bins.join("clawplane-bridge");
-        let cp_bin = bins.join("clawplane");
-        for bin in [&bridge_bin, &cp_bin] {
-            assert!(bin.exists(), "{} is missing: cargo build --release --workspace --bins", bin.display());
+        let openclaw = std::env::var_os("CLAWPLANE_OPENCLAW_BIN").map(PathBuf::from);
+        let mut tables = Vec::new();
+        match &openclaw {
+            Some(openclaw) => tables.push(measure(Some(openclaw), secs, concurrency).await),
+            None => println!("CLAWPLANE_OPENCLAW_BIN is not set: the real gateway table is skipped"),
         }
-        let _agent = Killed(spawn_quiet(&stage.agent_command(&["--proxy-listen", "127.0.0.1:0"])));
-        let tenant = stage.running_tenant().await;
-        let state = stage.agent_state.clone();
-        // Swap the stand-in gateway for the fast Rust upstream on its port.
-        let record: serde_json::Value = serde_json::from_str(
-            &std::fs::read_to_string(state.join("tenants").join(format!("{}.json", tenant.id))).unwrap(),
-        )
-        .unwrap();
-        let gateway_port = record["port"].as_u64().unwrap() as u16;
-        let root = stage.tenants_dir.join(&tenant.slug);
-        let listener = loop {
-            if let Ok(pid) = std::fs::read_to_string(root.join("gateway.pid")) {
-                unsafe { libc::kill(-pid.trim().parse::<i32>().unwrap(), libc::SIGKILL) };
+        tables.push(measure(None, secs, concurrency).await);
+        println!("\nconcurrency {concurrency}, {secs} s per row");
+        for (upstream, rows) in &tables {
+            println!(
+                "\nupstream: {} (small: GET {}; large: {}, {:.1} MB)",
+                upstream.label,
+                upstream.small,
+                upstream.large,
+                upstream.large_bytes as f64 / 1e6
+            );
+            println!(
+                "{:<40} {:>10} {:>9} {:>9} {:>10} {:>10}",
+                "path", "req/s", "p50 ms", "p99 ms", "of direct", "large MB/s"
+            );
+            let direct = rows[0].1 .0;
+            for (label, (rps, p50, p99), mbs) in rows {
+                let share = format!("{:.0}%", rps / direct * 100.0);
+                println!("{label:<40} {rps:>10.0} {p50:>9.2} {p99:>9.2} {share:>10} {mbs:>10.0}");
             }
-            match tokio::net::TcpListener::bind(("127.0.0.1", gateway_port)).await {
-                Ok(listener) => break listener,
-                Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
-            }
-        };
-        tokio::spawn(upstream(listener));
-
-        // The bridge.
-        let identity = dir.path().join("bridge-identity");
-        let issued = Command::new(&cp_bin)
-            .args(["ca", "issue-bridge", "--name", "bench", "--out"])
-            .arg(&identity)
-            .arg("--data-dir")
-            .arg(dir.path().join("cp"))
-            .output()
-            .unwrap();
-        assert!(issued.status.success(), "{}", String::from_utf8_lossy(&issued.stderr));
-        let (bridge_port, admin_port) = (free_port(), free_port());
-        let _bridge = Killed(
-            Command::new(&bridge_bin)
-                .args(["--control-plane", &format!("http://{api}"), "--base-domain", "bench.test"])
-                .args([
-                    "--listen",
-                    &format!("127.0.0.1:{bridge_port}"),
-                    "--admin-listen",
-                    &format!("127.0.0.1:{admin_port}"),
-                ])
-                .arg("--identity-dir")
-                .arg(&identity)
-                .env("CLAWPLANE_ADMIN_TOKEN", &admin_token)
-                .env("CLAWPLANE_JWT_HS256_SECRET", JWT_SECRET)
-                .env("RUST_LOG", "warn")
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap(),
-        );
-        wait_port(bridge_port);
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
-        let jwt = jsonwebtoken::encode(
-            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-            &serde_json::json!({"sub": "bench", "iat": now, "exp": now + 3600}),
-            &jsonwebtoken::EncodingKey::from_secret(JWT_SECRET.as_bytes()),
-        )
-        .unwrap();
-        let host = format!("{}.bench.test", tenant.slug);
-        let started = Instant::now();
-        loop {
-            let probe = tokio::net::TcpStream::connect(("127.0.0.1", bridge_port)).await.unwrap();
-            let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(probe)).await.unwrap();
-            tokio::spawn(connection);
-            let request = http::Request::get("/small")
-                .header("host", &host)
-                .header("authorization", format!("Bearer {jwt}"))
-                .body(Empty::<Bytes>::new())
-                .unwrap();
-            if sender.send_request(request).await.map(|r| r.status() == 200).unwrap_or(false) {
-                break;
-            }
-            assert!(started.elapsed() < Duration::from_secs(30), "the bridge never routed the tenant");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-
-        let mut rows: Vec<(String, (f64, f64, f64), f64)> = Vec::new();
-        let direct = (
-            load(gateway_port, "127.0.0.1", None, secs, concurrency).await,
-            throughput(gateway_port, "127.0.0.1", None, 8).await,
-        );
-        rows.push(("direct to the gateway port".into(), direct.0, direct.1));
-        eprintln!("measuring: bridge");
-        let bridged = (
-            load(bridge_port, &host, Some(&jwt), secs, concurrency).await,
-            throughput(bridge_port, &host, Some(&jwt), 8).await,
-        );
-        rows.push(("clawplane-bridge (+ agent mTLS hop)".into(), bridged.0, bridged.1));
-        let nginx = ["/usr/sbin/nginx", "/usr/bin/nginx"].iter().map(PathBuf::from).find(|p| p.exists());
-        match nginx {
-            Some(nginx) => {
-                for mode in ["plain", "auth_request"] {
-                    let port = free_port();
-                    let conf = nginx_conf(
-                        &dir.path().join(format!("nginx-{mode}")),
-                        port,
-                        mode,
-                        gateway_port,
-                        admin_port,
-                        &identity,
-                    );
-                    let _nginx = Killed(
-                        Command::new(&nginx)
-                            .arg("-p")
-                            .arg(conf.parent().unwrap())
-                            .arg("-c")
-                            .arg(&conf)
-                            .stderr(Stdio::null())
-                            .spawn()
-                            .unwrap(),
-                    );
-                    wait_port(port);
-                    eprintln!("measuring: nginx {mode}");
-                    let token = (mode != "plain").then_some(jwt.as_str());
-                    let result =
-                        (load(port, &host, token, secs, concurrency).await, throughput(port, &host, token, 8).await);
-                    let label = if mode == "plain" {
-                        "nginx proxy_pass (no auth)"
-                    } else {
-                        "nginx + auth_request + agent mTLS"
-                    };
-                    rows.push((label.into(), result.0, result.1));
-                }
-            }
-            None => println!("nginx not installed: nginx rows skipped"),
-        }
-        println!(
-            "\nconcurrency {concurrency}, {secs} s per row, small body {} B, large body {} MiB",
-            SMALL.len(),
-            LARGE_BYTES >> 20
-        );
-        println!("{:<40} {:>10} {:>9} {:>9} {:>10}", "path", "req/s", "p50 ms", "p99 ms", "large MB/s");
-        for (label, (rps, p50, p99), mbs) in &rows {
-            println!("{label:<40} {rps:>10.0} {p50:>9.2} {p99:>9.2} {mbs:>10.0}");
         }
     });
 }

@@ -3,7 +3,9 @@
 //! key source (and optionally narrowed by config), so a token cannot pick its
 //! own verification method: `alg: none` and HS/RS confusion fail before any
 //! signature check.
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::sync::RwLock;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -12,6 +14,7 @@ use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::Value;
+use sha2::{Digest, Sha256};
 
 use super::{check_identity, check_teams, AuthError, Principal};
 use crate::config::{JwtConfig, JwtKeySource};
@@ -32,10 +35,26 @@ pub struct JwtVerifier {
     teams_claim: String,
     roles_claim: String,
     admin_role: String,
+    /// Tokens that verified, by SHA-256 of the token: the edge sees the same
+    /// token on every request of a session, and a signature check (RS256
+    /// above all) costs far more than the lookup.
+    verified: RwLock<HashMap<[u8; 32], Verified>>,
+}
+
+struct Verified {
+    principal: Principal,
+    /// The earlier of the token's expiry (plus leeway) and VERIFIED_TTL
+    /// after the check, so a key removed from the JWKS file stops a token
+    /// within that time.
+    until: Instant,
 }
 
 /// Longest token accepted; real SSO tokens are a few KiB.
 const MAX_TOKEN_LEN: usize = 16 * 1024;
+/// How long a verified token is trusted without checking it again.
+const VERIFIED_TTL: Duration = Duration::from_secs(60);
+/// Bound on remembered tokens; when full, expired ones go, then all.
+const VERIFIED_MAX: usize = 10_000;
 
 impl JwtVerifier {
     pub fn from_config(config: &JwtConfig) -> anyhow::Result<Self> {
@@ -70,6 +89,7 @@ impl JwtVerifier {
             teams_claim: config.teams_claim.clone(),
             roles_claim: config.roles_claim.clone(),
             admin_role: config.admin_role.clone(),
+            verified: RwLock::new(HashMap::new()),
         })
     }
 
@@ -77,6 +97,31 @@ impl JwtVerifier {
         if token.len() > MAX_TOKEN_LEN {
             return Err(AuthError::new("token is too large"));
         }
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        if let Some(hit) = self.verified.read().unwrap().get(&digest) {
+            if hit.until > Instant::now() {
+                return Ok(hit.principal.clone());
+            }
+        }
+        let (principal, expires) = self.verify_uncached(token)?;
+        let now = Instant::now();
+        let left = expires.saturating_sub(SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default());
+        let until = now + left.min(VERIFIED_TTL);
+        let mut verified = self.verified.write().unwrap();
+        if verified.len() >= VERIFIED_MAX {
+            verified.retain(|_, v| v.until > now);
+            if verified.len() >= VERIFIED_MAX {
+                verified.clear();
+            }
+        }
+        verified.insert(digest, Verified { principal: principal.clone(), until });
+        Ok(principal)
+    }
+
+    /// The full check: header, algorithm, key, signature, claims. Returns
+    /// the principal and when the token stops being accepted (exp plus
+    /// leeway, since the UNIX epoch).
+    fn verify_uncached(&self, token: &str) -> Result<(Principal, Duration), AuthError> {
         let (alg_name, kid) = read_header(token)?;
         let algorithm = parse_algorithm(&alg_name).filter(|alg| self.allowed.contains(alg)).ok_or_else(|| {
             AuthError::new(format!(
@@ -108,7 +153,8 @@ impl JwtVerifier {
 
         let data = jsonwebtoken::decode::<Value>(token, &key.key, &validation)
             .map_err(|err| AuthError::new(describe(err.kind())))?;
-        self.principal(&data.claims)
+        let expires = data.claims.get("exp").and_then(Value::as_u64).unwrap_or(0).saturating_add(self.leeway_secs);
+        Ok((self.principal(&data.claims)?, Duration::from_secs(expires)))
     }
 
     fn select_key(&self, algorithm: Algorithm, kid: Option<&str>) -> Result<&VerificationKey, AuthError> {

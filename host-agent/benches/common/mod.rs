@@ -104,13 +104,18 @@ impl Stage {
 
     /// `clawplane-agent run` with the stand-in OpenClaw, then `extra`.
     pub fn agent_command(&self, extra: &[&str]) -> Vec<String> {
+        self.agent_command_with(&self.fake_openclaw, extra)
+    }
+
+    /// `clawplane-agent run` with the given `openclaw`, then `extra`.
+    pub fn agent_command_with(&self, openclaw: &Path, extra: &[&str]) -> Vec<String> {
         let mut command: Vec<String> = vec![
             env!("CARGO_BIN_EXE_clawplane-agent").into(),
             "run".into(),
             "--state-dir".into(),
             self.agent_state.display().to_string(),
             "--openclaw-bin".into(),
-            self.fake_openclaw.display().to_string(),
+            openclaw.display().to_string(),
             "--tenants-dir".into(),
             self.tenants_dir.display().to_string(),
             "--no-tenant-users".into(),
@@ -129,7 +134,9 @@ impl Stage {
             .create_tenant(request(&user, CreateTenantRequest { plan: "pro".into(), ..Default::default() }))
             .await
             .unwrap();
+        let started = std::time::Instant::now();
         loop {
+            assert!(started.elapsed() < Duration::from_secs(300), "the bench tenant never came up");
             let t = tenants
                 .get_my_tenant(request(&user, GetMyTenantRequest::default()))
                 .await
