@@ -66,6 +66,11 @@ struct Cli {
     /// headers are replaced.
     #[arg(long = "trusted-front", env = "CLAWPLANE_TRUSTED_FRONTS", value_delimiter = ',')]
     trusted_fronts: Vec<std::net::IpAddr>,
+    /// Threads serving traffic (0: one per core). 1 runs a single-threaded
+    /// runtime, the cheapest per request where the bridge shares a small
+    /// machine with other busy processes.
+    #[arg(long, env = "CLAWPLANE_WORKER_THREADS", default_value_t = 0)]
+    worker_threads: usize,
     /// Admin token (for WatchRoutes) and SSO settings.
     #[command(flatten)]
     auth: AuthArgs,
@@ -76,7 +81,18 @@ fn main() -> std::process::ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    let runtime = match cli.worker_threads {
+        1 => tokio::runtime::Builder::new_current_thread().enable_all().build(),
+        0 => tokio::runtime::Builder::new_multi_thread().enable_all().build(),
+        n => tokio::runtime::Builder::new_multi_thread().worker_threads(n).enable_all().build(),
+    };
+    let runtime = match runtime {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
     match runtime.block_on(run(cli)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {

@@ -16,9 +16,12 @@
 //!     cargo build --release --workspace --bins
 //!     CLAWPLANE_OPENCLAW_BIN=$OPENCLAW_BIN cargo bench -p clawplane-host-agent --bench bridge
 //!
-//! Env: BENCH_SECS (default 5), BENCH_CONCURRENCY (default 32). nginx rows
-//! are skipped when nginx is not installed, the OpenClaw table when
-//! CLAWPLANE_OPENCLAW_BIN is not set.
+//! Env: BENCH_SECS (default 5), BENCH_CONCURRENCY (default 32), BENCH_REPS
+//! (rounds, default 3), BENCH_BRIDGE_THREADS (the bridge's --worker-threads,
+//! default 1: this machine's 2 cores also carry the load generator, the
+//! agent and the gateway; 0 is one per core), BENCH_STANDIN=0 skips the
+//! stand-in table. nginx rows are skipped when nginx is not installed, the
+//! OpenClaw table when CLAWPLANE_OPENCLAW_BIN is not set.
 use std::convert::Infallible;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -212,11 +215,20 @@ fn largest_control_ui_asset(openclaw_bin: &Path) -> (String, usize) {
 
 type Row = (String, (f64, f64, f64), f64);
 
+/// CPU time (user + system) a process has used so far.
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // After "pid (comm) ": state is field 3, utime and stime fields 14, 15.
+    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split_whitespace().collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    Duration::from_secs_f64(ticks as f64 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64)
+}
+
 /// One table: a control plane, an agent with its tenant proxy and one
 /// running tenant, the bridge, and the rows against `upstream`. With
 /// `openclaw` the tenant is provisioned and served by the real OpenClaw;
 /// without, its stand-in gateway is swapped for the Rust upstream.
-async fn measure(openclaw: Option<&Path>, secs: u64, concurrency: usize) -> (Upstream, Vec<Row>) {
+async fn measure(openclaw: Option<&Path>, secs: u64, concurrency: usize) -> (Upstream, Vec<Row>, [f64; 2]) {
     let dir = tempfile::tempdir().unwrap();
     let stage = Stage::start(dir.path(), None, Some("bench.test")).await;
     let (api, admin_token) = (stage.api, stage.admin_token.clone());
@@ -276,7 +288,7 @@ async fn measure(openclaw: Option<&Path>, secs: u64, concurrency: usize) -> (Ups
         .unwrap();
     assert!(issued.status.success(), "{}", String::from_utf8_lossy(&issued.stderr));
     let (bridge_port, admin_port) = (free_port(), free_port());
-    let _bridge = Killed(
+    let bridge = Killed(
         Command::new(&bridge_bin)
             .args(["--control-plane", &format!("http://{api}"), "--base-domain", "bench.test"])
             .args([
@@ -286,6 +298,8 @@ async fn measure(openclaw: Option<&Path>, secs: u64, concurrency: usize) -> (Ups
                 &format!("127.0.0.1:{admin_port}"),
                 "--trusted-front",
                 "127.0.0.1",
+                "--worker-threads",
+                &env("BENCH_BRIDGE_THREADS", 1).to_string(),
             ])
             .arg("--identity-dir")
             .arg(&identity)
@@ -323,61 +337,80 @@ async fn measure(openclaw: Option<&Path>, secs: u64, concurrency: usize) -> (Ups
     }
 
     let u = &upstream_kind;
-    let row = |port: u16, host: String, token: Option<String>| async move {
-        let token = token.as_deref();
-        (
-            load(port, &host, u.small, token, secs, concurrency).await,
-            throughput(port, &host, &u.large, u.large_bytes, token, 8).await,
-        )
-    };
-    let mut rows: Vec<Row> = Vec::new();
-    eprintln!("measuring against {}: direct", u.label);
-    let direct = row(gateway_port, "127.0.0.1".into(), None).await;
-    rows.push(("direct to the gateway port".into(), direct.0, direct.1));
-    eprintln!("measuring against {}: bridge", u.label);
-    let bridged = row(bridge_port, host.clone(), Some(jwt.clone())).await;
-    rows.push(("clawplane-bridge (+ agent mTLS hop)".into(), bridged.0, bridged.1));
-    let nginx = ["/usr/sbin/nginx", "/usr/bin/nginx"].iter().map(PathBuf::from).find(|p| p.exists());
-    match nginx {
+    // Every path to measure: (label, port, Host header, SSO token).
+    let mut paths: Vec<(&str, u16, String, Option<String>)> = vec![
+        ("direct to the gateway port", gateway_port, "127.0.0.1".into(), None),
+        ("clawplane-bridge (+ agent mTLS hop)", bridge_port, host.clone(), Some(jwt.clone())),
+    ];
+    let mut nginxes = Vec::new();
+    match ["/usr/sbin/nginx", "/usr/bin/nginx"].iter().map(PathBuf::from).find(|p| p.exists()) {
         Some(nginx) => {
             for mode in ["plain", "auth_request"] {
                 let port = free_port();
-                let conf = nginx_conf(
-                    &dir.path().join(format!("nginx-{mode}")),
-                    port,
-                    mode,
-                    gateway_port,
-                    admin_port,
-                    &identity,
-                );
-                let _nginx = Killed(
+                let root = dir.path().join(format!("nginx-{mode}"));
+                let conf = nginx_conf(&root, port, mode, gateway_port, admin_port, &identity);
+                nginxes.push(Killed(
                     Command::new(&nginx)
                         .arg("-p")
-                        .arg(conf.parent().unwrap())
+                        .arg(&root)
                         .arg("-c")
                         .arg(&conf)
                         .stderr(Stdio::null())
                         .spawn()
                         .unwrap(),
-                );
+                ));
                 wait_port(port);
-                eprintln!("measuring against {}: nginx {mode}", u.label);
-                let token = (mode != "plain").then(|| jwt.clone());
-                let result = row(port, host.clone(), token).await;
-                let label =
-                    if mode == "plain" { "nginx proxy_pass (no auth)" } else { "nginx + auth_request + agent mTLS" };
-                rows.push((label.into(), result.0, result.1));
+                let (label, token) = match mode {
+                    "plain" => ("nginx proxy_pass (no auth)", None),
+                    _ => ("nginx + auth_request + agent mTLS", Some(jwt.clone())),
+                };
+                paths.push((label, port, host.clone(), token));
             }
         }
         None => println!("nginx not installed: nginx rows skipped"),
     }
+    // Warm up (a just-started Node gateway is still compiling its code),
+    // then rounds that take each path in turn, so drift in the machine's
+    // load hits every path alike; each row is the median over rounds.
+    load(gateway_port, "127.0.0.1", u.small, None, 3, concurrency).await;
+    let reps = env("BENCH_REPS", 3) as usize;
+    let pids = [bridge.0.id(), agent.0.id()];
+    let (mut cpu, mut cpu_requests) = ([Duration::ZERO; 2], 0.0);
+    let mut runs: Vec<Vec<(f64, f64, f64)>> = vec![Vec::new(); paths.len()];
+    for round in 0..reps {
+        for (i, (label, port, host, token)) in paths.iter().enumerate() {
+            eprintln!("measuring against {}: {label} (round {})", u.label, round + 1);
+            let before = pids.map(cpu_time);
+            let run = load(*port, host, u.small, token.as_deref(), secs, concurrency).await;
+            if *port == bridge_port {
+                let after = pids.map(cpu_time);
+                for k in 0..2 {
+                    cpu[k] += after[k] - before[k];
+                }
+                cpu_requests += run.0 * secs as f64;
+            }
+            runs[i].push(run);
+        }
+    }
+    let mut rows: Vec<Row> = Vec::new();
+    for ((label, port, host, token), runs) in paths.iter().zip(&runs) {
+        let mid = |f: fn(&(f64, f64, f64)) -> f64| {
+            let mut v: Vec<f64> = runs.iter().map(f).collect();
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        let mbs = throughput(*port, host, &u.large, u.large_bytes, token.as_deref(), 8).await;
+        rows.push((label.to_string(), (mid(|r| r.0), mid(|r| r.1), mid(|r| r.2)), mbs));
+    }
+    drop(nginxes);
+    let per_request = cpu.map(|c| c.as_secs_f64() * 1e6 / cpu_requests);
     // The agent leaves gateways running when it stops (they outlive agent
     // restarts): stop this table's one before the next table.
     drop(agent);
     if let Ok(pid) = std::fs::read_to_string(stage.tenants_dir.join(&tenant.slug).join("gateway.pid")) {
         unsafe { libc::kill(-pid.trim().parse::<i32>().unwrap(), libc::SIGKILL) };
     }
-    (upstream_kind, rows)
+    (upstream_kind, rows, per_request)
 }
 
 fn main() {
@@ -386,14 +419,20 @@ fn main() {
         let secs = env("BENCH_SECS", 5);
         let concurrency = env("BENCH_CONCURRENCY", 32) as usize;
         let openclaw = std::env::var_os("CLAWPLANE_OPENCLAW_BIN").map(PathBuf::from);
+        println!(
+            "concurrency {concurrency}, median of {} rounds of {secs} s per row, bridge --worker-threads {}",
+            env("BENCH_REPS", 3),
+            env("BENCH_BRIDGE_THREADS", 1)
+        );
         let mut tables = Vec::new();
         match &openclaw {
             Some(openclaw) => tables.push(measure(Some(openclaw), secs, concurrency).await),
             None => println!("CLAWPLANE_OPENCLAW_BIN is not set: the real gateway table is skipped"),
         }
-        tables.push(measure(None, secs, concurrency).await);
-        println!("\nconcurrency {concurrency}, {secs} s per row");
-        for (upstream, rows) in &tables {
+        if env("BENCH_STANDIN", 1) == 1 {
+            tables.push(measure(None, secs, concurrency).await);
+        }
+        for (upstream, rows, cpu) in &tables {
             println!(
                 "\nupstream: {} (small: GET {}; large: {}, {:.1} MB)",
                 upstream.label,
@@ -410,6 +449,10 @@ fn main() {
                 let share = format!("{:.0}%", rps / direct * 100.0);
                 println!("{label:<40} {rps:>10.0} {p50:>9.2} {p99:>9.2} {share:>10} {mbs:>10.0}");
             }
+            println!(
+                "CPU per bridged small request: bridge {:.1} us, host agent {:.1} us (user + system)",
+                cpu[0], cpu[1]
+            );
         }
     });
 }

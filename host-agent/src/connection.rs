@@ -111,7 +111,7 @@ pub async fn run(state_dir: &Path, config_path: Option<&Path>, options: RuntimeO
         (Some(listen), Some(runtime)) => {
             let (listener, addr) = crate::proxy::bind(listen).await?;
             let tls = clawplane_tls::mtls_server_config(&state.read("ca.pem")?, tls_identity.clone())?;
-            tokio::spawn(crate::proxy::serve(listener, tls, runtime.clone()));
+            crate::proxy::spawn(listener, tls, runtime.clone())?;
             let endpoint = options.proxy_advertise.clone().unwrap_or_else(|| addr.to_string());
             tracing::info!(listen = %addr, %endpoint, "tenant proxy listening");
             endpoint
