@@ -192,3 +192,24 @@ async fn admin_role_claim_grants_operator_calls() {
     assert_eq!(status.code(), Code::PermissionDenied);
     server.shutdown().await;
 }
+
+/// Verified tokens are remembered (the edge sees the same one on every
+/// request), but never past their expiry, and a remembered token never
+/// vouches for a different one.
+#[tokio::test]
+async fn remembered_tokens_still_expire_and_vouch_for_nothing_else() {
+    let db = sqlite_db();
+    let server = TestServer::start_with(serve_args(&db), |config| {
+        config.auth.jwt.as_mut().unwrap().leeway = std::time::Duration::ZERO;
+    })
+    .await;
+    let short = hs256(with(claims("alice", &[]), "exp", json!(now() + 2)));
+    let cases = vec![
+        ("a token about to expire", Cred::Bearer(short.clone()), None),
+        ("the same token again (remembered)", Cred::Bearer(short.clone()), None),
+        ("a tampered payload after a valid token", Cred::Bearer(tampered()), Some("bad signature")),
+    ];
+    check_table(&server, cases).await;
+    tokio::time::sleep(std::time::Duration::from_millis(3500)).await;
+    check_table(&server, vec![("the remembered token once expired", Cred::Bearer(short), Some("token expired"))]).await;
+}

@@ -206,10 +206,20 @@ async fn the_bridge_routes_each_host_to_its_own_tenant_only() {
     .await;
     assert_eq!(status, 200, "{head}");
     assert!(head.to_ascii_lowercase().contains(&format!("x-clawplane-tenant: {}", a.id)), "{head}");
+    // Refusals nginx would turn into 500 come as 403 with the real status.
+    let (status, head, _) = http(
+        admin_port,
+        "127.0.0.1",
+        "/api/internal/route",
+        &[("X-Original-Host", "nobody.claw.test"), ("Authorization", &bearer(&alice_jwt))],
+    )
+    .await;
+    assert_eq!(status, 403, "{head}");
+    assert!(head.to_ascii_lowercase().contains("x-clawplane-status: 404"), "{head}");
 
     // nginx in front, with the shipped deploy/nginx config and auth_request.
-    match nginx_bin() {
-        Some(nginx) => {
+    let nginx = match nginx_bin() {
+        Some(nginx) => Some(
             through_nginx(
                 &nginx,
                 &dir,
@@ -220,15 +230,19 @@ async fn the_bridge_routes_each_host_to_its_own_tenant_only() {
                     (&a_host, bearer(&bob_jwt), 403),
                     (&a_host, String::new(), 401),
                     (&t_host, bearer(&dave_jwt), 200),
+                    (&"nobody.claw.test".to_string(), bearer(&alice_jwt), 404),
                 ],
                 &a_port,
                 &expected_auth,
                 &alice_jwt,
             )
-            .await
+            .await,
+        ),
+        None => {
+            eprintln!("\n!!! SKIPPING the nginx part: nginx is not installed (scripts/test installs it) !!!\n");
+            None
         }
-        None => eprintln!("\n!!! SKIPPING the nginx part: nginx is not installed (scripts/test installs it) !!!\n"),
-    }
+    };
 
     // TLS termination in the bridge, with the certificate reloaded when its
     // files change.
@@ -261,6 +275,27 @@ async fn the_bridge_routes_each_host_to_its_own_tenant_only() {
         }
     })
     .await;
+    if let Some(nginx) = &nginx {
+        // nginx says 503 too: first because the agent does not answer, then
+        // because the route says the host is offline (not nginx's 500).
+        let offline = || async {
+            let (status, head, body) = http(nginx.port, &a_host, "/", &[("Authorization", &bearer(&alice_jwt))]).await;
+            assert_eq!(status, 503, "nginx, host offline: {head}{body}");
+            assert!(head.to_ascii_lowercase().contains("retry-after: 5"), "{head}");
+            assert!(!body.contains("alice"), "{body}");
+        };
+        offline().await;
+        eventually(Duration::from_secs(30), "the route says the host is unavailable", || {
+            let (host, auth) = (a_host.clone(), bearer(&alice_jwt));
+            async move {
+                let lookup = [("X-Original-Host", host.as_str()), ("Authorization", auth.as_str())];
+                let (_, head, _) = http(admin_port, "127.0.0.1", "/api/internal/route", &lookup).await;
+                head.to_ascii_lowercase().contains("x-clawplane-status: 503")
+            }
+        })
+        .await;
+        offline().await;
+    }
     let health = http(port, "10.0.0.1", "/api/health", &[]).await;
     assert_eq!(health.0, 200, "{health:?}");
     drop(bridge);
@@ -285,7 +320,7 @@ async fn through_nginx(
     alice_gateway_port: &serde_json::Value,
     expected_auth: &str,
     alice_jwt: &str,
-) {
+) -> Nginx {
     let root = dir.join("nginx");
     std::fs::create_dir_all(root.join("logs")).unwrap();
     let shipped = |name: &str| {
@@ -336,9 +371,21 @@ async fn through_nginx(
     assert_eq!(seen["auth_sha256"], expected_auth);
     assert_eq!(seen["x_forwarded_user"], "");
     assert_eq!(seen["cookie"], "theme=dark", "nginx drops the session cookie");
-    // SIGTERM: the master takes its workers down (SIGKILL would orphan them).
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let _ = child.wait();
+    Nginx { port, child }
+}
+
+/// A running nginx, stopped when dropped.
+struct Nginx {
+    port: u16,
+    child: std::process::Child,
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        // SIGTERM: the master takes its workers down (SIGKILL would orphan them).
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
 }
 
 /// Accepts any server certificate and keeps the last one seen.
