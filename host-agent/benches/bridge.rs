@@ -32,7 +32,7 @@ use http_body_util::{BodyExt, Empty, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
 mod common;
-use common::{env, free_port, spawn_quiet, Stage};
+use common::{env, free_port, proc_stat, spawn_quiet, Stage};
 
 const JWT_SECRET: &str = "bench-jwt-secret-0123456789abcdef0123456789";
 const SMALL: &[u8] =
@@ -215,11 +215,17 @@ fn largest_control_ui_asset(openclaw_bin: &Path) -> (String, usize) {
 
 type Row = (String, (f64, f64, f64), f64);
 
+/// SIGKILL to the process group of the tenant's running gateway, if any.
+fn kill_gateway(stage: &Stage, slug: &str) {
+    if let Ok(pid) = std::fs::read_to_string(stage.tenants_dir.join(slug).join("gateway.pid")) {
+        unsafe { libc::kill(-pid.trim().parse::<i32>().unwrap(), libc::SIGKILL) };
+    }
+}
+
 /// CPU time (user + system) a process has used so far.
 fn cpu_time(pid: u32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    // After "pid (comm) ": state is field 3, utime and stime fields 14, 15.
-    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of proc(5).
+    let fields = proc_stat(pid as i32).unwrap();
     let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
     Duration::from_secs_f64(ticks as f64 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64)
 }
@@ -257,11 +263,8 @@ async fn measure(openclaw: Option<&Path>, secs: u64, concurrency: usize) -> (Ups
         }
         None => {
             // Swap the stand-in gateway for the fast Rust upstream on its port.
-            let root = stage.tenants_dir.join(&tenant.slug);
             let listener = loop {
-                if let Ok(pid) = std::fs::read_to_string(root.join("gateway.pid")) {
-                    unsafe { libc::kill(-pid.trim().parse::<i32>().unwrap(), libc::SIGKILL) };
-                }
+                kill_gateway(&stage, &tenant.slug);
                 match tokio::net::TcpListener::bind(("127.0.0.1", gateway_port)).await {
                     Ok(listener) => break listener,
                     Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
@@ -407,9 +410,7 @@ async fn measure(openclaw: Option<&Path>, secs: u64, concurrency: usize) -> (Ups
     // The agent leaves gateways running when it stops (they outlive agent
     // restarts): stop this table's one before the next table.
     drop(agent);
-    if let Ok(pid) = std::fs::read_to_string(stage.tenants_dir.join(&tenant.slug).join("gateway.pid")) {
-        unsafe { libc::kill(-pid.trim().parse::<i32>().unwrap(), libc::SIGKILL) };
-    }
+    kill_gateway(&stage, &tenant.slug);
     (upstream_kind, rows, per_request)
 }
 

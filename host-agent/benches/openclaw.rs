@@ -32,9 +32,8 @@ fn group_rss_kib(pgid: i32) -> u64 {
     let mut total = 0;
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
         let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
-        let after = &stat[stat.rfind(')').unwrap() + 2..];
-        let group: i32 = after.split_whitespace().nth(2).unwrap().parse().unwrap();
+        let Some(stat) = common::proc_stat(pid) else { continue };
+        let group: i32 = stat[2].parse().unwrap();
         if group == pgid {
             let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
             total += status

@@ -161,3 +161,10 @@ pub fn spawn_quiet(command: &[String]) -> Child {
         .spawn()
         .unwrap()
 }
+
+/// The fields of `/proc/<pid>/stat` after "pid (comm)": the process state
+/// (field 3 of proc(5)) comes first. None once the process is gone.
+pub fn proc_stat(pid: i32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    Some(stat[stat.rfind(')')? + 2..].split_whitespace().map(String::from).collect())
+}
