@@ -13,12 +13,11 @@ use http::{header, HeaderMap, HeaderValue, Request, Response, StatusCode};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 
 use crate::metrics::Metrics;
 use crate::routes::RouteTable;
-use crate::upstream::{authority, AgentConnector};
+use crate::upstream::{authority, AgentConnector, AgentPool};
 
 pub type Body = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
 
@@ -44,7 +43,7 @@ pub struct Bridge {
     pub table: Arc<RouteTable>,
     pub base_domain: String,
     pub jwt: Option<JwtVerifier>,
-    pub client: Client<AgentConnector, Limited<Incoming>>,
+    pub agents: AgentPool,
     /// HTTP/1.1 connections for upgrades.
     pub upgrades: AgentConnector,
     pub max_body_bytes: usize,
@@ -53,16 +52,6 @@ pub struct Bridge {
     /// Front proxies (load balancers) whose X-Forwarded-For is believed;
     /// from anyone else it is replaced by the peer address.
     pub trusted_fronts: Vec<std::net::IpAddr>,
-}
-
-pub fn build_client(connector: AgentConnector) -> Client<AgentConnector, Limited<Incoming>> {
-    Client::builder(TokioExecutor::new())
-        .timer(hyper_util::rt::TokioTimer::new())
-        .pool_timer(hyper_util::rt::TokioTimer::new())
-        .pool_idle_timeout(Duration::from_secs(90))
-        .http2_only(true)
-        .http2_keep_alive_interval(Some(Duration::from_secs(20)))
-        .build(connector)
 }
 
 fn text(status: StatusCode, message: &str) -> Response<Body> {
@@ -343,11 +332,14 @@ impl Bridge {
         set(headers, "x-forwarded-host", host);
         if let Some(client_upgrade) = client_upgrade {
             parts.version = http::Version::HTTP_11;
-            return self.relay_upgrade(Request::from_parts(parts, body), client_upgrade, &route.host_id).await;
+            // Boxed: every request's future would otherwise be as large as
+            // the upgrade path's (a TLS handshake), and be copied that large.
+            let upstream = Request::from_parts(parts, body);
+            return Box::pin(self.relay_upgrade(upstream, client_upgrade, &route.host_id)).await;
         }
         parts.version = http::Version::HTTP_2;
         let upstream = Request::from_parts(parts, Limited::new(body, self.max_body_bytes));
-        match tokio::time::timeout(self.response_timeout, self.client.request(upstream)).await {
+        match tokio::time::timeout(self.response_timeout, self.agents.request(&route.host_id, upstream)).await {
             Ok(Ok(response)) => {
                 let (mut parts, body) = response.into_parts();
                 clawplane_tls::forward::strip_hop_by_hop(&mut parts.headers);

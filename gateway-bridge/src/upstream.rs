@@ -1,69 +1,37 @@
 //! Connections to host agents' tenant proxies: mutual TLS with the bridge's
 //! identity, the agent verified as the host the route names (its
 //! certificate carries `<host id>.hosts.clawplane.internal`). Requests are
-//! multiplexed over pooled HTTP/2 connections, one per host, not one
+//! multiplexed over one HTTP/2 connection per host ([`AgentPool`]), not one
 //! handshake per request; WebSocket upgrades get an HTTP/1.1 connection of
 //! their own.
-use std::future::Future;
-use std::pin::Pin;
-use std::sync::Arc;
-use std::task::{Context, Poll};
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use hyper_util::client::legacy::connect::{Connected, Connection};
-use hyper_util::rt::TokioIo;
+use http::{Request, Response};
+use http_body_util::Limited;
+use hyper::body::Incoming;
+use hyper::client::conn::http2::SendRequest;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::pki_types::ServerName;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
 use crate::routes::RouteTable;
 
-const HOST_SUFFIX: &str = ".hosts.clawplane.internal";
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// After a failed connect, requests to that host fail at once for this long
+/// instead of each waiting out a handshake of its own.
+const FAILURE_MEMORY: Duration = Duration::from_millis(500);
+const KEEP_ALIVE: Duration = Duration::from_secs(20);
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// What the bridge sends upstream: the client's body, capped.
+pub type UpstreamBody = Limited<Incoming>;
 
-/// A TLS stream to an agent, usable by hyper's pooled client.
-pub struct AgentStream {
-    inner: TlsStream<TcpStream>,
-    h2: bool,
-}
-
-impl Connection for AgentStream {
-    fn connected(&self) -> Connected {
-        let connected = Connected::new();
-        if self.h2 {
-            connected.negotiated_h2()
-        } else {
-            connected
-        }
-    }
-}
-
-impl AsyncRead for AgentStream {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for AgentStream {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
-
-/// Resolves `https://<host id>.hosts.clawplane.internal` to the endpoint the
-/// route table holds for that host.
+/// Opens mutual-TLS connections to agents, at the endpoint the route table
+/// holds for the host.
 #[derive(Clone)]
 pub struct AgentConnector {
     tls: TlsConnector,
@@ -76,7 +44,7 @@ impl AgentConnector {
     }
 
     /// A fresh connection to a host's proxy.
-    pub async fn connect(&self, host_id: &str) -> Result<AgentStream, BoxError> {
+    pub async fn connect(&self, host_id: &str) -> Result<TlsStream<TcpStream>, BoxError> {
         let endpoint = self.table.endpoint_of(host_id).ok_or_else(|| format!("host {host_id} has no endpoint"))?;
         let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&endpoint))
             .await
@@ -86,33 +54,93 @@ impl AgentConnector {
         let tls = tokio::time::timeout(CONNECT_TIMEOUT, self.tls.connect(name, tcp))
             .await
             .map_err(|_| format!("TLS with {endpoint} timed out"))??;
-        let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-        Ok(AgentStream { inner: tls, h2 })
+        Ok(tls)
+    }
+}
+
+/// One multiplexed HTTP/2 connection per host, opened on first use and
+/// again once it closes. Requests that arrive while it is being opened wait
+/// for that one handshake.
+pub struct AgentPool {
+    connector: AgentConnector,
+    hosts: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Slot>>>>,
+}
+
+#[derive(Default)]
+struct Slot {
+    sender: Option<SendRequest<UpstreamBody>>,
+    failed_at: Option<Instant>,
+}
+
+impl AgentPool {
+    /// `connector` must offer ALPN `h2` only.
+    pub fn new(connector: AgentConnector) -> Self {
+        AgentPool { connector, hosts: Mutex::default() }
+    }
+
+    /// Sends `request` to the host's proxy. A request the connection closed
+    /// under before it was sent goes once more, on a new connection.
+    pub async fn request(
+        &self,
+        host_id: &str,
+        request: Request<UpstreamBody>,
+    ) -> Result<Response<Incoming>, BoxError> {
+        match self.sender(host_id).await?.try_send_request(request).await {
+            Ok(response) => Ok(response),
+            Err(mut failed) => match failed.take_message() {
+                Some(request) => Ok(self.sender(host_id).await?.send_request(request).await?),
+                None => Err(failed.into_error().into()),
+            },
+        }
+    }
+
+    async fn sender(&self, host_id: &str) -> Result<SendRequest<UpstreamBody>, BoxError> {
+        let slot = self.hosts.lock().unwrap().entry(host_id.to_string()).or_default().clone();
+        let mut slot = slot.lock().await;
+        if let Some(sender) = slot.sender.as_ref().filter(|s| !s.is_closed()) {
+            return Ok(sender.clone());
+        }
+        if slot.failed_at.is_some_and(|at| at.elapsed() < FAILURE_MEMORY) {
+            return Err(format!("host {host_id} was unreachable just now").into());
+        }
+        slot.sender = None;
+        let connected = async {
+            let stream = self.connector.connect(host_id).await?;
+            if stream.get_ref().1.alpn_protocol() != Some(b"h2") {
+                return Err(BoxError::from(format!("host {host_id} did not agree to HTTP/2")));
+            }
+            let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .keep_alive_interval(KEEP_ALIVE)
+                .handshake(TokioIo::new(stream))
+                .await?;
+            let host = host_id.to_string();
+            tokio::spawn(async move {
+                if let Err(err) = connection.await {
+                    tracing::debug!(%host, error = %err, "agent connection ended");
+                }
+            });
+            Ok(sender)
+        };
+        // Boxed: the handshake's future is large and rare; the sender's
+        // future stays small for every request.
+        match Box::pin(connected).await {
+            Ok(sender) => {
+                slot.failed_at = None;
+                slot.sender = Some(sender.clone());
+                Ok(sender)
+            }
+            Err(err) => {
+                slot.failed_at = Some(Instant::now());
+                Err(err)
+            }
+        }
     }
 }
 
 /// The URI authority that stands for a host.
 pub fn authority(host_id: &str) -> String {
     clawplane_tls::host_server_name(host_id)
-}
-
-impl tower_service::Service<http::Uri> for AgentConnector {
-    type Response = TokioIo<AgentStream>;
-    type Error = BoxError;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, uri: http::Uri) -> Self::Future {
-        let connector = self.clone();
-        Box::pin(async move {
-            let host = uri.host().unwrap_or_default();
-            let host_id = host.strip_suffix(HOST_SUFFIX).ok_or_else(|| format!("{host} is not a host name"))?;
-            Ok(TokioIo::new(connector.connect(host_id).await?))
-        })
-    }
 }
 
 /// TLS to agents: the CA as the only root, the bridge identity as client

@@ -28,6 +28,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use tokio::io::AsyncWriteExt;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
@@ -81,8 +82,12 @@ async fn upstream(listener: tokio::net::TcpListener) {
     }
 }
 
-/// Keep-alive HTTP/1.1 load for `secs` from `concurrency` connections.
-/// Returns (requests/s, p50 ms, p99 ms).
+/// Keep-alive HTTP/1.1 load for `secs` from `concurrency` connections, one
+/// request at a time on each. Returns (requests/s, p50 ms, p99 ms).
+///
+/// The load generator shares the 2 cores with what it measures, so it is
+/// built to cost little, as wrk is: one thread, one task per connection,
+/// the request's bytes written once, responses parsed in place.
 async fn load(
     port: u16,
     host: &str,
@@ -91,38 +96,100 @@ async fn load(
     secs: u64,
     concurrency: usize,
 ) -> (f64, f64, f64) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    let mut tasks = Vec::new();
-    for _ in 0..concurrency {
-        let (host, token) = (host.to_string(), token.map(String::from));
-        tasks.push(tokio::spawn(async move {
-            let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-            tcp.set_nodelay(true).unwrap();
-            let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.unwrap();
-            tokio::spawn(connection);
-            let mut latencies = Vec::new();
-            while Instant::now() < deadline {
-                let mut builder = http::Request::get(path).header("host", &host).header("x-forwarded-for", CLIENT_IP);
-                if let Some(token) = &token {
-                    builder = builder.header("authorization", format!("Bearer {token}"));
-                }
-                sender.ready().await.unwrap();
-                let started = Instant::now();
-                let response = sender.send_request(builder.body(Empty::<Bytes>::new()).unwrap()).await.unwrap();
-                assert_eq!(response.status(), 200);
-                response.into_body().collect().await.unwrap();
-                latencies.push(started.elapsed());
+    let mut request = format!("GET {path} HTTP/1.1\r\nhost: {host}\r\nx-forwarded-for: {CLIENT_IP}\r\n");
+    if let Some(token) = token {
+        request.push_str(&format!("authorization: Bearer {token}\r\n"));
+    }
+    request.push_str("\r\n");
+    let generator = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(async move {
+            let request = std::rc::Rc::new(request.into_bytes());
+            let deadline = Instant::now() + Duration::from_secs(secs);
+            let local = tokio::task::LocalSet::new();
+            let mut tasks = Vec::new();
+            for _ in 0..concurrency {
+                let request = request.clone();
+                tasks.push(local.spawn_local(async move {
+                    let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+                    tcp.set_nodelay(true).unwrap();
+                    let mut buffer = Vec::with_capacity(64 * 1024);
+                    let mut latencies = Vec::with_capacity(200_000);
+                    while Instant::now() < deadline {
+                        let started = Instant::now();
+                        tcp.write_all(&request).await.unwrap();
+                        read_response(&mut tcp, &mut buffer).await;
+                        latencies.push(started.elapsed());
+                    }
+                    latencies
+                }));
             }
-            latencies
-        }));
-    }
-    let mut all = Vec::new();
-    for task in tasks {
-        all.extend(task.await.unwrap());
-    }
+            local
+                .run_until(async move {
+                    let mut all = Vec::new();
+                    for task in tasks {
+                        all.extend(task.await.unwrap());
+                    }
+                    all
+                })
+                .await
+        })
+    });
+    let mut all = tokio::task::spawn_blocking(move || generator.join().unwrap()).await.unwrap();
     all.sort();
     let pct = |p: f64| all[((all.len() - 1) as f64 * p) as usize].as_secs_f64() * 1e3;
     (all.len() as f64 / secs as f64, pct(0.5), pct(0.99))
+}
+
+/// Reads one HTTP/1.1 response (Content-Length or chunked body), asserting
+/// it is a 200. `buffer` is reused from response to response.
+async fn read_response(tcp: &mut tokio::net::TcpStream, buffer: &mut Vec<u8>) {
+    use tokio::io::AsyncReadExt;
+    buffer.clear();
+    // Reads until the buffer holds as many bytes as the response has.
+    loop {
+        if let Some(length) = response_length(buffer) {
+            if buffer.len() >= length {
+                assert_eq!(buffer.len(), length, "the server sent more than one response");
+                return;
+            }
+        }
+        if buffer.capacity() - buffer.len() < 16 * 1024 {
+            buffer.reserve(64 * 1024);
+        }
+        let read = tcp.read_buf(buffer).await.unwrap();
+        assert!(read > 0, "the server closed the connection mid-response");
+    }
+}
+
+/// The whole response's length once its head (and, for a chunked body, the
+/// last chunk) has arrived.
+fn response_length(buffer: &[u8]) -> Option<usize> {
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut response = httparse::Response::new(&mut headers);
+    let head = match response.parse(buffer).unwrap() {
+        httparse::Status::Complete(head) => head,
+        httparse::Status::Partial => return None,
+    };
+    assert_eq!(response.code, Some(200), "{}", String::from_utf8_lossy(&buffer[..buffer.len().min(300)]));
+    let header = |name: &str| response.headers.iter().find(|h| h.name.eq_ignore_ascii_case(name)).map(|h| h.value);
+    if let Some(length) = header("content-length") {
+        return Some(head + std::str::from_utf8(length).unwrap().trim().parse::<usize>().unwrap());
+    }
+    assert!(header("transfer-encoding").is_some(), "a response with neither Content-Length nor chunking");
+    let mut at = head;
+    loop {
+        let line = buffer[at..].windows(2).position(|w| w == b"\r\n")?;
+        let size = std::str::from_utf8(&buffer[at..at + line]).unwrap().split(';').next().unwrap();
+        let size = usize::from_str_radix(size.trim(), 16).unwrap();
+        at += line + 2 + size + 2;
+        if size == 0 {
+            return Some(at);
+        }
+        if at > buffer.len() {
+            return None;
+        }
+    }
 }
 
 /// MB/s fetching `path` (`size` bytes) `times` times over one connection.
@@ -213,7 +280,7 @@ fn largest_control_ui_asset(openclaw_bin: &Path) -> (String, usize) {
     (format!("/assets/{}", largest.file_name().to_string_lossy()), largest.metadata().unwrap().len() as usize)
 }
 
-type Row = (String, (f64, f64, f64), f64);
+type Row = (String, (f64, f64, f64), f64, CpuShare);
 
 /// SIGKILL to the process group of the tenant's running gateway, if any.
 fn kill_gateway(stage: &Stage, slug: &str) {
@@ -222,19 +289,46 @@ fn kill_gateway(stage: &Stage, slug: &str) {
     }
 }
 
-/// CPU time (user + system) a process has used so far.
-fn cpu_time(pid: u32) -> Duration {
-    // utime and stime are fields 14 and 15 of proc(5).
-    let fields = proc_stat(pid as i32).unwrap();
-    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-    Duration::from_secs_f64(ticks as f64 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64)
+/// CPU time (user + system) a process has used so far; with `group`, every
+/// live process of the process group `pid` leads (a gateway and its
+/// children), or of the processes `pid` started (nginx and its workers).
+fn cpu_time(pid: u32, group: bool) -> Duration {
+    let ticks = |fields: &[String]| -> u64 {
+        // utime and stime are fields 14 and 15 of proc(5).
+        fields[11].parse::<u64>().unwrap_or(0) + fields[12].parse::<u64>().unwrap_or(0)
+    };
+    let mut total = proc_stat(pid as i32).map(|f| ticks(&f)).unwrap_or(0);
+    if group {
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Some(other) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
+            // ppid and pgrp are fields 4 and 5.
+            match proc_stat(other) {
+                Some(f) if other != pid as i32 && (f[1] == pid.to_string() || f[2] == pid.to_string()) => {
+                    total += ticks(&f)
+                }
+                _ => {}
+            }
+        }
+    }
+    Duration::from_secs_f64(total as f64 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64)
+}
+
+/// CPU per request of each part of a path, in microseconds.
+#[derive(Clone, Copy, Default)]
+struct CpuShare {
+    /// This process: the load generator (and the stand-in upstream).
+    client: f64,
+    gateway: f64,
+    bridge: f64,
+    agent: f64,
+    nginx: f64,
 }
 
 /// One table: a control plane, an agent with its tenant proxy and one
 /// running tenant, the bridge, and the rows against `upstream`. With
 /// `openclaw` the tenant is provisioned and served by the real OpenClaw;
 /// without, its stand-in gateway is swapped for the Rust upstream.
-async fn measure(openclaw: Option<&Path>, secs: u64, concurrency: usize) -> (Upstream, Vec<Row>, [f64; 2]) {
+async fn measure(openclaw: Option<&Path>, secs: u64, concurrency: usize) -> (Upstream, Vec<Row>) {
     let dir = tempfile::tempdir().unwrap();
     let stage = Stage::start(dir.path(), None, Some("bench.test")).await;
     let (api, admin_token) = (stage.api, stage.admin_token.clone());
@@ -377,41 +471,55 @@ async fn measure(openclaw: Option<&Path>, secs: u64, concurrency: usize) -> (Ups
     // load hits every path alike; each row is the median over rounds.
     load(gateway_port, "127.0.0.1", u.small, None, 3, concurrency).await;
     let reps = env("BENCH_REPS", 3) as usize;
-    let pids = [bridge.0.id(), agent.0.id()];
-    let (mut cpu, mut cpu_requests) = ([Duration::ZERO; 2], 0.0);
+    let gateway_pid = std::fs::read_to_string(stage.tenants_dir.join(&tenant.slug).join("gateway.pid"))
+        .ok()
+        .and_then(|pid| pid.trim().parse::<u32>().ok())
+        .filter(|_| openclaw.is_some());
+    let nginx_pids: Vec<u32> = nginxes.iter().map(|n| n.0.id()).collect();
+    let cpu_now = || {
+        let sum = |pids: &[u32]| pids.iter().map(|pid| cpu_time(*pid, true)).sum::<Duration>();
+        [
+            cpu_time(std::process::id(), false),
+            gateway_pid.map(|pid| cpu_time(pid, true)).unwrap_or_default(),
+            cpu_time(bridge.0.id(), false),
+            cpu_time(agent.0.id(), false),
+            sum(&nginx_pids),
+        ]
+    };
+    let mut cpu = vec![[Duration::ZERO; 5]; paths.len()];
+    let mut requests = vec![0.0; paths.len()];
     let mut runs: Vec<Vec<(f64, f64, f64)>> = vec![Vec::new(); paths.len()];
     for round in 0..reps {
         for (i, (label, port, host, token)) in paths.iter().enumerate() {
             eprintln!("measuring against {}: {label} (round {})", u.label, round + 1);
-            let before = pids.map(cpu_time);
+            let before = cpu_now();
             let run = load(*port, host, u.small, token.as_deref(), secs, concurrency).await;
-            if *port == bridge_port {
-                let after = pids.map(cpu_time);
-                for k in 0..2 {
-                    cpu[k] += after[k] - before[k];
-                }
-                cpu_requests += run.0 * secs as f64;
+            let after = cpu_now();
+            for k in 0..5 {
+                cpu[i][k] += after[k] - before[k];
             }
+            requests[i] += run.0 * secs as f64;
             runs[i].push(run);
         }
     }
     let mut rows: Vec<Row> = Vec::new();
-    for ((label, port, host, token), runs) in paths.iter().zip(&runs) {
+    for (i, ((label, port, host, token), runs)) in paths.iter().zip(&runs).enumerate() {
         let mid = |f: fn(&(f64, f64, f64)) -> f64| {
             let mut v: Vec<f64> = runs.iter().map(f).collect();
             v.sort_by(f64::total_cmp);
             v[v.len() / 2]
         };
+        let us = cpu[i].map(|c| c.as_secs_f64() * 1e6 / requests[i]);
+        let share = CpuShare { client: us[0], gateway: us[1], bridge: us[2], agent: us[3], nginx: us[4] };
         let mbs = throughput(*port, host, &u.large, u.large_bytes, token.as_deref(), 8).await;
-        rows.push((label.to_string(), (mid(|r| r.0), mid(|r| r.1), mid(|r| r.2)), mbs));
+        rows.push((label.to_string(), (mid(|r| r.0), mid(|r| r.1), mid(|r| r.2)), mbs, share));
     }
     drop(nginxes);
-    let per_request = cpu.map(|c| c.as_secs_f64() * 1e6 / cpu_requests);
     // The agent leaves gateways running when it stops (they outlive agent
     // restarts): stop this table's one before the next table.
     drop(agent);
     kill_gateway(&stage, &tenant.slug);
-    (upstream_kind, rows, per_request)
+    (upstream_kind, rows)
 }
 
 fn main() {
@@ -433,7 +541,7 @@ fn main() {
         if env("BENCH_STANDIN", 1) == 1 {
             tables.push(measure(None, secs, concurrency).await);
         }
-        for (upstream, rows, cpu) in &tables {
+        for (upstream, rows) in &tables {
             println!(
                 "\nupstream: {} (small: GET {}; large: {}, {:.1} MB)",
                 upstream.label,
@@ -442,18 +550,22 @@ fn main() {
                 upstream.large_bytes as f64 / 1e6
             );
             println!(
-                "{:<40} {:>10} {:>9} {:>9} {:>10} {:>10}",
-                "path", "req/s", "p50 ms", "p99 ms", "of direct", "large MB/s"
+                "{:<40} {:>8} {:>7} {:>7} {:>7} {:>8} | {:>23}",
+                "path", "req/s", "p50 ms", "p99 ms", "direct", "large MB/s", "CPU us/request: client"
             );
             let direct = rows[0].1 .0;
-            for (label, (rps, p50, p99), mbs) in rows {
+            for (label, (rps, p50, p99), mbs, cpu) in rows {
                 let share = format!("{:.0}%", rps / direct * 100.0);
-                println!("{label:<40} {rps:>10.0} {p50:>9.2} {p99:>9.2} {share:>10} {mbs:>10.0}");
+                let proxies = [("bridge", cpu.bridge), ("agent", cpu.agent), ("nginx", cpu.nginx)]
+                    .iter()
+                    .filter(|(_, us)| *us >= 0.5)
+                    .map(|(name, us)| format!(", {name} {us:.1}"))
+                    .collect::<String>();
+                println!(
+                    "{label:<40} {rps:>8.0} {p50:>7.2} {p99:>7.2} {share:>7} {mbs:>10.0} | client {:.1}, gateway {:.1}{proxies}",
+                    cpu.client, cpu.gateway
+                );
             }
-            println!(
-                "CPU per bridged small request: bridge {:.1} us, host agent {:.1} us (user + system)",
-                cpu[0], cpu[1]
-            );
         }
     });
 }

@@ -15,13 +15,14 @@ use http::{header, HeaderValue, Request, Response, StatusCode};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use crate::openclaw::runtime::ProcessRuntime;
+
+mod gateways;
+use gateways::GatewayPool;
 
 /// Header naming the tenant a bridged request is for.
 pub const TENANT_HEADER: &str = "x-clawplane-tenant";
@@ -40,7 +41,7 @@ fn reply(status: StatusCode, text: &str) -> Response<Body> {
 
 struct Proxy {
     runtime: Arc<ProcessRuntime>,
-    client: Client<HttpConnector, Incoming>,
+    gateways: Arc<GatewayPool>,
     /// Where each tenant's gateway listens and its token, re-read from the
     /// runtime's records at most every RECORDS_TTL (not per request).
     targets: std::sync::RwLock<(std::time::Instant, std::collections::HashMap<String, Target>)>,
@@ -49,6 +50,8 @@ struct Proxy {
 #[derive(Clone)]
 struct Target {
     port: u16,
+    /// `127.0.0.1:<port>`, the Host the gateway expects.
+    host: HeaderValue,
     authorization: HeaderValue,
 }
 
@@ -71,7 +74,8 @@ impl Proxy {
             .filter(|r| r.provisioned)
             .filter_map(|r| {
                 let authorization = HeaderValue::from_str(&format!("Bearer {}", r.gateway_token)).ok()?;
-                Some((r.tenant_id, Target { port: r.port, authorization }))
+                let host = HeaderValue::from_str(&format!("127.0.0.1:{}", r.port)).ok()?;
+                Some((r.tenant_id, Target { port: r.port, host, authorization }))
             })
             .collect();
         let found = fresh.get(tenant_id).cloned();
@@ -110,12 +114,8 @@ pub fn spawn(listener: TcpListener, tls: rustls::ServerConfig, runtime: Arc<Proc
 /// Serves bridged traffic forever.
 async fn serve(listener: TcpListener, tls: rustls::ServerConfig, runtime: Arc<ProcessRuntime>) {
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(Duration::from_secs(5)));
-    let client = Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(60)).build(connector);
     let stale = std::time::Instant::now() - RECORDS_TTL * 2;
-    let proxy = Arc::new(Proxy { runtime, client, targets: std::sync::RwLock::new((stale, Default::default())) });
+    let proxy = Arc::new(Proxy { runtime, gateways: Arc::default(), targets: std::sync::RwLock::new((stale, Default::default())) });
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let Ok(permit) = permits.clone().acquire_owned().await else { return };
@@ -171,10 +171,8 @@ impl Proxy {
         let Some(target) = self.target(&tenant_id) else {
             return reply(StatusCode::NOT_FOUND, "tenant is not on this host");
         };
-        let path = request.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/").to_string();
-        let Ok(uri) = format!("http://127.0.0.1:{}{path}", target.port).parse::<http::Uri>() else {
-            return reply(StatusCode::BAD_REQUEST, "invalid request path");
-        };
+        // Origin form ("/path?query"): the gateway is an origin server.
+        let uri = request.uri().path_and_query().cloned().map(http::Uri::from).unwrap_or_else(|| "/".parse().unwrap());
         let upgrade = clawplane_tls::forward::is_upgrade(request.headers());
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
         let (mut parts, body) = request.into_parts();
@@ -185,14 +183,16 @@ impl Proxy {
         if !upgrade {
             clawplane_tls::forward::strip_hop_by_hop(headers);
         }
-        headers.insert(header::HOST, HeaderValue::from_str(&format!("127.0.0.1:{}", target.port)).unwrap());
+        headers.insert(header::HOST, target.host.clone());
         // The gateway's own credential: users never see it.
         headers.insert(header::AUTHORIZATION, target.authorization.clone());
         let upstream = Request::from_parts(parts, body);
         if let Some(client_upgrade) = client_upgrade {
-            return self.relay_upgrade(upstream, client_upgrade, target.port).await;
+            // Boxed: every request's future would otherwise be as large as
+            // the upgrade path's, and be copied that large.
+            return Box::pin(self.relay_upgrade(upstream, client_upgrade, target.port)).await;
         }
-        match self.client.request(upstream).await {
+        match self.gateways.request(target.port, upstream).await {
             Ok(response) => {
                 let (mut parts, body) = response.into_parts();
                 clawplane_tls::forward::strip_hop_by_hop(&mut parts.headers);
