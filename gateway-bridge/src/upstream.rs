@@ -80,11 +80,7 @@ impl AgentPool {
 
     /// Sends `request` to the host's proxy. A request the connection closed
     /// under before it was sent goes once more, on a new connection.
-    pub async fn request(
-        &self,
-        host_id: &str,
-        request: Request<UpstreamBody>,
-    ) -> Result<Response<Incoming>, BoxError> {
+    pub async fn request(&self, host_id: &str, request: Request<UpstreamBody>) -> Result<Response<Incoming>, BoxError> {
         match self.sender(host_id).await?.try_send_request(request).await {
             Ok(response) => Ok(response),
             Err(mut failed) => match failed.take_message() {

@@ -4,7 +4,10 @@
 //! the host agent); through nginx `proxy_pass` straight to the upstream;
 //! and through nginx with `auth_request` to the bridge and mTLS to the agent
 //! (deploy/nginx). Prints requests/s and p99 for a small response, MB/s for
-//! a large one.
+//! a large one, and the CPU time per small request of every process on the
+//! path (read from /proc): the load generator, the gateway, the bridge, the
+//! agent, nginx. On a shared machine req/s drifts with the neighbours; the
+//! CPU per request is the steadier figure.
 //!
 //! Two upstreams, one table each:
 //! - the real OpenClaw gateway of a tenant the agent provisioned (what users
@@ -16,7 +19,8 @@
 //!     cargo build --release --workspace --bins
 //!     CLAWPLANE_OPENCLAW_BIN=$OPENCLAW_BIN cargo bench -p clawplane-host-agent --bench bridge
 //!
-//! Env: BENCH_SECS (default 5), BENCH_CONCURRENCY (default 32), BENCH_REPS
+//! Env: BENCH_SECS (default 5), BENCH_CONCURRENCY (connection counts, one
+//! table each, default "32,128"), BENCH_REPS
 //! (rounds, default 3), BENCH_BRIDGE_THREADS (the bridge's --worker-threads,
 //! default 1: this machine's 2 cores also carry the load generator, the
 //! agent and the gateway; 0 is one per core), BENCH_STANDIN=0 skips the
@@ -28,9 +32,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tokio::io::AsyncWriteExt;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::AsyncWriteExt;
 
 mod common;
 use common::{env, free_port, proc_stat, spawn_quiet, Stage};
@@ -316,7 +320,8 @@ fn cpu_time(pid: u32, group: bool) -> Duration {
 /// CPU per request of each part of a path, in microseconds.
 #[derive(Clone, Copy, Default)]
 struct CpuShare {
-    /// This process: the load generator (and the stand-in upstream).
+    /// This process: the load generator (and the stand-in upstream, which
+    /// runs in it).
     client: f64,
     gateway: f64,
     bridge: f64,
@@ -328,7 +333,7 @@ struct CpuShare {
 /// running tenant, the bridge, and the rows against `upstream`. With
 /// `openclaw` the tenant is provisioned and served by the real OpenClaw;
 /// without, its stand-in gateway is swapped for the Rust upstream.
-async fn measure(openclaw: Option<&Path>, secs: u64, concurrency: usize) -> (Upstream, Vec<Row>) {
+async fn measure(openclaw: Option<&Path>, secs: u64, concurrencies: &[usize]) -> (Upstream, Vec<(usize, Vec<Row>)>) {
     let dir = tempfile::tempdir().unwrap();
     let stage = Stage::start(dir.path(), None, Some("bench.test")).await;
     let (api, admin_token) = (stage.api, stage.admin_token.clone());
@@ -469,7 +474,7 @@ async fn measure(openclaw: Option<&Path>, secs: u64, concurrency: usize) -> (Ups
     // Warm up (a just-started Node gateway is still compiling its code),
     // then rounds that take each path in turn, so drift in the machine's
     // load hits every path alike; each row is the median over rounds.
-    load(gateway_port, "127.0.0.1", u.small, None, 3, concurrency).await;
+    load(gateway_port, "127.0.0.1", u.small, None, 3, concurrencies[0]).await;
     let reps = env("BENCH_REPS", 3) as usize;
     let gateway_pid = std::fs::read_to_string(stage.tenants_dir.join(&tenant.slug).join("gateway.pid"))
         .ok()
@@ -486,84 +491,96 @@ async fn measure(openclaw: Option<&Path>, secs: u64, concurrency: usize) -> (Ups
             sum(&nginx_pids),
         ]
     };
-    let mut cpu = vec![[Duration::ZERO; 5]; paths.len()];
-    let mut requests = vec![0.0; paths.len()];
-    let mut runs: Vec<Vec<(f64, f64, f64)>> = vec![Vec::new(); paths.len()];
-    for round in 0..reps {
-        for (i, (label, port, host, token)) in paths.iter().enumerate() {
-            eprintln!("measuring against {}: {label} (round {})", u.label, round + 1);
-            let before = cpu_now();
-            let run = load(*port, host, u.small, token.as_deref(), secs, concurrency).await;
-            let after = cpu_now();
-            for k in 0..5 {
-                cpu[i][k] += after[k] - before[k];
-            }
-            requests[i] += run.0 * secs as f64;
-            runs[i].push(run);
-        }
+    let mut mbs = Vec::new();
+    for (_, port, host, token) in &paths {
+        mbs.push(throughput(*port, host, &u.large, u.large_bytes, token.as_deref(), 8).await);
     }
-    let mut rows: Vec<Row> = Vec::new();
-    for (i, ((label, port, host, token), runs)) in paths.iter().zip(&runs).enumerate() {
-        let mid = |f: fn(&(f64, f64, f64)) -> f64| {
-            let mut v: Vec<f64> = runs.iter().map(f).collect();
-            v.sort_by(f64::total_cmp);
-            v[v.len() / 2]
-        };
-        let us = cpu[i].map(|c| c.as_secs_f64() * 1e6 / requests[i]);
-        let share = CpuShare { client: us[0], gateway: us[1], bridge: us[2], agent: us[3], nginx: us[4] };
-        let mbs = throughput(*port, host, &u.large, u.large_bytes, token.as_deref(), 8).await;
-        rows.push((label.to_string(), (mid(|r| r.0), mid(|r| r.1), mid(|r| r.2)), mbs, share));
+    let mut tables = Vec::new();
+    for &concurrency in concurrencies {
+        let mut cpu = vec![[Duration::ZERO; 5]; paths.len()];
+        let mut requests = vec![0.0; paths.len()];
+        let mut runs: Vec<Vec<(f64, f64, f64)>> = vec![Vec::new(); paths.len()];
+        for round in 0..reps {
+            for (i, (label, port, host, token)) in paths.iter().enumerate() {
+                eprintln!("measuring against {}: {label}, {concurrency} connections (round {})", u.label, round + 1);
+                let before = cpu_now();
+                let run = load(*port, host, u.small, token.as_deref(), secs, concurrency).await;
+                let after = cpu_now();
+                for k in 0..5 {
+                    cpu[i][k] += after[k] - before[k];
+                }
+                requests[i] += run.0 * secs as f64;
+                runs[i].push(run);
+            }
+        }
+        let mut rows: Vec<Row> = Vec::new();
+        for (i, ((label, ..), runs)) in paths.iter().zip(&runs).enumerate() {
+            let mid = |f: fn(&(f64, f64, f64)) -> f64| {
+                let mut v: Vec<f64> = runs.iter().map(f).collect();
+                v.sort_by(f64::total_cmp);
+                v[v.len() / 2]
+            };
+            let us = cpu[i].map(|c| c.as_secs_f64() * 1e6 / requests[i]);
+            let share = CpuShare { client: us[0], gateway: us[1], bridge: us[2], agent: us[3], nginx: us[4] };
+            rows.push((label.to_string(), (mid(|r| r.0), mid(|r| r.1), mid(|r| r.2)), mbs[i], share));
+        }
+        tables.push((concurrency, rows));
     }
     drop(nginxes);
     // The agent leaves gateways running when it stops (they outlive agent
     // restarts): stop this table's one before the next table.
     drop(agent);
     kill_gateway(&stage, &tenant.slug);
-    (upstream_kind, rows)
+    (upstream_kind, tables)
 }
 
 fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     runtime.block_on(async move {
         let secs = env("BENCH_SECS", 5);
-        let concurrency = env("BENCH_CONCURRENCY", 32) as usize;
+        let concurrencies: Vec<usize> = std::env::var("BENCH_CONCURRENCY")
+            .unwrap_or_else(|_| "32,128".into())
+            .split(',')
+            .map(|n| n.trim().parse().expect("BENCH_CONCURRENCY: a comma-separated list of connection counts"))
+            .collect();
         let openclaw = std::env::var_os("CLAWPLANE_OPENCLAW_BIN").map(PathBuf::from);
         println!(
-            "concurrency {concurrency}, median of {} rounds of {secs} s per row, bridge --worker-threads {}",
+            "{concurrencies:?} connections, median of {} rounds of {secs} s per row, bridge --worker-threads {}",
             env("BENCH_REPS", 3),
             env("BENCH_BRIDGE_THREADS", 1)
         );
         let mut tables = Vec::new();
         match &openclaw {
-            Some(openclaw) => tables.push(measure(Some(openclaw), secs, concurrency).await),
+            Some(openclaw) => tables.push(measure(Some(openclaw), secs, &concurrencies).await),
             None => println!("CLAWPLANE_OPENCLAW_BIN is not set: the real gateway table is skipped"),
         }
         if env("BENCH_STANDIN", 1) == 1 {
-            tables.push(measure(None, secs, concurrency).await);
+            tables.push(measure(None, secs, &concurrencies).await);
         }
-        for (upstream, rows) in &tables {
+        for (upstream, rows, concurrency) in tables.iter().flat_map(|(u, t)| t.iter().map(move |(c, r)| (u, r, c))) {
             println!(
-                "\nupstream: {} (small: GET {}; large: {}, {:.1} MB)",
+                "\nupstream: {} (small: GET {}; large: {}, {:.1} MB); {concurrency} connections",
                 upstream.label,
                 upstream.small,
                 upstream.large,
                 upstream.large_bytes as f64 / 1e6
             );
             println!(
-                "{:<40} {:>8} {:>7} {:>7} {:>7} {:>8} | {:>23}",
-                "path", "req/s", "p50 ms", "p99 ms", "direct", "large MB/s", "CPU us/request: client"
+                "{:<38} {:>7} {:>7} {:>7} {:>7} {:>10} | CPU us per request",
+                "path", "req/s", "p50 ms", "p99 ms", "direct", "large MB/s"
             );
             let direct = rows[0].1 .0;
             for (label, (rps, p50, p99), mbs, cpu) in rows {
                 let share = format!("{:.0}%", rps / direct * 100.0);
-                let proxies = [("bridge", cpu.bridge), ("agent", cpu.agent), ("nginx", cpu.nginx)]
-                    .iter()
-                    .filter(|(_, us)| *us >= 0.5)
-                    .map(|(name, us)| format!(", {name} {us:.1}"))
-                    .collect::<String>();
+                let parts =
+                    [("gateway", cpu.gateway), ("bridge", cpu.bridge), ("agent", cpu.agent), ("nginx", cpu.nginx)]
+                        .iter()
+                        .filter(|(_, us)| *us >= 0.5)
+                        .map(|(name, us)| format!(", {name} {us:.1}"))
+                        .collect::<String>();
                 println!(
-                    "{label:<40} {rps:>8.0} {p50:>7.2} {p99:>7.2} {share:>7} {mbs:>10.0} | client {:.1}, gateway {:.1}{proxies}",
-                    cpu.client, cpu.gateway
+                    "{label:<38} {rps:>7.0} {p50:>7.2} {p99:>7.2} {share:>7} {mbs:>10.0} | client {:.1}{parts}",
+                    cpu.client
                 );
             }
         }

@@ -46,6 +46,8 @@ struct Agent {
     running: Arc<std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
     identity: Identity,
     tls_identity: Arc<ReloadableIdentity>,
+    /// Set once the certificate was renewed early for lacking the host name.
+    renewed_for_name: std::sync::atomic::AtomicBool,
     ca_pem: String,
     config: AgentConfig,
 }
@@ -129,6 +131,7 @@ pub async fn run(state_dir: &Path, config_path: Option<&Path>, options: RuntimeO
         running: Default::default(),
         identity,
         tls_identity,
+        renewed_for_name: Default::default(),
         config,
     });
     tracing::info!(host = %agent.identity.host_id, control_plane = %agent.identity.control_plane, "agent starting");
@@ -367,6 +370,17 @@ impl Agent {
 
     fn time_to_renewal(&self) -> anyhow::Result<Duration> {
         let cert = self.current_cert()?;
+        // Bridges verify the tenant proxy by the host's name, which host
+        // certificates issued before the proxy existed lack: renew those at
+        // once (once per run, in case the control plane still omits it).
+        let name = clawplane_tls::host_server_name(&self.identity.host_id);
+        if !self.proxy_endpoint.is_empty()
+            && !cert.dns_names.contains(&name)
+            && !self.renewed_for_name.swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            tracing::info!(%name, "the certificate does not name this host for the tenant proxy; renewing it now");
+            return Ok(Duration::ZERO);
+        }
         // The certificate is backdated for clock skew; two thirds are counted
         // from when it was issued to us, a minute after not_before.
         let issued = cert.not_before + Duration::from_secs(60);

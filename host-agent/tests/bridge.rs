@@ -491,3 +491,82 @@ async fn tls_termination_reloads(cp: &ControlPlane, dir: &std::path::Path, host:
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
+
+/// A host enrolled before host certificates named the host gets one that
+/// does as soon as it runs the tenant proxy, not at two thirds of the old
+/// certificate's life: bridges verify the proxy by that name.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_host_certificate_without_the_host_name_is_renewed_at_once() {
+    let db = sqlite_db();
+    let cp = ControlPlane::start(&db, "");
+    let dir = db.data_dir();
+    let fake = dir.join("fake");
+    std::fs::create_dir_all(&fake).unwrap();
+    std::fs::copy(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/fake-openclaw"), fake.join("openclaw")).unwrap();
+    std::fs::write(fake.join("fake-mode"), "ok").unwrap();
+    let (token, pin) = cp.join_token(600, 1).await;
+    let mut agent = Agent::new(&dir, "agent");
+    assert!(agent.join(&cp.url(), &token, &pin).status.success());
+    let host_id = agent.host_id();
+    let name = format!("{host_id}.hosts.clawplane.internal");
+    let cert_of = |agent: &Agent| {
+        let pem = std::fs::read_to_string(agent.state_dir.join("cert.pem")).unwrap();
+        clawplane_tls::cert_info(&clawplane_tls::certs_from_pem(&pem).unwrap()[0]).unwrap()
+    };
+    assert_eq!(cert_of(&agent).dns_names, vec![name.clone()], "a new host's certificate names the host");
+
+    // The agent's key re-signed as host certificates were before: the host
+    // id as subject, no names, valid for a day.
+    let pki = cp.data_dir.join("pki");
+    let ca_key = rcgen::KeyPair::from_pem(&std::fs::read_to_string(pki.join("ca.key")).unwrap()).unwrap();
+    let issuer =
+        rcgen::Issuer::from_ca_cert_pem(&std::fs::read_to_string(pki.join("ca.pem")).unwrap(), ca_key).unwrap();
+    let key = rcgen::KeyPair::from_pem(&std::fs::read_to_string(agent.state_dir.join("key.pem")).unwrap()).unwrap();
+    let mut params = rcgen::CertificateParams::default();
+    params.distinguished_name.push(rcgen::DnType::CommonName, host_id.clone());
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    params.not_before = (std::time::SystemTime::now() - Duration::from_secs(60)).into();
+    params.not_after = (std::time::SystemTime::now() + Duration::from_secs(86_400)).into();
+    let old = params.signed_by(&key, &issuer).unwrap();
+    std::fs::write(agent.state_dir.join("cert.pem"), old.pem()).unwrap();
+    let info = cert_of(&agent);
+    assert!(info.dns_names.is_empty());
+    // Recorded as issued, as it would have been: the control plane accepts
+    // only certificates it knows.
+    let store = clawplane::store::Store::connect(&db.url, 1).await.unwrap();
+    let utc = sea_orm::prelude::DateTimeUtc::from;
+    let record = clawplane::store::NewHostCert {
+        serial: info.serial_hex,
+        fingerprint: info.fingerprint,
+        not_before: utc(info.not_before),
+        not_after: utc(info.not_after),
+    };
+    store.add_host_certificate(&host_id, record).await.unwrap();
+    store.close().await;
+
+    // Without the tenant proxy the name is not needed: the old certificate
+    // serves on (the agent connects with it).
+    let fake_bin = fake.join("openclaw").display().to_string();
+    let tenants = dir.join("tenants").display().to_string();
+    let args = ["--openclaw-bin", fake_bin.as_str(), "--tenants-dir", &tenants, "--no-tenant-users"];
+    agent.run_with(&args);
+    eventually(Duration::from_secs(20), "the agent online", || async {
+        cp.host_status(&host_id).await == Some((clawplane_proto::v1::HostStatus::Online, true))
+    })
+    .await;
+    assert!(!agent.log().contains("certificate renewed"), "{}", agent.log());
+    assert!(cert_of(&agent).dns_names.is_empty());
+    agent.kill9();
+
+    // With the proxy: renewed at once, and once.
+    let mut with_proxy = args.to_vec();
+    with_proxy.extend(["--proxy-listen", "127.0.0.1:0"]);
+    agent.run_with(&with_proxy);
+    eventually(Duration::from_secs(20), "the early renewal", || {
+        let renewed = agent.log().contains("certificate renewed");
+        async move { renewed }
+    })
+    .await;
+    assert_eq!(cert_of(&agent).dns_names, vec![name], "{}", agent.log());
+    assert_eq!(agent.log().matches("renewing it now").count(), 1, "{}", agent.log());
+}

@@ -56,6 +56,8 @@ pub struct CertInfo {
     pub spki_pin: String,
     pub not_before: SystemTime,
     pub not_after: SystemTime,
+    /// The DNS names of the subject alternative names.
+    pub dns_names: Vec<String>,
 }
 
 pub fn cert_info(der: &[u8]) -> anyhow::Result<CertInfo> {
@@ -71,6 +73,21 @@ pub fn cert_info(der: &[u8]) -> anyhow::Result<CertInfo> {
         spki_pin: pin_of_spki(cert.public_key().raw),
         not_before: to_time(cert.validity().not_before),
         not_after: to_time(cert.validity().not_after),
+        dns_names: cert
+            .subject_alternative_name()
+            .ok()
+            .flatten()
+            .map(|san| {
+                san.value
+                    .general_names
+                    .iter()
+                    .filter_map(|name| match name {
+                        x509_parser::extensions::GeneralName::DNSName(dns) => Some(dns.to_string()),
+                        _ => None,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
     })
 }
 

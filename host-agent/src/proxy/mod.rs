@@ -115,7 +115,11 @@ pub fn spawn(listener: TcpListener, tls: rustls::ServerConfig, runtime: Arc<Proc
 async fn serve(listener: TcpListener, tls: rustls::ServerConfig, runtime: Arc<ProcessRuntime>) {
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
     let stale = std::time::Instant::now() - RECORDS_TTL * 2;
-    let proxy = Arc::new(Proxy { runtime, gateways: Arc::default(), targets: std::sync::RwLock::new((stale, Default::default())) });
+    let proxy = Arc::new(Proxy {
+        runtime,
+        gateways: Arc::default(),
+        targets: std::sync::RwLock::new((stale, Default::default())),
+    });
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let Ok(permit) = permits.clone().acquire_owned().await else { return };
