@@ -121,7 +121,9 @@ async fn load(
                     let mut latencies = Vec::with_capacity(200_000);
                     while Instant::now() < deadline {
                         let started = Instant::now();
-                        tcp.write_all(&request).await.unwrap();
+                        if let Err(err) = tcp.write_all(&request).await {
+                            panic!("port {port}: sending a request: {err}");
+                        }
                         read_response(&mut tcp, &mut buffer).await;
                         latencies.push(started.elapsed());
                     }
@@ -161,8 +163,8 @@ async fn read_response(tcp: &mut tokio::net::TcpStream, buffer: &mut Vec<u8>) {
         if buffer.capacity() - buffer.len() < 16 * 1024 {
             buffer.reserve(64 * 1024);
         }
-        let read = tcp.read_buf(buffer).await.unwrap();
-        assert!(read > 0, "the server closed the connection mid-response");
+        let read = tcp.read_buf(buffer).await.unwrap_or_else(|err| panic!("reading a response: {err}"));
+        assert!(read > 0, "the server closed the connection mid-response: {}", String::from_utf8_lossy(buffer));
     }
 }
 

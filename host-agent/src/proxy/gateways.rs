@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -14,15 +14,36 @@ use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Idle connections kept per gateway; more than this many at once are
-/// closed when their responses end.
-const MAX_IDLE: usize = 64;
+/// Idle connections kept per gateway; beyond this many, connections are
+/// closed when their responses end. Well above the requests a gateway has
+/// in flight: a pool smaller than that opens and closes connections all the
+/// time, and the gateway pays for a new connection per request (64 cost the
+/// gateway a fifth more CPU per request at 128 connections; benches/bridge.rs).
+/// Gateways close idle connections themselves (Node: after 5 s).
+const MAX_IDLE: usize = 1024;
+
+/// How long a connection may idle when the gateway does not say (Node's
+/// default `Keep-Alive: timeout=5`, less a second).
+const DEFAULT_IDLE: Duration = Duration::from_secs(4);
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// Idle connections by gateway port, each with when it stops being reused.
 #[derive(Default)]
 pub struct GatewayPool {
-    idle: Mutex<HashMap<u16, Vec<SendRequest<Incoming>>>>,
+    idle: Mutex<HashMap<u16, Vec<(SendRequest<Incoming>, Instant)>>>,
+}
+
+/// How long the gateway keeps an idle connection, less a second: reusing
+/// one the gateway is closing at that moment would fail the request after
+/// it was sent, when it can no longer be retried.
+fn idle_limit(headers: &http::HeaderMap) -> Duration {
+    headers
+        .get("keep-alive")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(',').find_map(|p| p.trim().strip_prefix("timeout=")?.trim().parse::<u64>().ok()))
+        .map(|secs| Duration::from_secs(secs.saturating_sub(1)))
+        .unwrap_or(DEFAULT_IDLE)
 }
 
 impl GatewayPool {
@@ -52,7 +73,8 @@ impl GatewayPool {
             },
         };
         let (parts, inner) = response.into_parts();
-        let mut body = PooledBody { inner, back: Some((self.clone(), port, sender)) };
+        let keep = idle_limit(&parts.headers);
+        let mut body = PooledBody { inner, back: Some((self.clone(), port, sender, keep)) };
         if body.inner.is_end_stream() {
             body.give_back();
         }
@@ -62,20 +84,22 @@ impl GatewayPool {
     fn take_idle(&self, port: u16) -> Option<SendRequest<Incoming>> {
         let mut idle = self.idle.lock().unwrap();
         let senders = idle.get_mut(&port)?;
-        while let Some(sender) = senders.pop() {
-            if !sender.is_closed() {
+        let now = Instant::now();
+        while let Some((sender, until)) = senders.pop() {
+            if until > now && !sender.is_closed() {
                 return Some(sender);
             }
         }
         None
     }
 
-    fn put_idle(&self, port: u16, sender: SendRequest<Incoming>) {
+    fn put_idle(&self, port: u16, sender: SendRequest<Incoming>, keep: Duration) {
         let mut idle = self.idle.lock().unwrap();
         let senders = idle.entry(port).or_default();
-        senders.retain(|s| !s.is_closed());
-        if senders.len() < MAX_IDLE {
-            senders.push(sender);
+        let now = Instant::now();
+        senders.retain(|(s, until)| *until > now && !s.is_closed());
+        if senders.len() < MAX_IDLE && !keep.is_zero() {
+            senders.push((sender, now + keep));
         }
     }
 }
@@ -97,13 +121,13 @@ async fn connect(port: u16) -> Result<SendRequest<Incoming>, BoxError> {
 /// A gateway's response body; its connection returns to the pool at the end.
 pub struct PooledBody {
     inner: Incoming,
-    back: Option<(Arc<GatewayPool>, u16, SendRequest<Incoming>)>,
+    back: Option<(Arc<GatewayPool>, u16, SendRequest<Incoming>, Duration)>,
 }
 
 impl PooledBody {
     fn give_back(&mut self) {
-        if let Some((pool, port, sender)) = self.back.take() {
-            pool.put_idle(port, sender);
+        if let Some((pool, port, sender, keep)) = self.back.take() {
+            pool.put_idle(port, sender, keep);
         }
     }
 }
@@ -131,5 +155,31 @@ impl Body for PooledBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn idle_connections_are_dropped_a_second_before_the_gateway_closes_them() {
+        let cases = [
+            (Some("timeout=5"), Duration::from_secs(4)),
+            (Some("timeout=5, max=1000"), Duration::from_secs(4)),
+            (Some("max=100,timeout=30"), Duration::from_secs(29)),
+            // One second or less: not worth the race, never reused.
+            (Some("timeout=1"), Duration::ZERO),
+            (Some("timeout=0"), Duration::ZERO),
+            (Some("timeout=soon"), DEFAULT_IDLE),
+            (None, DEFAULT_IDLE),
+        ];
+        for (value, expected) in cases {
+            let mut headers = http::HeaderMap::new();
+            if let Some(value) = value {
+                headers.insert("keep-alive", value.parse().unwrap());
+            }
+            assert_eq!(idle_limit(&headers), expected, "Keep-Alive: {value:?}");
+        }
     }
 }
