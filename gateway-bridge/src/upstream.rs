@@ -5,7 +5,7 @@
 //! handshake per request; WebSocket upgrades get an HTTP/1.1 connection of
 //! their own.
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use http::{Request, Response};
@@ -63,19 +63,26 @@ impl AgentConnector {
 /// for that one handshake.
 pub struct AgentPool {
     connector: AgentConnector,
-    hosts: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Slot>>>>,
+    hosts: RwLock<HashMap<String, Arc<Slot>>>,
 }
 
 #[derive(Default)]
 struct Slot {
-    sender: Option<SendRequest<UpstreamBody>>,
-    failed_at: Option<Instant>,
+    sender: Mutex<Option<SendRequest<UpstreamBody>>>,
+    /// Held while connecting; when the last attempt failed.
+    connecting: tokio::sync::Mutex<Option<Instant>>,
+}
+
+impl Slot {
+    fn open(&self) -> Option<SendRequest<UpstreamBody>> {
+        self.sender.lock().unwrap().as_ref().filter(|s| !s.is_closed()).cloned()
+    }
 }
 
 impl AgentPool {
     /// `connector` must offer ALPN `h2` only.
     pub fn new(connector: AgentConnector) -> Self {
-        AgentPool { connector, hosts: Mutex::default() }
+        AgentPool { connector, hosts: RwLock::default() }
     }
 
     /// Sends `request` to the host's proxy. A request the connection closed
@@ -91,15 +98,28 @@ impl AgentPool {
     }
 
     async fn sender(&self, host_id: &str) -> Result<SendRequest<UpstreamBody>, BoxError> {
-        let slot = self.hosts.lock().unwrap().entry(host_id.to_string()).or_default().clone();
-        let mut slot = slot.lock().await;
-        if let Some(sender) = slot.sender.as_ref().filter(|s| !s.is_closed()) {
-            return Ok(sender.clone());
+        let known = self.hosts.read().unwrap().get(host_id).cloned();
+        let slot = match known {
+            Some(slot) => slot,
+            None => self.hosts.write().unwrap().entry(host_id.to_string()).or_default().clone(),
+        };
+        if let Some(sender) = slot.open() {
+            return Ok(sender);
         }
-        if slot.failed_at.is_some_and(|at| at.elapsed() < FAILURE_MEMORY) {
+        // Boxed: the handshake's future is large and rare; every request's
+        // future stays small.
+        Box::pin(self.connect(host_id, &slot)).await
+    }
+
+    async fn connect(&self, host_id: &str, slot: &Slot) -> Result<SendRequest<UpstreamBody>, BoxError> {
+        let mut failed_at = slot.connecting.lock().await;
+        // Whoever held the lock before may have connected.
+        if let Some(sender) = slot.open() {
+            return Ok(sender);
+        }
+        if failed_at.is_some_and(|at| at.elapsed() < FAILURE_MEMORY) {
             return Err(format!("host {host_id} was unreachable just now").into());
         }
-        slot.sender = None;
         let connected = async {
             let stream = self.connector.connect(host_id).await?;
             if stream.get_ref().1.alpn_protocol() != Some(b"h2") {
@@ -118,16 +138,14 @@ impl AgentPool {
             });
             Ok(sender)
         };
-        // Boxed: the handshake's future is large and rare; the sender's
-        // future stays small for every request.
-        match Box::pin(connected).await {
+        match connected.await {
             Ok(sender) => {
-                slot.failed_at = None;
-                slot.sender = Some(sender.clone());
+                *failed_at = None;
+                *slot.sender.lock().unwrap() = Some(sender.clone());
                 Ok(sender)
             }
             Err(err) => {
-                slot.failed_at = Some(Instant::now());
+                *failed_at = Some(Instant::now());
                 Err(err)
             }
         }
