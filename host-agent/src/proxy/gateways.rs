@@ -36,8 +36,17 @@ pub struct GatewayPool {
 
 /// How long the gateway keeps an idle connection, less a second: reusing
 /// one the gateway is closing at that moment would fail the request after
-/// it was sent, when it can no longer be retried.
+/// it was sent, when it can no longer be retried. Zero when it says it
+/// closes this one.
 fn idle_limit(headers: &http::HeaderMap) -> Duration {
+    let closing = headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.split(',').any(|token| token.trim().eq_ignore_ascii_case("close")));
+    if closing {
+        return Duration::ZERO;
+    }
     headers
         .get("keep-alive")
         .and_then(|v| v.to_str().ok())
@@ -164,8 +173,10 @@ mod tests {
 
     #[test]
     fn idle_connections_are_dropped_a_second_before_the_gateway_closes_them() {
+        // The Keep-Alive header's value, or "close" for `Connection: close`.
         let cases = [
             (Some("timeout=5"), Duration::from_secs(4)),
+            (Some("close"), Duration::ZERO),
             (Some("timeout=5, max=1000"), Duration::from_secs(4)),
             (Some("max=100,timeout=30"), Duration::from_secs(29)),
             // One second or less: not worth the race, never reused.
@@ -176,9 +187,11 @@ mod tests {
         ];
         for (value, expected) in cases {
             let mut headers = http::HeaderMap::new();
-            if let Some(value) = value {
-                headers.insert("keep-alive", value.parse().unwrap());
-            }
+            match value {
+                Some("close") => headers.insert(http::header::CONNECTION, "keep-alive, close".parse().unwrap()),
+                Some(value) => headers.insert("keep-alive", value.parse().unwrap()),
+                None => None,
+            };
             assert_eq!(idle_limit(&headers), expected, "Keep-Alive: {value:?}");
         }
     }
