@@ -36,15 +36,22 @@ async fn running(client: &mut TenantServiceClient<tonic::transport::Channel>, cr
     panic!("tenant not running: {last:?}")
 }
 
+/// The stand-in `openclaw` in `<dir>/fake`, answering normally; returns
+/// its folder.
+fn fake_openclaw(dir: &std::path::Path) -> PathBuf {
+    let fake = dir.join("fake");
+    std::fs::create_dir_all(&fake).unwrap();
+    std::fs::copy(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/fake-openclaw"), fake.join("openclaw")).unwrap();
+    std::fs::write(fake.join("fake-mode"), "ok").unwrap();
+    fake
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_bridge_routes_each_host_to_its_own_tenant_only() {
     let db = sqlite_db();
     let mut cp = ControlPlane::start(&db, "");
     let dir = db.data_dir();
-    let fake = dir.join("fake");
-    std::fs::create_dir_all(&fake).unwrap();
-    std::fs::copy(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/fake-openclaw"), fake.join("openclaw")).unwrap();
-    std::fs::write(fake.join("fake-mode"), "ok").unwrap();
+    let fake = fake_openclaw(&dir);
     let (token, pin) = cp.join_token(600, 1).await;
     let mut agent = Agent::new(&dir, "agent");
     assert!(agent.join(&cp.url(), &token, &pin).status.success());
@@ -500,10 +507,7 @@ async fn a_host_certificate_without_the_host_name_is_renewed_at_once() {
     let db = sqlite_db();
     let cp = ControlPlane::start(&db, "");
     let dir = db.data_dir();
-    let fake = dir.join("fake");
-    std::fs::create_dir_all(&fake).unwrap();
-    std::fs::copy(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/fake-openclaw"), fake.join("openclaw")).unwrap();
-    std::fs::write(fake.join("fake-mode"), "ok").unwrap();
+    let fake = fake_openclaw(&dir);
     let (token, pin) = cp.join_token(600, 1).await;
     let mut agent = Agent::new(&dir, "agent");
     assert!(agent.join(&cp.url(), &token, &pin).status.success());

@@ -232,13 +232,7 @@ impl Proxy {
             let (parts, body) = response.into_parts();
             return Response::from_parts(parts, body.boxed());
         }
-        let upstream_upgrade = hyper::upgrade::on(&mut response);
-        tokio::spawn(async move {
-            if let (Ok(client), Ok(upstream)) = (client_upgrade.await, upstream_upgrade.await) {
-                let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
-                let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
-            }
-        });
+        clawplane_tls::forward::splice(client_upgrade, hyper::upgrade::on(&mut response));
         let (parts, _) = response.into_parts();
         Response::from_parts(parts, Full::new(Bytes::new()).map_err(|never| match never {}).boxed())
     }
