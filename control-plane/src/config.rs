@@ -151,6 +151,7 @@ struct TenantsFileConfig {
 struct LimitsFileConfig {
     max_connections: Option<usize>,
     request_timeout: Option<String>,
+    max_request_timeout: Option<String>,
     database_max_connections: Option<u32>,
     tenant_cache_ttl: Option<String>,
 }
@@ -212,7 +213,10 @@ pub struct Config {
     pub tenant_purge_after: Duration,
     pub tenant_purge_interval: Duration,
     pub max_connections: usize,
+    /// Deadline of a request that does not carry its own `grpc-timeout`.
     pub request_timeout: Duration,
+    /// The longest deadline a client's `grpc-timeout` may ask for.
+    pub max_request_timeout: Duration,
     pub database_max_connections: u32,
     /// How long GetMyTenant may answer from memory (0 = always the database).
     pub tenant_cache_ttl: Duration,
@@ -299,6 +303,13 @@ impl Config {
             bail!("tenants.purge_interval: must be greater than zero");
         }
         let request_timeout = duration("limits.request_timeout", file.limits.request_timeout, "30s")?;
+        let max_request_timeout = duration("limits.max_request_timeout", file.limits.max_request_timeout, "5m")?;
+        if request_timeout.is_zero() {
+            bail!("limits.request_timeout: must be greater than zero");
+        }
+        if max_request_timeout < request_timeout {
+            bail!("limits.max_request_timeout: must not be shorter than limits.request_timeout");
+        }
         let max_connections = file.limits.max_connections.unwrap_or(10_000);
         if max_connections == 0 {
             bail!("limits.max_connections: must be greater than zero");
@@ -363,6 +374,7 @@ impl Config {
             tenant_purge_interval,
             max_connections,
             request_timeout,
+            max_request_timeout,
             database_max_connections,
         })
     }
@@ -499,6 +511,9 @@ mod tests {
             ("[tenants]\npurge_after = \"soon\"", "tenants.purge_after"),
             ("[cors]\nallowed_origins = [\"ftp://x\"]", "cors.allowed_origins"),
             ("[limits]\nmax_connections = 0", "limits.max_connections"),
+            ("[limits]\nrequest_timeout = \"0s\"", "limits.request_timeout"),
+            ("[limits]\nmax_request_timeout = \"10s\"", "limits.max_request_timeout"),
+            ("[limits]\nmax_request_timeout = \"later\"", "limits.max_request_timeout"),
             ("[hosts]\nheartbeat_interval = \"10s\"\nlease = \"5s\"", "hosts.lease"),
             ("[hosts]\ncert_ttl = \"1s\"", "hosts.cert_ttl"),
             ("agent_public_url = \"http://x:1\"", "agent_public_url"),

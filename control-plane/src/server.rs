@@ -21,7 +21,7 @@ use tokio::sync::{watch, Semaphore};
 use tonic::transport::server::{Connected, TcpConnectInfo};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
-use crate::api::{ConfigApi, HostApi, RouteApi, SessionApi, TenantApi, UsageApi};
+use crate::api::{ConfigApi, DeadlineLayer, HostApi, RouteApi, SessionApi, TenantApi, UsageApi};
 use crate::auth::{AuthLayer, Authenticator};
 use crate::config::{Config, CorsOrigins};
 use crate::fleet::{serve_agents, Fleet, FleetConfig};
@@ -140,10 +140,10 @@ impl Server {
         let mut stop_on_signal = stop_rx.clone();
         let served = tonic::transport::Server::builder()
             .accept_http1(true)
-            .timeout(config.request_timeout)
             .layer(cors_layer(&config.cors_origins))
             .layer(tonic_web::GrpcWebLayer::new())
             .layer(AuthLayer::new(authenticator))
+            .layer(DeadlineLayer::new(config.request_timeout, config.max_request_timeout))
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)

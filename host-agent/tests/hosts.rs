@@ -436,3 +436,42 @@ async fn placement_honours_labels_and_waits_for_a_matching_host() {
     .await;
     drop(cp);
 }
+
+/// A call that waits on a host answers by its deadline, with an error that
+/// says the command stays queued: the server's own deadline when the client
+/// sets none, the client's `grpc-timeout` when it does. A malformed
+/// `grpc-timeout` is refused by name.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_call_waiting_on_a_silent_host_answers_by_its_deadline() {
+    let db = sqlite_db();
+    let cp = ControlPlane::start(&db, "\n[limits]\nrequest_timeout = \"3s\"\n");
+    let (token, pin) = cp.join_token(600, 1).await;
+    // Joined but never run: the host exists and never answers.
+    let agent = Agent::new(&db.data_dir(), "agent");
+    assert!(agent.join(&cp.url(), &token, &pin).status.success());
+    let host_id = agent.host_id();
+    let minute = prost_types::Duration { seconds: 60, nanos: 0 };
+
+    let cases: &[(&str, Option<&str>, tonic::Code, &str)] = &[
+        ("no grpc-timeout: the server's 3 s", None, tonic::Code::DeadlineExceeded, "stays queued as command"),
+        ("the client's 2 s", Some("2S"), tonic::Code::DeadlineExceeded, "stays queued as command"),
+        ("the client may ask for more than the default", Some("5000m"), tonic::Code::DeadlineExceeded, "within 4s"),
+        ("malformed", Some("soon"), tonic::Code::InvalidArgument, "grpc-timeout header: \"soon\""),
+        ("no unit", Some("10"), tonic::Code::InvalidArgument, "grpc-timeout header"),
+    ];
+    let mut client = cp.hosts().await;
+    for (case, header, code, says) in cases {
+        let mut request =
+            cp.admin(PingHostRequest { host_id: host_id.clone(), timeout: Some(minute), ..Default::default() });
+        if let Some(header) = header {
+            request.metadata_mut().insert("grpc-timeout", header.parse().unwrap());
+        }
+        let started = std::time::Instant::now();
+        let status = client.ping_host(request).await.expect_err(case);
+        assert_eq!(status.code(), *code, "{case}: {status:?}");
+        assert!(status.message().contains(says), "{case}: {}", status.message());
+        assert!(started.elapsed() < Duration::from_secs(30), "{case}: waited the ping's minute");
+    }
+    drop(cp);
+    db.cleanup().await;
+}

@@ -71,6 +71,15 @@ async fn log_lines(
 }
 
 /// The agent's record of a tenant (port, OS user).
+/// A restart answers once the gateway is ready again; on a loaded machine a
+/// real gateway can take longer than the default 30 s request deadline, so
+/// the call asks for a longer one, as a client would.
+fn restart(cred: &Cred, tenant_id: &str) -> tonic::Request<RestartTenantRequest> {
+    let mut request = cred.request(RestartTenantRequest { tenant_id: tenant_id.to_string() });
+    request.set_timeout(Duration::from_secs(180));
+    request
+}
+
 fn record(state_dir: &Path, tenant_id: &str) -> serde_json::Value {
     let text = std::fs::read_to_string(state_dir.join("tenants").join(format!("{tenant_id}.json"))).unwrap();
     serde_json::from_str(&text).unwrap()
@@ -563,7 +572,7 @@ async fn tenants_run_isolated_on_real_openclaw() {
 
     // Restart answers once the gateway is ready again, on a new process.
     let pid_before = std::fs::read_to_string(a_root.join("gateway.pid")).unwrap();
-    client.restart_tenant(alice.request(RestartTenantRequest { tenant_id: a.id.clone() })).await.expect("restart");
+    client.restart_tenant(restart(&alice, &a.id)).await.expect("restart");
     assert_eq!(http_status(a_port, "/readyz", None), 200);
     let pid_after = std::fs::read_to_string(a_root.join("gateway.pid")).unwrap();
     assert_ne!(pid_before, pid_after, "a new gateway process");
@@ -696,10 +705,7 @@ async fn tenants_run_as_openclaw_fleet_cells() {
     assert!(calls.contains("\"create\""), "openclaw fleet drove docker: {calls}");
     assert!(calls.contains(&format!("openclaw-cell-{}", t.slug)), "one cell per tenant, named by its slug");
 
-    client
-        .restart_tenant(dora.request(RestartTenantRequest { tenant_id: t.id.clone() }))
-        .await
-        .expect("restart via fleet restart");
+    client.restart_tenant(restart(&dora, &t.id)).await.expect("restart via fleet restart");
     assert_eq!(http_status(port, "/healthz", None), 200);
 
     let lines = log_lines(&mut client, &dora, &t.id, 5).await;
@@ -712,7 +718,7 @@ async fn tenants_run_as_openclaw_fleet_cells() {
     let mut follow = client.stream_tenant_logs(dora.request(request)).await.unwrap().into_inner();
     let first = follow.message().await.unwrap().unwrap();
     assert!(!first.lines.is_empty());
-    client.restart_tenant(dora.request(RestartTenantRequest { tenant_id: t.id.clone() })).await.expect("restart");
+    client.restart_tenant(restart(&dora, &t.id)).await.expect("restart");
     let mut followed = Vec::new();
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while !followed.iter().any(|l: &String| l.contains("SIGTERM")) {

@@ -22,7 +22,7 @@ use clawplane_proto::v1::{
 use serde_json::{json, Value};
 use tonic::{Request, Response, Status};
 
-use super::{caller, check_text, timestamp, visible_tenant, ApiError, ApiResult};
+use super::{caller, check_text, timestamp, visible_tenant, wait_within, ApiError, ApiResult};
 use crate::fleet::Fleet;
 use crate::openclaw_config::{self, ChannelSettings, Desired, ModelSettings, ProfileSettings, ToolSettings};
 use crate::secrets::{hint, SecretBox};
@@ -34,7 +34,8 @@ const PROFILE: &str = "profile";
 const TOOLS: &str = "tools";
 const CHANNEL: &str = "channel";
 const DEFAULT_KEY: &str = "default";
-/// How long a Set call waits for the host to apply the change.
+/// How long a Set call waits for the host to apply the change, at most (the
+/// request's deadline may end the wait first; the change stays queued).
 const APPLY_WAIT: Duration = Duration::from_secs(90);
 
 pub struct ConfigApi {
@@ -207,12 +208,13 @@ impl ConfigApi {
         tenant: &TenantRecord,
         rows: Vec<tenant_config::Model>,
         expected: Option<i64>,
+        wait: Duration,
     ) -> ApiResult<pb::TenantConfig> {
         let tenant_id = &tenant.tenant.id;
         let before = self.store.config_rows(tenant_id).await?;
         let generation = self.store.save_config(tenant_id, rows.clone(), expected).await?;
         if let Some(command_id) = push_config(&self.fleet, &self.store, &self.secrets, tenant).await? {
-            if let Some(result) = self.fleet.wait_for_result(&command_id, APPLY_WAIT).await? {
+            if let Some(result) = self.fleet.wait_for_result(&command_id, wait).await? {
                 if result.outcome != pb::CommandOutcome::Succeeded as i32 && result.error_code == "openclaw" {
                     // Restore the rows as they were (a row that did not exist
                     // keeps a neutral value) and push that as a new generation.
@@ -339,6 +341,7 @@ impl ConfigService for ConfigApi {
 
     async fn set_model(&self, request: Request<SetModelRequest>) -> Result<Response<SetModelResponse>, Status> {
         let principal = caller(&request)?;
+        let wait = wait_within(&request, APPLY_WAIT);
         let req = request.into_inner();
         let tenant = visible_tenant(&self.store, &principal, &req.tenant_id).await?;
         check_name("provider", &req.provider, 40)?;
@@ -368,7 +371,7 @@ impl ConfigService for ConfigApi {
         }
         let settings = json!(ModelSettings { provider: req.provider, model: req.model, base_url });
         let row = self.row(&tenant.tenant.id, MODEL, DEFAULT_KEY, settings, &secrets, true)?;
-        let config = self.change(&tenant, vec![row], req.expected_generation).await?;
+        let config = self.change(&tenant, vec![row], req.expected_generation, wait).await?;
         Ok(Response::new(SetModelResponse { config: Some(config) }))
     }
 
@@ -377,6 +380,7 @@ impl ConfigService for ConfigApi {
         request: Request<SetAgentProfileRequest>,
     ) -> Result<Response<SetAgentProfileResponse>, Status> {
         let principal = caller(&request)?;
+        let wait = wait_within(&request, APPLY_WAIT);
         let req = request.into_inner();
         let tenant = visible_tenant(&self.store, &principal, &req.tenant_id).await?;
         let existing = self.store.config_rows(&tenant.tenant.id).await.map_err(ApiError::from)?;
@@ -398,12 +402,13 @@ impl ConfigService for ConfigApi {
             profile.style = style;
         }
         let row = self.row(&tenant.tenant.id, PROFILE, DEFAULT_KEY, json!(profile), &BTreeMap::new(), true)?;
-        let config = self.change(&tenant, vec![row], req.expected_generation).await?;
+        let config = self.change(&tenant, vec![row], req.expected_generation, wait).await?;
         Ok(Response::new(SetAgentProfileResponse { config: Some(config) }))
     }
 
     async fn set_tools(&self, request: Request<SetToolsRequest>) -> Result<Response<SetToolsResponse>, Status> {
         let principal = caller(&request)?;
+        let wait = wait_within(&request, APPLY_WAIT);
         let req = request.into_inner();
         let tenant = visible_tenant(&self.store, &principal, &req.tenant_id).await?;
         for (field, list) in [("allow", &req.allow), ("deny", &req.deny)] {
@@ -421,12 +426,13 @@ impl ConfigService for ConfigApi {
         }
         let settings = json!(ToolSettings { allow: req.allow, deny: req.deny });
         let row = self.row(&tenant.tenant.id, TOOLS, DEFAULT_KEY, settings, &BTreeMap::new(), true)?;
-        let config = self.change(&tenant, vec![row], req.expected_generation).await?;
+        let config = self.change(&tenant, vec![row], req.expected_generation, wait).await?;
         Ok(Response::new(SetToolsResponse { config: Some(config) }))
     }
 
     async fn set_channel(&self, request: Request<SetChannelRequest>) -> Result<Response<SetChannelResponse>, Status> {
         let principal = caller(&request)?;
+        let wait = wait_within(&request, APPLY_WAIT);
         let req = request.into_inner();
         let tenant = visible_tenant(&self.store, &principal, &req.tenant_id).await?;
         check_name("channel", &req.channel, 32)?;
@@ -458,7 +464,7 @@ impl ConfigService for ConfigApi {
             removed: false
         });
         let row = self.row(&tenant.tenant.id, CHANNEL, &req.channel, settings, &secrets, req.enabled)?;
-        let config = self.change(&tenant, vec![row], req.expected_generation).await?;
+        let config = self.change(&tenant, vec![row], req.expected_generation, wait).await?;
         Ok(Response::new(SetChannelResponse { config: Some(config) }))
     }
 
@@ -467,6 +473,7 @@ impl ConfigService for ConfigApi {
         request: Request<RemoveChannelRequest>,
     ) -> Result<Response<RemoveChannelResponse>, Status> {
         let principal = caller(&request)?;
+        let wait = wait_within(&request, APPLY_WAIT);
         let req = request.into_inner();
         let tenant = visible_tenant(&self.store, &principal, &req.tenant_id).await?;
         check_name("channel", &req.channel, 32)?;
@@ -481,7 +488,7 @@ impl ConfigService for ConfigApi {
         }
         let tombstone = json!(ChannelSettings { removed: true, ..Default::default() });
         let row = self.row(&tenant.tenant.id, CHANNEL, &req.channel, tombstone, &BTreeMap::new(), false)?;
-        let config = self.change(&tenant, vec![row], req.expected_generation).await?;
+        let config = self.change(&tenant, vec![row], req.expected_generation, wait).await?;
         Ok(Response::new(RemoveChannelResponse { config: Some(config) }))
     }
 }

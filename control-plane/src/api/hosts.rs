@@ -14,7 +14,8 @@ use serde_json::json;
 use tonic::{Request, Response, Status};
 
 use super::{
-    admin, check_label, decode_page_token, next_page_token, page_size, required_id, timestamp, ApiError, ApiResult,
+    admin, check_label, decode_page_token, next_page_token, page_size, required_id, timestamp, wait_within, ApiError,
+    ApiResult,
 };
 use crate::fleet::{host_status, Fleet};
 use crate::store::entities::join_token;
@@ -34,6 +35,8 @@ impl HostApi {
 const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(30 * 60);
 const MAX_TOKEN_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 const MAX_TOKEN_USES: i32 = 1000;
+/// The longest a ping waits for its answer, whatever the request asks.
+const MAX_PING_WAIT: Duration = Duration::from_secs(300);
 
 fn std_duration(value: Option<&prost_types::Duration>) -> ApiResult<Option<Duration>> {
     match value {
@@ -131,13 +134,14 @@ impl HostApi {
         self.store.host(host_id).await?.ok_or(ApiError::NotFound("host"))
     }
 
-    async fn ping(&self, req: PingHostRequest) -> ApiResult<PingHostResponse> {
+    /// Pings the host, waiting for its answer up to the request's `timeout`
+    /// (10 s when unset) or `deadline_wait`, whichever ends first.
+    async fn ping(&self, req: PingHostRequest, deadline_wait: Duration) -> ApiResult<PingHostResponse> {
         let host = self.host_for_admin(&req.host_id).await?;
         if host.status == HOST_REMOVED {
             return Err(ApiError::FailedPrecondition("host was removed".into()));
         }
-        let timeout =
-            std_duration(req.timeout.as_ref())?.unwrap_or(Duration::from_secs(10)).min(Duration::from_secs(300));
+        let timeout = std_duration(req.timeout.as_ref())?.unwrap_or(Duration::from_secs(10)).min(deadline_wait);
         let started = Instant::now();
         let command_id = self.fleet.enqueue(&host.id, None, command::Payload::Ping(PingCommand {})).await?;
         if req.no_wait {
@@ -145,8 +149,8 @@ impl HostApi {
         }
         let Some(result) = self.fleet.wait_for_result(&command_id, timeout).await? else {
             return Err(ApiError::DeadlineExceeded(format!(
-                "host did not answer within {}s; the ping stays queued as command {command_id}",
-                timeout.as_secs()
+                "host did not answer within {:.0}s; the ping stays queued as command {command_id}",
+                timeout.as_secs_f64()
             )));
         };
         let round_trip = started.elapsed();
@@ -248,6 +252,7 @@ impl HostService for HostApi {
 
     async fn ping_host(&self, request: Request<PingHostRequest>) -> Result<Response<PingHostResponse>, Status> {
         admin(&request)?;
-        Ok(Response::new(self.ping(request.into_inner()).await?))
+        let deadline_wait = wait_within(&request, MAX_PING_WAIT);
+        Ok(Response::new(self.ping(request.into_inner(), deadline_wait).await?))
     }
 }

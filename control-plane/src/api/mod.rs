@@ -1,8 +1,9 @@
 //! gRPC services of the API listener. Each service turns requests into store
 //! calls and store records into messages; identity comes from the request
 //! extensions filled by [`crate::auth::AuthLayer`], errors go through
-//! [`ApiError`].
+//! [`ApiError`]; deadlines come from [`DeadlineLayer`].
 mod config;
+mod deadline;
 mod error;
 mod hosts;
 mod routes;
@@ -16,6 +17,7 @@ use base64::Engine;
 use chrono::{DateTime, Utc};
 
 pub use config::{push_config, ConfigApi};
+pub use deadline::{wait_within, Deadline, DeadlineLayer};
 pub use error::{ApiError, ApiResult};
 pub use hosts::HostApi;
 pub use routes::{slug_of, RouteApi};

@@ -11,7 +11,10 @@ use clawplane_proto::v1::{
 use futures::Stream;
 use tonic::{Request, Response, Status};
 
-use super::{caller, check_text, decode_page_token, next_page_token, page_size, slug, timestamp, ApiError, ApiResult};
+use super::{
+    caller, check_text, decode_page_token, next_page_token, page_size, slug, timestamp, wait_within, ApiError,
+    ApiResult,
+};
 use crate::auth::Principal;
 use crate::fleet::Fleet;
 use crate::store::{NewTenant, Owner, Store, TenantRecord, TenantStatus};
@@ -249,6 +252,7 @@ impl TenantService for TenantApi {
         request: Request<RestartTenantRequest>,
     ) -> Result<Response<RestartTenantResponse>, Status> {
         let principal = caller(&request)?;
+        let wait = wait_within(&request, RESTART_TIMEOUT);
         let record = self.visible_tenant(&principal, &request.get_ref().tenant_id).await?;
         let Some(host_id) = record.tenant.host_id.clone() else {
             return Err(ApiError::FailedPrecondition(NOT_PLACED.into()).into());
@@ -258,7 +262,7 @@ impl TenantService for TenantApi {
             reason: format!("requested by {}", principal.user_id),
         });
         let command_id = self.fleet.enqueue(&host_id, Some(&record.tenant.id), payload).await?;
-        match self.fleet.wait_for_result(&command_id, RESTART_TIMEOUT).await? {
+        match self.fleet.wait_for_result(&command_id, wait).await? {
             Some(result) if result.outcome == CommandOutcome::Succeeded as i32 => {}
             Some(result) => {
                 return Err(ApiError::FailedPrecondition(format!(
@@ -269,8 +273,9 @@ impl TenantService for TenantApi {
             }
             None => {
                 return Err(ApiError::DeadlineExceeded(format!(
-                    "the gateway was not ready again within {}s; the restart stays queued",
-                    RESTART_TIMEOUT.as_secs()
+                    "the gateway was not ready again within {:.0}s; the restart stays queued \
+                     (a longer grpc-timeout waits longer)",
+                    wait.as_secs_f64()
                 ))
                 .into())
             }
