@@ -7,7 +7,8 @@
 //! a large one, and the CPU time per small request of every process on the
 //! path (read from /proc): the load generator, the gateway, the bridge, the
 //! agent, nginx. On a shared machine req/s drifts with the neighbours; the
-//! CPU per request is the steadier figure.
+//! CPU per request is the steadier figure, and the share of direct is taken
+//! per round (each round runs every path once), then the median.
 //!
 //! Two upstreams, one table each:
 //! - the real OpenClaw gateway of a tenant the agent provisioned (what users
@@ -286,7 +287,18 @@ fn largest_control_ui_asset(openclaw_bin: &Path) -> (String, usize) {
     (format!("/assets/{}", largest.file_name().to_string_lossy()), largest.metadata().unwrap().len() as usize)
 }
 
-type Row = (String, (f64, f64, f64), f64, CpuShare);
+/// One path's figures: medians over the rounds.
+struct Row {
+    label: String,
+    rps: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    /// Of direct's req/s in the same round: a round's drift in the
+    /// machine's speed hits both sides of the ratio.
+    share_of_direct: f64,
+    large_mbs: f64,
+    cpu: CpuShare,
+}
 
 /// SIGKILL to the process group of the tenant's running gateway, if any.
 fn kill_gateway(stage: &Stage, slug: &str) {
@@ -516,15 +528,22 @@ async fn measure(openclaw: Option<&Path>, secs: u64, concurrencies: &[usize]) ->
             }
         }
         let mut rows: Vec<Row> = Vec::new();
-        for (i, ((label, ..), runs)) in paths.iter().zip(&runs).enumerate() {
-            let mid = |f: fn(&(f64, f64, f64)) -> f64| {
-                let mut v: Vec<f64> = runs.iter().map(f).collect();
-                v.sort_by(f64::total_cmp);
-                v[v.len() / 2]
-            };
+        let median = |mut v: Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        for (i, ((label, ..), path_runs)) in paths.iter().zip(&runs).enumerate() {
+            let mid = |f: fn(&(f64, f64, f64)) -> f64| median(path_runs.iter().map(f).collect());
             let us = cpu[i].map(|c| c.as_secs_f64() * 1e6 / requests[i]);
-            let share = CpuShare { client: us[0], gateway: us[1], bridge: us[2], agent: us[3], nginx: us[4] };
-            rows.push((label.to_string(), (mid(|r| r.0), mid(|r| r.1), mid(|r| r.2)), mbs[i], share));
+            rows.push(Row {
+                label: label.to_string(),
+                rps: mid(|r| r.0),
+                p50_ms: mid(|r| r.1),
+                p99_ms: mid(|r| r.2),
+                share_of_direct: median(path_runs.iter().zip(&runs[0]).map(|(run, direct)| run.0 / direct.0).collect()),
+                large_mbs: mbs[i],
+                cpu: CpuShare { client: us[0], gateway: us[1], bridge: us[2], agent: us[3], nginx: us[4] },
+            });
         }
         tables.push((concurrency, rows));
     }
@@ -571,9 +590,8 @@ fn main() {
                 "{:<38} {:>7} {:>7} {:>7} {:>7} {:>10} | CPU us per request",
                 "path", "req/s", "p50 ms", "p99 ms", "direct", "large MB/s"
             );
-            let direct = rows[0].1 .0;
-            for (label, (rps, p50, p99), mbs, cpu) in rows {
-                let share = format!("{:.0}%", rps / direct * 100.0);
+            for Row { label, rps, p50_ms, p99_ms, share_of_direct, large_mbs, cpu } in rows {
+                let share = format!("{:.0}%", share_of_direct * 100.0);
                 let parts =
                     [("gateway", cpu.gateway), ("bridge", cpu.bridge), ("agent", cpu.agent), ("nginx", cpu.nginx)]
                         .iter()
@@ -581,7 +599,7 @@ fn main() {
                         .map(|(name, us)| format!(", {name} {us:.1}"))
                         .collect::<String>();
                 println!(
-                    "{label:<38} {rps:>7.0} {p50:>7.2} {p99:>7.2} {share:>7} {mbs:>10.0} | client {:.1}{parts}",
+                    "{label:<38} {rps:>7.0} {p50_ms:>7.2} {p99_ms:>7.2} {share:>7} {large_mbs:>10.0} | client {:.1}{parts}",
                     cpu.client
                 );
             }
