@@ -70,16 +70,16 @@ async fn log_lines(
     lines
 }
 
-/// The agent's record of a tenant (port, OS user).
-/// A restart answers once the gateway is ready again; on a loaded machine a
-/// real gateway can take longer than the default 30 s request deadline, so
-/// the call asks for a longer one, as a client would.
-fn restart(cred: &Cred, tenant_id: &str) -> tonic::Request<RestartTenantRequest> {
-    let mut request = cred.request(RestartTenantRequest { tenant_id: tenant_id.to_string() });
+/// A call that waits on the host (restart, config apply) with a deadline
+/// longer than the default 30 s, as a client would ask for: on a loaded
+/// machine a real gateway's restart or an `openclaw config set` can take
+/// longer than that.
+fn patient<T>(mut request: tonic::Request<T>) -> tonic::Request<T> {
     request.set_timeout(Duration::from_secs(180));
     request
 }
 
+/// The agent's record of a tenant (port, OS user).
 fn record(state_dir: &Path, tenant_id: &str) -> serde_json::Value {
     let text = std::fs::read_to_string(state_dir.join("tenants").join(format!("{tenant_id}.json"))).unwrap();
     serde_json::from_str(&text).unwrap()
@@ -443,14 +443,14 @@ async fn tenants_run_isolated_on_real_openclaw() {
     let secret = "sk-alice-secret-0123456789";
     let model_port = fake_model_server("pong from the fake model").await;
     let model = config
-        .set_model(alice.request(SetModelRequest {
+        .set_model(patient(alice.request(SetModelRequest {
             tenant_id: a.id.clone(),
             provider: "local".into(),
             model: "fake-model".into(),
             api_key: Some(secret.into()),
             base_url: Some(format!("http://127.0.0.1:{model_port}/v1")),
             expected_generation: None,
-        }))
+        })))
         .await
         .expect("set model")
         .into_inner()
@@ -459,13 +459,13 @@ async fn tenants_run_isolated_on_real_openclaw() {
     assert_eq!(model.model.as_ref().unwrap().api_key_hint, "sk-...6789");
     assert!(!format!("{model:?}").contains(secret), "the API never returns a secret");
     let profile = config
-        .set_agent_profile(alice.request(SetAgentProfileRequest {
+        .set_agent_profile(patient(alice.request(SetAgentProfileRequest {
             tenant_id: a.id.clone(),
             name: Some("Alice Claw".into()),
             system_prompt: Some("You help Alice plan her week.".into()),
             style: Some("concise".into()),
             expected_generation: None,
-        }))
+        })))
         .await
         .expect("set profile")
         .into_inner()
@@ -511,14 +511,14 @@ async fn tenants_run_isolated_on_real_openclaw() {
     let mut secrets = std::collections::HashMap::new();
     secrets.insert("botToken".to_string(), "123456:telegram-token".to_string());
     let rejected = config
-        .set_channel(alice.request(SetChannelRequest {
+        .set_channel(patient(alice.request(SetChannelRequest {
             tenant_id: a.id.clone(),
             channel: "telegram".into(),
             settings,
             secrets,
             enabled: true,
             expected_generation: None,
-        }))
+        })))
         .await
         .unwrap_err();
     assert_eq!(rejected.code(), tonic::Code::InvalidArgument, "{}", rejected.message());
@@ -572,7 +572,10 @@ async fn tenants_run_isolated_on_real_openclaw() {
 
     // Restart answers once the gateway is ready again, on a new process.
     let pid_before = std::fs::read_to_string(a_root.join("gateway.pid")).unwrap();
-    client.restart_tenant(restart(&alice, &a.id)).await.expect("restart");
+    client
+        .restart_tenant(patient(alice.request(RestartTenantRequest { tenant_id: a.id.clone() })))
+        .await
+        .expect("restart");
     assert_eq!(http_status(a_port, "/readyz", None), 200);
     let pid_after = std::fs::read_to_string(a_root.join("gateway.pid")).unwrap();
     assert_ne!(pid_before, pid_after, "a new gateway process");
@@ -705,7 +708,10 @@ async fn tenants_run_as_openclaw_fleet_cells() {
     assert!(calls.contains("\"create\""), "openclaw fleet drove docker: {calls}");
     assert!(calls.contains(&format!("openclaw-cell-{}", t.slug)), "one cell per tenant, named by its slug");
 
-    client.restart_tenant(restart(&dora, &t.id)).await.expect("restart via fleet restart");
+    client
+        .restart_tenant(patient(dora.request(RestartTenantRequest { tenant_id: t.id.clone() })))
+        .await
+        .expect("restart via fleet restart");
     assert_eq!(http_status(port, "/healthz", None), 200);
 
     let lines = log_lines(&mut client, &dora, &t.id, 5).await;
@@ -718,7 +724,10 @@ async fn tenants_run_as_openclaw_fleet_cells() {
     let mut follow = client.stream_tenant_logs(dora.request(request)).await.unwrap().into_inner();
     let first = follow.message().await.unwrap().unwrap();
     assert!(!first.lines.is_empty());
-    client.restart_tenant(restart(&dora, &t.id)).await.expect("restart");
+    client
+        .restart_tenant(patient(dora.request(RestartTenantRequest { tenant_id: t.id.clone() })))
+        .await
+        .expect("restart");
     let mut followed = Vec::new();
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while !followed.iter().any(|l: &String| l.contains("SIGTERM")) {
@@ -733,14 +742,14 @@ async fn tenants_run_as_openclaw_fleet_cells() {
     let mut config = ConfigServiceClient::new(cp.channel().await);
     let secret = "sk-dora-secret-9876543210";
     let applied = config
-        .set_model(dora.request(SetModelRequest {
+        .set_model(patient(dora.request(SetModelRequest {
             tenant_id: t.id.clone(),
             provider: "local".into(),
             model: "fake-model".into(),
             api_key: Some(secret.into()),
             base_url: Some("http://127.0.0.1:9/v1".into()),
             expected_generation: None,
-        }))
+        })))
         .await
         .expect("set model on a cell")
         .into_inner()
@@ -748,13 +757,13 @@ async fn tenants_run_as_openclaw_fleet_cells() {
         .unwrap();
     assert_eq!(applied.applied_generation, applied.desired_generation, "{}", applied.last_apply_error);
     let profile = config
-        .set_agent_profile(dora.request(SetAgentProfileRequest {
+        .set_agent_profile(patient(dora.request(SetAgentProfileRequest {
             tenant_id: t.id.clone(),
             name: Some("Dora".into()),
             system_prompt: Some("You help Dora.".into()),
             style: None,
             expected_generation: None,
-        }))
+        })))
         .await
         .expect("set profile on a cell")
         .into_inner()
