@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use clawplane::auth::{JwtVerifier, Principal};
 use clawplane_proto::v1::{Route, RouteStatus};
+use clawplane_tls::forward::{TENANT_HEADER, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO};
+use http::header::HeaderName;
 use http::{header, HeaderMap, HeaderValue, Request, Response, StatusCode};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, Limited};
@@ -26,17 +28,15 @@ pub type Body = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
 pub const SESSION_COOKIE: &str = "clawplane_session";
 /// Where a browser trades an SSO token for the session cookie.
 pub const SESSION_PATH: &str = "/_clawplane/session";
-/// Header naming the tenant to the host agent.
-const TENANT_HEADER: &str = "x-clawplane-tenant";
 /// Identity headers a client must never be able to set.
-const CLIENT_IDENTITY_HEADERS: &[&str] = &[
-    TENANT_HEADER,
-    "x-forwarded-user",
-    "x-forwarded-for",
-    "x-forwarded-host",
-    "x-forwarded-proto",
-    "x-real-ip",
-    "forwarded",
+static CLIENT_IDENTITY_HEADERS: [HeaderName; 7] = [
+    HeaderName::from_static("x-clawplane-tenant"),
+    HeaderName::from_static("x-forwarded-user"),
+    HeaderName::from_static("x-forwarded-for"),
+    HeaderName::from_static("x-forwarded-host"),
+    HeaderName::from_static("x-forwarded-proto"),
+    HeaderName::from_static("x-real-ip"),
+    header::FORWARDED,
 ];
 
 pub struct Bridge {
@@ -300,36 +300,34 @@ impl Bridge {
         // The client as the nearest trusted hop saw it.
         let front = self.trusted_fronts.contains(&peer.ip());
         let client_ip = headers
-            .get("x-forwarded-for")
+            .get(&X_FORWARDED_FOR)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.rsplit(',').next())
             .and_then(|ip| ip.trim().parse::<std::net::IpAddr>().ok())
             .filter(|_| front)
             .unwrap_or(peer.ip());
         let proto = headers
-            .get("x-forwarded-proto")
+            .get(&X_FORWARDED_PROTO)
             .and_then(|v| v.to_str().ok())
             .filter(|p| front && (*p == "https" || *p == "http"))
             .map(String::from)
             .unwrap_or_else(|| if tls { "https".into() } else { "http".into() });
-        for name in CLIENT_IDENTITY_HEADERS {
-            headers.remove(*name);
-        }
+        clawplane_tls::forward::remove_all(headers, &CLIENT_IDENTITY_HEADERS);
         if !upgrade {
             clawplane_tls::forward::strip_hop_by_hop(headers);
         }
         headers.remove(header::AUTHORIZATION);
         strip_session_cookie(headers);
         headers.remove(header::HOST);
-        let set = |headers: &mut HeaderMap, name: &'static str, value: &str| {
+        let set = |headers: &mut HeaderMap, name: &HeaderName, value: &str| {
             if let Ok(value) = HeaderValue::from_str(value) {
-                headers.insert(name, value);
+                headers.insert(name.clone(), value);
             }
         };
-        set(headers, TENANT_HEADER, &route.tenant_id);
-        set(headers, "x-forwarded-for", &client_ip.to_string());
-        set(headers, "x-forwarded-proto", &proto);
-        set(headers, "x-forwarded-host", host);
+        set(headers, &TENANT_HEADER, &route.tenant_id);
+        set(headers, &X_FORWARDED_FOR, &client_ip.to_string());
+        set(headers, &X_FORWARDED_PROTO, &proto);
+        set(headers, &X_FORWARDED_HOST, host);
         if let Some(client_upgrade) = client_upgrade {
             parts.version = http::Version::HTTP_11;
             // Boxed: every request's future would otherwise be as large as

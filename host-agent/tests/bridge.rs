@@ -154,11 +154,14 @@ async fn the_bridge_routes_each_host_to_its_own_tenant_only() {
     }
 
     // What reached alice's gateway: her gateway's token (added by the agent),
-    // not her SSO token, no forged identity, the session cookie stripped.
+    // not her SSO token, no forged identity, the session cookie stripped,
+    // nor a header the client's Connection header names as hop-by-hop.
     let forged = [
         ("Cookie", format!("clawplane_session={alice_jwt}; theme=dark")),
         ("X-Forwarded-User", "root".to_string()),
         ("X-Clawplane-Tenant", t.id.clone()),
+        ("Connection", "X-Hop".to_string()),
+        ("X-Hop", "for the bridge only".to_string()),
     ];
     let forged: Vec<(&str, &str)> = forged.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let (status, _, body) = http(port, &a_host, "/some/path?x=1", &forged).await;
@@ -171,6 +174,7 @@ async fn the_bridge_routes_each_host_to_its_own_tenant_only() {
     assert_eq!(seen["x_forwarded_user"], "");
     assert_eq!(seen["x_forwarded_for"], "127.0.0.1");
     assert_eq!(seen["cookie"], "theme=dark");
+    assert_eq!(seen["x_hop"], "", "a header named in Connection went past its hop");
     let (_, _, team_body) = http(port, &t_host, "/", &[("Authorization", &bearer(&dave_jwt))]).await;
     let team_seen: serde_json::Value = serde_json::from_str(&team_body).unwrap();
     assert_ne!(team_seen["port"], a_port, "each hostname reaches its own gateway");

@@ -1,25 +1,55 @@
 //! HTTP forwarding rules shared by the two proxies on the user path: the
 //! gateway bridge and the host agent's tenant proxy.
-use http::{header, HeaderMap};
+use http::header::{self, HeaderName};
+use http::HeaderMap;
 use hyper_util::rt::TokioIo;
 
 /// Headers that describe one hop and must not be forwarded (RFC 9110 7.6.1).
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
+/// Names, not strings: a string is parsed again on every lookup, and this
+/// runs twice per request in each proxy.
+static HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
 ];
 
-/// Removes the hop-by-hop headers.
+/// Names the tenant to the host agent; only the bridge sets it.
+pub static TENANT_HEADER: HeaderName = HeaderName::from_static("x-clawplane-tenant");
+pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// Removes every header in `names`. Most messages carry none of them: one
+/// pass over what is there is cheaper than a removal per name.
+pub fn remove_all(headers: &mut HeaderMap, names: &[HeaderName]) {
+    if headers.keys().any(|name| names.contains(name)) {
+        for name in names {
+            headers.remove(name);
+        }
+    }
+}
+
+/// Removes the hop-by-hop headers, and those the `Connection` header names
+/// as such.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    for name in HOP_BY_HOP {
-        headers.remove(*name);
+    if !headers.contains_key(header::CONNECTION) {
+        return remove_all(headers, &HOP_BY_HOP);
+    }
+    let listed: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+        .collect();
+    for name in listed.iter().chain(&HOP_BY_HOP) {
+        headers.remove(name);
     }
 }
 
@@ -42,4 +72,34 @@ pub fn splice(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpg
             let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_are_removed_and_the_rest_kept() {
+        let cases: &[(&[(&str, &str)], &[&str])] = &[
+            (&[("host", "a"), ("accept", "*/*")], &["host", "accept"]),
+            (&[("host", "a"), ("connection", "keep-alive"), ("keep-alive", "timeout=5")], &["host"]),
+            (&[("transfer-encoding", "chunked"), ("te", "trailers"), ("trailer", "x"), ("x-a", "1")], &["x-a"]),
+            (&[("proxy-authorization", "Basic x"), ("proxy-connection", "close"), ("upgrade", "h2c")], &[]),
+            // Named by Connection: hop-by-hop too, whatever the case.
+            (&[("connection", "close, X-Hop"), ("x-hop", "1"), ("x-kept", "2")], &["x-kept"]),
+            (&[("connection", "x-one"), ("connection", " x-two ,"), ("x-one", "1"), ("x-two", "2")], &[]),
+        ];
+        for (given, kept) in cases {
+            let mut headers = HeaderMap::new();
+            for (name, value) in *given {
+                headers.append(HeaderName::from_bytes(name.as_bytes()).unwrap(), value.parse().unwrap());
+            }
+            strip_hop_by_hop(&mut headers);
+            let mut left: Vec<&str> = headers.keys().map(|k| k.as_str()).collect();
+            left.sort();
+            let mut want = kept.to_vec();
+            want.sort();
+            assert_eq!(left, want, "{given:?}");
+        }
+    }
 }

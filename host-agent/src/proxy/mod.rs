@@ -22,10 +22,9 @@ use tokio::sync::Semaphore;
 use crate::openclaw::runtime::ProcessRuntime;
 
 mod gateways;
+use clawplane_tls::forward::TENANT_HEADER;
 use gateways::GatewayPool;
 
-/// Header naming the tenant a bridged request is for.
-pub const TENANT_HEADER: &str = "x-clawplane-tenant";
 const MAX_CONNECTIONS: usize = 4096;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -168,7 +167,7 @@ async fn serve(listener: TcpListener, tls: rustls::ServerConfig, runtime: Arc<Pr
 
 impl Proxy {
     async fn forward(&self, mut request: Request<Incoming>) -> Response<Body> {
-        let Some(tenant_id) = request.headers().get(TENANT_HEADER).and_then(|v| v.to_str().ok()).map(String::from)
+        let Some(tenant_id) = request.headers().get(&TENANT_HEADER).and_then(|v| v.to_str().ok()).map(String::from)
         else {
             return reply(StatusCode::BAD_REQUEST, "missing x-clawplane-tenant");
         };
@@ -183,7 +182,7 @@ impl Proxy {
         parts.uri = uri;
         parts.version = http::Version::HTTP_11;
         let headers = &mut parts.headers;
-        headers.remove(TENANT_HEADER);
+        headers.remove(&TENANT_HEADER);
         if !upgrade {
             clawplane_tls::forward::strip_hop_by_hop(headers);
         }
