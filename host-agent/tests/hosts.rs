@@ -453,7 +453,12 @@ async fn a_call_waiting_on_a_silent_host_answers_by_its_deadline() {
     let minute = prost_types::Duration { seconds: 60, nanos: 0 };
 
     let cases: &[(&str, Option<&str>, tonic::Code, &str)] = &[
-        ("no grpc-timeout: the server's 3 s", None, tonic::Code::DeadlineExceeded, "stays queued as command"),
+        (
+            "no grpc-timeout: the server's 3 s",
+            None,
+            tonic::Code::DeadlineExceeded,
+            "a longer grpc-timeout waits longer",
+        ),
         ("the client's 2 s", Some("2S"), tonic::Code::DeadlineExceeded, "stays queued as command"),
         ("the client may ask for more than the default", Some("5000m"), tonic::Code::DeadlineExceeded, "within 4s"),
         ("malformed", Some("soon"), tonic::Code::InvalidArgument, "grpc-timeout header: \"soon\""),

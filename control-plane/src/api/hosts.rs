@@ -141,7 +141,10 @@ impl HostApi {
         if host.status == HOST_REMOVED {
             return Err(ApiError::FailedPrecondition("host was removed".into()));
         }
-        let timeout = std_duration(req.timeout.as_ref())?.unwrap_or(Duration::from_secs(10)).min(deadline_wait);
+        let asked = std_duration(req.timeout.as_ref())?.unwrap_or(Duration::from_secs(10));
+        let timeout = asked.min(deadline_wait);
+        let cut_short =
+            if timeout < asked { " (the request's deadline; a longer grpc-timeout waits longer)" } else { "" };
         let started = Instant::now();
         let command_id = self.fleet.enqueue(&host.id, None, command::Payload::Ping(PingCommand {})).await?;
         if req.no_wait {
@@ -149,7 +152,7 @@ impl HostApi {
         }
         let Some(result) = self.fleet.wait_for_result(&command_id, timeout).await? else {
             return Err(ApiError::DeadlineExceeded(format!(
-                "host did not answer within {:.0}s; the ping stays queued as command {command_id}",
+                "host did not answer within {:.0}s{cut_short}; the ping stays queued as command {command_id}",
                 timeout.as_secs_f64()
             )));
         };

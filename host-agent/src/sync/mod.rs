@@ -187,7 +187,35 @@ pub struct Syncer {
     cursors: Arc<Mutex<Cursors>>,
     dirty: Arc<Dirty>,
     /// State dirs being watched, by tenant id (shared with the watcher).
-    roots: Arc<RwLock<Vec<(PathBuf, String)>>>,
+    roots: Arc<RwLock<Vec<WatchedRoot>>>,
+}
+
+/// What is watched of one tenant's state dir: the dir itself (not its
+/// subtrees: the gateway keeps caches there, hundreds of directories it
+/// rewrites at every start) and, once it exists, `agents/` with all below.
+struct WatchedRoot {
+    state_dir: PathBuf,
+    tenant_id: String,
+    agents_watched: bool,
+}
+
+/// Whether a change at `relative` (to a state dir) can change what sync
+/// reads: the config, an agent's database or its WAL, legacy transcripts,
+/// or an agent coming or going. Anything else the gateway writes (its
+/// global state database, caches) must not set off a read: under load that
+/// kept the agent reading the tenant's state back to back.
+fn relevant(relative: &Path) -> bool {
+    let parts: Vec<&std::ffi::OsStr> = relative.iter().collect();
+    match parts.as_slice() {
+        [name] => *name == "openclaw.json" || *name == "agents",
+        [agents, _] => *agents == "agents",
+        [agents, _, dir, rest @ ..] if *agents == "agents" => match (dir.to_str(), rest) {
+            (Some("agent"), []) | (Some("sessions"), _) => true,
+            (Some("agent"), [file]) => file.to_str().is_some_and(|f| f.starts_with("openclaw-agent.sqlite")),
+            _ => false,
+        },
+        _ => false,
+    }
 }
 
 impl Syncer {
@@ -211,8 +239,8 @@ impl Syncer {
         let watcher = notify::recommended_watcher(move |result: notify::Result<notify::Event>| {
             let Ok(event) = result else {
                 // Overflow or a watcher error: read everything.
-                for (_, tenant) in roots.read().unwrap().iter() {
-                    dirty.mark(tenant);
+                for root in roots.read().unwrap().iter() {
+                    dirty.mark(&root.tenant_id);
                 }
                 return;
             };
@@ -221,8 +249,9 @@ impl Syncer {
             }
             let roots = roots.read().unwrap();
             for path in &event.paths {
-                if let Some((_, tenant)) = roots.iter().find(|(root, _)| path.starts_with(root)) {
-                    dirty.mark(tenant);
+                let changed = roots.iter().find_map(|root| Some((root, path.strip_prefix(&root.state_dir).ok()?)));
+                if let Some((root, _)) = changed.filter(|(_, relative)| relevant(relative)) {
+                    dirty.mark(&root.tenant_id);
                 }
             }
         });
@@ -255,27 +284,48 @@ impl Syncer {
         let tenants: HashMap<String, SyncTenant> =
             self.source.tenants().into_iter().map(|t| (t.tenant_id.clone(), t)).collect();
         let mut roots = self.roots.write().unwrap();
-        roots.retain(|(root, tenant)| {
-            let keep = tenants.get(tenant).is_some_and(|t| &t.state_dir == root);
-            if !keep {
-                if let Some(watcher) = watcher.as_mut() {
-                    let _ = watcher.unwatch(root);
+        roots.retain(|root| {
+            let keep = tenants.get(&root.tenant_id).is_some_and(|t| t.state_dir == root.state_dir);
+            if let (false, Some(watcher)) = (keep, watcher.as_mut()) {
+                let _ = watcher.unwatch(&root.state_dir);
+                if root.agents_watched {
+                    let _ = watcher.unwatch(&root.state_dir.join("agents"));
                 }
             }
             keep
         });
         for tenant in tenants.values() {
-            if roots.iter().any(|(_, id)| id == &tenant.tenant_id) || !tenant.state_dir.is_dir() {
+            if roots.iter().any(|root| root.tenant_id == tenant.tenant_id) || !tenant.state_dir.is_dir() {
                 continue;
             }
             if let Some(watcher) = watcher.as_mut() {
-                if let Err(err) = watcher.watch(&tenant.state_dir, RecursiveMode::Recursive) {
+                if let Err(err) = watcher.watch(&tenant.state_dir, RecursiveMode::NonRecursive) {
                     tracing::warn!(tenant = %tenant.tenant_id, error = %err, "cannot watch tenant state");
                     continue;
                 }
             }
-            roots.push((tenant.state_dir.clone(), tenant.tenant_id.clone()));
+            roots.push(WatchedRoot {
+                state_dir: tenant.state_dir.clone(),
+                tenant_id: tenant.tenant_id.clone(),
+                agents_watched: false,
+            });
             self.dirty.mark(&tenant.tenant_id);
+        }
+        // `agents/` appears with the first agent; watched from then on, and
+        // read once in case something landed before the watch did.
+        for root in roots.iter_mut().filter(|root| !root.agents_watched) {
+            let agents = root.state_dir.join("agents");
+            match watcher.as_mut() {
+                Some(watcher) if agents.is_dir() => {
+                    if let Err(err) = watcher.watch(&agents, RecursiveMode::Recursive) {
+                        tracing::warn!(tenant = %root.tenant_id, error = %err, "cannot watch tenant agents");
+                        continue;
+                    }
+                }
+                _ => continue,
+            }
+            root.agents_watched = true;
+            self.dirty.mark(&root.tenant_id);
         }
         drop(roots);
         let keep: HashSet<String> = tenants.keys().cloned().collect();
@@ -437,4 +487,33 @@ fn split(reading: Reading) -> Vec<(Vec<SyncRecord>, Vec<(CursorKey, Position)>)>
     }
     batches.push((current, reading.advanced));
     batches
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_changes_to_what_sync_reads_set_off_a_read() {
+        let cases: &[(&str, bool)] = &[
+            ("openclaw.json", true),
+            ("agents", true),
+            ("agents/main", true),
+            ("agents/main/agent", true),
+            ("agents/main/agent/openclaw-agent.sqlite", true),
+            ("agents/main/agent/openclaw-agent.sqlite-wal", true),
+            ("agents/main/sessions", true),
+            ("agents/main/sessions/0193.jsonl", true),
+            ("agents/main/sessions/sessions.json", true),
+            ("openclaw.json.tmp-1234", false),
+            ("state/openclaw.sqlite-wal", false),
+            ("cache/control-ui-assets/.staging-1/assets/app.js.br", false),
+            ("workspaces/main/SOUL.md", false),
+            ("agents/main/agent/auth-profiles.json", false),
+            ("agents/main/models/cache.json", false),
+        ];
+        for (path, expected) in cases {
+            assert_eq!(relevant(Path::new(path)), *expected, "{path}");
+        }
+    }
 }
