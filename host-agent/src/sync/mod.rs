@@ -312,9 +312,19 @@ impl Syncer {
             self.dirty.mark(&tenant.tenant_id);
         }
         // `agents/` appears with the first agent; watched from then on, and
-        // read once in case something landed before the watch did.
-        for root in roots.iter_mut().filter(|root| !root.agents_watched) {
+        // read once in case something landed before the watch did. Gone
+        // again (every agent removed), it is watched anew when it returns.
+        for root in roots.iter_mut() {
             let agents = root.state_dir.join("agents");
+            if root.agents_watched {
+                if !agents.is_dir() {
+                    root.agents_watched = false;
+                    if let Some(watcher) = watcher.as_mut() {
+                        let _ = watcher.unwatch(&agents);
+                    }
+                }
+                continue;
+            }
             match watcher.as_mut() {
                 Some(watcher) if agents.is_dir() => {
                     if let Err(err) = watcher.watch(&agents, RecursiveMode::Recursive) {
