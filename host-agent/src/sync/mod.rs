@@ -130,7 +130,7 @@ fn read_tenant(tenant: &SyncTenant, own_hash: &str, cursors: &Cursors, budget: u
             break;
         }
         let db = tenant.state_dir.join("agents").join(&agent_id).join("agent").join("openclaw-agent.sqlite");
-        if db.is_file() {
+        if sqlite::in_wal_mode(&db) {
             match sqlite::read(&db, &tenant.tenant_id, &agent_id, cursors, room) {
                 Ok(more) => reading.extend(more),
                 Err(err) => log_once(&db, &err.to_string()),

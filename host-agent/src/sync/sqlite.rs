@@ -37,6 +37,19 @@ struct Window {
     generation: String,
 }
 
+/// Whether the database is in WAL mode yet, from its file header (bytes 18
+/// and 19 are 2 in WAL mode, 1 in rollback mode). Until the gateway has
+/// made it so (a new database, mid-creation), a reader's lock can fail the
+/// gateway's own switch to WAL or its schema commit; the WAL file it then
+/// creates sets off the read.
+pub fn in_wal_mode(path: &Path) -> bool {
+    let mut header = [0u8; 20];
+    std::fs::File::open(path).and_then(|mut file| file.read_exact(&mut header)).is_ok()
+        && header.starts_with(b"SQLite format 3\0")
+        && header[18] == 2
+        && header[19] == 2
+}
+
 /// Reads what is new in one agent database, at most `budget` records.
 pub fn read(
     path: &Path,
@@ -199,6 +212,19 @@ mod tests {
         let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/openclaw-agent-2026.9.6.sqlite");
         std::fs::copy(source, &path).unwrap();
         (dir, path)
+    }
+
+    #[test]
+    fn only_a_database_in_wal_mode_is_read() {
+        let (dir, wal) = fixture();
+        assert!(in_wal_mode(&wal), "OpenClaw's database");
+        let rollback = dir.path().join("rollback.sqlite");
+        Connection::open(&rollback).unwrap().execute("CREATE TABLE t (x)", []).unwrap();
+        assert!(!in_wal_mode(&rollback), "a database not switched to WAL yet");
+        let empty = dir.path().join("empty.sqlite");
+        std::fs::write(&empty, b"").unwrap();
+        assert!(!in_wal_mode(&empty), "a file being created");
+        assert!(!in_wal_mode(&dir.path().join("missing.sqlite")));
     }
 
     fn apply(cursors: &mut Cursors, reading: &Reading) {
