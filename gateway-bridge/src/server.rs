@@ -30,11 +30,11 @@ pub const SESSION_COOKIE: &str = "clawplane_session";
 pub const SESSION_PATH: &str = "/_clawplane/session";
 /// Identity headers a client must never be able to set.
 static CLIENT_IDENTITY_HEADERS: [HeaderName; 7] = [
-    HeaderName::from_static("x-clawplane-tenant"),
+    TENANT_HEADER,
     HeaderName::from_static("x-forwarded-user"),
-    HeaderName::from_static("x-forwarded-for"),
-    HeaderName::from_static("x-forwarded-host"),
-    HeaderName::from_static("x-forwarded-proto"),
+    X_FORWARDED_FOR,
+    X_FORWARDED_HOST,
+    X_FORWARDED_PROTO,
     HeaderName::from_static("x-real-ip"),
     header::FORWARDED,
 ];
@@ -319,15 +319,15 @@ impl Bridge {
         headers.remove(header::AUTHORIZATION);
         strip_session_cookie(headers);
         headers.remove(header::HOST);
-        let set = |headers: &mut HeaderMap, name: &HeaderName, value: &str| {
+        let set = |headers: &mut HeaderMap, name: HeaderName, value: &str| {
             if let Ok(value) = HeaderValue::from_str(value) {
-                headers.insert(name.clone(), value);
+                headers.insert(name, value);
             }
         };
-        set(headers, &TENANT_HEADER, &route.tenant_id);
-        set(headers, &X_FORWARDED_FOR, &client_ip.to_string());
-        set(headers, &X_FORWARDED_PROTO, &proto);
-        set(headers, &X_FORWARDED_HOST, host);
+        set(headers, TENANT_HEADER, &route.tenant_id);
+        set(headers, X_FORWARDED_FOR, &client_ip.to_string());
+        set(headers, X_FORWARDED_PROTO, &proto);
+        set(headers, X_FORWARDED_HOST, host);
         if let Some(client_upgrade) = client_upgrade {
             parts.version = http::Version::HTTP_11;
             // Boxed: every request's future would otherwise be as large as

@@ -20,10 +20,15 @@ static HOP_BY_HOP: [HeaderName; 9] = [
 ];
 
 /// Names the tenant to the host agent; only the bridge sets it.
-pub static TENANT_HEADER: HeaderName = HeaderName::from_static("x-clawplane-tenant");
-pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub const TENANT_HEADER: HeaderName = HeaderName::from_static("x-clawplane-tenant");
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// The tokens of every `Connection` header, trimmed.
+pub fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+    headers.get_all(header::CONNECTION).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(',')).map(str::trim)
+}
 
 /// Removes every header in `names`. Most messages carry none of them: one
 /// pass over what is there is cheaper than a removal per name.
@@ -41,13 +46,8 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if !headers.contains_key(header::CONNECTION) {
         return remove_all(headers, &HOP_BY_HOP);
     }
-    let listed: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
-        .collect();
+    let listed: Vec<HeaderName> =
+        connection_tokens(headers).filter_map(|token| HeaderName::from_bytes(token.as_bytes()).ok()).collect();
     for name in listed.iter().chain(&HOP_BY_HOP) {
         headers.remove(name);
     }
@@ -56,11 +56,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// Whether a request asks to switch protocols (WebSocket): its
 /// `Connection` and `Upgrade` headers must then be forwarded as they are.
 pub fn is_upgrade(headers: &HeaderMap) -> bool {
-    headers.contains_key(header::UPGRADE)
-        && headers
-            .get(header::CONNECTION)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
+    headers.contains_key(header::UPGRADE) && connection_tokens(headers).any(|t| t.eq_ignore_ascii_case("upgrade"))
 }
 
 /// Once both sides of a switched connection (WebSocket) have upgraded,

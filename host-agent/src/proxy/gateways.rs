@@ -39,12 +39,7 @@ pub struct GatewayPool {
 /// it was sent, when it can no longer be retried. Zero when it says it
 /// closes this one.
 fn idle_limit(headers: &http::HeaderMap) -> Duration {
-    let closing = headers
-        .get_all(http::header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .any(|v| v.split(',').any(|token| token.trim().eq_ignore_ascii_case("close")));
-    if closing {
+    if clawplane_tls::forward::connection_tokens(headers).any(|token| token.eq_ignore_ascii_case("close")) {
         return Duration::ZERO;
     }
     headers
