@@ -22,7 +22,8 @@
 //!
 //! Env: BENCH_SECS (default 5), BENCH_CONCURRENCY (connection counts, one
 //! table each, default "32,128"), BENCH_REPS
-//! (rounds, default 3), BENCH_BRIDGE_THREADS (the bridge's --worker-threads,
+//! (rounds, default 3), BENCH_LARGE_FETCHES (of the large response per
+//! path, default 32), BENCH_BRIDGE_THREADS (the bridge's --worker-threads,
 //! default 1: this machine's 2 cores also carry the load generator, the
 //! agent and the gateway; 0 is one per core), BENCH_STANDIN=0 skips the
 //! stand-in table. nginx rows are skipped when nginx is not installed, the
@@ -505,9 +506,11 @@ async fn measure(openclaw: Option<&Path>, secs: u64, concurrencies: &[usize]) ->
             sum(&nginx_pids),
         ]
     };
+    let large_fetches = env("BENCH_LARGE_FETCHES", 32) as usize;
     let mut mbs = Vec::new();
-    for (_, port, host, token) in &paths {
-        mbs.push(throughput(*port, host, &u.large, u.large_bytes, token.as_deref(), 8).await);
+    for (label, port, host, token) in &paths {
+        eprintln!("measuring against {}: {label}, {} fetches of {}", u.label, large_fetches, u.large);
+        mbs.push(throughput(*port, host, &u.large, u.large_bytes, token.as_deref(), large_fetches).await);
     }
     let mut tables = Vec::new();
     for &concurrency in concurrencies {
