@@ -6,7 +6,8 @@
 //! (deploy/nginx). Prints requests/s and p99 for a small response, MB/s for
 //! a large one, and the CPU time per small request of every process on the
 //! path (read from /proc): the load generator, the gateway, the bridge, the
-//! agent, nginx. On a shared machine req/s drifts with the neighbours; the
+//! agent, nginx; and how busy the whole machine was (all cores) while each
+//! row ran. On a shared machine req/s drifts with the neighbours; the
 //! CPU per request is the steadier figure, and the share of direct is taken
 //! per round (each round runs every path once), then the median.
 //!
@@ -299,6 +300,9 @@ struct Row {
     share_of_direct: f64,
     large_mbs: f64,
     cpu: CpuShare,
+    /// Of the machine's CPU time while the row ran: near 100% the row is
+    /// bound by the machine, not by any one process on the path.
+    machine_busy: f64,
 }
 
 /// SIGKILL to the process group of the tenant's running gateway, if any.
@@ -330,6 +334,16 @@ fn cpu_time(pid: u32, group: bool) -> Duration {
         }
     }
     Duration::from_secs_f64(total as f64 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64)
+}
+
+/// The whole machine's busy and total CPU time so far (the first line of
+/// /proc/stat: every core, every process, interrupts included).
+fn machine_cpu() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap();
+    let ticks: Vec<u64> = stat.lines().next().unwrap().split_whitespace().skip(1).map(|t| t.parse().unwrap()).collect();
+    // user nice system idle iowait irq softirq steal (guest time is already in user).
+    let total: u64 = ticks.iter().take(8).sum();
+    (total - ticks[3] - ticks[4], total)
 }
 
 /// CPU per request of each part of a path, in microseconds.
@@ -516,13 +530,16 @@ async fn measure(openclaw: Option<&Path>, secs: u64, concurrencies: &[usize]) ->
     for &concurrency in concurrencies {
         let mut cpu = vec![[Duration::ZERO; 5]; paths.len()];
         let mut requests = vec![0.0; paths.len()];
+        let mut machine = vec![(0, 0); paths.len()];
         let mut runs: Vec<Vec<(f64, f64, f64)>> = vec![Vec::new(); paths.len()];
         for round in 0..reps {
             for (i, (label, port, host, token)) in paths.iter().enumerate() {
                 eprintln!("measuring against {}: {label}, {concurrency} connections (round {})", u.label, round + 1);
-                let before = cpu_now();
+                let (before, machine_before) = (cpu_now(), machine_cpu());
                 let run = load(*port, host, u.small, token.as_deref(), secs, concurrency).await;
-                let after = cpu_now();
+                let (after, machine_after) = (cpu_now(), machine_cpu());
+                machine[i].0 += machine_after.0 - machine_before.0;
+                machine[i].1 += machine_after.1 - machine_before.1;
                 for k in 0..5 {
                     cpu[i][k] += after[k] - before[k];
                 }
@@ -546,6 +563,7 @@ async fn measure(openclaw: Option<&Path>, secs: u64, concurrencies: &[usize]) ->
                 share_of_direct: median(path_runs.iter().zip(&runs[0]).map(|(run, direct)| run.0 / direct.0).collect()),
                 large_mbs: mbs[i],
                 cpu: CpuShare { client: us[0], gateway: us[1], bridge: us[2], agent: us[3], nginx: us[4] },
+                machine_busy: machine[i].0 as f64 / machine[i].1.max(1) as f64,
             });
         }
         tables.push((concurrency, rows));
@@ -590,11 +608,12 @@ fn main() {
                 upstream.large_bytes as f64 / 1e6
             );
             println!(
-                "{:<38} {:>7} {:>7} {:>7} {:>7} {:>10} | CPU us per request",
-                "path", "req/s", "p50 ms", "p99 ms", "direct", "large MB/s"
+                "{:<38} {:>7} {:>7} {:>7} {:>7} {:>10} {:>5} | CPU us per request",
+                "path", "req/s", "p50 ms", "p99 ms", "direct", "large MB/s", "busy"
             );
-            for Row { label, rps, p50_ms, p99_ms, share_of_direct, large_mbs, cpu } in rows {
+            for Row { label, rps, p50_ms, p99_ms, share_of_direct, large_mbs, cpu, machine_busy } in rows {
                 let share = format!("{:.0}%", share_of_direct * 100.0);
+                let busy = format!("{:.0}%", machine_busy * 100.0);
                 let parts =
                     [("gateway", cpu.gateway), ("bridge", cpu.bridge), ("agent", cpu.agent), ("nginx", cpu.nginx)]
                         .iter()
@@ -602,7 +621,7 @@ fn main() {
                         .map(|(name, us)| format!(", {name} {us:.1}"))
                         .collect::<String>();
                 println!(
-                    "{label:<38} {rps:>7.0} {p50_ms:>7.2} {p99_ms:>7.2} {share:>7} {large_mbs:>10.0} | client {:.1}{parts}",
+                    "{label:<38} {rps:>7.0} {p50_ms:>7.2} {p99_ms:>7.2} {share:>7} {large_mbs:>10.0} {busy:>5} | client {:.1}{parts}",
                     cpu.client
                 );
             }
