@@ -341,7 +341,8 @@ fn cpu_time(pid: u32, group: bool) -> Duration {
 fn machine_cpu() -> (u64, u64) {
     let stat = std::fs::read_to_string("/proc/stat").unwrap();
     let ticks: Vec<u64> = stat.lines().next().unwrap().split_whitespace().skip(1).map(|t| t.parse().unwrap()).collect();
-    // user nice system idle iowait irq softirq steal (guest time is already in user).
+    // user nice system idle iowait irq softirq steal (guest time is already
+    // in user). Steal counts as busy: the hypervisor gave it to others.
     let total: u64 = ticks.iter().take(8).sum();
     (total - ticks[3] - ticks[4], total)
 }
