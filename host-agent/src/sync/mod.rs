@@ -315,27 +315,22 @@ impl Syncer {
         // read once in case something landed before the watch did. Gone
         // again (every agent removed), it is watched anew when it returns.
         for root in roots.iter_mut() {
+            let Some(watcher) = watcher.as_mut() else { break };
             let agents = root.state_dir.join("agents");
-            if root.agents_watched {
-                if !agents.is_dir() {
+            match (root.agents_watched, agents.is_dir()) {
+                (true, false) => {
+                    let _ = watcher.unwatch(&agents);
                     root.agents_watched = false;
-                    if let Some(watcher) = watcher.as_mut() {
-                        let _ = watcher.unwatch(&agents);
-                    }
                 }
-                continue;
-            }
-            match watcher.as_mut() {
-                Some(watcher) if agents.is_dir() => {
-                    if let Err(err) = watcher.watch(&agents, RecursiveMode::Recursive) {
-                        tracing::warn!(tenant = %root.tenant_id, error = %err, "cannot watch tenant agents");
-                        continue;
+                (false, true) => match watcher.watch(&agents, RecursiveMode::Recursive) {
+                    Ok(()) => {
+                        root.agents_watched = true;
+                        self.dirty.mark(&root.tenant_id);
                     }
-                }
-                _ => continue,
+                    Err(err) => tracing::warn!(tenant = %root.tenant_id, error = %err, "cannot watch tenant agents"),
+                },
+                _ => {}
             }
-            root.agents_watched = true;
-            self.dirty.mark(&root.tenant_id);
         }
         drop(roots);
         let keep: HashSet<String> = tenants.keys().cloned().collect();
