@@ -639,16 +639,21 @@ async fn tenants_run_isolated_on_real_openclaw() {
     // Delete: archive kept, gateway gone, user gone.
     client.delete_tenant(alice.request(DeleteTenantRequest { tenant_id: a.id.clone() })).await.unwrap();
     let archives = agent.state_dir.join("archives");
+    // The user goes last, after the tree: waited for too, then checked below.
+    let user_exists = |user: &str| Command::new("getent").args(["passwd", user]).output().unwrap().status.success();
     eventually(Duration::from_secs(120), "tenant removed from the host", || {
         let (root, archives) = (a_root.clone(), archives.clone());
-        async move { !root.exists() && std::fs::read_dir(&archives).map(|d| d.count() > 0).unwrap_or(false) }
+        let user_gone = !user_exists(&user);
+        async move {
+            user_gone && !root.exists() && std::fs::read_dir(&archives).map(|d| d.count() > 0).unwrap_or(false)
+        }
     })
     .await;
     let archive = std::fs::read_dir(&archives).unwrap().next().unwrap().unwrap().path();
     let listing = Command::new("tar").arg("-tzf").arg(&archive).output().unwrap();
     assert!(String::from_utf8_lossy(&listing.stdout).contains(&format!("{}/state/openclaw.json", a.slug)));
     assert_eq!(http_status(a_port, "/readyz", None), 0, "gateway stopped");
-    assert!(!Command::new("getent").args(["passwd", &user]).output().unwrap().status.success(), "user removed");
+    assert!(!user_exists(&user), "user removed");
     // B is untouched.
     assert_eq!(http_status(rb["port"].as_u64().unwrap(), "/readyz", None), 200);
 

@@ -891,7 +891,7 @@ impl ProcessRuntime {
             std::fs::remove_dir_all(&root).with_context(|| format!("cannot remove {}", root.display()))?;
         }
         if let Some(user) = &record.user {
-            remove_user(user).await;
+            remove_user(user, record.uid).await;
         }
         let _ = std::fs::remove_file(self.record_path(tenant_id));
         self.prune_archives();
@@ -1291,9 +1291,44 @@ async fn ensure_user(name: &str, home: &Path) -> RuntimeResult<(u32, u32)> {
     lookup_user(name).ok_or_else(|| RuntimeError::Other(anyhow!("user {name} missing after useradd")))
 }
 
-async fn remove_user(name: &str) {
-    let _ =
-        tokio::process::Command::new("userdel").arg(name).env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin").output().await;
+/// How long a tenant's user may stay busy (its killed processes not yet
+/// gone) before its removal is given up.
+const USER_BUSY_WAIT: Duration = Duration::from_secs(15);
+
+/// Removes a deleted tenant's OS user. userdel refuses a user that still
+/// has processes (exit 8): killed ones can take a moment to go, and a
+/// helper may have started since, so those are killed again and userdel
+/// tried again, for a while. A user that cannot be removed is logged.
+async fn remove_user(name: &str, uid: Option<u32>) {
+    const IN_USE: i32 = 8;
+    const NO_SUCH_USER: i32 = 6;
+    let deadline = Instant::now() + USER_BUSY_WAIT;
+    loop {
+        let output = tokio::process::Command::new("userdel")
+            .arg(name)
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .await;
+        match output {
+            Ok(out) if out.status.success() || out.status.code() == Some(NO_SUCH_USER) => return,
+            Ok(out) if out.status.code() == Some(IN_USE) && Instant::now() < deadline => {
+                if let Some(uid) = uid {
+                    kill_user_processes(uid);
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Ok(out) => {
+                let error = String::from_utf8_lossy(&out.stderr);
+                tracing::warn!(user = name, code = ?out.status.code(), error = %error.trim(), "cannot remove a deleted tenant's user");
+                return;
+            }
+            Err(err) => {
+                tracing::warn!(user = name, error = %err, "cannot run userdel for a deleted tenant");
+                return;
+            }
+        }
+    }
 }
 
 /// Status code of `GET path` on the loopback port, if it answers at all.
