@@ -41,6 +41,10 @@ pub struct ServeArgs {
     /// Base domain of tenant URLs: https://<slug>.<base-domain>.
     #[arg(long, env = "CLAWPLANE_BASE_DOMAIN")]
     pub base_domain: Option<String>,
+    /// CIDRs tenants' model base URLs may point into although they are
+    /// loopback, private or reserved (comma-separated), e.g. 10.0.0.0/8.
+    #[arg(long, env = "CLAWPLANE_MODELS_ALLOWED_CIDRS", value_delimiter = ',')]
+    pub models_allowed_cidrs: Vec<String>,
     #[command(flatten)]
     pub auth: AuthArgs,
 }
@@ -98,6 +102,14 @@ struct FileConfig {
     hosts: HostsFileConfig,
     #[serde(default)]
     pki: PkiFileConfig,
+    #[serde(default)]
+    models: ModelsFileConfig,
+}
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct ModelsFileConfig {
+    allowed_cidrs: Option<Vec<String>>,
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -230,6 +242,9 @@ pub struct Config {
     pub max_agent_connections: usize,
     pub ca_cert_file: Option<PathBuf>,
     pub ca_key_file: Option<PathBuf>,
+    /// Ranges SetModel.base_url may reach although they are not public
+    /// (see [`crate::model_url`]).
+    pub models_allowed_cidrs: Vec<ipnet::IpNet>,
 }
 
 const MIN_SECRET_LEN: usize = 16;
@@ -352,7 +367,13 @@ impl Config {
             bail!("pki: ca_cert_file and ca_key_file must be given together");
         }
 
+        let models_allowed_cidrs = match args.models_allowed_cidrs {
+            flags if !flags.is_empty() => parse_cidrs(&flags)?,
+            _ => parse_cidrs(&file.models.allowed_cidrs.unwrap_or_default())?,
+        };
+
         Ok(Config {
+            models_allowed_cidrs,
             tenant_cache_ttl,
             agent_public_url,
             agent_server_names,
@@ -412,6 +433,20 @@ fn validate_database_url(url: &str) -> anyhow::Result<()> {
         // Never echo the URL: it may carry a password.
         bail!("database_url: must start with sqlite:, postgres:// or postgresql://")
     }
+}
+
+/// `models.allowed_cidrs`: CIDRs, or single addresses meaning just that one.
+fn parse_cidrs(values: &[String]) -> anyhow::Result<Vec<ipnet::IpNet>> {
+    values
+        .iter()
+        .map(|value| {
+            let text = value.trim();
+            text.parse::<ipnet::IpNet>()
+                .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map(|net| net.trunc())
+                .map_err(|_| anyhow::anyhow!("models.allowed_cidrs: {value:?} is not a CIDR like 10.0.0.0/8"))
+        })
+        .collect()
 }
 
 fn parse_addr(name: &str, value: &str) -> anyhow::Result<SocketAddr> {
@@ -518,6 +553,8 @@ mod tests {
             ("[hosts]\ncert_ttl = \"1s\"", "hosts.cert_ttl"),
             ("agent_public_url = \"http://x:1\"", "agent_public_url"),
             ("[pki]\nca_cert_file = \"/x\"", "together"),
+            ("[models]\nallowed_cidrs = [\"10.0.0.0/33\"]", "models.allowed_cidrs"),
+            ("[models]\nallowed_cidrs = [\"intranet\"]", "models.allowed_cidrs"),
         ];
         for (text, expected) in cases {
             let err = load(ServeArgs::default(), text).unwrap_err();
@@ -533,6 +570,17 @@ mod tests {
         assert_eq!(config.agent_public_url, "https://cp.example.com:7701");
         assert!(config.agent_server_names.contains(&"cp.example.com".to_string()));
         assert_eq!(config.cors_origins, CorsOrigins::List(vec!["https://app.example.com".into()]));
+    }
+
+    #[test]
+    fn model_cidrs_come_from_the_flag_or_the_file() {
+        let config = load(ServeArgs::default(), "[models]\nallowed_cidrs = [\"127.0.0.0/8\", \"fd00::1\"]").unwrap();
+        let shown: Vec<String> = config.models_allowed_cidrs.iter().map(|n| n.to_string()).collect();
+        assert_eq!(shown, ["127.0.0.0/8", "fd00::1/128"]);
+        let args = ServeArgs { models_allowed_cidrs: vec!["10.1.2.3/8".into()], ..Default::default() };
+        let config = load(args, "[models]\nallowed_cidrs = [\"127.0.0.0/8\"]").unwrap();
+        assert_eq!(config.models_allowed_cidrs, vec!["10.0.0.0/8".parse::<ipnet::IpNet>().unwrap()]);
+        assert!(load(ServeArgs::default(), "").unwrap().models_allowed_cidrs.is_empty());
     }
 
     #[test]

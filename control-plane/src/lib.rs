@@ -12,6 +12,7 @@ pub mod cli;
 pub mod config;
 pub mod fleet;
 pub mod ingest;
+pub mod model_url;
 pub mod net;
 pub mod openclaw_config;
 pub mod pki;

@@ -64,16 +64,17 @@ impl SecretBox {
     }
 }
 
-/// What callers may see of a secret: its first three and last four
-/// characters for long values, nothing for short ones.
+/// What callers may see of a secret: enough to tell two keys apart, never
+/// enough to narrow one down. Under 16 characters nothing; 16-23 the last
+/// four; from 24 on also the first three (a provider prefix like "sk-").
 pub fn hint(secret: &str) -> String {
     let chars: Vec<char> = secret.chars().collect();
-    if chars.len() < 12 {
-        return "****".into();
+    let tail = || chars[chars.len() - 4..].iter().collect::<String>();
+    match chars.len() {
+        0..=15 => "****".into(),
+        16..=23 => format!("****{}", tail()),
+        _ => format!("{}...{}", chars[..3].iter().collect::<String>(), tail()),
     }
-    let head: String = chars[..3].iter().collect();
-    let tail: String = chars[chars.len() - 4..].iter().collect();
-    format!("{head}...{tail}")
 }
 
 #[cfg(test)]
@@ -94,8 +95,14 @@ mod tests {
     }
 
     #[test]
-    fn hints_never_show_short_secrets() {
+    fn hints_show_less_of_shorter_secrets() {
+        assert_eq!(hint(""), "****");
         assert_eq!(hint("short"), "****");
-        assert_eq!(hint("sk-abcdefghijklmnop1234"), "sk-...1234");
+        assert_eq!(hint("abcdefghijkl"), "****", "12 characters");
+        assert_eq!(hint("abcdefghijklmno"), "****", "15 characters");
+        assert_eq!(hint("abcdefghijkl3456"), "****3456", "16 characters");
+        assert_eq!(hint("sk-abcdefghijklmnop1234"), "****1234", "23 characters");
+        assert_eq!(hint("sk-abcdefghijklmnopq1234"), "sk-...1234", "24 characters");
+        assert_eq!(hint("sk-ééééééééééééééééééé€€€€"), "sk-...€€€€", "characters, not bytes");
     }
 }

@@ -19,11 +19,13 @@ use clawplane_proto::v1::{
     RemoveChannelResponse, SecretFile, SetAgentProfileRequest, SetAgentProfileResponse, SetChannelRequest,
     SetChannelResponse, SetModelRequest, SetModelResponse, SetToolsRequest, SetToolsResponse,
 };
+use ipnet::IpNet;
 use serde_json::{json, Value};
 use tonic::{Request, Response, Status};
 
-use super::{caller, check_text, timestamp, visible_tenant, wait_within, ApiError, ApiResult};
+use super::{caller, check_text, required_id, shown, timestamp, visible_tenant, wait_within, ApiError, ApiResult};
 use crate::fleet::Fleet;
+use crate::model_url;
 use crate::openclaw_config::{self, ChannelSettings, Desired, ModelSettings, ProfileSettings, ToolSettings};
 use crate::secrets::{hint, SecretBox};
 use crate::store::entities::tenant_config;
@@ -38,15 +40,43 @@ const DEFAULT_KEY: &str = "default";
 /// request's deadline may end the wait first; the change stays queued).
 const APPLY_WAIT: Duration = Duration::from_secs(90);
 
+/// Bounds of the Set* requests (documented in config.proto).
+const MAX_PROVIDER: usize = 40;
+const MAX_MODEL: usize = 128;
+const MAX_BASE_URL: usize = 512;
+const MAX_SECRET: usize = 4096;
+const MAX_AGENT_NAME: usize = 100;
+const MAX_SYSTEM_PROMPT: usize = 65_536;
+const MAX_STYLE: usize = 2000;
+const MAX_TOOLS: usize = 200;
+const MAX_TOOL_NAME: usize = 100;
+const MAX_CHANNEL_NAME: usize = 32;
+const MAX_CHANNEL_ENTRIES: usize = 64;
+const MAX_SETTING_NAME: usize = 64;
+const MAX_SETTING_VALUE: usize = 1024;
+/// Live channels per tenant, whatever the plan allows.
+const MAX_CHANNELS: usize = 32;
+/// Channel rows per tenant, removed ones included (they stay as tombstones
+/// so later applies drop them), so churning names cannot grow the table.
+const MAX_CHANNEL_ROWS: usize = 64;
+
 pub struct ConfigApi {
     store: Store,
     fleet: Arc<Fleet>,
     secrets: Arc<SecretBox>,
+    allowed_model_cidrs: Arc<Vec<IpNet>>,
 }
 
 impl ConfigApi {
     pub fn new(store: Store, fleet: Arc<Fleet>) -> Self {
-        ConfigApi { secrets: fleet.secrets(), store, fleet }
+        ConfigApi { secrets: fleet.secrets(), store, fleet, allowed_model_cidrs: Default::default() }
+    }
+
+    /// Ranges a model base_url may reach although they are not public
+    /// (`models.allowed_cidrs`); none by default.
+    pub fn with_allowed_model_cidrs(mut self, cidrs: Vec<IpNet>) -> Self {
+        self.allowed_model_cidrs = Arc::new(cidrs);
+        self
     }
 }
 
@@ -70,8 +100,8 @@ fn check_name(field: &str, value: &str, max: usize) -> ApiResult<()> {
 }
 
 fn check_secret(field: &str, value: &str) -> ApiResult<()> {
-    if value.is_empty() || value.len() > 4096 || value.chars().any(char::is_control) {
-        return Err(ApiError::invalid(format!("{field} must be 1-4096 printable characters")));
+    if value.is_empty() || value.len() > MAX_SECRET || value.chars().any(char::is_control) {
+        return Err(ApiError::invalid(format!("{field} must be 1-{MAX_SECRET} bytes of printable characters")));
     }
     Ok(())
 }
@@ -198,6 +228,41 @@ impl ConfigApi {
         };
         self.seal(&mut row, secrets)?;
         Ok(row)
+    }
+
+    /// A new channel must fit the plan's channel limit, [`MAX_CHANNELS`]
+    /// and [`MAX_CHANNEL_ROWS`]; changing an existing one always may.
+    async fn check_channel_room(
+        &self,
+        tenant: &TenantRecord,
+        rows: &[tenant_config::Model],
+        channel: &str,
+    ) -> ApiResult<()> {
+        let channel_rows: Vec<&tenant_config::Model> = rows.iter().filter(|r| r.config_type == CHANNEL).collect();
+        let removed = |r: &tenant_config::Model| r.value.pointer("/settings/removed").and_then(Value::as_bool);
+        let live = channel_rows.iter().filter(|r| removed(r) != Some(true)).count();
+        match channel_rows.iter().find(|r| r.config_key == channel) {
+            Some(row) if removed(row) != Some(true) => return Ok(()),
+            Some(_) => {}
+            None if channel_rows.len() >= MAX_CHANNEL_ROWS => {
+                return Err(ApiError::FailedPrecondition(format!(
+                    "at most {MAX_CHANNEL_ROWS} different channels per tenant, removed ones included; \
+                     reuse a removed channel's name"
+                )))
+            }
+            None => {}
+        }
+        let plan_limit = self.store.plan_by_name(&tenant.plan).await?.and_then(|p| p.channel_limit).unwrap_or(0);
+        let limit = match usize::try_from(plan_limit) {
+            Ok(n) if n > 0 => n.min(MAX_CHANNELS),
+            _ => MAX_CHANNELS,
+        };
+        if live >= limit {
+            return Err(ApiError::FailedPrecondition(format!(
+                "the tenant already has {live} channels, the most its plan allows ({limit}); remove one first"
+            )));
+        }
+        Ok(())
     }
 
     /// Saves changed rows, pushes the new generation to the tenant's host
@@ -343,31 +408,39 @@ impl ConfigService for ConfigApi {
         let principal = caller(&request)?;
         let wait = wait_within(&request, APPLY_WAIT);
         let req = request.into_inner();
-        let tenant = visible_tenant(&self.store, &principal, &req.tenant_id).await?;
-        check_name("provider", &req.provider, 40)?;
+        required_id("tenant_id", &req.tenant_id)?;
+        check_name("provider", &req.provider, MAX_PROVIDER)?;
         if req.model.is_empty()
-            || req.model.len() > 128
+            || req.model.len() > MAX_MODEL
             || !req.model.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:/".contains(&b))
         {
-            return Err(ApiError::invalid(
-                "model must be 1-128 characters of letters, digits, '-', '_', '.', ':' and '/'",
-            )
+            return Err(ApiError::invalid(format!(
+                "model must be 1-{MAX_MODEL} characters of letters, digits, '-', '_', '.', ':' and '/'"
+            ))
             .into());
+        }
+        if let Some(key) = req.api_key.as_deref().filter(|k| !k.is_empty()) {
+            check_secret("api_key", key)?;
         }
         let base_url = req.base_url.clone().unwrap_or_default();
         if !base_url.is_empty() {
-            check_text("base_url", &base_url, 512)?;
-            let parsed: Result<http::Uri, _> = base_url.parse();
-            if !parsed.is_ok_and(|u| matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some()) {
-                return Err(ApiError::invalid("base_url must be an http(s) URL").into());
-            }
+            check_text("base_url", &base_url, MAX_BASE_URL)?;
+            model_url::check(&base_url, &self.allowed_model_cidrs)
+                .await
+                .map_err(|why| ApiError::invalid(format!("base_url is refused: {why}")))?;
         }
-        // An absent api_key keeps the stored one.
+        let tenant = visible_tenant(&self.store, &principal, &req.tenant_id).await?;
+        // An absent api_key keeps the stored one; an empty one removes it.
         let existing = self.store.config_rows(&tenant.tenant.id).await.map_err(ApiError::from)?;
         let mut secrets = self.stored_secrets(&existing, MODEL, DEFAULT_KEY)?;
-        if let Some(key) = &req.api_key {
-            check_secret("api_key", key)?;
-            secrets.insert("api_key".into(), key.clone());
+        match req.api_key.as_deref() {
+            None => {}
+            Some("") => {
+                secrets.remove("api_key");
+            }
+            Some(key) => {
+                secrets.insert("api_key".into(), key.to_string());
+            }
         }
         let settings = json!(ModelSettings { provider: req.provider, model: req.model, base_url });
         let row = self.row(&tenant.tenant.id, MODEL, DEFAULT_KEY, settings, &secrets, true)?;
@@ -382,6 +455,16 @@ impl ConfigService for ConfigApi {
         let principal = caller(&request)?;
         let wait = wait_within(&request, APPLY_WAIT);
         let req = request.into_inner();
+        required_id("tenant_id", &req.tenant_id)?;
+        if let Some(name) = &req.name {
+            check_text("name", name, MAX_AGENT_NAME)?;
+        }
+        if let Some(prompt) = &req.system_prompt {
+            check_multiline("system_prompt", prompt, MAX_SYSTEM_PROMPT)?;
+        }
+        if let Some(style) = &req.style {
+            check_text("style", style, MAX_STYLE)?;
+        }
         let tenant = visible_tenant(&self.store, &principal, &req.tenant_id).await?;
         let existing = self.store.config_rows(&tenant.tenant.id).await.map_err(ApiError::from)?;
         let mut profile: ProfileSettings = existing
@@ -390,15 +473,12 @@ impl ConfigService for ConfigApi {
             .and_then(|r| serde_json::from_value(r.value.get("settings").cloned()?).ok())
             .unwrap_or_default();
         if let Some(name) = req.name {
-            check_text("name", &name, 100)?;
             profile.name = name;
         }
         if let Some(prompt) = req.system_prompt {
-            check_multiline("system_prompt", &prompt, 20_000)?;
             profile.system_prompt = prompt;
         }
         if let Some(style) = req.style {
-            check_text("style", &style, 200)?;
             profile.style = style;
         }
         let row = self.row(&tenant.tenant.id, PROFILE, DEFAULT_KEY, json!(profile), &BTreeMap::new(), true)?;
@@ -410,20 +490,26 @@ impl ConfigService for ConfigApi {
         let principal = caller(&request)?;
         let wait = wait_within(&request, APPLY_WAIT);
         let req = request.into_inner();
-        let tenant = visible_tenant(&self.store, &principal, &req.tenant_id).await?;
+        required_id("tenant_id", &req.tenant_id)?;
         for (field, list) in [("allow", &req.allow), ("deny", &req.deny)] {
-            if list.len() > 200 {
-                return Err(ApiError::invalid(format!("{field} lists more than 200 tools")).into());
+            if list.len() > MAX_TOOLS {
+                return Err(ApiError::invalid(format!("{field} lists more than {MAX_TOOLS} tools")).into());
             }
             for tool in list {
                 if tool.is_empty()
-                    || tool.len() > 100
+                    || tool.len() > MAX_TOOL_NAME
                     || !tool.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:*/".contains(&b))
                 {
-                    return Err(ApiError::invalid(format!("{field}: {tool:?} is not a tool name or pattern")).into());
+                    return Err(ApiError::invalid(format!(
+                        "{field}: {} is not a tool name or pattern (1-{MAX_TOOL_NAME} characters of letters, \
+                         digits, '-', '_', '.', ':', '*' and '/')",
+                        shown(tool)
+                    ))
+                    .into());
                 }
             }
         }
+        let tenant = visible_tenant(&self.store, &principal, &req.tenant_id).await?;
         let settings = json!(ToolSettings { allow: req.allow, deny: req.deny });
         let row = self.row(&tenant.tenant.id, TOOLS, DEFAULT_KEY, settings, &BTreeMap::new(), true)?;
         let config = self.change(&tenant, vec![row], req.expected_generation, wait).await?;
@@ -434,27 +520,36 @@ impl ConfigService for ConfigApi {
         let principal = caller(&request)?;
         let wait = wait_within(&request, APPLY_WAIT);
         let req = request.into_inner();
-        let tenant = visible_tenant(&self.store, &principal, &req.tenant_id).await?;
-        check_name("channel", &req.channel, 32)?;
-        if req.settings.len() + req.secrets.len() > 64 {
-            return Err(ApiError::invalid("at most 64 settings and secrets per channel").into());
+        required_id("tenant_id", &req.tenant_id)?;
+        check_name("channel", &req.channel, MAX_CHANNEL_NAME)?;
+        if req.settings.len() + req.secrets.len() > MAX_CHANNEL_ENTRIES {
+            return Err(ApiError::invalid(format!(
+                "settings and secrets: at most {MAX_CHANNEL_ENTRIES} entries per channel together"
+            ))
+            .into());
         }
         for (key, value) in &req.settings {
-            check_name("setting name", key, 64)?;
-            check_text("setting value", value, 1024)?;
+            check_name("setting name", key, MAX_SETTING_NAME)?;
+            check_text("setting value", value, MAX_SETTING_VALUE)?;
         }
-        let existing = self.store.config_rows(&tenant.tenant.id).await.map_err(ApiError::from)?;
-        // Secrets merge: an empty value deletes one, an absent key keeps it.
-        let mut secrets = self.stored_secrets(&existing, CHANNEL, &req.channel)?;
         for (key, value) in &req.secrets {
-            check_name("secret name", key, 64)?;
+            check_name("secret name", key, MAX_SETTING_NAME)?;
             if req.settings.contains_key(key) {
                 return Err(ApiError::invalid(format!("{key} is given both as a setting and as a secret")).into());
             }
+            if !value.is_empty() {
+                check_secret(key, value)?;
+            }
+        }
+        let tenant = visible_tenant(&self.store, &principal, &req.tenant_id).await?;
+        let existing = self.store.config_rows(&tenant.tenant.id).await.map_err(ApiError::from)?;
+        self.check_channel_room(&tenant, &existing, &req.channel).await?;
+        // Secrets merge: an empty value deletes one, an absent key keeps it.
+        let mut secrets = self.stored_secrets(&existing, CHANNEL, &req.channel)?;
+        for (key, value) in &req.secrets {
             if value.is_empty() {
                 secrets.remove(key);
             } else {
-                check_secret(key, value)?;
                 secrets.insert(key.clone(), value.clone());
             }
         }
@@ -475,8 +570,9 @@ impl ConfigService for ConfigApi {
         let principal = caller(&request)?;
         let wait = wait_within(&request, APPLY_WAIT);
         let req = request.into_inner();
+        required_id("tenant_id", &req.tenant_id)?;
+        check_name("channel", &req.channel, MAX_CHANNEL_NAME)?;
         let tenant = visible_tenant(&self.store, &principal, &req.tenant_id).await?;
-        check_name("channel", &req.channel, 32)?;
         let existing = self.store.config_rows(&tenant.tenant.id).await.map_err(ApiError::from)?;
         let present = existing.iter().any(|r| {
             r.config_type == CHANNEL

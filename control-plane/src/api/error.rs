@@ -19,6 +19,9 @@ pub enum ApiError {
     AlreadyExists(String),
     #[error("{0}")]
     FailedPrecondition(String),
+    /// A compare-and-set lost (e.g. `expected_generation`): read and retry.
+    #[error("{0}")]
+    Aborted(String),
     #[error("{0}")]
     DeadlineExceeded(String),
     #[error("{0}")]
@@ -42,6 +45,7 @@ impl ApiError {
             ApiError::NotFound(_) => Code::NotFound,
             ApiError::AlreadyExists(_) => Code::AlreadyExists,
             ApiError::FailedPrecondition(_) => Code::FailedPrecondition,
+            ApiError::Aborted(_) => Code::Aborted,
             ApiError::DeadlineExceeded(_) => Code::DeadlineExceeded,
             ApiError::ResourceExhausted(_) => Code::ResourceExhausted,
             ApiError::Unimplemented(_) => Code::Unimplemented,
@@ -73,6 +77,7 @@ impl From<StoreError> for ApiError {
         match err {
             StoreError::NotFound(what) => ApiError::NotFound(what),
             StoreError::Conflict(message) => ApiError::AlreadyExists(message),
+            StoreError::Stale(message) => ApiError::Aborted(message),
             StoreError::Db(db) => ApiError::Internal(db.into()),
         }
     }

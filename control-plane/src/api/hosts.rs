@@ -14,8 +14,8 @@ use serde_json::json;
 use tonic::{Request, Response, Status};
 
 use super::{
-    admin, check_label, decode_page_token, next_page_token, page_size, required_id, timestamp, wait_within, ApiError,
-    ApiResult,
+    admin, check_label, check_text, decode_page_token, next_page_token, page_size, required_id, timestamp, wait_within,
+    ApiError, ApiResult,
 };
 use crate::fleet::{host_status, Fleet};
 use crate::store::entities::join_token;
@@ -35,13 +35,19 @@ impl HostApi {
 const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(30 * 60);
 const MAX_TOKEN_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 const MAX_TOKEN_USES: i32 = 1000;
+const MAX_TOKEN_LABELS: usize = 64;
+const MAX_URL: usize = 512;
 /// The longest a ping waits for its answer, whatever the request asks.
 const MAX_PING_WAIT: Duration = Duration::from_secs(300);
 
-fn std_duration(value: Option<&prost_types::Duration>) -> ApiResult<Option<Duration>> {
+/// A request duration: unset or zero is None; negative or malformed (nanos
+/// outside 0..=999,999,999) is refused, naming the field.
+fn std_duration(field: &str, value: Option<&prost_types::Duration>) -> ApiResult<Option<Duration>> {
     match value {
         None => Ok(None),
-        Some(d) if d.seconds < 0 || d.nanos < 0 => Err(ApiError::invalid("durations must not be negative")),
+        Some(d) if d.seconds < 0 || !(0..=999_999_999).contains(&d.nanos) => {
+            Err(ApiError::invalid(format!("{field} must not be negative (seconds >= 0, nanos 0..=999999999)")))
+        }
         Some(d) if d.seconds == 0 && d.nanos == 0 => Ok(None),
         Some(d) => Ok(Some(Duration::new(d.seconds as u64, d.nanos as u32))),
     }
@@ -81,7 +87,7 @@ fn token_message(model: join_token::Model) -> pb::JoinToken {
 
 impl HostApi {
     async fn create_token(&self, actor: &str, req: CreateJoinTokenRequest) -> ApiResult<CreateJoinTokenResponse> {
-        let ttl = std_duration(req.ttl.as_ref())?.unwrap_or(DEFAULT_TOKEN_TTL);
+        let ttl = std_duration("ttl", req.ttl.as_ref())?.unwrap_or(DEFAULT_TOKEN_TTL);
         if ttl > MAX_TOKEN_TTL {
             return Err(ApiError::invalid("ttl must be at most 7 days; join tokens are meant to be short-lived"));
         }
@@ -90,12 +96,13 @@ impl HostApi {
             n if (1..=MAX_TOKEN_USES).contains(&n) => n,
             _ => return Err(ApiError::invalid(format!("max_uses must be between 1 and {MAX_TOKEN_USES}"))),
         };
-        if req.labels.len() > 64 {
-            return Err(ApiError::invalid("at most 64 labels"));
+        if req.labels.len() > MAX_TOKEN_LABELS {
+            return Err(ApiError::invalid(format!("labels: at most {MAX_TOKEN_LABELS} labels")));
         }
         for (key, value) in &req.labels {
             check_label(key, value)?;
         }
+        check_text("control_plane_url", &req.control_plane_url, MAX_URL)?;
         let url = if req.control_plane_url.is_empty() {
             self.fleet.config().public_url.clone()
         } else {
@@ -137,11 +144,11 @@ impl HostApi {
     /// Pings the host, waiting for its answer up to the request's `timeout`
     /// (10 s when unset) or `deadline_wait`, whichever ends first.
     async fn ping(&self, req: PingHostRequest, deadline_wait: Duration) -> ApiResult<PingHostResponse> {
+        let asked = std_duration("timeout", req.timeout.as_ref())?.unwrap_or(Duration::from_secs(10));
         let host = self.host_for_admin(&req.host_id).await?;
         if host.status == HOST_REMOVED {
             return Err(ApiError::FailedPrecondition("host was removed".into()));
         }
-        let asked = std_duration(req.timeout.as_ref())?.unwrap_or(Duration::from_secs(10));
         let timeout = asked.min(deadline_wait);
         let cut_short =
             if timeout < asked { " (the request's deadline; a longer grpc-timeout waits longer)" } else { "" };
@@ -204,7 +211,9 @@ impl HostService for HostApi {
         request: Request<RevokeJoinTokenRequest>,
     ) -> Result<Response<RevokeJoinTokenResponse>, Status> {
         admin(&request)?;
-        let id = required_id("token_id", &request.get_ref().token_id)?;
+        // A whole `<id>.<secret>` names its token by the part before the dot.
+        let token = request.get_ref().token_id.as_str();
+        let id = required_id("token_id", token.split_once('.').map_or(token, |(id, _)| id))?;
         let model = self.store.revoke_join_token(id).await.map_err(ApiError::from)?;
         tracing::info!(token = %id, "join token revoked");
         Ok(Response::new(RevokeJoinTokenResponse { join_token: Some(token_message(model)) }))
@@ -215,6 +224,9 @@ impl HostService for HostApi {
         let req = request.into_inner();
         let limit = page_size(req.page_size, 100, 1000)?;
         let after = decode_page_token(&req.page_token)?;
+        if pb::HostStatus::try_from(req.status).is_err() {
+            return Err(ApiError::invalid("status must be a HostStatus value").into());
+        }
         let (rows, more) = self.store.list_hosts(after.as_deref(), limit).await.map_err(ApiError::from)?;
         let next_page_token = next_page_token(more, rows.last().map(|last| last.id.as_str()));
         let now = Utc::now();

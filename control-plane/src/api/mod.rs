@@ -6,6 +6,7 @@ mod config;
 mod deadline;
 mod error;
 mod hosts;
+mod rate_limit;
 mod routes;
 mod sessions;
 pub mod slug;
@@ -20,6 +21,7 @@ pub use config::{push_config, ConfigApi};
 pub use deadline::{wait_within, Deadline, DeadlineLayer};
 pub use error::{ApiError, ApiResult};
 pub use hosts::HostApi;
+pub use rate_limit::RateLimitLayer;
 pub use routes::{slug_of, RouteApi};
 pub use sessions::SessionApi;
 pub use tenants::TenantApi;
@@ -50,6 +52,39 @@ pub fn timestamp(at: DateTime<Utc>) -> prost_types::Timestamp {
     prost_types::Timestamp { seconds: at.timestamp(), nanos: at.timestamp_subsec_nanos() as i32 }
 }
 
+/// google.protobuf.Timestamp's valid range: 0001-01-01T00:00:00Z ..
+/// 9999-12-31T23:59:59.999999999Z (seconds since the epoch).
+pub const MIN_TIMESTAMP_SECONDS: i64 = -62_135_596_800;
+pub const MAX_TIMESTAMP_SECONDS: i64 = 253_402_300_799;
+
+/// A request timestamp, refused outside the range the protobuf type defines
+/// (so later date arithmetic has room on both sides).
+pub fn check_timestamp(field: &str, value: &prost_types::Timestamp) -> ApiResult<DateTime<Utc>> {
+    let in_range = (MIN_TIMESTAMP_SECONDS..=MAX_TIMESTAMP_SECONDS).contains(&value.seconds)
+        && (0..=999_999_999).contains(&value.nanos);
+    in_range.then(|| DateTime::from_timestamp(value.seconds, value.nanos as u32)).flatten().ok_or_else(|| {
+        ApiError::invalid(format!(
+            "{field} must be between 0001-01-01T00:00:00Z and 9999-12-31T23:59:59Z \
+             (seconds {MIN_TIMESTAMP_SECONDS}..={MAX_TIMESTAMP_SECONDS}, nanos 0..=999999999)"
+        ))
+    })
+}
+
+/// An optional request timestamp (see [`check_timestamp`]).
+pub fn optional_timestamp(field: &str, value: Option<&prost_types::Timestamp>) -> ApiResult<Option<DateTime<Utc>>> {
+    value.map(|t| check_timestamp(field, t)).transpose()
+}
+
+/// A short, quoted prefix of caller input for error messages: echoing a
+/// megabyte back in grpc-message would itself be a problem.
+pub fn shown(value: &str) -> String {
+    const SHOWN: usize = 40;
+    match value.char_indices().nth(SHOWN) {
+        Some((cut, _)) => format!("{:?}...", &value[..cut]),
+        None => format!("{value:?}"),
+    }
+}
+
 /// Page size from a request: 0 means the default, large values are capped.
 pub fn page_size(requested: i32, default: u64, max: u64) -> ApiResult<u64> {
     match requested {
@@ -72,9 +107,15 @@ pub fn next_page_token(more: bool, last_key: Option<&str>) -> String {
     }
 }
 
+/// Longest page token accepted; ours are far shorter.
+pub const MAX_PAGE_TOKEN: usize = 512;
+
 pub fn decode_page_token(token: &str) -> ApiResult<Option<String>> {
     if token.is_empty() {
         return Ok(None);
+    }
+    if token.len() > MAX_PAGE_TOKEN {
+        return Err(ApiError::invalid(format!("page_token must be at most {MAX_PAGE_TOKEN} characters")));
     }
     let invalid = || ApiError::invalid("page_token is not a token returned by this API");
     let bytes = URL_SAFE_NO_PAD.decode(token).map_err(|_| invalid())?;
@@ -100,7 +141,8 @@ pub fn check_label(key: &str, value: &str) -> ApiResult<()> {
         !key.is_empty() && key.len() <= 63 && key.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./".contains(&b));
     if !key_ok {
         return Err(ApiError::invalid(format!(
-            "label key {key:?} must be 1-63 characters of a-z, 0-9, '-', '_', '.', '/'"
+            "label key {} must be 1-63 characters of letters, digits, '-', '_', '.', '/'",
+            shown(key)
         )));
     }
     check_text("label value", value, 253)

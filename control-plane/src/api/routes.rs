@@ -21,9 +21,13 @@ use prost::Message;
 use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
-use super::{admin, ApiError, ApiResult};
+use super::{admin, shown, ApiError, ApiResult};
 use crate::store::entities::host;
 use crate::store::{Owner, Store, TenantRecord, TenantStatus, HOST_ACTIVE, HOST_DRAINING};
+
+/// A DNS name's longest form, and a Host header's (name, ':', port).
+const MAX_DOMAIN: usize = 253;
+const MAX_HOST_HEADER: usize = 260;
 
 /// How often the shared table is re-read (route changes show up within it).
 pub const ROUTE_REFRESH: Duration = Duration::from_millis(250);
@@ -147,6 +151,10 @@ impl RouteApi {
         if requested.is_empty() {
             return Ok(self.base_domain.clone());
         }
+        // Length first: nothing proportional to an oversized input is built.
+        if requested.len() > MAX_DOMAIN {
+            return Err(ApiError::invalid(format!("base_domain must be at most {MAX_DOMAIN} characters")));
+        }
         let domain = requested.trim_end_matches('.').to_ascii_lowercase();
         let valid = domain.split('.').count() >= 1
             && domain.split('.').all(|label| {
@@ -155,8 +163,8 @@ impl RouteApi {
                     && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
                     && !label.starts_with('-')
             });
-        if !valid || domain.len() > 253 {
-            return Err(ApiError::invalid(format!("base_domain {requested:?} is not a domain name")));
+        if !valid {
+            return Err(ApiError::invalid(format!("base_domain {} is not a domain name", shown(requested))));
         }
         Ok(domain)
     }
@@ -169,8 +177,11 @@ pub fn slug_of(host: &str, base_domain: &str) -> ApiResult<Option<String>> {
     if host.is_empty() {
         return Err(ApiError::invalid("host is required"));
     }
-    if host.len() > 260 || host.chars().any(|c| c.is_control() || c.is_whitespace() || c == '/' || c == '@') {
-        return Err(ApiError::invalid(format!("host {host:?} is not a hostname")));
+    if host.len() > MAX_HOST_HEADER {
+        return Err(ApiError::invalid(format!("host must be at most {MAX_HOST_HEADER} characters")));
+    }
+    if host.chars().any(|c| c.is_control() || c.is_whitespace() || c == '/' || c == '@') {
+        return Err(ApiError::invalid(format!("host {} is not a hostname", shown(host))));
     }
     let name = match host.rsplit_once(':') {
         Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,

@@ -8,8 +8,8 @@ use clawplane_proto::v1::{
 use tonic::{Request, Response, Status};
 
 use super::{
-    caller, check_text, decode_page_token, next_page_token, page_size, required_id, timestamp, visible_tenant,
-    ApiError, ApiResult,
+    caller, check_text, decode_page_token, next_page_token, optional_timestamp, page_size, required_id, timestamp,
+    visible_tenant, ApiError, ApiResult,
 };
 use crate::store::entities::{message, session};
 use crate::store::{SessionFilter, Store};
@@ -98,15 +98,6 @@ fn message_message(row: message::Model) -> Message {
     }
 }
 
-fn time(field: &str, value: Option<prost_types::Timestamp>) -> ApiResult<Option<DateTime<Utc>>> {
-    value
-        .map(|t| {
-            DateTime::from_timestamp(t.seconds, t.nanos.max(0) as u32)
-                .ok_or_else(|| ApiError::invalid(format!("{field} is out of range")))
-        })
-        .transpose()
-}
-
 /// Page cursor of ListSessions: `<last_activity ms>/<session id>`.
 fn session_cursor(token: &str) -> ApiResult<Option<(DateTime<Utc>, String)>> {
     let Some(key) = decode_page_token(token)? else { return Ok(None) };
@@ -124,24 +115,27 @@ impl SessionService for SessionApi {
     ) -> Result<Response<ListSessionsResponse>, Status> {
         let principal = caller(&request)?;
         let request = request.into_inner();
-        let tenant = visible_tenant(&self.store, &principal, &request.tenant_id).await?;
+        // Everything the request carries is checked before the first query.
+        required_id("tenant_id", &request.tenant_id)?;
         let limit = page_size(request.page_size, 50, 500)?;
         check_text("channel", &request.channel, 64)?;
         check_text("agent_id", &request.agent_id, 64)?;
-        let active_after = time("active_after", request.active_after)?;
-        let active_before = time("active_before", request.active_before)?;
+        let active_after = optional_timestamp("active_after", request.active_after.as_ref())?;
+        let active_before = optional_timestamp("active_before", request.active_before.as_ref())?;
         if let (Some(after), Some(before)) = (active_after, active_before) {
             if after > before {
                 return Err(ApiError::invalid("active_after is later than active_before").into());
             }
         }
+        let page_after = session_cursor(&request.page_token)?;
+        let tenant = visible_tenant(&self.store, &principal, &request.tenant_id).await?;
         let filter = SessionFilter {
             tenant_id: tenant.tenant.id,
             channel: (!request.channel.is_empty()).then_some(request.channel),
             agent_id: (!request.agent_id.is_empty()).then_some(request.agent_id),
             active_after,
             active_before,
-            page_after: session_cursor(&request.page_token)?,
+            page_after,
         };
         let mut rows = self.store.list_sessions(&filter, limit + 1).await.map_err(ApiError::from)?;
         let more = rows.len() as u64 > limit;
@@ -158,8 +152,9 @@ impl SessionService for SessionApi {
     async fn get_session(&self, request: Request<GetSessionRequest>) -> Result<Response<GetSessionResponse>, Status> {
         let principal = caller(&request)?;
         let request = request.into_inner();
-        let tenant = visible_tenant(&self.store, &principal, &request.tenant_id).await?;
+        required_id("tenant_id", &request.tenant_id)?;
         let session_id = required_id("session_id", &request.session_id)?;
+        let tenant = visible_tenant(&self.store, &principal, &request.tenant_id).await?;
         let row = self
             .store
             .session(&tenant.tenant.id, session_id)
@@ -175,7 +170,7 @@ impl SessionService for SessionApi {
     ) -> Result<Response<ListMessagesResponse>, Status> {
         let principal = caller(&request)?;
         let request = request.into_inner();
-        let tenant = visible_tenant(&self.store, &principal, &request.tenant_id).await?;
+        required_id("tenant_id", &request.tenant_id)?;
         let session_id = required_id("session_id", &request.session_id)?;
         let limit = page_size(request.page_size, 100, 1000)?;
         let after = match decode_page_token(&request.page_token)? {
@@ -184,6 +179,7 @@ impl SessionService for SessionApi {
             ),
             None => None,
         };
+        let tenant = visible_tenant(&self.store, &principal, &request.tenant_id).await?;
         if self.store.session(&tenant.tenant.id, session_id).await.map_err(ApiError::from)?.is_none() {
             return Err(ApiError::NotFound("session").into());
         }

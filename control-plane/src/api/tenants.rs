@@ -12,7 +12,7 @@ use futures::Stream;
 use tonic::{Request, Response, Status};
 
 use super::{
-    caller, check_text, decode_page_token, next_page_token, page_size, slug, timestamp, wait_within, ApiError,
+    caller, check_text, decode_page_token, next_page_token, page_size, shown, slug, timestamp, wait_within, ApiError,
     ApiResult,
 };
 use crate::auth::Principal;
@@ -23,6 +23,12 @@ use std::time::Duration;
 
 const MAX_DISPLAY_NAME: usize = 200;
 const MAX_PLAN_NAME: usize = 64;
+const MAX_TEAM_ID: usize = 256;
+const MAX_PLACEMENT_LABELS: usize = 16;
+const MAX_EXTRA_AGENTS: usize = 8;
+/// StreamTenantLogs: lines sent first when `tail_lines` is 0, and at most.
+const DEFAULT_TAIL_LINES: u32 = 100;
+const MAX_TAIL_LINES: i32 = 10_000;
 
 pub struct TenantApi {
     store: Store,
@@ -82,10 +88,6 @@ impl TenantApi {
         }
         check_text("plan", &req.plan, MAX_PLAN_NAME)?;
         check_text("display_name", &req.display_name, MAX_DISPLAY_NAME)?;
-        let plan =
-            self.store.plan_by_name(&req.plan).await?.ok_or_else(|| {
-                ApiError::invalid(format!("unknown plan {:?} (see UsageService.ListPlans)", req.plan))
-            })?;
         let (slug_candidates, slug_requested) = if req.slug.is_empty() {
             let (key, id) = match &owner {
                 Owner::User(id) => (format!("user:{id}"), id),
@@ -96,8 +98,8 @@ impl TenantApi {
             slug::validate(&req.slug).map_err(ApiError::InvalidArgument)?;
             (vec![req.slug.clone()], true)
         };
-        if req.placement_labels.len() > 16 {
-            return Err(ApiError::invalid("at most 16 placement_labels"));
+        if req.placement_labels.len() > MAX_PLACEMENT_LABELS {
+            return Err(ApiError::invalid(format!("placement_labels: at most {MAX_PLACEMENT_LABELS} labels")));
         }
         for (key, value) in &req.placement_labels {
             super::check_label(key, value)?;
@@ -107,21 +109,27 @@ impl TenantApi {
             if matches!(owner, Owner::User(_)) {
                 return Err(ApiError::invalid("agent_ids: only team tenants hold several agents"));
             }
-            if req.agent_ids.len() > 8 {
-                return Err(ApiError::invalid("agent_ids: at most 8 extra agents"));
+            if req.agent_ids.len() > MAX_EXTRA_AGENTS {
+                return Err(ApiError::invalid(format!("agent_ids: at most {MAX_EXTRA_AGENTS} extra agents")));
             }
             for agent in &req.agent_ids {
-                slug::validate(agent).map_err(|err| ApiError::invalid(format!("agent_ids: {agent:?}: {err}")))?;
+                slug::validate(agent)
+                    .map_err(|err| ApiError::invalid(format!("agent_ids: {}: {err}", shown(agent))))?;
                 if extra_agents.contains(agent) {
                     return Err(ApiError::invalid(format!("agent_ids: {agent:?} is listed twice")));
                 }
                 extra_agents.push(agent.clone());
             }
         }
+        // Looked up only once the request itself is known to be well-formed.
+        let plan =
+            self.store.plan_by_name(&req.plan).await?.ok_or_else(|| {
+                ApiError::invalid(format!("unknown plan {:?} (see UsageService.ListPlans)", req.plan))
+            })?;
         let display_name = if !req.display_name.is_empty() {
             req.display_name.clone()
         } else if let (Owner::User(_), Some(email)) = (&owner, &principal.email) {
-            email.clone()
+            email.chars().take(MAX_DISPLAY_NAME).collect()
         } else {
             match &owner {
                 Owner::User(id) | Owner::Team(id) => id.chars().take(MAX_DISPLAY_NAME).collect(),
@@ -164,7 +172,7 @@ fn owner_for(principal: &Principal, team_id: &str) -> ApiResult<Owner> {
     if team_id.is_empty() {
         return Ok(Owner::User(principal.user_id.clone()));
     }
-    check_text("team_id", team_id, 256)?;
+    check_text("team_id", team_id, MAX_TEAM_ID)?;
     if principal.is_member_of(team_id) {
         Ok(Owner::Team(team_id.to_string()))
     } else {
@@ -296,16 +304,16 @@ impl TenantService for TenantApi {
         request: Request<StreamTenantLogsRequest>,
     ) -> Result<Response<Self::StreamTenantLogsStream>, Status> {
         let principal = caller(&request)?;
+        let tail = match request.get_ref().tail_lines {
+            n if n < 0 => return Err(ApiError::invalid("tail_lines must not be negative").into()),
+            0 => DEFAULT_TAIL_LINES,
+            n => n.min(MAX_TAIL_LINES) as u32,
+        };
         let record = self.visible_tenant(&principal, &request.get_ref().tenant_id).await?;
         let Some(host_id) = record.tenant.host_id.clone() else {
             return Err(ApiError::FailedPrecondition(NOT_PLACED.into()).into());
         };
         let req = request.into_inner();
-        let tail = match req.tail_lines {
-            n if n < 0 => return Err(ApiError::invalid("tail_lines must not be negative").into()),
-            0 => 100,
-            n => n.min(10_000) as u32,
-        };
         let mut subscription = self.fleet.stream_logs(&host_id, &record.tenant.id, tail, req.follow).await?;
         let stream = async_stream_logs(move |tx| async move {
             while let Some(chunk) = subscription.lines.recv().await {

@@ -2,7 +2,7 @@
 //! sync maintains, and the plans. Periods are calendar periods in UTC.
 use std::collections::{BTreeMap, HashMap};
 
-use chrono::{Datelike, Months, NaiveDate, Utc};
+use chrono::{DateTime, Datelike, Days, Months, NaiveDate, Utc};
 use clawplane_proto::v1::usage_service_server::UsageService;
 use clawplane_proto::v1::{
     ChangePlanRequest, ChangePlanResponse, ChannelShare, DailyPoint, GetOverviewRequest, GetOverviewResponse,
@@ -12,7 +12,7 @@ use clawplane_proto::v1::{
 use tonic::{Request, Response, Status};
 
 use super::sessions::token_usage;
-use super::{caller, timestamp, visible_tenant, ApiError, ApiResult};
+use super::{caller, optional_timestamp, required_id, timestamp, visible_tenant, ApiError, ApiResult};
 use crate::store::entities::{plan, usage};
 use crate::store::{day_start, Store};
 
@@ -93,30 +93,52 @@ fn sum(points: &[UsagePoint]) -> UsagePoint {
     total
 }
 
-fn date(field: &str, value: Option<prost_types::Timestamp>) -> ApiResult<Option<chrono::DateTime<Utc>>> {
-    value
-        .map(|t| {
-            chrono::DateTime::from_timestamp(t.seconds, t.nanos.max(0) as u32)
-                .ok_or_else(|| ApiError::invalid(format!("{field} is out of range")))
-        })
-        .transpose()
+/// Most periods one GetUsage answers.
+const MAX_DAYS: i64 = 366;
+const MAX_MONTHS: i64 = 120;
+
+/// Months since year 0, for counting calendar months without iterating.
+fn month_index(date: NaiveDate) -> i64 {
+    i64::from(date.year()) * 12 + i64::from(date.month0())
+}
+
+/// The earliest date a request may reach: the protobuf Timestamp minimum.
+fn min_date() -> NaiveDate {
+    NaiveDate::from_ymd_opt(1, 1, 1).unwrap_or(NaiveDate::MIN)
 }
 
 /// The period starts in [from, to): every day, or every month's first day.
-fn periods(period: UsagePeriod, from: NaiveDate, to: chrono::DateTime<Utc>) -> Vec<NaiveDate> {
-    let mut out = Vec::new();
-    let mut start = match period {
+/// Counted arithmetically and refused above the limit before anything is
+/// built; `from` and `to` are already within the Timestamp range, so every
+/// step below is checked arithmetic that cannot run away.
+fn periods(period: UsagePeriod, from: NaiveDate, to: DateTime<Utc>) -> ApiResult<Vec<NaiveDate>> {
+    let first = match period {
         UsagePeriod::Month => from.with_day(1).unwrap_or(from),
         _ => from,
     };
-    while day_start(start) < to {
-        out.push(start);
-        start = match period {
-            UsagePeriod::Month => start + Months::new(1),
-            _ => start.succ_opt().unwrap_or(start),
-        };
+    if day_start(first) >= to {
+        return Err(ApiError::invalid("from must be before to"));
     }
-    out
+    // The last day that starts before `to`.
+    let to_date = to.date_naive();
+    let last = if day_start(to_date) < to { Some(to_date) } else { to_date.pred_opt() };
+    let last = last.filter(|last| *last >= first).ok_or_else(|| ApiError::invalid("from must be before to"))?;
+    let (count, limit, unit) = match period {
+        UsagePeriod::Month => (month_index(last) - month_index(first) + 1, MAX_MONTHS, "months"),
+        _ => ((last - first).num_days() + 1, MAX_DAYS, "days"),
+    };
+    if count > limit {
+        return Err(ApiError::invalid(format!(
+            "the range from {first} to {to} spans {count} {unit}; at most {limit} {unit} are allowed for this period"
+        )));
+    }
+    (0..count as u32)
+        .map(|i| match period {
+            UsagePeriod::Month => first.checked_add_months(Months::new(i)),
+            _ => first.checked_add_days(Days::new(u64::from(i))),
+        })
+        .collect::<Option<Vec<_>>>()
+        .ok_or_else(|| ApiError::invalid("the range is outside the supported dates"))
 }
 
 #[tonic::async_trait]
@@ -130,35 +152,29 @@ impl UsageService for UsageApi {
     async fn get_usage(&self, request: Request<GetUsageRequest>) -> Result<Response<GetUsageResponse>, Status> {
         let principal = caller(&request)?;
         let request = request.into_inner();
-        let tenant = visible_tenant(&self.store, &principal, &request.tenant_id).await?;
+        required_id("tenant_id", &request.tenant_id)?;
         let period = match UsagePeriod::try_from(request.period) {
             Ok(UsagePeriod::Day) => UsagePeriod::Day,
             Ok(UsagePeriod::Month) => UsagePeriod::Month,
             _ => return Err(ApiError::invalid("period must be USAGE_PERIOD_DAY or USAGE_PERIOD_MONTH").into()),
         };
-        let to = date("to", request.to)?.unwrap_or_else(Utc::now);
-        let from = match date("from", request.from)? {
+        let to = optional_timestamp("to", request.to.as_ref())?.unwrap_or_else(Utc::now);
+        let from = match optional_timestamp("from", request.from.as_ref())? {
             Some(from) => from.date_naive(),
+            // Checked: near the minimum date the default range is shortened.
             None => match period {
-                UsagePeriod::Month => (to.date_naive() - Months::new(11)).with_day(1).unwrap_or(to.date_naive()),
-                _ => to.date_naive() - chrono::Days::new(29),
-            },
+                UsagePeriod::Month => to.date_naive().checked_sub_months(Months::new(11)).and_then(|d| d.with_day(1)),
+                _ => to.date_naive().checked_sub_days(Days::new(29)),
+            }
+            .unwrap_or_else(min_date)
+            .max(min_date()),
         };
-        if day_start(from) >= to {
-            return Err(ApiError::invalid("from must be before to").into());
-        }
-        let starts = periods(period, from, to);
-        let (kind, limit) = match period {
-            UsagePeriod::Month => ("month", 120),
-            _ => ("day", 366),
+        let starts = periods(period, from, to)?;
+        let tenant = visible_tenant(&self.store, &principal, &request.tenant_id).await?;
+        let kind = match period {
+            UsagePeriod::Month => "month",
+            _ => "day",
         };
-        if starts.len() > limit {
-            return Err(ApiError::invalid(format!(
-                "the range spans {} periods; at most {limit} are allowed for this period",
-                starts.len()
-            ))
-            .into());
-        }
         let (Some(first), Some(last)) = (starts.first(), starts.last()) else {
             return Err(ApiError::invalid("from must be before to").into());
         };

@@ -52,9 +52,10 @@ impl Store {
             bump = bump.filter(tenant_config_state::Column::DesiredGeneration.eq(expected));
         }
         if bump.exec(&txn).await?.rows_affected == 0 {
-            return Err(StoreError::Conflict(
-                "the configuration changed since expected_generation; read it again".into(),
-            ));
+            return Err(StoreError::Stale(format!(
+                "expected_generation {} is not the current generation; the configuration changed, read it again",
+                expected_generation.unwrap_or_default()
+            )));
         }
         for row in rows {
             tenant_config::Entity::insert(tenant_config::ActiveModel::from(row))

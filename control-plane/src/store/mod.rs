@@ -25,8 +25,12 @@ pub use transcripts::{
 pub enum StoreError {
     #[error("{0} not found")]
     NotFound(&'static str),
+    /// A natural key is taken (e.g. a slug).
     #[error("{0}")]
     Conflict(String),
+    /// A compare-and-set found newer data than the caller expected.
+    #[error("{0}")]
+    Stale(String),
     #[error("database error: {0}")]
     Db(#[from] DbErr),
 }
