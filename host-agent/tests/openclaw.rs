@@ -24,6 +24,10 @@ use common::cp::Cred;
 use common::*;
 use tonic::transport::Channel;
 
+/// The fake model server listens on loopback, which model base URLs may
+/// reach only when the operator allows it.
+const MODELS_ON_LOOPBACK: &str = "[models]\nallowed_cidrs = [\"127.0.0.0/8\"]\n";
+
 fn openclaw_bin() -> Option<PathBuf> {
     match std::env::var("CLAWPLANE_OPENCLAW_BIN") {
         Ok(path) => Some(PathBuf::from(path)),
@@ -350,7 +354,7 @@ async fn tenants_run_isolated_on_real_openclaw() {
     let db = sqlite_db();
     // Tenant users must be able to reach their own tree under this folder.
     std::fs::set_permissions(db.data_dir(), std::fs::Permissions::from_mode(0o711)).unwrap();
-    let mut cp = ControlPlane::start(&db, "");
+    let mut cp = ControlPlane::start(&db, MODELS_ON_LOOPBACK);
     let (token, pin) = cp.join_token(600, 1).await;
     let mut agent = Agent::new(&db.data_dir(), "agent");
     assert!(agent.join(&cp.url(), &token, &pin).status.success());
@@ -679,7 +683,7 @@ async fn tenants_run_isolated_on_real_openclaw() {
 async fn tenants_run_as_openclaw_fleet_cells() {
     let Some(openclaw) = openclaw_bin() else { return };
     let db = sqlite_db();
-    let mut cp = ControlPlane::start(&db, "");
+    let mut cp = ControlPlane::start(&db, MODELS_ON_LOOPBACK);
     let (token, pin) = cp.join_token(600, 1).await;
     let mut agent = Agent::new(&db.data_dir(), "fleet-agent");
     assert!(agent.join(&cp.url(), &token, &pin).status.success());
