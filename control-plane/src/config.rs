@@ -12,6 +12,8 @@ use anyhow::{bail, Context};
 use clap::Args;
 use serde::Deserialize;
 
+use crate::rate::Rate;
+
 /// `clawplane serve` flags. Every flag is also `CLAWPLANE_<FLAG>` and a key
 /// of the TOML file.
 #[derive(Args, Debug, Default, Clone)]
@@ -45,6 +47,11 @@ pub struct ServeArgs {
     /// loopback, private or reserved (comma-separated), e.g. 10.0.0.0/8.
     #[arg(long, env = "CLAWPLANE_MODELS_ALLOWED_CIDRS", value_delimiter = ',')]
     pub models_allowed_cidrs: Vec<String>,
+    /// Origins whose web pages may call the API with grpc-web
+    /// (comma-separated, e.g. https://app.example.com; `*` for any). With
+    /// none, cross-origin calls are refused.
+    #[arg(long, env = "CLAWPLANE_CORS_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub cors_allowed_origins: Vec<String>,
     #[command(flatten)]
     pub auth: AuthArgs,
 }
@@ -166,6 +173,10 @@ struct LimitsFileConfig {
     max_request_timeout: Option<String>,
     database_max_connections: Option<u32>,
     tenant_cache_ttl: Option<String>,
+    rate_per_caller: Option<u32>,
+    burst_per_caller: Option<u32>,
+    rate_per_address: Option<u32>,
+    burst_per_address: Option<u32>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -203,7 +214,7 @@ pub struct AuthConfig {
     pub jwt: Option<JwtConfig>,
 }
 
-/// Allowed grpc-web origins: `*` or an explicit list.
+/// Allowed grpc-web origins: `*` or an explicit list (empty: none).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CorsOrigins {
     Any,
@@ -232,6 +243,10 @@ pub struct Config {
     pub database_max_connections: u32,
     /// How long GetMyTenant may answer from memory (0 = always the database).
     pub tenant_cache_ttl: Duration,
+    /// Requests per signed-in caller (0 rate: no limit).
+    pub rate_per_caller: Rate,
+    /// Requests per client address without a valid identity.
+    pub rate_per_address: Rate,
     /// URL of the agent listener as hosts reach it.
     pub agent_public_url: String,
     /// Names the agent listener's certificate is valid for.
@@ -293,8 +308,9 @@ impl Config {
             }
         }
 
-        let cors_origins = match file.cors.allowed_origins {
-            None => CorsOrigins::Any,
+        let cors_flags = Some(args.cors_allowed_origins).filter(|list| !list.is_empty());
+        let cors_origins = match cors_flags.or(file.cors.allowed_origins) {
+            None => CorsOrigins::List(Vec::new()),
             Some(list) if list.iter().any(|o| o == "*") => CorsOrigins::Any,
             Some(list) => {
                 for origin in &list {
@@ -334,6 +350,15 @@ impl Config {
             bail!("limits.database_max_connections: must be greater than zero");
         }
 
+        let rate_per_caller =
+            Rate::new(file.limits.rate_per_caller.unwrap_or(50), file.limits.burst_per_caller.unwrap_or(200));
+        let rate_per_address =
+            Rate::new(file.limits.rate_per_address.unwrap_or(20), file.limits.burst_per_address.unwrap_or(100));
+        for (name, rate) in [("caller", rate_per_caller), ("address", rate_per_address)] {
+            if rate.per_second > 0 && rate.burst < rate.per_second {
+                bail!("limits.burst_per_{name}: must not be smaller than limits.rate_per_{name}");
+            }
+        }
         let tenant_cache_ttl = duration("limits.tenant_cache_ttl", file.limits.tenant_cache_ttl, "1s")?;
         let host_heartbeat_interval = duration("hosts.heartbeat_interval", file.hosts.heartbeat_interval, "5s")?;
         let host_lease = duration("hosts.lease", file.hosts.lease, "20s")?;
@@ -373,6 +398,8 @@ impl Config {
         };
 
         Ok(Config {
+            rate_per_caller,
+            rate_per_address,
             models_allowed_cidrs,
             tenant_cache_ttl,
             agent_public_url,
@@ -523,6 +550,22 @@ mod tests {
         assert!(config.is_sqlite());
         assert_eq!(config.api_listen.to_string(), "127.0.0.1:7700");
         assert!(config.auth.jwt.is_none());
+        assert_eq!(config.cors_origins, CorsOrigins::List(vec![]), "no cross-origin calls unless configured");
+    }
+
+    #[test]
+    fn cors_origins_come_from_the_flag_or_the_file() {
+        let file = "[cors]\nallowed_origins = [\"https://file.example\"]";
+        assert_eq!(
+            load(ServeArgs::default(), file).unwrap().cors_origins,
+            CorsOrigins::List(vec!["https://file.example".into()])
+        );
+        let args = ServeArgs { cors_allowed_origins: vec!["https://flag.example".into()], ..Default::default() };
+        assert_eq!(load(args, file).unwrap().cors_origins, CorsOrigins::List(vec!["https://flag.example".into()]));
+        let any = ServeArgs { cors_allowed_origins: vec!["*".into()], ..Default::default() };
+        assert_eq!(load(any, "").unwrap().cors_origins, CorsOrigins::Any);
+        let bad = ServeArgs { cors_allowed_origins: vec!["app.example".into()], ..Default::default() };
+        assert!(format!("{:#}", load(bad, "").unwrap_err()).contains("cors.allowed_origins"));
     }
 
     #[test]
@@ -545,6 +588,7 @@ mod tests {
             ("[jwt]\nhs256_secret = \"0123456789abcdef0123456789abcdef\"\nalgorithms = [\"none\"]", "jwt.algorithms"),
             ("[tenants]\npurge_after = \"soon\"", "tenants.purge_after"),
             ("[cors]\nallowed_origins = [\"ftp://x\"]", "cors.allowed_origins"),
+            ("[limits]\nrate_per_caller = 10\nburst_per_caller = 5", "limits.burst_per_caller"),
             ("[limits]\nmax_connections = 0", "limits.max_connections"),
             ("[limits]\nrequest_timeout = \"0s\"", "limits.request_timeout"),
             ("[limits]\nmax_request_timeout = \"10s\"", "limits.max_request_timeout"),

@@ -4,7 +4,7 @@
 //! Layout: `config` parses and validates settings once; `auth` turns request
 //! metadata into a principal; `api` holds the gRPC services and their one
 //! error type; `store` owns every query;
-//! `pki` is the CA; `fleet` enrolls hosts and runs their command streams; `ingest`
+//! `rate` limits request rates per key (API and bridge); `pki` is the CA; `fleet` enrolls hosts and runs their command streams; `ingest`
 //! stores what agents sync; `server` wires them to a listener.
 pub mod api;
 pub mod auth;
@@ -16,6 +16,7 @@ pub mod model_url;
 pub mod net;
 pub mod openclaw_config;
 pub mod pki;
+pub mod rate;
 pub mod secrets;
 pub mod server;
 pub mod store;

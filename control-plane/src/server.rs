@@ -19,9 +19,10 @@ use futures::Stream;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 use tonic::transport::server::{Connected, TcpConnectInfo};
+use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
-use crate::api::{ConfigApi, DeadlineLayer, HostApi, RouteApi, SessionApi, TenantApi, UsageApi};
+use crate::api::{ConfigApi, DeadlineLayer, HostApi, RateLimitLayer, RouteApi, SessionApi, TenantApi, UsageApi};
 use crate::auth::{AuthLayer, Authenticator};
 use crate::config::{Config, CorsOrigins};
 use crate::fleet::{serve_agents, Fleet, FleetConfig};
@@ -143,7 +144,9 @@ impl Server {
             .layer(cors_layer(&config.cors_origins))
             .layer(tonic_web::GrpcWebLayer::new())
             .layer(AuthLayer::new(authenticator))
+            .layer(RateLimitLayer::new(config.rate_per_caller, config.rate_per_address))
             .layer(DeadlineLayer::new(config.request_timeout, config.max_request_timeout))
+            .layer(CatchPanicLayer::custom(panic_status))
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
@@ -227,6 +230,19 @@ fn cors_layer(origins: &CorsOrigins) -> CorsLayer {
         ])
         .expose_headers([header("grpc-status"), header("grpc-message"), header("grpc-status-details-bin")])
         .max_age(Duration::from_secs(600))
+}
+
+/// A handler that panicked fails its own call, INTERNAL with a reference
+/// to the log line; the connection and every other call on it go on.
+fn panic_status(panic: Box<dyn std::any::Any + Send + 'static>) -> http::Response<tonic::body::Body> {
+    let message = panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("(no message)");
+    let reference = uuid::Uuid::new_v4();
+    tracing::error!(%reference, panic = message, "a request handler panicked");
+    tonic::Status::internal(format!("internal error (reference {reference})")).into_http()
 }
 
 /// Reports NOT_SERVING through grpc.health.v1 while the database is down.

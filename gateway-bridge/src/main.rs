@@ -21,12 +21,14 @@ mod upstream;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Parser;
 use clawplane::config::{AuthArgs, Config, ServeArgs};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use clawplane::rate::{KeyedRate, Rate};
+use clawplane_tls::edge::{self, Activity, AddressCaps};
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
@@ -67,6 +69,26 @@ struct Cli {
     response_timeout: Duration,
     #[arg(long, env = "CLAWPLANE_MAX_CONNECTIONS", default_value_t = 10_000)]
     max_connections: usize,
+    /// Open connections one client address may hold (trusted fronts are
+    /// exempt: they carry many clients).
+    #[arg(long, env = "CLAWPLANE_MAX_CONNECTIONS_PER_ADDRESS", default_value_t = 256)]
+    max_connections_per_address: usize,
+    /// Requests per second one client address may send (0: no limit)...
+    #[arg(long, env = "CLAWPLANE_RATE_PER_ADDRESS", default_value_t = 100)]
+    rate_per_address: u32,
+    /// ...and how many it may send at once above that rate.
+    #[arg(long, env = "CLAWPLANE_BURST_PER_ADDRESS", default_value_t = 400)]
+    burst_per_address: u32,
+    /// Requests per second to one tenant, from all its users (0: no limit)...
+    #[arg(long, env = "CLAWPLANE_RATE_PER_TENANT", default_value_t = 200)]
+    rate_per_tenant: u32,
+    /// ...and how many at once above that rate.
+    #[arg(long, env = "CLAWPLANE_BURST_PER_TENANT", default_value_t = 800)]
+    burst_per_tenant: u32,
+    /// Users reach the bridge over https through a TLS front that does not
+    /// send X-Forwarded-Proto: session cookies are then marked Secure.
+    #[arg(long, env = "CLAWPLANE_PUBLIC_HTTPS")]
+    public_https: bool,
     /// Address of a load balancer in front whose X-Forwarded-For and
     /// X-Forwarded-Proto are believed (repeatable); from anyone else those
     /// headers are replaced.
@@ -144,6 +166,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let pooled = upstream::AgentConnector::new(upstream::client_config(&ca, &cert, &key, &[b"h2"])?, table.clone());
     let upgrades =
         upstream::AgentConnector::new(upstream::client_config(&ca, &cert, &key, &[b"http/1.1"])?, table.clone());
+    let sessions = clawplane::secrets::SecretBox::load_or_create(&cli.identity_dir.join("session.key"))
+        .context("session cookie key")?;
+    let limits = clawplane_tls::edge::ConnectionLimits::bridge();
     let bridge = Arc::new(server::Bridge {
         table,
         base_domain: config.base_domain.clone(),
@@ -154,6 +179,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         response_timeout: cli.response_timeout,
         metrics: Default::default(),
         trusted_fronts: cli.trusted_fronts.clone(),
+        public_https: cli.public_https,
+        sessions,
+        limits,
+        address_rate: KeyedRate::new(Rate::new(cli.rate_per_address, cli.burst_per_address)),
+        tenant_rate: KeyedRate::new(Rate::new(cli.rate_per_tenant, cli.burst_per_tenant)),
     });
     let admin =
         TcpListener::bind(&cli.admin_listen).await.with_context(|| format!("admin_listen {}", cli.admin_listen))?;
@@ -166,6 +196,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let listener = TcpListener::bind(&cli.listen).await.with_context(|| format!("listen {}", cli.listen))?;
     tracing::info!(listen = %listener.local_addr()?, base_domain = %config.base_domain, tls = tls.is_some(), "bridge serving");
     let permits = Arc::new(Semaphore::new(cli.max_connections));
+    let per_address = AddressCaps::new(cli.max_connections_per_address);
     loop {
         let permit = permits.clone().acquire_owned().await?;
         let (tcp, peer) = match listener.accept().await {
@@ -176,12 +207,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 continue;
             }
         };
+        let address_permit = match bridge.trusted_fronts.contains(&peer.ip()) {
+            true => None,
+            false => match per_address.try_acquire(peer.ip()) {
+                Some(permit) => Some(permit),
+                None => {
+                    tracing::debug!(%peer, "refused: the address holds its share of connections");
+                    bridge.metrics.refused_connection();
+                    continue;
+                }
+            },
+        };
         let (bridge, tls) = (bridge.clone(), tls.clone());
         tokio::spawn(async move {
-            let _permit = permit;
+            let _permits = (permit, address_permit);
             let _ = tcp.set_nodelay(true);
             match tls {
-                Some(acceptor) => match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                Some(acceptor) => match tokio::time::timeout(limits.header_read_timeout, acceptor.accept(tcp)).await {
                     Ok(Ok(stream)) => serve_connection(TokioIo::new(stream), bridge, peer, true).await,
                     _ => tracing::debug!(%peer, "TLS handshake failed"),
                 },
@@ -195,12 +237,30 @@ async fn serve_connection<I>(io: I, bridge: Arc<server::Bridge>, peer: SocketAdd
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
+    let activity = Arc::new(Activity::default());
+    let limits = bridge.limits;
+    let requests = activity.clone();
     let service = hyper::service::service_fn(move |request| {
-        let bridge = bridge.clone();
-        async move { Ok::<_, std::convert::Infallible>(bridge.handle(request, peer, tls).await) }
+        let (bridge, in_flight) = (bridge.clone(), requests.begin());
+        async move { Ok::<_, std::convert::Infallible>(bridge.handle(request, peer, tls, in_flight).await) }
     });
-    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    if let Err(err) = builder.serve_connection_with_upgrades(io, service).await {
+    let builder = limits.builder();
+    let mut connection = std::pin::pin!(builder.serve_connection_with_upgrades(io, service));
+    let opened = Instant::now();
+    let ended = tokio::select! {
+        ended = connection.as_mut() => ended,
+        _ = edge::idle(&activity, limits.idle_timeout, opened) => {
+            connection.as_mut().graceful_shutdown();
+            tokio::select! {
+                ended = connection.as_mut() => ended,
+                _ = edge::idle(&activity, edge::SHUTDOWN_GRACE, Instant::now()) => {
+                    tracing::debug!(%peer, "idle connection dropped");
+                    return;
+                }
+            }
+        }
+    };
+    if let Err(err) = ended {
         tracing::debug!(%peer, error = %err, "connection ended");
     }
 }
@@ -214,7 +274,7 @@ async fn serve_admin(listener: TcpListener, bridge: Arc<server::Bridge>) {
                 let bridge = bridge.clone();
                 async move { Ok::<_, std::convert::Infallible>(bridge.admin(request).await) }
             });
-            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            let builder = clawplane_tls::edge::ConnectionLimits::bridge().builder();
             if let Err(err) = builder.serve_connection(TokioIo::new(tcp), service).await {
                 tracing::debug!(%peer, error = %err, "admin connection ended");
             }

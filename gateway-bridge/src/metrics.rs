@@ -45,6 +45,8 @@ pub struct Metrics {
     tenants: RwLock<HashMap<String, Arc<TenantCounters>>>,
     /// Requests answered without a tenant (404, 401, ...), by status.
     refused: Mutex<BTreeMap<u16, u64>>,
+    /// Connections closed at accept: the address held its share.
+    refused_connections: AtomicU64,
 }
 
 impl Metrics {
@@ -58,6 +60,10 @@ impl Metrics {
 
     pub fn refused(&self, status: u16) {
         *self.refused.lock().unwrap().entry(status).or_default() += 1;
+    }
+
+    pub fn refused_connection(&self) {
+        self.refused_connections.fetch_add(1, Relaxed);
     }
 
     /// Prometheus text exposition format.
@@ -102,6 +108,11 @@ impl Metrics {
         for (status, count) in self.refused.lock().unwrap().iter() {
             let _ = writeln!(out, "clawplane_bridge_refused_total{{status=\"{status}\"}} {count}");
         }
+        let _ = writeln!(
+            out,
+            "# HELP clawplane_bridge_refused_connections_total Connections closed at accept (per-address cap).\n# TYPE clawplane_bridge_refused_connections_total counter\nclawplane_bridge_refused_connections_total {}",
+            self.refused_connections.load(Relaxed)
+        );
         out
     }
 }

@@ -1,14 +1,21 @@
-//! The bridge's HTTP front: Host header -> route -> edge authentication ->
-//! the tenant's host agent. Answers without forwarding: unknown host 404,
-//! suspended tenant 403, tenant or host unavailable 503 (with Retry-After),
-//! and none of these name any tenant.
-use std::net::SocketAddr;
+//! The bridge's HTTP front: limits -> edge authentication -> Host header
+//! -> route -> the tenant's host agent. Answers without forwarding: too many
+//! requests 429, oversized headers 431, no or bad credentials 401 on every
+//! host name, an unknown tenant and someone else's tenant the same 404,
+//! the owner's suspended tenant 403 and unavailable tenant 503 (with
+//! Retry-After); none of these name any tenant.
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
 use bytes::Bytes;
 use clawplane::auth::{JwtVerifier, Principal};
+use clawplane::rate::{retry_after_secs, KeyedRate};
+use clawplane::secrets::SecretBox;
 use clawplane_proto::v1::{Route, RouteStatus};
+use clawplane_tls::edge::{ConnectionLimits, InFlight};
 use clawplane_tls::forward::{TENANT_HEADER, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO};
 use http::header::HeaderName;
 use http::{header, HeaderMap, HeaderValue, Request, Response, StatusCode};
@@ -23,8 +30,9 @@ use crate::upstream::{authority, AgentConnector, AgentPool};
 
 pub type Body = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
 
-/// Cookie that may carry the SSO token (browsers cannot set headers on
-/// navigations or WebSocket handshakes).
+/// Cookie that carries the browser's session (browsers cannot set headers
+/// on navigations or WebSocket handshakes). Its value is the SSO token
+/// sealed for one host: it opens nowhere else, and the API does not take it.
 pub const SESSION_COOKIE: &str = "clawplane_session";
 /// Where a browser trades an SSO token for the session cookie.
 pub const SESSION_PATH: &str = "/_clawplane/session";
@@ -51,7 +59,22 @@ pub struct Bridge {
     pub metrics: Arc<Metrics>,
     /// Front proxies (load balancers) whose X-Forwarded-For is believed;
     /// from anyone else it is replaced by the peer address.
-    pub trusted_fronts: Vec<std::net::IpAddr>,
+    pub trusted_fronts: Vec<IpAddr>,
+    /// Users reach the bridge over https even when neither its own TLS nor
+    /// a trusted front's X-Forwarded-Proto says so.
+    pub public_https: bool,
+    /// Seals session cookies (`session.key` in the identity folder; bridges
+    /// behind one name share it).
+    pub sessions: SecretBox,
+    pub limits: ConnectionLimits,
+    pub address_rate: Arc<KeyedRate<IpAddr>>,
+    pub tenant_rate: Arc<KeyedRate<String>>,
+}
+
+/// Where a request comes from, as the nearest trusted hop saw it.
+struct Client {
+    ip: IpAddr,
+    https: bool,
 }
 
 fn text(status: StatusCode, message: &str) -> Response<Body> {
@@ -63,20 +86,25 @@ fn text(status: StatusCode, message: &str) -> Response<Body> {
     response
 }
 
-/// The SSO token from `Authorization: Bearer` or the session cookie.
-fn token(headers: &HeaderMap) -> Option<String> {
-    if let Some(value) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
-        let (scheme, token) = value.split_once(' ')?;
-        return scheme.eq_ignore_ascii_case("bearer").then(|| token.trim().to_string());
-    }
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, _)| *name == SESSION_COOKIE)
-        .map(|(_, value)| value.to_string())
+/// The host name of a Host header: lower case, without a port.
+fn host_name(host: &str) -> String {
+    let name = match host.rsplit_once(':') {
+        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+        _ => host,
+    };
+    name.to_ascii_lowercase()
+}
+
+fn too_many(wait: Duration) -> Response<Body> {
+    let mut response = text(StatusCode::TOO_MANY_REQUESTS, "too many requests; slow down");
+    response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs(wait)));
+    response
+}
+
+fn unauthorized(message: &str) -> Response<Body> {
+    let mut response = text(StatusCode::UNAUTHORIZED, message);
+    response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    response
 }
 
 /// The Cookie header without our session cookie (the gateway never sees
@@ -99,48 +127,114 @@ fn strip_session_cookie(headers: &mut HeaderMap) {
     }
 }
 
+/// What a session cookie is sealed for: one host name.
+fn session_context(host: &str) -> String {
+    format!("bridge-session:{}", host_name(host))
+}
+
 fn owns(principal: &Principal, route: &Route) -> bool {
     (principal.is_user && !route.owner_user_id.is_empty() && principal.user_id == route.owner_user_id)
         || (!route.owner_team_id.is_empty() && principal.is_member_of(&route.owner_team_id))
 }
 
 impl Bridge {
-    /// The route a request may use, or the answer that refuses it: unknown
-    /// host 404, suspended 403, unavailable 503, no or bad SSO token 401,
-    /// someone else's tenant 403.
-    pub fn authorize(&self, headers: &HeaderMap, host: &str) -> Result<Arc<Route>, Response<Body>> {
-        let slug = clawplane::api::slug_of(host, &self.base_domain).ok().flatten();
-        let route = slug.and_then(|slug| self.table.get(&format!("{slug}.{}", self.base_domain)));
-        let Some(route) = route else { return Err(text(StatusCode::NOT_FOUND, "no such tenant")) };
-        match RouteStatus::try_from(route.status) {
-            Ok(RouteStatus::Active) => {}
-            Ok(RouteStatus::Suspended) => return Err(text(StatusCode::FORBIDDEN, "this tenant is suspended")),
-            _ => {
-                let mut response = text(StatusCode::SERVICE_UNAVAILABLE, "this tenant is not available right now");
-                response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
-                return Err(response);
-            }
+    /// The SSO token of a request: `Authorization: Bearer`, or the session
+    /// cookie sealed for this host. None without either.
+    fn credential(&self, headers: &HeaderMap, host: &str) -> Option<Result<String, &'static str>> {
+        if let Some(value) = headers.get(header::AUTHORIZATION) {
+            let token = value
+                .to_str()
+                .ok()
+                .and_then(|v| v.split_once(' '))
+                .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+                .map(|(_, token)| token.trim().to_string());
+            return Some(token.ok_or("the Authorization header is not a bearer token"));
         }
+        let cookie = headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .filter_map(|pair| pair.trim().split_once('='))
+            .find(|(name, _)| *name == SESSION_COOKIE)?
+            .1;
+        let opened = URL_SAFE_NO_PAD
+            .decode(cookie)
+            .ok()
+            .and_then(|sealed| self.sessions.open(&session_context(host), &sealed).ok())
+            .and_then(|token| String::from_utf8(token).ok());
+        Some(opened.ok_or("the session cookie is not valid here; sign in again"))
+    }
+
+    /// The route a request may use, or the answer that refuses it. The
+    /// caller is authenticated before anything is looked up: no or bad
+    /// credentials 401 on every host; an unknown tenant and another
+    /// owner's the same 404; the owner's suspended tenant 403, unavailable
+    /// 503.
+    pub fn authorize(&self, headers: &HeaderMap, host: &str) -> Result<Arc<Route>, Response<Body>> {
         let Some(jwt) = &self.jwt else {
             return Err(text(StatusCode::SERVICE_UNAVAILABLE, "the bridge has no SSO configuration"));
         };
-        let unauthorized = |message: &str| {
-            let mut response = text(StatusCode::UNAUTHORIZED, message);
-            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            response
-        };
-        let principal = match token(headers) {
+        let principal = match self.credential(headers, host) {
             None => return Err(unauthorized("sign in required")),
-            Some(token) => jwt.verify(&token).map_err(|err| unauthorized(&format!("invalid credentials: {err}")))?,
+            Some(Err(problem)) => return Err(unauthorized(problem)),
+            Some(Ok(token)) => {
+                jwt.verify(&token).map_err(|err| unauthorized(&format!("invalid credentials: {err}")))?
+            }
         };
-        if !owns(&principal, &route) {
-            return Err(text(StatusCode::FORBIDDEN, "this tenant is not yours"));
+        let slug = clawplane::api::slug_of(host, &self.base_domain).ok().flatten();
+        let route = slug
+            .and_then(|slug| self.table.get(&format!("{slug}.{}", self.base_domain)))
+            .filter(|route| owns(&principal, route));
+        let Some(route) = route else { return Err(text(StatusCode::NOT_FOUND, "no such tenant")) };
+        match RouteStatus::try_from(route.status) {
+            Ok(RouteStatus::Active) => Ok(route),
+            Ok(RouteStatus::Suspended) => Err(text(StatusCode::FORBIDDEN, "this tenant is suspended")),
+            _ => {
+                let mut response = text(StatusCode::SERVICE_UNAVAILABLE, "this tenant is not available right now");
+                response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+                Err(response)
+            }
         }
-        Ok(route)
     }
 
-    pub async fn handle(&self, request: Request<Incoming>, peer: SocketAddr, tls: bool) -> Response<Body> {
+    fn client(&self, headers: &HeaderMap, peer: SocketAddr, tls: bool) -> Client {
+        let front = self.trusted_fronts.contains(&peer.ip());
+        let forwarded_ip = headers
+            .get(&X_FORWARDED_FOR)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.rsplit(',').next())
+            .and_then(|ip| ip.trim().parse::<IpAddr>().ok());
+        let forwarded_proto = headers.get(&X_FORWARDED_PROTO).and_then(|v| v.to_str().ok());
+        Client {
+            ip: forwarded_ip.filter(|_| front).unwrap_or(peer.ip()),
+            https: tls || self.public_https || (front && forwarded_proto == Some("https")),
+        }
+    }
+
+    /// Answers one request. `in_flight` stays with the response body, so a
+    /// connection streaming an answer is not idle.
+    pub async fn handle(
+        &self,
+        request: Request<Incoming>,
+        peer: SocketAddr,
+        tls: bool,
+        in_flight: InFlight,
+    ) -> Response<Body> {
         let started = Instant::now();
+        let client = self.client(request.headers(), peer, tls);
+        if let Err(wait) = self.address_rate.check(&client.ip) {
+            self.metrics.refused(StatusCode::TOO_MANY_REQUESTS.as_u16());
+            return too_many(wait);
+        }
+        let path = request.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        if let Err(problem) = clawplane_tls::edge::check_head(&self.limits, request.headers(), path) {
+            self.metrics.refused(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE.as_u16());
+            return text(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                &format!("request header fields too large: {problem}"),
+            );
+        }
         let host = request
             .headers()
             .get(header::HOST)
@@ -149,18 +243,22 @@ impl Bridge {
             .or_else(|| request.uri().authority().map(|a| a.to_string()))
             .unwrap_or_default();
         if request.uri().path() == SESSION_PATH {
-            return self.start_session(request.uri().query().unwrap_or_default(), &host, tls);
+            return self.start_session(request.uri().query().unwrap_or_default(), &host, client.https);
         }
         let route = match self.authorize(request.headers(), &host) {
             Ok(route) => route,
-            Err(_) if request.uri().path() == "/api/health" => {
-                return text(StatusCode::OK, &format!("ok: {} routes", self.table.len()));
-            }
+            // Load balancers' checks carry no credentials; the answer says
+            // nothing about tenants.
+            Err(_) if request.uri().path() == "/api/health" => return text(StatusCode::OK, "ok"),
             Err(response) => {
                 self.metrics.refused(response.status().as_u16());
                 return response;
             }
         };
+        if let Err(wait) = self.tenant_rate.check(&route.tenant_id) {
+            self.metrics.refused(StatusCode::TOO_MANY_REQUESTS.as_u16());
+            return too_many(wait);
+        }
         let counters = self.metrics.tenant(&route.tenant_id);
         if let Some(length) = request.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()) {
             match length.parse::<u64>() {
@@ -168,7 +266,7 @@ impl Bridge {
                 _ => return text(StatusCode::PAYLOAD_TOO_LARGE, "request body too large"),
             }
         }
-        let response = self.forward(request, &route, &host, peer, tls).await;
+        let response = self.forward(request, &route, &host, &client).await;
         let status = response.status();
         if status == StatusCode::SWITCHING_PROTOCOLS {
             counters.upgraded();
@@ -176,9 +274,11 @@ impl Bridge {
         let failed = status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::GATEWAY_TIMEOUT;
         counters.request(started.elapsed(), failed);
         tracing::debug!(tenant = %route.tenant_id, status = status.as_u16(), elapsed_ms = started.elapsed().as_millis() as u64, "bridged");
-        // Count response bytes as they stream.
+        // Count response bytes as they stream; the request is in flight
+        // until its body is done.
         response.map(move |body| {
             body.map_frame(move |frame| {
+                let _in_flight = &in_flight;
                 if let Some(data) = frame.data_ref() {
                     counters.bytes(0, data.len() as u64);
                 }
@@ -190,9 +290,10 @@ impl Bridge {
 
     /// The browser hand-off: the web product links the user to
     /// `https://<slug>.<domain>/_clawplane/session?token=<SSO JWT>&next=/`;
-    /// an owner's valid token becomes an HttpOnly session cookie for this
-    /// host, then the browser goes on to `next` (a local path only).
-    fn start_session(&self, query: &str, host: &str, tls: bool) -> Response<Body> {
+    /// an owner's valid token becomes a session cookie for this host only
+    /// (HttpOnly, SameSite=Lax, Secure whenever users come over https),
+    /// then the browser goes on to `next` (a local path only).
+    fn start_session(&self, query: &str, host: &str, https: bool) -> Response<Body> {
         let param = |name: &str| {
             query.split('&').filter_map(|pair| pair.split_once('=')).find(|(k, _)| *k == name).map(|(_, v)| v)
         };
@@ -214,12 +315,14 @@ impl Bridge {
         if let Err(refused) = self.authorize(&headers, host) {
             return refused;
         }
-        let secure = if tls { "; Secure" } else { "" };
+        let Ok(sealed) = self.sessions.seal(&session_context(host), token.as_bytes()) else {
+            return text(StatusCode::INTERNAL_SERVER_ERROR, "cannot start a session");
+        };
+        let secure = if https { "; Secure" } else { "" };
+        let cookie =
+            format!("{SESSION_COOKIE}={}; Path=/; HttpOnly; SameSite=Lax{secure}", URL_SAFE_NO_PAD.encode(sealed));
         let mut response = text(StatusCode::SEE_OTHER, "signed in");
-        if let (Ok(location), Ok(cookie)) = (
-            HeaderValue::from_str(&next),
-            HeaderValue::from_str(&format!("{SESSION_COOKIE}={token}; Path=/; HttpOnly; SameSite=Lax{secure}")),
-        ) {
+        if let (Ok(location), Ok(cookie)) = (HeaderValue::from_str(&next), HeaderValue::from_str(&cookie)) {
             response.headers_mut().insert(header::LOCATION, location);
             response.headers_mut().insert(header::SET_COOKIE, cookie);
         }
@@ -285,8 +388,7 @@ impl Bridge {
         mut request: Request<Incoming>,
         route: &Route,
         host: &str,
-        peer: SocketAddr,
-        tls: bool,
+        client: &Client,
     ) -> Response<Body> {
         let upgrade = clawplane_tls::forward::is_upgrade(request.headers());
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
@@ -297,21 +399,6 @@ impl Bridge {
         let (mut parts, body) = request.into_parts();
         parts.uri = uri;
         let headers = &mut parts.headers;
-        // The client as the nearest trusted hop saw it.
-        let front = self.trusted_fronts.contains(&peer.ip());
-        let client_ip = headers
-            .get(&X_FORWARDED_FOR)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.rsplit(',').next())
-            .and_then(|ip| ip.trim().parse::<std::net::IpAddr>().ok())
-            .filter(|_| front)
-            .unwrap_or(peer.ip());
-        let proto = headers
-            .get(&X_FORWARDED_PROTO)
-            .and_then(|v| v.to_str().ok())
-            .filter(|p| front && (*p == "https" || *p == "http"))
-            .map(String::from)
-            .unwrap_or_else(|| if tls { "https".into() } else { "http".into() });
         clawplane_tls::forward::remove_all(headers, &CLIENT_IDENTITY_HEADERS);
         if !upgrade {
             clawplane_tls::forward::strip_hop_by_hop(headers);
@@ -325,8 +412,8 @@ impl Bridge {
             }
         };
         set(headers, TENANT_HEADER, &route.tenant_id);
-        set(headers, X_FORWARDED_FOR, &client_ip.to_string());
-        set(headers, X_FORWARDED_PROTO, &proto);
+        set(headers, X_FORWARDED_FOR, &client.ip.to_string());
+        set(headers, X_FORWARDED_PROTO, if client.https { "https" } else { "http" });
         set(headers, X_FORWARDED_HOST, host);
         if let Some(client_upgrade) = client_upgrade {
             parts.version = http::Version::HTTP_11;
@@ -336,7 +423,7 @@ impl Bridge {
             return Box::pin(self.relay_upgrade(upstream, client_upgrade, &route.host_id)).await;
         }
         parts.version = http::Version::HTTP_2;
-        let upstream = Request::from_parts(parts, Limited::new(body, self.max_body_bytes));
+        let upstream = Request::from_parts(parts, Limited::new(body, self.max_body_bytes).boxed());
         match tokio::time::timeout(self.response_timeout, self.agents.request(&route.host_id, upstream)).await {
             Ok(Ok(response)) => {
                 let (mut parts, body) = response.into_parts();

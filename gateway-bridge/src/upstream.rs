@@ -8,8 +8,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use http::{Request, Response};
-use http_body_util::Limited;
+use bytes::Bytes;
+use http::{Method, Request, Response};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -27,8 +29,9 @@ const FAILURE_MEMORY: Duration = Duration::from_millis(500);
 const KEEP_ALIVE: Duration = Duration::from_secs(20);
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-/// What the bridge sends upstream: the client's body, capped.
-pub type UpstreamBody = Limited<Incoming>;
+/// What the bridge sends upstream: the client's body, capped, or nothing
+/// (a request sent again).
+pub type UpstreamBody = BoxBody<Bytes, BoxError>;
 
 /// Opens mutual-TLS connections to agents, at the endpoint the route table
 /// holds for the host.
@@ -86,13 +89,29 @@ impl AgentPool {
     }
 
     /// Sends `request` to the host's proxy. A request the connection closed
-    /// under before it was sent goes once more, on a new connection.
+    /// under before it was sent goes once more, on a new connection; so
+    /// does a bodiless GET, HEAD or OPTIONS that was in flight when the
+    /// connection closed (one tenant's failure must not fail the others'
+    /// requests sharing it).
     pub async fn request(&self, host_id: &str, request: Request<UpstreamBody>) -> Result<Response<Incoming>, BoxError> {
-        match self.sender(host_id).await?.try_send_request(request).await {
+        let again = replayable(&request).then(|| {
+            let mut copy = Request::new(Empty::new().map_err(|never| match never {}).boxed());
+            *copy.method_mut() = request.method().clone();
+            *copy.uri_mut() = request.uri().clone();
+            *copy.version_mut() = request.version();
+            *copy.headers_mut() = request.headers().clone();
+            copy
+        });
+        let mut sender = self.sender(host_id).await?;
+        match sender.try_send_request(request).await {
             Ok(response) => Ok(response),
-            Err(mut failed) => match failed.take_message() {
-                Some(request) => Ok(self.sender(host_id).await?.send_request(request).await?),
-                None => Err(failed.into_error().into()),
+            Err(mut failed) => match (failed.take_message(), again) {
+                (Some(request), _) => Ok(self.sender(host_id).await?.send_request(request).await?),
+                (None, Some(copy)) if sender.is_closed() => {
+                    tracing::debug!(host = %host_id, error = %failed.error(), "connection closed under a request; sending it again");
+                    Ok(self.sender(host_id).await?.send_request(copy).await?)
+                }
+                (None, _) => Err(failed.into_error().into()),
             },
         }
     }
@@ -128,6 +147,8 @@ impl AgentPool {
             let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
                 .timer(TokioTimer::new())
                 .keep_alive_interval(KEEP_ALIVE)
+                // What the agent lets through from gateways.
+                .max_header_list_size((clawplane_tls::edge::AGENT_MAX_HEADER_BYTES + 8 * 1024) as u32)
                 .handshake(TokioIo::new(stream))
                 .await?;
             let host = host_id.to_string();
@@ -150,6 +171,12 @@ impl AgentPool {
             }
         }
     }
+}
+
+/// Whether a request may be sent twice: idempotent and without a body.
+fn replayable(request: &Request<UpstreamBody>) -> bool {
+    use hyper::body::Body as _;
+    matches!(*request.method(), Method::GET | Method::HEAD | Method::OPTIONS) && request.body().is_end_stream()
 }
 
 /// The URI authority that stands for a host.

@@ -106,6 +106,23 @@ async fn the_bridge_routes_each_host_to_its_own_tenant_only() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
+    // The browser hand-off: an owner's token becomes an HttpOnly cookie,
+    // sealed for alice's host only.
+    let handoff = format!("/_clawplane/session?token={alice_jwt}&next=/chat");
+    let (status, head, _) = http(port, &a_host, &handoff, &[]).await;
+    assert_eq!(status, 303, "{head}");
+    let session = head
+        .lines()
+        .find_map(|line| line.to_ascii_lowercase().starts_with("set-cookie:").then(|| line[11..].trim().to_string()))
+        .and_then(|cookie| cookie.split(';').next().map(String::from))
+        .expect("a session cookie");
+    assert!(!session.contains(&alice_jwt), "the cookie is not the SSO token");
+    let head = head.to_ascii_lowercase();
+    assert!(head.contains("location: /chat") && head.contains("set-cookie: clawplane_session="), "{head}");
+    assert!(head.contains("httponly") && head.contains("samesite=lax"), "{head}");
+    assert!(!head.contains("secure"), "plain HTTP without a trusted TLS front: {head}");
+    assert!(!head.contains("domain="), "the cookie is for this host only: {head}");
+
     // Who gets through, on plain HTTP.
     let a_port = serde_json::from_str::<serde_json::Value>(
         &http(port, &a_host, "/healthz", &[("Authorization", &bearer(&alice_jwt))]).await.2,
@@ -116,15 +133,19 @@ async fn the_bridge_routes_each_host_to_its_own_tenant_only() {
         ("no token", &a_host, vec![], 401),
         ("expired token", &a_host, vec![("Authorization", bearer(&expired_jwt))], 401),
         ("garbage token", &a_host, vec![("Authorization", "Bearer abc.def.ghi".into())], 401),
-        ("another user's token", &a_host, vec![("Authorization", bearer(&bob_jwt))], 403),
-        ("a team member on a personal tenant", &a_host, vec![("Authorization", bearer(&dave_jwt))], 403),
+        ("another user's token", &a_host, vec![("Authorization", bearer(&bob_jwt))], 404),
+        ("a team member on a personal tenant", &a_host, vec![("Authorization", bearer(&dave_jwt))], 404),
         ("forged x-forwarded-user", &a_host, vec![("X-Forwarded-User", "alice".into())], 401),
         ("the owner", &a_host, vec![("Authorization", bearer(&alice_jwt))], 200),
-        ("the owner by cookie", &a_host, vec![("Cookie", format!("clawplane_session={alice_jwt}; theme=dark"))], 200),
+        ("the owner by session cookie", &a_host, vec![("Cookie", format!("{session}; theme=dark"))], 200),
+        ("the SSO token as a cookie", &a_host, vec![("Cookie", format!("clawplane_session={alice_jwt}"))], 401),
+        ("alice's session cookie on another host", &t_host, vec![("Cookie", session.clone())], 401),
         ("a team member", &t_host, vec![("Authorization", bearer(&dave_jwt))], 200),
-        ("the owner of another tenant", &t_host, vec![("Authorization", bearer(&alice_jwt))], 403),
+        ("the owner of another tenant", &t_host, vec![("Authorization", bearer(&alice_jwt))], 404),
         ("an unknown tenant", "nobody.claw.test", vec![("Authorization", bearer(&alice_jwt))], 404),
+        ("an unknown tenant without a token", "nobody.claw.test", vec![], 401),
         ("outside the base domain", "alice.evil.test", vec![("Authorization", bearer(&alice_jwt))], 404),
+        ("outside the base domain without a token", "alice.evil.test", vec![], 401),
     ];
     for (what, host, headers, expected) in &cases {
         let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
@@ -135,15 +156,8 @@ async fn the_bridge_routes_each_host_to_its_own_tenant_only() {
         }
     }
 
-    // The browser hand-off: an owner's token becomes an HttpOnly cookie.
-    let handoff = format!("/_clawplane/session?token={alice_jwt}&next=/chat");
-    let (status, head, _) = http(port, &a_host, &handoff, &[]).await;
-    assert_eq!(status, 303, "{head}");
-    let head = head.to_ascii_lowercase();
-    assert!(head.contains("location: /chat") && head.contains("set-cookie: clawplane_session="), "{head}");
-    assert!(head.contains("httponly") && head.contains("samesite=lax"), "{head}");
     for (what, query, expected) in [
-        ("someone else's token", format!("token={bob_jwt}&next=/"), 403),
+        ("someone else's token", format!("token={bob_jwt}&next=/"), 404),
         ("an open redirect", format!("token={alice_jwt}&next=//evil.test/"), 400),
         ("no token", "next=/".to_string(), 400),
         ("an expired token", format!("token={expired_jwt}"), 401),
@@ -157,7 +171,7 @@ async fn the_bridge_routes_each_host_to_its_own_tenant_only() {
     // not her SSO token, no forged identity, the session cookie stripped,
     // nor a header the client's Connection header names as hop-by-hop.
     let forged = [
-        ("Cookie", format!("clawplane_session={alice_jwt}; theme=dark")),
+        ("Cookie", format!("{session}; theme=dark")),
         ("X-Forwarded-User", "root".to_string()),
         ("X-Clawplane-Tenant", t.id.clone()),
         ("Connection", "X-Hop".to_string()),
@@ -180,7 +194,7 @@ async fn the_bridge_routes_each_host_to_its_own_tenant_only() {
     assert_ne!(team_seen["port"], a_port, "each hostname reaches its own gateway");
 
     // WebSocket upgrade: relayed both ways, with the same edge checks.
-    for (token, expected) in [(None, "401"), (Some(&bob_jwt), "403"), (Some(&alice_jwt), "101")] {
+    for (token, expected) in [(None, "401"), (Some(&bob_jwt), "404"), (Some(&alice_jwt), "101")] {
         let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
         let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
         let request = format!(
@@ -238,14 +252,14 @@ async fn the_bridge_routes_each_host_to_its_own_tenant_only() {
                 admin_port,
                 &[
                     (&a_host, bearer(&alice_jwt), 200),
-                    (&a_host, bearer(&bob_jwt), 403),
+                    (&a_host, bearer(&bob_jwt), 404),
                     (&a_host, String::new(), 401),
                     (&t_host, bearer(&dave_jwt), 200),
                     (&"nobody.claw.test".to_string(), bearer(&alice_jwt), 404),
                 ],
                 &a_port,
                 &expected_auth,
-                &alice_jwt,
+                &session,
             )
             .await,
         ),
@@ -330,7 +344,7 @@ async fn through_nginx(
     cases: &[(&String, String, u16)],
     alice_gateway_port: &serde_json::Value,
     expected_auth: &str,
-    alice_jwt: &str,
+    session: &str,
 ) -> Nginx {
     let root = dir.join("nginx");
     std::fs::create_dir_all(root.join("logs")).unwrap();
@@ -373,7 +387,7 @@ async fn through_nginx(
             std::fs::read_to_string(root.join("logs/error.log")).unwrap_or_default()
         );
     }
-    let cookie = format!("clawplane_session={alice_jwt}; theme=dark");
+    let cookie = format!("{session}; theme=dark");
     let (status, _, body) =
         http(port, cases[0].0, "/p?q=1", &[("Cookie", &cookie), ("X-Forwarded-User", "root")]).await;
     assert_eq!(status, 200, "{body}");

@@ -3,6 +3,7 @@
 //! certificate facts, a pin-anchored server verifier for joining, a client
 //! identity that can be swapped at runtime (certificate renewal without a
 //! restart), and gRPC channels over our own rustls configuration.
+pub mod edge;
 pub mod files;
 pub mod forward;
 

@@ -8,14 +8,15 @@
 //! are relayed byte for byte.
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use clawplane_tls::edge::{self, Activity, AddressCaps, ConnectionLimits, InFlight};
 use http::{header, HeaderValue, Request, Response, StatusCode};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
@@ -26,7 +27,9 @@ use clawplane_tls::forward::TENANT_HEADER;
 use gateways::GatewayPool;
 
 const MAX_CONNECTIONS: usize = 4096;
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bridges are few and each multiplexes many users over one connection;
+/// the cap stops one misbehaving bridge identity from taking every slot.
+const MAX_CONNECTIONS_PER_ADDRESS: usize = 1024;
 
 type Body = BoxBody<Bytes, hyper::Error>;
 
@@ -120,6 +123,8 @@ async fn serve(listener: TcpListener, tls: rustls::ServerConfig, runtime: Arc<Pr
         targets: std::sync::RwLock::new((stale, Default::default())),
     });
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let per_address = AddressCaps::new(MAX_CONNECTIONS_PER_ADDRESS);
+    let limits = ConnectionLimits::agent();
     loop {
         let Ok(permit) = permits.clone().acquire_owned().await else { return };
         let (tcp, peer) = match listener.accept().await {
@@ -130,11 +135,15 @@ async fn serve(listener: TcpListener, tls: rustls::ServerConfig, runtime: Arc<Pr
                 continue;
             }
         };
+        let Some(address_permit) = per_address.try_acquire(peer.ip()) else {
+            tracing::warn!(%peer, "tenant proxy: refused a connection, the address holds its share");
+            continue;
+        };
         let (acceptor, proxy) = (acceptor.clone(), proxy.clone());
         tokio::spawn(async move {
-            let _permit = permit;
+            let _permits = (permit, address_permit);
             let _ = tcp.set_nodelay(true);
-            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+            let tls = match tokio::time::timeout(limits.header_read_timeout, acceptor.accept(tcp)).await {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(err)) => {
                     tracing::debug!(%peer, error = %err, "tenant proxy handshake refused");
@@ -153,12 +162,26 @@ async fn serve(listener: TcpListener, tls: rustls::ServerConfig, runtime: Arc<Pr
                 tracing::warn!(%peer, "tenant proxy: refused a client certificate that is not a bridge identity");
                 return;
             };
+            let activity = Arc::new(Activity::default());
+            let requests = activity.clone();
             let service = hyper::service::service_fn(move |request| {
-                let proxy = proxy.clone();
-                async move { Ok::<_, std::convert::Infallible>(proxy.forward(request).await) }
+                let (proxy, in_flight) = (proxy.clone(), requests.begin());
+                async move { Ok::<_, std::convert::Infallible>(proxy.forward(request, in_flight).await) }
             });
-            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            if let Err(err) = builder.serve_connection_with_upgrades(TokioIo::new(tls), service).await {
+            let builder = limits.builder();
+            let mut connection = std::pin::pin!(builder.serve_connection_with_upgrades(TokioIo::new(tls), service));
+            let opened = Instant::now();
+            let ended = tokio::select! {
+                ended = connection.as_mut() => ended,
+                _ = edge::idle(&activity, limits.idle_timeout, opened) => {
+                    connection.as_mut().graceful_shutdown();
+                    tokio::select! {
+                        ended = connection.as_mut() => ended,
+                        _ = edge::idle(&activity, edge::SHUTDOWN_GRACE, Instant::now()) => return,
+                    }
+                }
+            };
+            if let Err(err) = ended {
                 tracing::debug!(%peer, %bridge, error = %err, "tenant proxy connection ended");
             }
         });
@@ -166,7 +189,8 @@ async fn serve(listener: TcpListener, tls: rustls::ServerConfig, runtime: Arc<Pr
 }
 
 impl Proxy {
-    async fn forward(&self, mut request: Request<Incoming>) -> Response<Body> {
+    /// `in_flight` stays with the response body (see edge::Activity).
+    async fn forward(&self, mut request: Request<Incoming>, in_flight: InFlight) -> Response<Body> {
         let Some(tenant_id) = request.headers().get(&TENANT_HEADER).and_then(|v| v.to_str().ok()).map(String::from)
         else {
             return reply(StatusCode::BAD_REQUEST, "missing x-clawplane-tenant");
@@ -199,6 +223,16 @@ impl Proxy {
             Ok(response) => {
                 let (mut parts, body) = response.into_parts();
                 clawplane_tls::forward::strip_hop_by_hop(&mut parts.headers);
+                // An answer the bridge's HTTP/2 client would refuse fails
+                // this one stream, not the connection every tenant shares.
+                if let Err(problem) = edge::check_head(&ConnectionLimits::agent(), &parts.headers, "") {
+                    tracing::info!(tenant = %tenant_id, %problem, "tenant gateway answered with oversized headers");
+                    return reply(StatusCode::BAD_GATEWAY, "the tenant's gateway answered with oversized headers");
+                }
+                let body = body.map_frame(move |frame| {
+                    let _in_flight = &in_flight;
+                    frame
+                });
                 Response::from_parts(parts, body.boxed())
             }
             Err(err) => {
