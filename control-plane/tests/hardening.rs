@@ -6,6 +6,8 @@ mod common;
 
 use std::collections::HashMap;
 
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
 use clawplane_proto::v1::config_service_client::ConfigServiceClient;
 use clawplane_proto::v1::host_service_client::HostServiceClient;
 use clawplane_proto::v1::route_service_client::RouteServiceClient;
@@ -247,6 +249,19 @@ async fn oversized_and_malformed_fields_are_refused_naming_the_bound() {
             expect(&format!("{b}: ListTenants {what}"), answer, Code::InvalidArgument, needle);
         }
         ok("ListTenants page_size max", c.tenants.list_tenants(admin.request(list(i32::MAX, ""))).await);
+        // Forged tokens: well-formed ones page from wherever they say, the
+        // rest is refused before it reaches the database.
+        let forged = |key: &str| URL_SAFE_NO_PAD.encode(format!("v1:{key}"));
+        ok("forged tenant token", c.tenants.list_tenants(admin.request(list(0, &forged("zzz")))).await);
+        let nul = c.tenants.list_tenants(admin.request(list(0, &forged("a\u{0}b")))).await;
+        expect(&format!("{b}: NUL in a page token"), nul, Code::InvalidArgument, "page_token is not a token");
+        let cursor =
+            |token: String| ListSessionsRequest { tenant_id: id.clone(), page_token: token, ..Default::default() };
+        ok("forged session cursor", c.sessions.list_sessions(alice.request(cursor(forged("0/x")))).await);
+        for key in ["9223372036854775807/x", "-9223372036854775808/x", "253402300800000/x", "x/y", "1"] {
+            let answer = c.sessions.list_sessions(alice.request(cursor(forged(key)))).await;
+            expect(&format!("{b}: session cursor {key}"), answer, Code::InvalidArgument, "page_token is not a token");
+        }
         let logs = StreamTenantLogsRequest { tenant_id: id.clone(), tail_lines: -1, follow: false };
         expect(
             "tail_lines",

@@ -121,6 +121,10 @@ pub fn decode_page_token(token: &str) -> ApiResult<Option<String>> {
     let bytes = URL_SAFE_NO_PAD.decode(token).map_err(|_| invalid())?;
     let text = String::from_utf8(bytes).map_err(|_| invalid())?;
     let key = text.strip_prefix("v1:").ok_or_else(invalid)?;
+    // Ours never hold control characters; PostgreSQL refuses a NUL outright.
+    if key.chars().any(char::is_control) {
+        return Err(invalid());
+    }
     Ok(Some(key.to_string()))
 }
 

@@ -9,7 +9,7 @@ use tonic::{Request, Response, Status};
 
 use super::{
     caller, check_text, decode_page_token, next_page_token, optional_timestamp, page_size, required_id, timestamp,
-    visible_tenant, ApiError, ApiResult,
+    visible_tenant, ApiError, ApiResult, MAX_TIMESTAMP_SECONDS, MIN_TIMESTAMP_SECONDS,
 };
 use crate::store::entities::{message, session};
 use crate::store::{SessionFilter, Store};
@@ -103,7 +103,13 @@ fn session_cursor(token: &str) -> ApiResult<Option<(DateTime<Utc>, String)>> {
     let Some(key) = decode_page_token(token)? else { return Ok(None) };
     let invalid = || ApiError::invalid("page_token is not a token returned by this API");
     let (millis, id) = key.split_once('/').ok_or_else(invalid)?;
-    let at = millis.parse::<i64>().ok().and_then(DateTime::from_timestamp_millis).ok_or_else(invalid)?;
+    // Within the Timestamp range, as every stored activity time is.
+    let at = millis
+        .parse::<i64>()
+        .ok()
+        .filter(|ms| (MIN_TIMESTAMP_SECONDS * 1000..=MAX_TIMESTAMP_SECONDS * 1000).contains(ms))
+        .and_then(DateTime::from_timestamp_millis)
+        .ok_or_else(invalid)?;
     Ok(Some((at, id.to_string())))
 }
 
