@@ -321,3 +321,28 @@ fn bounded_incoming(
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tower::{Layer, Service, ServiceExt};
+
+    #[tokio::test]
+    async fn a_panicking_handler_fails_only_its_call_with_a_reference() {
+        let handler = tower::service_fn(|request: http::Request<()>| async move {
+            if request.uri().path() == "/boom" {
+                panic!("handler bug");
+            }
+            Ok::<_, std::convert::Infallible>(tonic::Status::ok("").into_http::<tonic::body::Body>())
+        });
+        let mut service = CatchPanicLayer::custom(panic_status).layer(handler);
+        let call = |path: &str| http::Request::builder().uri(path).body(()).unwrap();
+        let answer = service.ready().await.unwrap().call(call("/boom")).await.unwrap();
+        assert_eq!(answer.headers()["grpc-status"], "13");
+        let message = answer.headers()["grpc-message"].to_str().unwrap();
+        assert!(message.contains("reference"), "{message}");
+        assert!(!message.contains("handler bug"), "panic details stay in the log");
+        let next = service.ready().await.unwrap().call(call("/fine")).await.unwrap();
+        assert_eq!(next.headers()["grpc-status"], "0", "the service goes on");
+    }
+}

@@ -166,7 +166,9 @@ fn http1(addr: &str, request: &[u8]) -> (String, Vec<(String, String)>, Vec<u8>)
 #[tokio::test]
 async fn grpc_web_over_http1() {
     let db = sqlite_db();
-    let server = TestServer::start(serve_args(&db)).await;
+    let mut args = serve_args(&db);
+    args.cors_allowed_origins = vec!["https://app.example.com".into()];
+    let server = TestServer::start(args).await;
     let addr = server.addr.to_string();
     let token = hs256(claims("webuser", &[]));
 

@@ -432,6 +432,15 @@ async fn measure(openclaw: Option<&Path>, secs: u64, concurrencies: &[usize]) ->
                 "127.0.0.1",
                 "--worker-threads",
                 &env("BENCH_BRIDGE_THREADS", 1).to_string(),
+                // The limiters run (their cost is measured) but never bite.
+                "--rate-per-address",
+                "1000000000",
+                "--burst-per-address",
+                "1000000000",
+                "--rate-per-tenant",
+                "1000000000",
+                "--burst-per-tenant",
+                "1000000000",
             ])
             .arg("--identity-dir")
             .arg(&identity)

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clawplane_proto::v1::tenant_service_client::TenantServiceClient;
-use clawplane_proto::v1::{CreateTenantRequest, DeleteTenantRequest, GetMyTenantRequest, Tenant, TenantStatus};
+use clawplane_proto::v1::{CreateTenantRequest, DeleteTenantRequest};
 use common::cp::{claims, hs256, now, Cred, SHARED_SECRET};
 use common::*;
 use sha2::{Digest, Sha256};
@@ -21,29 +21,6 @@ fn gateway_token(agent: &Agent, tenant_id: &str) -> String {
     let path = agent.state_dir.join("tenants").join(format!("{tenant_id}.json"));
     let record: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     record["gateway_token"].as_str().unwrap().to_string()
-}
-
-async fn running(client: &mut TenantServiceClient<tonic::transport::Channel>, cred: &Cred, team: &str) -> Tenant {
-    let mut last = None;
-    for _ in 0..300 {
-        let request = cred.request(GetMyTenantRequest { team_id: team.into() });
-        last = client.get_my_tenant(request).await.ok().and_then(|r| r.into_inner().tenant);
-        if last.as_ref().is_some_and(|t| t.status == TenantStatus::Running as i32) {
-            return last.unwrap();
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("tenant not running: {last:?}")
-}
-
-/// The stand-in `openclaw` in `<dir>/fake`, answering normally; returns
-/// its folder.
-fn fake_openclaw(dir: &std::path::Path) -> PathBuf {
-    let fake = dir.join("fake");
-    std::fs::create_dir_all(&fake).unwrap();
-    std::fs::copy(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/fake-openclaw"), fake.join("openclaw")).unwrap();
-    std::fs::write(fake.join("fake-mode"), "ok").unwrap();
-    fake
 }
 
 #[tokio::test(flavor = "multi_thread")]

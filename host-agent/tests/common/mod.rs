@@ -11,7 +11,10 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use clawplane_proto::v1::host_service_client::HostServiceClient;
-use clawplane_proto::v1::{CreateJoinTokenRequest, HostStatus, ListHostsRequest};
+use clawplane_proto::v1::tenant_service_client::TenantServiceClient;
+use clawplane_proto::v1::{
+    CreateJoinTokenRequest, GetMyTenantRequest, HostStatus, ListHostsRequest, Tenant, TenantStatus,
+};
 use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
 
@@ -438,6 +441,12 @@ impl BridgeProcess {
     }
 }
 
+impl BridgeProcess {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
 impl Drop for BridgeProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -447,8 +456,27 @@ impl Drop for BridgeProcess {
 
 /// A raw HTTP/1.1 GET with `Connection: close`; returns (status, head, body).
 pub async fn http(port: u16, host: &str, path: &str, headers: &[(&str, &str)]) -> (u16, String, String) {
+    http_from("127.0.0.1", port, host, path, headers).await
+}
+
+/// A connection to 127.0.0.1:`port` from the loopback address `source`
+/// (any of 127.0.0.0/8): a client of its own, as the bridge sees it.
+pub async fn connect_from(source: &str, port: u16) -> std::io::Result<tokio::net::TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(format!("{source}:0").parse().unwrap())?;
+    socket.connect(([127, 0, 0, 1], port).into()).await
+}
+
+/// [`http`] from the loopback address `source`.
+pub async fn http_from(
+    source: &str,
+    port: u16,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (u16, String, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let mut stream = connect_from(source, port).await.unwrap();
     let extra: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
     let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n{extra}Connection: close\r\n\r\n");
     stream.write_all(request.as_bytes()).await.unwrap();
@@ -462,4 +490,28 @@ pub async fn http(port: u16, host: &str, path: &str, headers: &[(&str, &str)]) -
 
 pub fn bearer(token: &str) -> String {
     format!("Bearer {token}")
+}
+
+/// Waits until the caller's tenant (of `team`, or their own) is running.
+pub async fn running(client: &mut TenantServiceClient<Channel>, cred: &cp::Cred, team: &str) -> Tenant {
+    let mut last = None;
+    for _ in 0..300 {
+        let request = cred.request(GetMyTenantRequest { team_id: team.into() });
+        last = client.get_my_tenant(request).await.ok().and_then(|r| r.into_inner().tenant);
+        if last.as_ref().is_some_and(|t| t.status == TenantStatus::Running as i32) {
+            return last.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("tenant not running: {last:?}")
+}
+
+/// The stand-in `openclaw` in `<dir>/fake`, answering normally; returns
+/// its folder.
+pub fn fake_openclaw(dir: &std::path::Path) -> PathBuf {
+    let fake = dir.join("fake");
+    std::fs::create_dir_all(&fake).unwrap();
+    std::fs::copy(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/fake-openclaw"), fake.join("openclaw")).unwrap();
+    std::fs::write(fake.join("fake-mode"), "ok").unwrap();
+    fake
 }

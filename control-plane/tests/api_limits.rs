@@ -1,0 +1,94 @@
+//! Cross-cutting API limits over real sockets: request rates per caller and
+//! per client address, and which web origins may call with grpc-web.
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+
+use clawplane::rate::Rate;
+use clawplane_proto::v1::tenant_service_client::TenantServiceClient;
+use clawplane_proto::v1::GetMyTenantRequest;
+use common::*;
+use tonic::Code;
+
+#[tokio::test]
+async fn each_caller_has_an_allowance_of_their_own() {
+    for db in test_databases().await {
+        let server = TestServer::start_with(serve_args(&db), |config| {
+            config.rate_per_caller = Rate::new(1, 3);
+            config.rate_per_address = Rate::new(1, 2);
+        })
+        .await;
+        let mut client = TenantServiceClient::new(server.channel().await);
+        let call = |cred: Cred| {
+            let mut client = client.clone();
+            async move { client.get_my_tenant(cred.request(GetMyTenantRequest::default())).await }
+        };
+        // Within the burst: answered (NOT_FOUND: no tenant yet).
+        for _ in 0..3 {
+            assert_eq!(call(Cred::shared("mallory")).await.unwrap_err().code(), Code::NotFound, "{}", db.backend);
+        }
+        let refused = call(Cred::shared("mallory")).await.unwrap_err();
+        assert_eq!(refused.code(), Code::ResourceExhausted, "{}: {refused:?}", db.backend);
+        assert!(refused.message().contains("rate limit"), "{}", refused.message());
+        let retry: u64 = refused.metadata().get("retry-after").unwrap().to_str().unwrap().parse().unwrap();
+        assert!(retry >= 1, "retry-after in whole seconds");
+        // The same user through a JWT shares the allowance; others do not.
+        assert_eq!(call(Cred::user("mallory", &[])).await.unwrap_err().code(), Code::ResourceExhausted);
+        for user in ["alice", "bob"] {
+            assert_eq!(call(Cred::user(user, &[])).await.unwrap_err().code(), Code::NotFound, "{user}");
+        }
+        // Without a valid identity the client address is the key.
+        for _ in 0..2 {
+            assert_eq!(call(Cred::None).await.unwrap_err().code(), Code::Unauthenticated);
+        }
+        assert_eq!(call(Cred::None).await.unwrap_err().code(), Code::ResourceExhausted);
+        assert_eq!(call(Cred::Bearer("forged".into())).await.unwrap_err().code(), Code::ResourceExhausted);
+        // The operator's token is not limited.
+        for _ in 0..10 {
+            let answer = client.get_my_tenant(Cred::admin().request(GetMyTenantRequest::default())).await;
+            assert_ne!(answer.map(|_| Code::Ok).unwrap_or_else(|s| s.code()), Code::ResourceExhausted);
+        }
+        server.shutdown().await;
+        db.cleanup().await;
+    }
+}
+
+/// A CORS preflight from `origin`; the Access-Control-Allow-Origin answer.
+fn preflight(addr: &str, origin: &str) -> Option<String> {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    let request = format!(
+        "OPTIONS /clawplane.v1.TenantService/GetMyTenant HTTP/1.1\r\nHost: {addr}\r\nOrigin: {origin}\r\n\
+         Access-Control-Request-Method: POST\r\nAccess-Control-Request-Headers: authorization,content-type,x-grpc-web\r\n\
+         Connection: close\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    answer.lines().find_map(|line| {
+        let (name, value) = line.split_once(':')?;
+        name.eq_ignore_ascii_case("access-control-allow-origin").then(|| value.trim().to_string())
+    })
+}
+
+#[tokio::test]
+async fn cross_origin_calls_only_from_configured_origins() {
+    let db = sqlite_db();
+    let cases: &[(&[&str], &str, Option<&str>)] = &[
+        (&[], "https://app.example.com", None),
+        (&[], "https://evil.example", None),
+        (&["https://app.example.com"], "https://app.example.com", Some("https://app.example.com")),
+        (&["https://app.example.com"], "https://evil.example", None),
+        (&["*"], "https://anyone.example", Some("*")),
+    ];
+    for (configured, origin, expected) in cases {
+        let mut args = serve_args(&db);
+        args.cors_allowed_origins = configured.iter().map(|o| o.to_string()).collect();
+        let server = TestServer::start(args).await;
+        let addr = server.addr.to_string();
+        let origin_owned = origin.to_string();
+        let allowed = tokio::task::spawn_blocking(move || preflight(&addr, &origin_owned)).await.unwrap();
+        assert_eq!(allowed.as_deref(), *expected, "configured {configured:?}, origin {origin}");
+        server.shutdown().await;
+    }
+}
