@@ -163,7 +163,10 @@ impl Server {
                 stop_rx.clone(),
             )))
             .add_service(HostServiceServer::new(HostApi::new(store.clone(), fleet.clone())))
-            .add_service(ConfigServiceServer::new(ConfigApi::new(store.clone(), fleet.clone())))
+            .add_service(ConfigServiceServer::new(
+                ConfigApi::new(store.clone(), fleet.clone())
+                    .with_allowed_model_cidrs(config.models_allowed_cidrs.clone()),
+            ))
             .serve_with_incoming_shutdown(incoming, async move {
                 let _ = stop_on_signal.wait_for(|stop| *stop).await;
             });
