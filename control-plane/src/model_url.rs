@@ -9,27 +9,54 @@
 //! again later, so this does not stop DNS rebinding by a hostile DNS
 //! server: egress filtering on the hosts is the complete answer, this is
 //! the part the control plane can do.
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, ToSocketAddrs};
 use std::time::Duration;
 
 use ipnet::IpNet;
+use tokio::sync::Semaphore;
 
 /// How long resolving the URL's host may take.
 pub const RESOLVE_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// Checks `url` and returns why it is refused, if it is.
-pub async fn check(url: &str, allowed: &[IpNet]) -> Result<(), String> {
+/// Lookups in flight at once, process-wide. A name whose DNS answers
+/// slowly keeps a blocking thread until the system resolver gives up,
+/// whatever our timeout, so callers must not be able to pile them up.
+const MAX_LOOKUPS: usize = 16;
+static LOOKUPS: Semaphore = Semaphore::const_new(MAX_LOOKUPS);
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum UrlError {
+    /// Why the URL is refused.
+    Refused(String),
+    /// Every lookup slot stayed taken; nothing is wrong with the URL.
+    Busy,
+}
+
+impl From<String> for UrlError {
+    fn from(reason: String) -> Self {
+        UrlError::Refused(reason)
+    }
+}
+
+impl From<&str> for UrlError {
+    fn from(reason: &str) -> Self {
+        UrlError::Refused(reason.into())
+    }
+}
+
+/// Checks `url`: Ok when it may be used.
+pub async fn check(url: &str, allowed: &[IpNet]) -> Result<(), UrlError> {
     let (host, port) = parse(url)?;
     let addresses: Vec<IpAddr> = match host {
         Host::Ip(ip) => vec![ip],
-        Host::Name(name) => resolve(&name, port).await?,
+        Host::Name(name) => resolve(name, port).await?,
     };
     for ip in addresses {
         if let Some(class) = refused_class(ip, allowed) {
-            return Err(format!(
+            return Err(UrlError::Refused(format!(
                 "its host resolves to {ip}, a {class} address; only public addresses are allowed \
                  (the operator may allow ranges with models.allowed_cidrs)"
-            ));
+            )));
         }
     }
     Ok(())
@@ -95,19 +122,24 @@ fn parse(url: &str) -> Result<(Host, u16), String> {
     Ok((host, port))
 }
 
-async fn resolve(name: &str, port: u16) -> Result<Vec<IpAddr>, String> {
-    let lookup = tokio::net::lookup_host((name, port));
-    match tokio::time::timeout(RESOLVE_TIMEOUT, lookup).await {
-        Err(_) => Err(format!("its host did not resolve within {}s", RESOLVE_TIMEOUT.as_secs())),
-        Ok(Err(err)) => Err(format!("its host does not resolve ({err})")),
-        Ok(Ok(found)) => {
-            let addresses: Vec<IpAddr> = found.map(|a| a.ip()).collect();
-            if addresses.is_empty() {
-                Err("its host does not resolve to any address".into())
-            } else {
-                Ok(addresses)
-            }
-        }
+/// The system resolver's answer (as the gateway will get it), on a blocking
+/// thread that keeps its lookup slot until the resolver returns.
+async fn resolve(name: String, port: u16) -> Result<Vec<IpAddr>, UrlError> {
+    let deadline = tokio::time::Instant::now() + RESOLVE_TIMEOUT;
+    let permit = match tokio::time::timeout_at(deadline, LOOKUPS.acquire()).await {
+        Ok(Ok(permit)) => permit,
+        _ => return Err(UrlError::Busy),
+    };
+    let lookup = tokio::task::spawn_blocking(move || {
+        let _slot = permit;
+        (name.as_str(), port).to_socket_addrs().map(|found| found.map(|a| a.ip()).collect::<Vec<_>>())
+    });
+    match tokio::time::timeout_at(deadline, lookup).await {
+        Err(_) => Err(format!("its host did not resolve within {}s", RESOLVE_TIMEOUT.as_secs()).into()),
+        Ok(Err(join)) => Err(format!("its host could not be resolved ({join})").into()),
+        Ok(Ok(Err(err))) => Err(format!("its host does not resolve ({err})").into()),
+        Ok(Ok(Ok(addresses))) if addresses.is_empty() => Err("its host does not resolve to any address".into()),
+        Ok(Ok(Ok(addresses))) => Ok(addresses),
     }
 }
 
@@ -253,7 +285,7 @@ mod tests {
             ("http://localhost/", "loopback"),
             ("http://name.invalid/", "resolve"),
         ] {
-            let err = check(url, &[]).await.unwrap_err();
+            let Err(UrlError::Refused(err)) = check(url, &[]).await else { panic!("{url}: not refused") };
             assert!(err.contains(expected), "{url}: {err}");
         }
         check("https://93.184.215.14:8443/v1", &[]).await.unwrap();

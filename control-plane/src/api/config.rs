@@ -25,7 +25,7 @@ use tonic::{Request, Response, Status};
 
 use super::{caller, check_text, required_id, shown, timestamp, visible_tenant, wait_within, ApiError, ApiResult};
 use crate::fleet::Fleet;
-use crate::model_url;
+use crate::model_url::{self, UrlError};
 use crate::openclaw_config::{self, ChannelSettings, Desired, ModelSettings, ProfileSettings, ToolSettings};
 use crate::secrets::{hint, SecretBox};
 use crate::store::entities::tenant_config;
@@ -425,9 +425,18 @@ impl ConfigService for ConfigApi {
         let base_url = req.base_url.clone().unwrap_or_default();
         if !base_url.is_empty() {
             check_text("base_url", &base_url, MAX_BASE_URL)?;
-            model_url::check(&base_url, &self.allowed_model_cidrs)
-                .await
-                .map_err(|why| ApiError::invalid(format!("base_url is refused: {why}")))?;
+            match model_url::check(&base_url, &self.allowed_model_cidrs).await {
+                Ok(()) => {}
+                Err(UrlError::Refused(why)) => {
+                    return Err(ApiError::invalid(format!("base_url is refused: {why}")).into())
+                }
+                Err(UrlError::Busy) => {
+                    return Err(ApiError::ResourceExhausted(
+                        "too many base_url host lookups are in progress; try again shortly".into(),
+                    )
+                    .into())
+                }
+            }
         }
         let tenant = visible_tenant(&self.store, &principal, &req.tenant_id).await?;
         // An absent api_key keeps the stored one; an empty one removes it.
