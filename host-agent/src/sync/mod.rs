@@ -133,6 +133,9 @@ fn read_tenant(tenant: &SyncTenant, own_hash: &str, cursors: &Cursors, budget: u
         if sqlite::in_wal_mode(&db) {
             match sqlite::read(&db, &tenant.tenant_id, &agent_id, cursors, room) {
                 Ok(more) => reading.extend(more),
+                Err(sqlite::SqliteError::NoSchemaYet) => {
+                    tracing::debug!(database = %db.display(), "agent database has no schema yet; read once it does")
+                }
                 Err(err) => log_once(&db, &err.to_string()),
             }
         }

@@ -26,6 +26,10 @@ pub enum SqliteError {
     UnsupportedSchema(i64),
     #[error("agent database has no schema_meta row; it is not an OpenClaw agent database")]
     NoSchemaMeta,
+    /// The gateway has created the file but not its schema yet (a tenant's
+    /// first turn); its commit sets off the next read.
+    #[error("agent database has no schema yet")]
+    NoSchemaYet,
     #[error("cannot read the agent database: {0}")]
     Sqlite(#[from] rusqlite::Error),
 }
@@ -60,6 +64,14 @@ pub fn read(
 ) -> Result<Reading, SqliteError> {
     let db = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
     db.busy_timeout(std::time::Duration::from_secs(2))?;
+    let created: bool = db.query_row(
+        "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'schema_meta'",
+        [],
+        |r| r.get(0),
+    )?;
+    if !created {
+        return Err(SqliteError::NoSchemaYet);
+    }
     let version: Option<i64> = db
         .query_row("SELECT schema_version FROM schema_meta WHERE role = 'agent' ORDER BY meta_key LIMIT 1", [], |r| {
             r.get(0)
@@ -306,6 +318,18 @@ mod tests {
         db.execute("UPDATE schema_meta SET schema_version = 24", []).unwrap();
         let err = read(&path, "t1", "main", &cursors, 1000).unwrap_err();
         assert!(err.to_string().contains("schema version 24"), "{err}");
+    }
+
+    #[test]
+    fn a_database_without_its_schema_yet_is_not_an_error_to_report() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("openclaw-agent.sqlite");
+        let db = Connection::open(&path).unwrap();
+        db.execute_batch("PRAGMA journal_mode = WAL; CREATE TABLE early (x)").unwrap();
+        let cursors = Cursors::load(dir.path()).unwrap();
+        assert!(matches!(read(&path, "t1", "main", &cursors, 10), Err(SqliteError::NoSchemaYet)));
+        db.execute_batch("CREATE TABLE schema_meta (meta_key TEXT, role TEXT, schema_version INTEGER)").unwrap();
+        assert!(matches!(read(&path, "t1", "main", &cursors, 10), Err(SqliteError::NoSchemaMeta)), "not OpenClaw's");
     }
 
     #[test]
