@@ -483,6 +483,86 @@ async fn oversized_and_malformed_fields_are_refused_naming_the_bound() {
             "base_domain",
         );
 
+        // Every tenant-scoped RPC checks tenant_id the same way.
+        let long = "t".repeat(129);
+        let needle = "tenant_id must be at most 128";
+        let t = || long.clone();
+        expect(
+            "DeleteTenant",
+            c.tenants.delete_tenant(alice.request(DeleteTenantRequest { tenant_id: t() })).await,
+            Code::InvalidArgument,
+            needle,
+        );
+        expect(
+            "RestartTenant",
+            c.tenants.restart_tenant(alice.request(RestartTenantRequest { tenant_id: t() })).await,
+            Code::InvalidArgument,
+            needle,
+        );
+        let logs = StreamTenantLogsRequest { tenant_id: t(), tail_lines: 0, follow: true };
+        expect(
+            "StreamTenantLogs",
+            c.tenants.stream_tenant_logs(alice.request(logs)).await,
+            Code::InvalidArgument,
+            needle,
+        );
+        expect(
+            "GetConfig",
+            c.config.get_config(alice.request(GetConfigRequest { tenant_id: t() })).await,
+            Code::InvalidArgument,
+            needle,
+        );
+        let remove = RemoveChannelRequest { tenant_id: t(), channel: "telegram".into(), expected_generation: None };
+        expect("RemoveChannel", c.config.remove_channel(alice.request(remove)).await, Code::InvalidArgument, needle);
+        let remove = RemoveChannelRequest { tenant_id: id.clone(), channel: "c".repeat(33), expected_generation: None };
+        expect(
+            "RemoveChannel channel",
+            c.config.remove_channel(alice.request(remove)).await,
+            Code::InvalidArgument,
+            "channel must be 1-32",
+        );
+        expect(
+            "GetOverview",
+            c.usage.get_overview(alice.request(GetOverviewRequest { tenant_id: t() })).await,
+            Code::InvalidArgument,
+            needle,
+        );
+        let mine = GetMyTenantRequest { team_id: "t".repeat(257) };
+        expect(
+            "GetMyTenant team_id",
+            c.tenants.get_my_tenant(alice.request(mine)).await,
+            Code::InvalidArgument,
+            "team_id must be at most 256",
+        );
+        let tokens = ListJoinTokensRequest { page_token: "A".repeat(513), ..Default::default() };
+        expect(
+            "ListJoinTokens",
+            c.hosts.list_join_tokens(admin.request(tokens)).await,
+            Code::InvalidArgument,
+            "page_token must be at most 512",
+        );
+        let drain = DrainHostRequest { host_id: "h".repeat(129), undrain: false };
+        expect(
+            "DrainHost",
+            c.hosts.drain_host(admin.request(drain)).await,
+            Code::InvalidArgument,
+            "host_id must be at most 128",
+        );
+        let remove = RemoveHostRequest { host_id: "h".repeat(129), force: false };
+        expect(
+            "RemoveHost",
+            c.hosts.remove_host(admin.request(remove)).await,
+            Code::InvalidArgument,
+            "host_id must be at most 128",
+        );
+        let revoke = RevokeJoinTokenRequest { token_id: "h".repeat(129) };
+        expect(
+            "RevokeJoinToken",
+            c.hosts.revoke_join_token(admin.request(revoke)).await,
+            Code::InvalidArgument,
+            "token_id must be at most 128",
+        );
+
         // The tenant is intact and the server serves.
         ok("still there", c.tenants.get_tenant(alice.request(get(&id))).await);
         assert_serving(&server).await;
