@@ -35,7 +35,7 @@ impl RouteTable {
         self.routes.read().unwrap().len()
     }
 
-    fn replace(&self, routes: Vec<Route>) {
+    pub(crate) fn replace(&self, routes: Vec<Route>) {
         *self.routes.write().unwrap() = routes.into_iter().map(|r| (r.hostname.clone(), Arc::new(r))).collect();
     }
 

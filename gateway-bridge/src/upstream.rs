@@ -107,7 +107,7 @@ impl AgentPool {
             Ok(response) => Ok(response),
             Err(mut failed) => match (failed.take_message(), again) {
                 (Some(request), _) => Ok(self.sender(host_id).await?.send_request(request).await?),
-                (None, Some(copy)) if sender.is_closed() => {
+                (None, Some(copy)) if closing(&sender).await => {
                     tracing::debug!(host = %host_id, error = %failed.error(), "connection closed under a request; sending it again");
                     Ok(self.sender(host_id).await?.send_request(copy).await?)
                 }
@@ -173,6 +173,19 @@ impl AgentPool {
     }
 }
 
+/// Whether a connection whose stream just failed is going away. It fails
+/// its streams first and closes just after, so this waits a moment (only
+/// on this rare path) rather than judging by the first instant.
+async fn closing(sender: &SendRequest<UpstreamBody>) -> bool {
+    for _ in 0..20 {
+        if sender.is_closed() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    false
+}
+
 /// Whether a request may be sent twice: idempotent and without a body.
 fn replayable(request: &Request<UpstreamBody>) -> bool {
     use hyper::body::Body as _;
@@ -196,4 +209,116 @@ pub fn client_config(
     let mut config = clawplane_tls::mtls_client_config(ca_pem, identity)?;
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use clawplane::pki::{Pki, PkiConfig};
+    use clawplane_proto::v1::Route;
+    use http::StatusCode;
+    use http_body_util::Full;
+
+    use super::*;
+
+    /// An agent's tenant proxy stand-in on 127.0.0.1: mutual TLS with a
+    /// host certificate from a test CA, HTTP/2. On its first connection it
+    /// drops the connection while a request is in flight; later ones answer.
+    async fn flaky_agent(pki: &Pki, host_id: &str) -> (String, Arc<AtomicUsize>) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let csr = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap().serialize_request(&key).unwrap();
+        let cert = pki.sign_host_csr(&csr.pem().unwrap(), host_id).unwrap();
+        let identity = clawplane_tls::ReloadableIdentity::from_pem(&cert.pem, &key.serialize_pem()).unwrap();
+        let mut tls = clawplane_tls::mtls_server_config(pki.ca_pem(), identity).unwrap();
+        tls.alpn_protocols = vec![b"h2".to_vec()];
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = listener.local_addr().unwrap().to_string();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let counted = connections.clone();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let first = counted.fetch_add(1, Ordering::SeqCst) == 0;
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let Ok(stream) = acceptor.accept(tcp).await else { return };
+                    let (dropped, drop_now) = (Arc::new(tokio::sync::Notify::new()), first);
+                    let notify = dropped.clone();
+                    let service = hyper::service::service_fn(move |_request: Request<Incoming>| {
+                        let notify = notify.clone();
+                        async move {
+                            if drop_now {
+                                notify.notify_one();
+                                std::future::pending::<()>().await;
+                            }
+                            Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
+                        }
+                    });
+                    let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service);
+                    tokio::select! {
+                        _ = connection => {}
+                        // The connection goes away under the request.
+                        _ = dropped.notified() => {}
+                    }
+                });
+            }
+        });
+        (endpoint, connections)
+    }
+
+    fn pool(pki: &Pki, host_id: &str, endpoint: &str) -> AgentPool {
+        let (key, cert) = pki.issue_bridge_identity("test", Duration::from_secs(3600)).unwrap();
+        let table = Arc::new(RouteTable::default());
+        table.replace(vec![Route {
+            hostname: "t.claw.test".into(),
+            host_id: host_id.into(),
+            agent_endpoint: endpoint.into(),
+            ..Default::default()
+        }]);
+        AgentPool::new(AgentConnector::new(client_config(pki.ca_pem(), &cert, &key, &[b"h2"]).unwrap(), table))
+    }
+
+    fn request(method: Method, host_id: &str) -> Request<UpstreamBody> {
+        let mut request = Request::new(Empty::new().map_err(|never| match never {}).boxed());
+        *request.method_mut() = method;
+        *request.uri_mut() = format!("https://{}/p", authority(host_id)).parse().unwrap();
+        *request.version_mut() = http::Version::HTTP_2;
+        request
+    }
+
+    #[tokio::test]
+    async fn a_get_in_flight_when_the_connection_closes_is_sent_again_on_a_new_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = Pki::load_or_create(&PkiConfig {
+            dir: dir.path().join("pki"),
+            ca_cert_file: None,
+            ca_key_file: None,
+            server_names: vec!["localhost".into()],
+            host_cert_ttl: Duration::from_secs(3600),
+        })
+        .unwrap();
+        for (method, retried) in [(Method::GET, true), (Method::POST, false)] {
+            let host_id = format!("host-{}", method.as_str().to_ascii_lowercase());
+            let (endpoint, connections) = flaky_agent(&pki, &host_id).await;
+            let pool = pool(&pki, &host_id, &endpoint);
+            let answer = tokio::time::timeout(
+                Duration::from_secs(20),
+                pool.request(&host_id, request(method.clone(), &host_id)),
+            )
+            .await
+            .expect("an answer or an error, not a hang");
+            match answer {
+                Ok(response) if retried => {
+                    assert_eq!(response.status(), StatusCode::OK);
+                    assert_eq!(connections.load(Ordering::SeqCst), 2, "sent again on a new connection");
+                }
+                Err(err) if !retried => {
+                    assert_eq!(connections.load(Ordering::SeqCst), 1, "{method} is not sent twice: {err}");
+                }
+                other => panic!("{method}: {:?}", other.map(|r| r.status())),
+            }
+        }
+    }
 }
