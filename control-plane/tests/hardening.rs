@@ -661,6 +661,17 @@ async fn model_base_urls_cannot_reach_internal_addresses() {
         assert_eq!(model.base_url, "https://93.184.215.14/v1", "{b}");
         assert_eq!(model.api_key_hint, "sk-...klmn", "{b}");
         assert_eq!((config.desired_generation, config.applied_generation), (1, 0), "{b}: queued, not applied");
+        // Unset keeps the stored URL (and key); empty clears it.
+        let keep = SetModelRequest { base_url: None, api_key: None, ..set_model(&tenant.id, "") };
+        let kept = ok("keep", c.config.set_model(alice.request(keep)).await).config.unwrap().model.unwrap();
+        assert_eq!(
+            (kept.base_url.as_str(), kept.api_key_hint.as_str()),
+            ("https://93.184.215.14/v1", "sk-...klmn"),
+            "{b}"
+        );
+        let clear = SetModelRequest { api_key: Some(String::new()), ..set_model(&tenant.id, "") };
+        let cleared = ok("clear", c.config.set_model(alice.request(clear)).await).config.unwrap().model.unwrap();
+        assert_eq!((cleared.base_url.as_str(), cleared.api_key_hint.as_str()), ("", ""), "{b}");
         assert_serving(&server).await;
         server.shutdown().await;
 

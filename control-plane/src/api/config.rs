@@ -422,10 +422,9 @@ impl ConfigService for ConfigApi {
         if let Some(key) = req.api_key.as_deref().filter(|k| !k.is_empty()) {
             check_secret("api_key", key)?;
         }
-        let base_url = req.base_url.clone().unwrap_or_default();
-        if !base_url.is_empty() {
-            check_text("base_url", &base_url, MAX_BASE_URL)?;
-            match model_url::check(&base_url, &self.allowed_model_cidrs).await {
+        if let Some(base_url) = req.base_url.as_deref().filter(|u| !u.is_empty()) {
+            check_text("base_url", base_url, MAX_BASE_URL)?;
+            match model_url::check(base_url, &self.allowed_model_cidrs).await {
                 Ok(()) => {}
                 Err(UrlError::Refused(why)) => {
                     return Err(ApiError::invalid(format!("base_url is refused: {why}")).into())
@@ -442,6 +441,16 @@ impl ConfigService for ConfigApi {
         // An absent api_key keeps the stored one; an empty one removes it.
         let existing = self.store.config_rows(&tenant.tenant.id).await.map_err(ApiError::from)?;
         let mut secrets = self.stored_secrets(&existing, MODEL, DEFAULT_KEY)?;
+        // An absent base_url keeps the stored one (checked when it was set).
+        let base_url = match req.base_url {
+            Some(url) => url,
+            None => existing
+                .iter()
+                .find(|r| r.config_type == MODEL && r.config_key == DEFAULT_KEY)
+                .and_then(|r| serde_json::from_value::<ModelSettings>(r.value.get("settings")?.clone()).ok())
+                .map(|m| m.base_url)
+                .unwrap_or_default(),
+        };
         match req.api_key.as_deref() {
             None => {}
             Some("") => {
