@@ -21,7 +21,7 @@ mod upstream;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
@@ -244,23 +244,7 @@ where
         let (bridge, in_flight) = (bridge.clone(), requests.begin());
         async move { Ok::<_, std::convert::Infallible>(bridge.handle(request, peer, tls, in_flight).await) }
     });
-    let builder = limits.builder();
-    let mut connection = std::pin::pin!(builder.serve_connection_with_upgrades(io, service));
-    let opened = Instant::now();
-    let ended = tokio::select! {
-        ended = connection.as_mut() => ended,
-        _ = edge::idle(&activity, limits.idle_timeout, opened) => {
-            connection.as_mut().graceful_shutdown();
-            tokio::select! {
-                ended = connection.as_mut() => ended,
-                _ = edge::idle(&activity, edge::SHUTDOWN_GRACE, Instant::now()) => {
-                    tracing::debug!(%peer, "idle connection dropped");
-                    return;
-                }
-            }
-        }
-    };
-    if let Err(err) = ended {
+    if let Err(err) = edge::serve(&limits, io, &activity, service).await {
         tracing::debug!(%peer, error = %err, "connection ended");
     }
 }

@@ -221,7 +221,7 @@ async fn through_the_bridge(cp: &ControlPlane, dir: &Path, a: &Tenant, b: &Tenan
     })
     .await;
     for (host, auth, expected) in
-        [(&b_host, &bob, 200), (&b_host, &alice, 403), (&a_host, &bob, 403), (&a_host, &String::new(), 401)]
+        [(&b_host, &bob, 200), (&b_host, &alice, 404), (&a_host, &bob, 404), (&a_host, &String::new(), 401)]
     {
         let mut headers = vec![client];
         if !auth.is_empty() {

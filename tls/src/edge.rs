@@ -166,11 +166,8 @@ impl Drop for InFlight {
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// Completes once no request has been in flight on the connection for
-/// `timeout`, counting from `since` at the earliest. Callers race their
-/// connection against it: first to ask it to finish (graceful shutdown),
-/// then, with [`SHUTDOWN_GRACE`], to drop one that does not (an HTTP/2 peer
-/// holding a half-sent stream open, say).
-pub async fn idle(activity: &Activity, timeout: Duration, since: Instant) {
+/// `timeout`, counting from `since` at the earliest.
+async fn idle(activity: &Activity, timeout: Duration, since: Instant) {
     let tick = (timeout / 4).clamp(Duration::from_millis(100), Duration::from_secs(5));
     loop {
         tokio::time::sleep(tick).await;
@@ -180,6 +177,37 @@ pub async fn idle(activity: &Activity, timeout: Duration, since: Instant) {
             }
         }
     }
+}
+
+/// Serves one client connection (HTTP/1.1 with upgrades, or HTTP/2) until
+/// it ends; once no request has been in flight on it for the idle timeout
+/// it is asked to finish, and dropped after [`SHUTDOWN_GRACE`] if it does
+/// not (an HTTP/2 peer holding a half-sent stream open, say). Upgraded
+/// connections (WebSocket) leave this once switched.
+pub async fn serve<I, S, B>(limits: &ConnectionLimits, io: I, activity: &Activity, service: S) -> Result<(), String>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: hyper::service::Service<http::Request<hyper::body::Incoming>, Response = http::Response<B>>,
+    S::Future: 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: hyper::body::Body + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    TokioExecutor: auto::HttpServerConnExec<S::Future, B>,
+{
+    let builder = limits.builder();
+    let mut connection = std::pin::pin!(builder.serve_connection_with_upgrades(io, service));
+    let opened = Instant::now();
+    let ended = tokio::select! {
+        ended = connection.as_mut() => ended,
+        _ = idle(activity, limits.idle_timeout, opened) => {
+            connection.as_mut().graceful_shutdown();
+            tokio::select! {
+                ended = connection.as_mut() => ended,
+                _ = idle(activity, SHUTDOWN_GRACE, Instant::now()) => return Err("idle; dropped".into()),
+            }
+        }
+    };
+    ended.map_err(|err| err.to_string())
 }
 
 /// Open connections per client address, each at most `per_address`.

@@ -8,7 +8,7 @@
 //! are relayed byte for byte.
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use clawplane_tls::edge::{self, Activity, AddressCaps, ConnectionLimits, InFlight};
@@ -168,20 +168,7 @@ async fn serve(listener: TcpListener, tls: rustls::ServerConfig, runtime: Arc<Pr
                 let (proxy, in_flight) = (proxy.clone(), requests.begin());
                 async move { Ok::<_, std::convert::Infallible>(proxy.forward(request, in_flight).await) }
             });
-            let builder = limits.builder();
-            let mut connection = std::pin::pin!(builder.serve_connection_with_upgrades(TokioIo::new(tls), service));
-            let opened = Instant::now();
-            let ended = tokio::select! {
-                ended = connection.as_mut() => ended,
-                _ = edge::idle(&activity, limits.idle_timeout, opened) => {
-                    connection.as_mut().graceful_shutdown();
-                    tokio::select! {
-                        ended = connection.as_mut() => ended,
-                        _ = edge::idle(&activity, edge::SHUTDOWN_GRACE, Instant::now()) => return,
-                    }
-                }
-            };
-            if let Err(err) = ended {
+            if let Err(err) = edge::serve(&limits, TokioIo::new(tls), &activity, service).await {
                 tracing::debug!(%peer, %bridge, error = %err, "tenant proxy connection ended");
             }
         });
