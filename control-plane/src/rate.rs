@@ -6,7 +6,7 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
-use governor::clock::{Clock, DefaultClock};
+use governor::clock::Clock;
 use governor::{DefaultKeyedRateLimiter, Quota};
 
 /// A sustained rate and the burst allowed on top; zero rate is no limit.
@@ -25,16 +25,17 @@ impl Rate {
 /// Requests per key over time; keys unseen for a while are forgotten.
 pub struct KeyedRate<K: Hash + Eq + Clone> {
     limiter: Option<DefaultKeyedRateLimiter<K>>,
-    clock: DefaultClock,
 }
 
 impl<K: Hash + Eq + Clone + Send + Sync + 'static> KeyedRate<K> {
+    /// Needs a Tokio runtime: a task of its own forgets idle keys.
     pub fn new(rate: Rate) -> Arc<Self> {
         let limiter = NonZeroU32::new(rate.per_second).map(|per_second| {
+            // A burst below the rate would refuse what the rate allows.
             let burst = NonZeroU32::new(rate.burst).unwrap_or(per_second).max(per_second);
             DefaultKeyedRateLimiter::keyed(Quota::per_second(per_second).allow_burst(burst))
         });
-        let rate = Arc::new(KeyedRate { limiter, clock: DefaultClock::default() });
+        let rate = Arc::new(KeyedRate { limiter });
         if rate.limiter.is_some() {
             tokio::spawn(forget_idle_keys(Arc::downgrade(&rate)));
         }
@@ -45,11 +46,13 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static> KeyedRate<K> {
     pub fn check(&self, key: &K) -> Result<(), Duration> {
         match &self.limiter {
             None => Ok(()),
-            Some(limiter) => limiter.check_key(key).map_err(|not_until| not_until.wait_time_from(self.clock.now())),
+            Some(limiter) => {
+                limiter.check_key(key).map_err(|not_until| not_until.wait_time_from(limiter.clock().now()))
+            }
         }
     }
 
-    /// Keys whose state is held (tests, metrics).
+    /// Keys whose state is held.
     pub fn keys(&self) -> usize {
         self.limiter.as_ref().map_or(0, |l| l.len())
     }

@@ -228,6 +228,7 @@ async fn assert_serving(rig: &Rig) {
     let mut health = HealthClient::new(rig.channel.clone());
     let answer = tokio::time::timeout(HANG, health.check(HealthCheckRequest { service: String::new() })).await;
     assert_eq!(answer.expect("health answers").expect("health check").into_inner().status, 1, "SERVING");
+    assert_memory_bounded();
     let mut tenants = TenantServiceClient::new(rig.channel.clone());
     let get = rig.callers.alice.request(GetTenantRequest { tenant_id: rig.alice_id.clone() });
     // NOT_FOUND once DeleteTenant deleted it: storage answered either way.

@@ -55,6 +55,7 @@ async fn assert_serving(server: &TestServer) {
     let mut health = HealthClient::new(server.channel().await);
     let answer = health.check(HealthCheckRequest { service: String::new() }).await.expect("health check answers");
     assert_eq!(answer.into_inner().status, 1, "SERVING");
+    assert_memory_bounded();
 }
 
 struct Clients {

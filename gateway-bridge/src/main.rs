@@ -69,8 +69,9 @@ struct Cli {
     response_timeout: Duration,
     #[arg(long, env = "CLAWPLANE_MAX_CONNECTIONS", default_value_t = 10_000)]
     max_connections: usize,
-    /// Open connections one client address may hold (trusted fronts are
-    /// exempt: they carry many clients).
+    /// Open connections one client address (an IPv6 client: its /64) may
+    /// hold, WebSockets included (0: no limit; trusted fronts are exempt:
+    /// they carry many clients).
     #[arg(long, env = "CLAWPLANE_MAX_CONNECTIONS_PER_ADDRESS", default_value_t = 256)]
     max_connections_per_address: usize,
     /// Requests per second one client address may send (0: no limit)...
@@ -166,6 +167,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let pooled = upstream::AgentConnector::new(upstream::client_config(&ca, &cert, &key, &[b"h2"])?, table.clone());
     let upgrades =
         upstream::AgentConnector::new(upstream::client_config(&ca, &cert, &key, &[b"http/1.1"])?, table.clone());
+    for (name, rate, burst) in [
+        ("address", cli.rate_per_address, cli.burst_per_address),
+        ("tenant", cli.rate_per_tenant, cli.burst_per_tenant),
+    ] {
+        if rate > 0 && burst < rate {
+            anyhow::bail!("--burst-per-{name} ({burst}) must not be smaller than --rate-per-{name} ({rate})");
+        }
+    }
     let sessions = clawplane::secrets::SecretBox::load_or_create(&cli.identity_dir.join("session.key"))
         .context("session cookie key")?;
     let limits = clawplane_tls::edge::ConnectionLimits::bridge();
@@ -210,7 +219,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         let address_permit = match bridge.trusted_fronts.contains(&peer.ip()) {
             true => None,
             false => match per_address.try_acquire(peer.ip()) {
-                Some(permit) => Some(permit),
+                Some(permit) => permit,
                 None => {
                     tracing::debug!(%peer, "refused: the address holds its share of connections");
                     bridge.metrics.refused_connection();
@@ -220,24 +229,25 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         };
         let (bridge, tls) = (bridge.clone(), tls.clone());
         tokio::spawn(async move {
-            let _permits = (permit, address_permit);
+            let permits = Activity::holding((permit, address_permit));
             let _ = tcp.set_nodelay(true);
             match tls {
                 Some(acceptor) => match tokio::time::timeout(limits.header_read_timeout, acceptor.accept(tcp)).await {
-                    Ok(Ok(stream)) => serve_connection(TokioIo::new(stream), bridge, peer, true).await,
+                    Ok(Ok(stream)) => serve_connection(TokioIo::new(stream), bridge, peer, true, permits).await,
                     _ => tracing::debug!(%peer, "TLS handshake failed"),
                 },
-                None => serve_connection(TokioIo::new(tcp), bridge, peer, false).await,
+                None => serve_connection(TokioIo::new(tcp), bridge, peer, false, permits).await,
             }
         });
     }
 }
 
-async fn serve_connection<I>(io: I, bridge: Arc<server::Bridge>, peer: SocketAddr, tls: bool)
+/// `activity` holds the connection's permits.
+async fn serve_connection<I>(io: I, bridge: Arc<server::Bridge>, peer: SocketAddr, tls: bool, activity: Activity)
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
-    let activity = Arc::new(Activity::default());
+    let activity = Arc::new(activity);
     let limits = bridge.limits;
     let requests = activity.clone();
     let service = hyper::service::service_fn(move |request| {

@@ -86,15 +86,6 @@ fn text(status: StatusCode, message: &str) -> Response<Body> {
     response
 }
 
-/// The host name of a Host header: lower case, without a port.
-fn host_name(host: &str) -> String {
-    let name = match host.rsplit_once(':') {
-        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
-        _ => host,
-    };
-    name.to_ascii_lowercase()
-}
-
 fn too_many(wait: Duration) -> Response<Body> {
     let mut response = text(StatusCode::TOO_MANY_REQUESTS, "too many requests; slow down");
     response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs(wait)));
@@ -127,9 +118,22 @@ fn strip_session_cookie(headers: &mut HeaderMap) {
     }
 }
 
+fn strip_session_set_cookie(headers: &mut HeaderMap) {
+    let ours = |value: &HeaderValue| {
+        value.as_bytes().split(|b| *b == b'=').next().is_some_and(|name| name.trim_ascii() == SESSION_COOKIE.as_bytes())
+    };
+    if headers.get_all(header::SET_COOKIE).iter().any(ours) {
+        let kept: Vec<HeaderValue> = headers.get_all(header::SET_COOKIE).iter().filter(|v| !ours(v)).cloned().collect();
+        headers.remove(header::SET_COOKIE);
+        for value in kept {
+            headers.append(header::SET_COOKIE, value);
+        }
+    }
+}
+
 /// What a session cookie is sealed for: one host name.
 fn session_context(host: &str) -> String {
-    format!("bridge-session:{}", host_name(host))
+    format!("bridge-session:{}", clawplane::api::host_name(host))
 }
 
 fn owns(principal: &Principal, route: &Route) -> bool {
@@ -150,19 +154,23 @@ impl Bridge {
                 .map(|(_, token)| token.trim().to_string());
             return Some(token.ok_or("the Authorization header is not a bearer token"));
         }
-        let cookie = headers
+        // Every cookie of that name: a sibling host may have planted one for
+        // the whole base domain, which the browser sends first.
+        let mut cookies = headers
             .get_all(header::COOKIE)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(';'))
             .filter_map(|pair| pair.trim().split_once('='))
-            .find(|(name, _)| *name == SESSION_COOKIE)?
-            .1;
-        let opened = URL_SAFE_NO_PAD
-            .decode(cookie)
-            .ok()
-            .and_then(|sealed| self.sessions.open(&session_context(host), &sealed).ok())
-            .and_then(|token| String::from_utf8(token).ok());
+            .filter(|(name, _)| *name == SESSION_COOKIE)
+            .take(8)
+            .peekable();
+        cookies.peek()?;
+        let context = session_context(host);
+        let opened = cookies.find_map(|(_, cookie)| {
+            let sealed = URL_SAFE_NO_PAD.decode(cookie).ok()?;
+            String::from_utf8(self.sessions.open(&context, &sealed).ok()?).ok()
+        });
         Some(opened.ok_or("the session cookie is not valid here; sign in again"))
     }
 
@@ -200,11 +208,16 @@ impl Bridge {
 
     fn client(&self, headers: &HeaderMap, peer: SocketAddr, tls: bool) -> Client {
         let front = self.trusted_fronts.contains(&peer.ip());
+        // The front appends the address it saw: the last entry of the last
+        // header line (an address with a port is taken without it).
         let forwarded_ip = headers
-            .get(&X_FORWARDED_FOR)
+            .get_all(&X_FORWARDED_FOR)
+            .iter()
+            .next_back()
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.rsplit(',').next())
-            .and_then(|ip| ip.trim().parse::<IpAddr>().ok());
+            .map(str::trim)
+            .and_then(|ip| ip.parse::<IpAddr>().ok().or_else(|| ip.parse::<SocketAddr>().ok().map(|addr| addr.ip())));
         let forwarded_proto = headers.get(&X_FORWARDED_PROTO).and_then(|v| v.to_str().ok());
         Client {
             ip: forwarded_ip.filter(|_| front).unwrap_or(peer.ip()),
@@ -223,7 +236,7 @@ impl Bridge {
     ) -> Response<Body> {
         let started = Instant::now();
         let client = self.client(request.headers(), peer, tls);
-        if let Err(wait) = self.address_rate.check(&client.ip) {
+        if let Err(wait) = self.address_rate.check(&clawplane_tls::edge::client_key(client.ip)) {
             self.metrics.refused(StatusCode::TOO_MANY_REQUESTS.as_u16());
             return too_many(wait);
         }
@@ -266,7 +279,10 @@ impl Bridge {
                 _ => return text(StatusCode::PAYLOAD_TOO_LARGE, "request body too large"),
             }
         }
-        let response = self.forward(request, &route, &host, &client).await;
+        // A switched connection's relay takes the request's place in the
+        // limits with it; otherwise the response body holds it.
+        let mut in_flight = Some(in_flight);
+        let response = self.forward(request, &route, &host, &client, &mut in_flight).await;
         let status = response.status();
         if status == StatusCode::SWITCHING_PROTOCOLS {
             counters.upgraded();
@@ -389,6 +405,7 @@ impl Bridge {
         route: &Route,
         host: &str,
         client: &Client,
+        in_flight: &mut Option<InFlight>,
     ) -> Response<Body> {
         let upgrade = clawplane_tls::forward::is_upgrade(request.headers());
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
@@ -420,7 +437,7 @@ impl Bridge {
             // Boxed: every request's future would otherwise be as large as
             // the upgrade path's (a TLS handshake), and be copied that large.
             let upstream = Request::from_parts(parts, body);
-            return Box::pin(self.relay_upgrade(upstream, client_upgrade, &route.host_id)).await;
+            return Box::pin(self.relay_upgrade(upstream, client_upgrade, &route.host_id, in_flight.take())).await;
         }
         parts.version = http::Version::HTTP_2;
         let upstream = Request::from_parts(parts, Limited::new(body, self.max_body_bytes).boxed());
@@ -428,6 +445,9 @@ impl Bridge {
             Ok(Ok(response)) => {
                 let (mut parts, body) = response.into_parts();
                 clawplane_tls::forward::strip_hop_by_hop(&mut parts.headers);
+                // The session cookie is the bridge's: a gateway cannot set
+                // (or overwrite) it.
+                strip_session_set_cookie(&mut parts.headers);
                 Response::from_parts(parts, body.map_err(Into::into).boxed())
             }
             Ok(Err(err)) => {
@@ -445,6 +465,7 @@ impl Bridge {
         request: Request<Incoming>,
         client_upgrade: hyper::upgrade::OnUpgrade,
         host_id: &str,
+        in_flight: Option<InFlight>,
     ) -> Response<Body> {
         let unavailable = || {
             let mut response = text(StatusCode::SERVICE_UNAVAILABLE, "this tenant is not reachable right now");
@@ -464,8 +485,29 @@ impl Bridge {
             let (parts, body) = response.into_parts();
             return Response::from_parts(parts, body.map_err(Into::into).boxed());
         }
-        clawplane_tls::forward::splice(client_upgrade, hyper::upgrade::on(&mut response));
+        clawplane_tls::forward::splice(
+            client_upgrade,
+            hyper::upgrade::on(&mut response),
+            self.limits.upgraded_idle_timeout,
+            in_flight,
+        );
         let (parts, _) = response.into_parts();
         Response::from_parts(parts, Full::new(Bytes::new()).map_err(|never| match never {}).boxed())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_gateway_cannot_set_the_session_cookie() {
+        let mut headers = HeaderMap::new();
+        for value in ["theme=dark; Path=/", "clawplane_session=forged; Path=/", " clawplane_session =x", "a=b"] {
+            headers.append(header::SET_COOKIE, HeaderValue::from_static(value));
+        }
+        strip_session_set_cookie(&mut headers);
+        let kept: Vec<&str> = headers.get_all(header::SET_COOKIE).iter().map(|v| v.to_str().unwrap()).collect();
+        assert_eq!(kept, ["theme=dark; Path=/", "a=b"]);
     }
 }

@@ -116,6 +116,12 @@ async fn the_bridge_routes_each_host_to_its_own_tenant_only() {
         ("the owner", &a_host, vec![("Authorization", bearer(&alice_jwt))], 200),
         ("the owner by session cookie", &a_host, vec![("Cookie", format!("{session}; theme=dark"))], 200),
         ("the SSO token as a cookie", &a_host, vec![("Cookie", format!("clawplane_session={alice_jwt}"))], 401),
+        (
+            "a cookie a sibling host planted, first",
+            &a_host,
+            vec![("Cookie", format!("clawplane_session=x; {session}"))],
+            200,
+        ),
         ("alice's session cookie on another host", &t_host, vec![("Cookie", session.clone())], 401),
         ("a team member", &t_host, vec![("Authorization", bearer(&dave_jwt))], 200),
         ("the owner of another tenant", &t_host, vec![("Authorization", bearer(&alice_jwt))], 404),

@@ -188,6 +188,38 @@ async fn a_hostile_user_cannot_probe_flood_or_starve_the_bridge() {
     let refused = metric(&metrics, "clawplane_bridge_refused_connections_total");
     assert!(refused >= 100.0, "connections over the per-address cap were refused at accept: {refused}\n{metrics}");
     assert!(metrics.contains("clawplane_bridge_refused_total{status=\"431\"}"), "{metrics}");
+
+    // WebSockets count against their address's connections while they last.
+    let mut sockets = Vec::new();
+    for _ in 0..64 {
+        let mut ws = connect_from("127.0.0.8", port).await.unwrap();
+        let upgrade = format!(
+            "GET /ws HTTP/1.1\r\nHost: {alice_host}\r\nAuthorization: {alice}\r\nConnection: Upgrade\r\n\
+             Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        );
+        ws.write_all(upgrade.as_bytes()).await.unwrap();
+        let mut head = vec![0u8; 1024];
+        let n = tokio::time::timeout(Duration::from_secs(30), ws.read(&mut head)).await.unwrap().unwrap();
+        let head = String::from_utf8_lossy(&head[..n]).to_string();
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        sockets.push(ws);
+    }
+    let (status, _, _) = http_from("127.0.0.8", port, &alice_host, "/", &[("Authorization", &alice)]).await;
+    assert_eq!(status, 0, "the address's 64 places are taken by its WebSockets");
+    assert_eq!(http_from("127.0.0.9", port, &alice_host, "/", &[("Authorization", &alice)]).await.0, 200);
+    drop(sockets);
+    eventually(Duration::from_secs(30), "closed WebSockets free their places", || {
+        let (host, auth) = (alice_host.clone(), alice.clone());
+        async move { http_from("127.0.0.8", port, &host, "/", &[("Authorization", &auth)]).await.0 == 200 }
+    })
+    .await;
+
+    // A client that connects and sends nothing is dropped once the
+    // header-read timeout passes (hyper's own timer starts later).
+    let mut silent = connect_from("127.0.0.10", port).await.unwrap();
+    let mut byte = [0u8; 1];
+    let closed = tokio::time::timeout(Duration::from_secs(60), silent.read(&mut byte)).await;
+    assert!(matches!(closed, Ok(Ok(0)) | Ok(Err(_))), "a silent connection is closed: {closed:?}");
     alive_and_bounded(&bridge).await;
     drop(bridge);
 

@@ -10,7 +10,7 @@
 //! host shares.
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -41,6 +41,9 @@ pub struct ConnectionLimits {
     pub max_headers: usize,
     /// Concurrent HTTP/2 streams per connection.
     pub max_streams: u32,
+    /// A switched connection (WebSocket) with no bytes either way for this
+    /// long is closed.
+    pub upgraded_idle_timeout: Duration,
 }
 
 impl ConnectionLimits {
@@ -51,7 +54,9 @@ impl ConnectionLimits {
             keep_alive_interval: Duration::from_secs(30),
             max_header_bytes: BRIDGE_MAX_HEADER_BYTES,
             max_headers: BRIDGE_MAX_HEADERS,
-            max_streams: 256,
+            upgraded_idle_timeout: Duration::from_secs(600),
+            // Each stream may buffer a window's worth: few per user.
+            max_streams: 128,
         }
     }
 
@@ -65,6 +70,7 @@ impl ConnectionLimits {
             keep_alive_interval: Duration::from_secs(30),
             max_header_bytes: AGENT_MAX_HEADER_BYTES,
             max_headers: AGENT_MAX_HEADERS,
+            upgraded_idle_timeout: Duration::from_secs(660),
             max_streams: 4096,
         }
     }
@@ -94,7 +100,7 @@ impl ConnectionLimits {
 
 /// The size of a request's or response's head as HTTP/2 counts it
 /// (RFC 9113 6.5.2: name + value + 32 per field), and its field count.
-pub fn head_size(headers: &HeaderMap, path: &str) -> (usize, usize) {
+fn head_size(headers: &HeaderMap, path: &str) -> (usize, usize) {
     let bytes = headers.iter().map(|(name, value)| name.as_str().len() + value.len() + 32).sum::<usize>();
     (bytes + path.len() + 32, headers.len())
 }
@@ -112,32 +118,40 @@ pub fn check_head(limits: &ConnectionLimits, headers: &HeaderMap, path: &str) ->
 }
 
 /// Requests in flight on one connection and when the last one began or
-/// ended: the idle timer of [`serve`].
-#[derive(Default)]
+/// ended: the idle timer of [`serve`]. It holds the connection's permits
+/// (open connections in all, and of its address), so a request that
+/// outlives the connection (a WebSocket relay holding its [`InFlight`])
+/// still counts against them.
 pub struct Activity {
     in_flight: AtomicUsize,
+    /// Whether any request has begun.
+    began: AtomicBool,
     /// Milliseconds since `epoch` of the last change.
     last: AtomicU64,
-    epoch: OnceInstant,
-}
-
-struct OnceInstant(Instant);
-
-impl Default for OnceInstant {
-    fn default() -> Self {
-        OnceInstant(Instant::now())
-    }
+    epoch: Instant,
+    _permits: Box<dyn Send + Sync>,
 }
 
 impl Activity {
+    pub fn holding(permits: impl Send + Sync + 'static) -> Self {
+        Activity {
+            in_flight: AtomicUsize::new(0),
+            began: AtomicBool::new(false),
+            last: AtomicU64::new(0),
+            epoch: Instant::now(),
+            _permits: Box::new(permits),
+        }
+    }
+
     fn touch(&self) {
-        self.last.store(self.epoch.0.elapsed().as_millis() as u64, Ordering::Relaxed);
+        self.last.store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
 
     /// A request began; it counts until the guard is dropped (keep it with
     /// the response body so a long stream is not idle).
     pub fn begin(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.began.store(true, Ordering::Relaxed);
         self.touch();
         InFlight(self.clone())
     }
@@ -147,7 +161,7 @@ impl Activity {
             return None;
         }
         let last = Duration::from_millis(self.last.load(Ordering::Relaxed));
-        Some(self.epoch.0.elapsed().saturating_sub(last))
+        Some(self.epoch.elapsed().saturating_sub(last))
     }
 }
 
@@ -179,6 +193,14 @@ async fn idle(activity: &Activity, timeout: Duration, since: Instant) {
     }
 }
 
+/// Completes if no request has begun within `timeout`; else never.
+async fn no_request_within(activity: &Activity, timeout: Duration) {
+    tokio::time::sleep(timeout).await;
+    if activity.began.load(Ordering::Relaxed) {
+        std::future::pending::<()>().await;
+    }
+}
+
 /// Serves one client connection (HTTP/1.1 with upgrades, or HTTP/2) until
 /// it ends; once no request has been in flight on it for the idle timeout
 /// it is asked to finish, and dropped after [`SHUTDOWN_GRACE`] if it does
@@ -199,6 +221,9 @@ where
     let opened = Instant::now();
     let ended = tokio::select! {
         ended = connection.as_mut() => ended,
+        // hyper's header-read timer starts only once it knows the protocol:
+        // a client that sends nothing (or half a preface) is dropped here.
+        _ = no_request_within(activity, limits.header_read_timeout) => return Err("no request in time; dropped".into()),
         _ = idle(activity, limits.idle_timeout, opened) => {
             connection.as_mut().graceful_shutdown();
             tokio::select! {
@@ -210,7 +235,20 @@ where
     ended.map_err(|err| err.to_string())
 }
 
-/// Open connections per client address, each at most `per_address`.
+/// The key one client is counted under: its address, or for IPv6 its /64
+/// (one subscriber's whole allocation, which it can spread requests over).
+pub fn client_key(address: IpAddr) -> IpAddr {
+    match address {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(std::net::Ipv6Addr::from(u128::from(v6) & !((1u128 << 64) - 1))),
+        },
+        v4 => v4,
+    }
+}
+
+/// Open connections per client (see [`client_key`]), each at most
+/// `per_address`; 0 is no limit.
 pub struct AddressCaps {
     per_address: usize,
     open: Mutex<HashMap<IpAddr, usize>>,
@@ -227,19 +265,20 @@ impl AddressCaps {
         Arc::new(AddressCaps { per_address, open: Mutex::default() })
     }
 
-    /// A permit, or None when the address already holds its share.
-    pub fn try_acquire(self: &Arc<Self>, address: IpAddr) -> Option<AddressPermit> {
+    /// A permit (None inside when there is no limit), or None when the
+    /// client already holds its share.
+    pub fn try_acquire(self: &Arc<Self>, address: IpAddr) -> Option<Option<AddressPermit>> {
+        if self.per_address == 0 {
+            return Some(None);
+        }
+        let address = client_key(address);
         let mut open = self.open.lock().unwrap();
-        let count = open.entry(address).or_default();
-        if *count >= self.per_address {
+        let count = open.get(&address).copied().unwrap_or(0);
+        if count >= self.per_address {
             return None;
         }
-        *count += 1;
-        Some(AddressPermit { caps: self.clone(), address })
-    }
-
-    pub fn open(&self, address: IpAddr) -> usize {
-        self.open.lock().unwrap().get(&address).copied().unwrap_or(0)
+        open.insert(address, count + 1);
+        Some(Some(AddressPermit { caps: self.clone(), address }))
     }
 }
 
@@ -270,6 +309,28 @@ mod tests {
         assert!(caps.try_acquire(b).is_some(), "another address is not affected");
         drop(first);
         assert!(caps.try_acquire(a).is_some(), "a closed connection frees its place");
+        let ipv6 = AddressCaps::new(1);
+        let _held = ipv6.try_acquire("2001:db8:1:2::1".parse().unwrap()).unwrap();
+        assert!(ipv6.try_acquire("2001:db8:1:2:ffff::9".parse().unwrap()).is_none(), "one /64 is one client");
+        assert!(ipv6.try_acquire("2001:db8:1:3::1".parse().unwrap()).is_some());
+        let unlimited = AddressCaps::new(0);
+        for _ in 0..1000 {
+            assert!(unlimited.try_acquire(a).is_some());
+        }
+        assert!(unlimited.open.lock().unwrap().is_empty(), "no limit keeps no state");
+    }
+
+    #[test]
+    fn clients_are_keyed_by_address_or_ipv6_slash_64() {
+        let cases = [
+            ("192.0.2.7", "192.0.2.7"),
+            ("::ffff:192.0.2.7", "192.0.2.7"),
+            ("2001:db8:aa:bb:cc:dd:ee:ff", "2001:db8:aa:bb::"),
+            ("::1", "::"),
+        ];
+        for (address, key) in cases {
+            assert_eq!(client_key(address.parse().unwrap()), key.parse::<IpAddr>().unwrap(), "{address}");
+        }
     }
 
     #[test]

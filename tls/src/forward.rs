@@ -2,7 +2,10 @@
 //! gateway bridge and the host agent's tenant proxy.
 use http::header::{self, HeaderName};
 use http::HeaderMap;
+use std::time::Duration;
+
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Headers that describe one hop and must not be forwarded (RFC 9110 7.6.1).
 /// Names, not strings: a string is parsed again on every lookup, and this
@@ -60,19 +63,78 @@ pub fn is_upgrade(headers: &HeaderMap) -> bool {
 }
 
 /// Once both sides of a switched connection (WebSocket) have upgraded,
-/// relays bytes between them until either closes, on a task of its own.
-pub fn splice(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+/// relays bytes between them until either closes or neither sends anything
+/// for `idle`, on a task of its own. `hold` (the request's place in its
+/// connection's limits) lives as long as the relay.
+pub fn splice<H: Send + 'static>(
+    client: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+    idle: Duration,
+    hold: H,
+) {
     tokio::spawn(async move {
+        let _hold = hold;
         if let (Ok(client), Ok(upstream)) = (client.await, upstream.await) {
-            let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
-            let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+            relay(TokioIo::new(client), TokioIo::new(upstream), idle).await;
         }
     });
+}
+
+/// Bytes both ways until either side ends or `idle` passes without any.
+async fn relay<A, B>(mut a: A, mut b: B, idle: Duration)
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    let (mut from_a, mut from_b) = (vec![0u8; 16 * 1024], vec![0u8; 16 * 1024]);
+    loop {
+        tokio::select! {
+            read = a.read(&mut from_a) => match read {
+                Ok(n) if n > 0 && b.write_all(&from_a[..n]).await.is_ok() => {}
+                _ => break,
+            },
+            read = b.read(&mut from_b) => match read {
+                Ok(n) if n > 0 && a.write_all(&from_b[..n]).await.is_ok() => {}
+                _ => break,
+            },
+            _ = tokio::time::sleep(idle) => break,
+        }
+    }
+    let _ = a.shutdown().await;
+    let _ = b.shutdown().await;
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_relay_carries_both_ways_until_a_side_closes() {
+        let (client, mut client_peer) = tokio::io::duplex(1024);
+        let (upstream, mut upstream_peer) = tokio::io::duplex(1024);
+        let relay = tokio::spawn(relay(client, upstream, Duration::from_secs(3600)));
+        client_peer.write_all(b"ping").await.unwrap();
+        let mut buf = [0u8; 4];
+        upstream_peer.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"ping");
+        upstream_peer.write_all(b"pong").await.unwrap();
+        client_peer.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"pong");
+        drop(client_peer);
+        tokio::time::timeout(Duration::from_secs(30), relay).await.expect("the relay ends").unwrap();
+        assert_eq!(upstream_peer.read(&mut buf).await.unwrap(), 0, "the other side sees the close");
+    }
+
+    #[tokio::test]
+    async fn a_relay_with_nothing_either_way_ends_at_its_idle_timeout() {
+        let (client, mut client_peer) = tokio::io::duplex(1024);
+        let (upstream, mut upstream_peer) = tokio::io::duplex(1024);
+        let relay = tokio::spawn(relay(client, upstream, Duration::from_millis(100)));
+        tokio::time::timeout(Duration::from_secs(30), relay).await.expect("an idle relay ends").unwrap();
+        let mut buf = [0u8; 1];
+        assert_eq!(client_peer.read(&mut buf).await.unwrap(), 0);
+        assert_eq!(upstream_peer.read(&mut buf).await.unwrap(), 0);
+    }
 
     #[test]
     fn hop_by_hop_headers_are_removed_and_the_rest_kept() {

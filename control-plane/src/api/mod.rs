@@ -22,7 +22,7 @@ pub use deadline::{wait_within, Deadline, DeadlineLayer};
 pub use error::{ApiError, ApiResult};
 pub use hosts::HostApi;
 pub use rate_limit::RateLimitLayer;
-pub use routes::{slug_of, RouteApi};
+pub use routes::{host_name, slug_of, RouteApi};
 pub use sessions::SessionApi;
 pub use tenants::TenantApi;
 pub use usage::UsageApi;

@@ -1,7 +1,7 @@
 //! Request rates per caller, after [`crate::auth::AuthLayer`]: a signed-in
 //! user (JWT subject or the shared-secret form's `x-user-id`) has an
 //! allowance of their own; a request without a valid identity counts
-//! against its client address. The bare admin token (operators' CLI, the
+//! against its client address (an IPv6 client by its /64). The bare admin token (operators' CLI, the
 //! bridge's route watch) is not limited. Over the allowance the call is
 //! RESOURCE_EXHAUSTED before any work, with `retry-after` (seconds) in its
 //! metadata.
@@ -50,7 +50,7 @@ impl RateLimitLayer {
             Some(Authentication(Ok(principal))) if principal.is_admin && !principal.is_user => Ok(()),
             Some(Authentication(Ok(principal))) => self.callers.check(&principal.user_id),
             _ => match request.extensions().get::<TcpConnectInfo>().and_then(|info| info.remote_addr()) {
-                Some(peer) => self.addresses.check(&peer.ip()),
+                Some(peer) => self.addresses.check(&clawplane_tls::edge::client_key(peer.ip())),
                 None => Ok(()),
             },
         };

@@ -170,6 +170,17 @@ impl RouteApi {
     }
 }
 
+/// The host name of a Host header: without a port or a trailing dot, in
+/// lower case.
+pub fn host_name(host: &str) -> String {
+    let host = host.trim();
+    let name = match host.rsplit_once(':') {
+        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+        _ => host,
+    };
+    name.trim_end_matches('.').to_ascii_lowercase()
+}
+
 /// The slug a Host header names under `base_domain`, if any. `Err` for a
 /// malformed header; `Ok(None)` for a well-formed name outside the domain.
 pub fn slug_of(host: &str, base_domain: &str) -> ApiResult<Option<String>> {
@@ -183,11 +194,7 @@ pub fn slug_of(host: &str, base_domain: &str) -> ApiResult<Option<String>> {
     if host.chars().any(|c| c.is_control() || c.is_whitespace() || c == '/' || c == '@') {
         return Err(ApiError::invalid(format!("host {} is not a hostname", shown(host))));
     }
-    let name = match host.rsplit_once(':') {
-        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
-        _ => host,
-    };
-    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    let name = host_name(host);
     let Some(label) = name.strip_suffix(&format!(".{base_domain}")) else { return Ok(None) };
     Ok(super::slug::validate(label).is_ok().then(|| label.to_string()))
 }

@@ -241,3 +241,17 @@ pub fn sign(alg: Algorithm, key: &EncodingKey, kid: Option<&str>, claims: &Value
     header.kid = kid.map(String::from);
     jsonwebtoken::encode(&header, claims, key).unwrap()
 }
+
+/// The test process hosts the server: its resident memory stays far below
+/// what an input-sized allocation (a period per day since year 1, say)
+/// would take.
+pub fn assert_memory_bounded() {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    assert!(kib < 512 * 1024, "resident memory {kib} KiB");
+}

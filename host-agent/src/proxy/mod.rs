@@ -136,12 +136,12 @@ async fn serve(listener: TcpListener, tls: rustls::ServerConfig, runtime: Arc<Pr
             }
         };
         let Some(address_permit) = per_address.try_acquire(peer.ip()) else {
-            tracing::warn!(%peer, "tenant proxy: refused a connection, the address holds its share");
+            tracing::debug!(%peer, "tenant proxy: refused a connection, the address holds its share");
             continue;
         };
         let (acceptor, proxy) = (acceptor.clone(), proxy.clone());
         tokio::spawn(async move {
-            let _permits = (permit, address_permit);
+            let permits = Activity::holding((permit, address_permit));
             let _ = tcp.set_nodelay(true);
             let tls = match tokio::time::timeout(limits.header_read_timeout, acceptor.accept(tcp)).await {
                 Ok(Ok(tls)) => tls,
@@ -162,7 +162,7 @@ async fn serve(listener: TcpListener, tls: rustls::ServerConfig, runtime: Arc<Pr
                 tracing::warn!(%peer, "tenant proxy: refused a client certificate that is not a bridge identity");
                 return;
             };
-            let activity = Arc::new(Activity::default());
+            let activity = Arc::new(permits);
             let requests = activity.clone();
             let service = hyper::service::service_fn(move |request| {
                 let (proxy, in_flight) = (proxy.clone(), requests.begin());
@@ -204,7 +204,7 @@ impl Proxy {
         if let Some(client_upgrade) = client_upgrade {
             // Boxed: every request's future would otherwise be as large as
             // the upgrade path's, and be copied that large.
-            return Box::pin(self.relay_upgrade(upstream, client_upgrade, target.port)).await;
+            return Box::pin(self.relay_upgrade(upstream, client_upgrade, target.port, in_flight)).await;
         }
         match self.gateways.request(target.port, upstream).await {
             Ok(response) => {
@@ -230,12 +230,14 @@ impl Proxy {
     }
 
     /// A WebSocket (or other) upgrade: its own upstream connection, then
-    /// bytes relayed both ways until either side closes.
+    /// bytes relayed both ways until either side closes or it goes idle;
+    /// the relay holds `in_flight`, and with it its connection's permits.
     async fn relay_upgrade(
         &self,
         request: Request<Incoming>,
         client_upgrade: hyper::upgrade::OnUpgrade,
         port: u16,
+        in_flight: InFlight,
     ) -> Response<Body> {
         let Ok(tcp) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
             return reply(StatusCode::BAD_GATEWAY, "the tenant's gateway is not answering");
@@ -252,7 +254,8 @@ impl Proxy {
             let (parts, body) = response.into_parts();
             return Response::from_parts(parts, body.boxed());
         }
-        clawplane_tls::forward::splice(client_upgrade, hyper::upgrade::on(&mut response));
+        let idle = ConnectionLimits::agent().upgraded_idle_timeout;
+        clawplane_tls::forward::splice(client_upgrade, hyper::upgrade::on(&mut response), idle, in_flight);
         let (parts, _) = response.into_parts();
         Response::from_parts(parts, Full::new(Bytes::new()).map_err(|never| match never {}).boxed())
     }
