@@ -49,6 +49,10 @@ async fn each_caller_has_an_allowance_of_their_own() {
             let answer = client.get_my_tenant(Cred::admin().request(GetMyTenantRequest::default())).await;
             assert_ne!(answer.map(|_| Code::Ok).unwrap_or_else(|s| s.code()), Code::ResourceExhausted);
         }
+        // Still serving, with memory bounded.
+        let health = client.get_my_tenant(Cred::admin().request(GetMyTenantRequest::default())).await;
+        assert_ne!(health.map(|_| Code::Ok).unwrap_or_else(|s| s.code()), Code::Unavailable, "still serving");
+        assert_memory_bounded();
         server.shutdown().await;
         db.cleanup().await;
     }
