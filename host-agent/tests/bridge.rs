@@ -26,25 +26,8 @@ fn gateway_token(agent: &Agent, tenant_id: &str) -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_bridge_routes_each_host_to_its_own_tenant_only() {
     let db = sqlite_db();
-    let mut cp = ControlPlane::start(&db, "");
     let dir = db.data_dir();
-    let fake = fake_openclaw(&dir);
-    let (token, pin) = cp.join_token(600, 1).await;
-    let mut agent = Agent::new(&dir, "agent");
-    assert!(agent.join(&cp.url(), &token, &pin).status.success());
-    let agent_args = [
-        "--openclaw-bin".to_string(),
-        fake.join("openclaw").display().to_string(),
-        "--tenants-dir".into(),
-        dir.join("tenants").display().to_string(),
-        "--no-tenant-users".into(),
-        "--gateway-base-port".into(),
-        free_port().to_string(),
-        "--proxy-listen".into(),
-        "127.0.0.1:0".into(),
-    ];
-    let agent_args: Vec<&str> = agent_args.iter().map(String::as_str).collect();
-    agent.run_with(&agent_args);
+    let (mut cp, mut agent) = host_with_tenant_proxy(&db).await;
 
     let mut tenants = TenantServiceClient::new(cp.channel().await);
     let alice = Cred::shared("alice");

@@ -42,26 +42,8 @@ fn metric(metrics: &str, name: &str) -> f64 {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_hostile_user_cannot_probe_flood_or_starve_the_bridge() {
     let db = sqlite_db();
-    let mut cp = ControlPlane::start(&db, "");
     let dir = db.data_dir();
-    let fake = fake_openclaw(&dir);
-    let (token, pin) = cp.join_token(600, 1).await;
-    let mut agent = Agent::new(&dir, "agent");
-    assert!(agent.join(&cp.url(), &token, &pin).status.success());
-    let tenants_dir = dir.join("tenants").display().to_string();
-    let fake_bin = fake.join("openclaw").display().to_string();
-    let base_port = free_port().to_string();
-    agent.run_with(&[
-        "--openclaw-bin",
-        &fake_bin,
-        "--tenants-dir",
-        &tenants_dir,
-        "--no-tenant-users",
-        "--gateway-base-port",
-        &base_port,
-        "--proxy-listen",
-        "127.0.0.1:0",
-    ]);
+    let (mut cp, mut agent) = host_with_tenant_proxy(&db).await;
     let mut tenants = TenantServiceClient::new(cp.channel().await);
     for user in ["alice", "bob"] {
         let request = CreateTenantRequest { plan: "free".into(), ..Default::default() };

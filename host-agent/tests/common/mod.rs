@@ -492,6 +492,33 @@ pub fn bearer(token: &str) -> String {
     format!("Bearer {token}")
 }
 
+/// A control plane and one joined host whose agent runs the stand-in
+/// `openclaw` (no tenant users) with its tenant proxy on loopback, for the
+/// bridge's tests.
+pub async fn host_with_tenant_proxy(db: &TestDb) -> (ControlPlane, Agent) {
+    let cp = ControlPlane::start(db, "");
+    let dir = db.data_dir();
+    let fake = fake_openclaw(&dir);
+    let (token, pin) = cp.join_token(600, 1).await;
+    let mut agent = Agent::new(&dir, "agent");
+    assert!(agent.join(&cp.url(), &token, &pin).status.success());
+    let (fake_bin, tenants_dir) =
+        (fake.join("openclaw").display().to_string(), dir.join("tenants").display().to_string());
+    let base_port = free_port().to_string();
+    agent.run_with(&[
+        "--openclaw-bin",
+        &fake_bin,
+        "--tenants-dir",
+        &tenants_dir,
+        "--no-tenant-users",
+        "--gateway-base-port",
+        &base_port,
+        "--proxy-listen",
+        "127.0.0.1:0",
+    ]);
+    (cp, agent)
+}
+
 /// Waits until the caller's tenant (of `team`, or their own) is running.
 pub async fn running(client: &mut TenantServiceClient<Channel>, cred: &cp::Cred, team: &str) -> Tenant {
     let mut last = None;
