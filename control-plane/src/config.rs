@@ -169,6 +169,7 @@ struct TenantsFileConfig {
 #[serde(deny_unknown_fields)]
 struct LimitsFileConfig {
     max_connections: Option<usize>,
+    max_connections_per_address: Option<usize>,
     request_timeout: Option<String>,
     max_request_timeout: Option<String>,
     database_max_connections: Option<u32>,
@@ -236,6 +237,8 @@ pub struct Config {
     pub tenant_purge_after: Duration,
     pub tenant_purge_interval: Duration,
     pub max_connections: usize,
+    /// Open API connections per client address (IPv6: per /64); 0 is no limit.
+    pub max_connections_per_address: usize,
     /// Deadline of a request that does not carry its own `grpc-timeout`.
     pub request_timeout: Duration,
     /// The longest deadline a client's `grpc-timeout` may ask for.
@@ -345,6 +348,7 @@ impl Config {
         if max_connections == 0 {
             bail!("limits.max_connections: must be greater than zero");
         }
+        let max_connections_per_address = file.limits.max_connections_per_address.unwrap_or(512);
         let database_max_connections = file.limits.database_max_connections.unwrap_or(16);
         if database_max_connections == 0 {
             bail!("limits.database_max_connections: must be greater than zero");
@@ -421,6 +425,7 @@ impl Config {
             tenant_purge_after,
             tenant_purge_interval,
             max_connections,
+            max_connections_per_address,
             request_timeout,
             max_request_timeout,
             database_max_connections,

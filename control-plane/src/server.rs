@@ -137,10 +137,17 @@ impl Server {
         let reflection_v1 = reflection(tonic_reflection::server::Builder::configure()).build_v1()?;
         let reflection_v1alpha = reflection(tonic_reflection::server::Builder::configure()).build_v1alpha()?;
 
-        let incoming = bounded_incoming(listener, Arc::new(Semaphore::new(config.max_connections)));
+        let incoming = bounded_incoming(
+            listener,
+            Arc::new(Semaphore::new(config.max_connections)),
+            clawplane_tls::edge::AddressCaps::new(config.max_connections_per_address),
+        );
         let mut stop_on_signal = stop_rx.clone();
         let served = tonic::transport::Server::builder()
             .accept_http1(true)
+            // Dead peers and half-open connections are found and closed.
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(20)))
             .layer(cors_layer(&config.cors_origins))
             .layer(tonic_web::GrpcWebLayer::new())
             .layer(AuthLayer::new(authenticator))
@@ -299,21 +306,32 @@ async fn purge_deleted_tenants(store: Store, config: Config, mut stop: watch::Re
     }
 }
 
+/// A new connection's peer must send its first bytes within this.
+const FIRST_BYTES_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Accepted connections, at most as many open at once as the semaphore has
-/// permits: accepting waits while the server is full.
+/// permits (accepting waits while the server is full) and as `per_client`
+/// allows one client (an address, an IPv6 /64): more from it are closed at
+/// once, so one client cannot hold the server's every place.
 fn bounded_incoming(
     listener: TcpListener,
     limit: Arc<Semaphore>,
+    per_client: Arc<clawplane_tls::edge::AddressCaps>,
 ) -> impl Stream<Item = io::Result<Connection<TcpStream, TcpConnectInfo>>> {
-    futures::stream::unfold((listener, limit), |(listener, limit)| async move {
+    futures::stream::unfold((listener, limit, per_client), |(listener, limit, per_client)| async move {
         let permit = limit.clone().acquire_owned().await.ok()?;
         loop {
             match listener.accept().await {
-                Ok((stream, _)) => {
+                Ok((stream, peer)) => {
+                    let Some(client_permit) = per_client.try_acquire(peer.ip()) else {
+                        tracing::debug!(%peer, "refused a connection: the client holds its share");
+                        continue;
+                    };
                     let _ = stream.set_nodelay(true);
                     let info = stream.connect_info();
-                    let connection = Connection::new(stream, info, permit);
-                    return Some((Ok(connection), (listener, limit)));
+                    let connection =
+                        Connection::new(stream, info, permit).with_limits(FIRST_BYTES_TIMEOUT, client_permit);
+                    return Some((Ok(connection), (listener, limit, per_client)));
                 }
                 Err(err) => {
                     // Out of file descriptors and the like: back off, keep serving.

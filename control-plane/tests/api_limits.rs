@@ -96,3 +96,50 @@ async fn cross_origin_calls_only_from_configured_origins() {
         server.shutdown().await;
     }
 }
+
+/// A TCP connection to the API from the loopback address `source`.
+async fn connect_from(source: &str, addr: std::net::SocketAddr) -> tokio::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
+    socket.connect(addr).await.unwrap()
+}
+
+/// Whether the server closed the connection (within a minute: hang guard).
+async fn closed_by_server(stream: &mut tokio::net::TcpStream) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut byte = [0u8; 1];
+    matches!(
+        tokio::time::timeout(std::time::Duration::from_secs(60), stream.read(&mut byte)).await,
+        Ok(Ok(0)) | Ok(Err(_))
+    )
+}
+
+#[tokio::test]
+async fn one_client_cannot_hold_every_connection() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let db = sqlite_db();
+    let server = TestServer::start_with(serve_args(&db), |config| config.max_connections_per_address = 8).await;
+    // Eight silent connections from one address take its share: a ninth is
+    // closed at once, while other clients are served.
+    let mut silent = Vec::new();
+    for _ in 0..8 {
+        silent.push(connect_from("127.0.0.2", server.addr).await);
+    }
+    let mut ninth = connect_from("127.0.0.2", server.addr).await;
+    assert!(closed_by_server(&mut ninth).await, "over the per-address cap");
+    let mut client = TenantServiceClient::new(server.channel().await);
+    let answer = client.get_my_tenant(Cred::shared("alice").request(GetMyTenantRequest::default())).await;
+    assert_eq!(answer.unwrap_err().code(), Code::NotFound, "another client is served");
+    // A connection that sends nothing is closed once its first bytes are late.
+    for stream in &mut silent {
+        assert!(closed_by_server(stream).await, "a silent connection is closed");
+    }
+    // Its places are free again.
+    let mut again = connect_from("127.0.0.2", server.addr).await;
+    again.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(30), again.read_to_end(&mut answer)).await;
+    assert!(answer.starts_with(b"HTTP/1.1 "), "served: {:?}", String::from_utf8_lossy(&answer));
+    assert_memory_bounded();
+    server.shutdown().await;
+}
