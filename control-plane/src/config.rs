@@ -52,6 +52,21 @@ pub struct ServeArgs {
     /// none, cross-origin calls are refused.
     #[arg(long, env = "CLAWPLANE_CORS_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub cors_allowed_origins: Vec<String>,
+    /// Requests per second per signed-in caller (0: no limit); `limits.rate_per_caller`.
+    #[arg(long, env = "CLAWPLANE_LIMITS_RATE_PER_CALLER")]
+    pub limits_rate_per_caller: Option<u32>,
+    /// Requests a caller may send at once above that rate; `limits.burst_per_caller`.
+    #[arg(long, env = "CLAWPLANE_LIMITS_BURST_PER_CALLER")]
+    pub limits_burst_per_caller: Option<u32>,
+    /// Requests per second per client address without a valid identity; `limits.rate_per_address`.
+    #[arg(long, env = "CLAWPLANE_LIMITS_RATE_PER_ADDRESS")]
+    pub limits_rate_per_address: Option<u32>,
+    /// Burst above that rate; `limits.burst_per_address`.
+    #[arg(long, env = "CLAWPLANE_LIMITS_BURST_PER_ADDRESS")]
+    pub limits_burst_per_address: Option<u32>,
+    /// Open API connections per client address (0: no limit); `limits.max_connections_per_address`.
+    #[arg(long, env = "CLAWPLANE_LIMITS_MAX_CONNECTIONS_PER_ADDRESS")]
+    pub limits_max_connections_per_address: Option<usize>,
     #[command(flatten)]
     pub auth: AuthArgs,
 }
@@ -348,16 +363,21 @@ impl Config {
         if max_connections == 0 {
             bail!("limits.max_connections: must be greater than zero");
         }
-        let max_connections_per_address = file.limits.max_connections_per_address.unwrap_or(512);
+        let max_connections_per_address =
+            args.limits_max_connections_per_address.or(file.limits.max_connections_per_address).unwrap_or(512);
         let database_max_connections = file.limits.database_max_connections.unwrap_or(16);
         if database_max_connections == 0 {
             bail!("limits.database_max_connections: must be greater than zero");
         }
 
-        let rate_per_caller =
-            Rate::new(file.limits.rate_per_caller.unwrap_or(50), file.limits.burst_per_caller.unwrap_or(200));
-        let rate_per_address =
-            Rate::new(file.limits.rate_per_address.unwrap_or(20), file.limits.burst_per_address.unwrap_or(100));
+        let rate_per_caller = Rate::new(
+            args.limits_rate_per_caller.or(file.limits.rate_per_caller).unwrap_or(50),
+            args.limits_burst_per_caller.or(file.limits.burst_per_caller).unwrap_or(200),
+        );
+        let rate_per_address = Rate::new(
+            args.limits_rate_per_address.or(file.limits.rate_per_address).unwrap_or(20),
+            args.limits_burst_per_address.or(file.limits.burst_per_address).unwrap_or(100),
+        );
         for (name, rate) in [("caller", rate_per_caller), ("address", rate_per_address)] {
             if rate.per_second > 0 && rate.burst < rate.per_second {
                 bail!("limits.burst_per_{name}: must not be smaller than limits.rate_per_{name}");
@@ -556,6 +576,23 @@ mod tests {
         assert_eq!(config.api_listen.to_string(), "127.0.0.1:7700");
         assert!(config.auth.jwt.is_none());
         assert_eq!(config.cors_origins, CorsOrigins::List(vec![]), "no cross-origin calls unless configured");
+    }
+
+    #[test]
+    fn limits_come_from_the_flag_or_the_file() {
+        let file = "[limits]\nrate_per_caller = 7\nburst_per_caller = 9\nmax_connections_per_address = 3";
+        let config = load(ServeArgs::default(), file).unwrap();
+        assert_eq!((config.rate_per_caller, config.max_connections_per_address), (Rate::new(7, 9), 3));
+        let args = ServeArgs {
+            limits_rate_per_caller: Some(0),
+            limits_rate_per_address: Some(5),
+            limits_burst_per_address: Some(6),
+            limits_max_connections_per_address: Some(0),
+            ..Default::default()
+        };
+        let config = load(args, file).unwrap();
+        assert_eq!(config.rate_per_caller, Rate::new(0, 9), "a flag wins over the file");
+        assert_eq!((config.rate_per_address, config.max_connections_per_address), (Rate::new(5, 6), 0));
     }
 
     #[test]
