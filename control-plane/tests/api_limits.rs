@@ -97,13 +97,6 @@ async fn cross_origin_calls_only_from_configured_origins() {
     }
 }
 
-/// A TCP connection to the API from the loopback address `source`.
-async fn connect_from(source: &str, addr: std::net::SocketAddr) -> tokio::net::TcpStream {
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
-    socket.connect(addr).await.unwrap()
-}
-
 /// Whether the server closed the connection (within a minute: hang guard).
 async fn closed_by_server(stream: &mut tokio::net::TcpStream) -> bool {
     use tokio::io::AsyncReadExt;
@@ -123,9 +116,9 @@ async fn one_client_cannot_hold_every_connection() {
     // closed at once, while other clients are served.
     let mut silent = Vec::new();
     for _ in 0..8 {
-        silent.push(connect_from("127.0.0.2", server.addr).await);
+        silent.push(connect_from("127.0.0.2", server.addr).await.unwrap());
     }
-    let mut ninth = connect_from("127.0.0.2", server.addr).await;
+    let mut ninth = connect_from("127.0.0.2", server.addr).await.unwrap();
     assert!(closed_by_server(&mut ninth).await, "over the per-address cap");
     let mut client = TenantServiceClient::new(server.channel().await);
     let answer = client.get_my_tenant(Cred::shared("alice").request(GetMyTenantRequest::default())).await;
@@ -135,7 +128,7 @@ async fn one_client_cannot_hold_every_connection() {
         assert!(closed_by_server(stream).await, "a silent connection is closed");
     }
     // Its places are free again.
-    let mut again = connect_from("127.0.0.2", server.addr).await;
+    let mut again = connect_from("127.0.0.2", server.addr).await.unwrap();
     again.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
     let mut answer = Vec::new();
     let _ = tokio::time::timeout(std::time::Duration::from_secs(30), again.read_to_end(&mut answer)).await;

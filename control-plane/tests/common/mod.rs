@@ -255,3 +255,11 @@ pub fn assert_memory_bounded() {
         .unwrap();
     assert!(kib < 512 * 1024, "resident memory {kib} KiB");
 }
+
+/// A TCP connection to `addr` from the loopback address `source` (any of
+/// 127.0.0.0/8): a client of its own, as per-address limits see it.
+pub async fn connect_from(source: &str, addr: SocketAddr) -> std::io::Result<tokio::net::TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(format!("{source}:0").parse().unwrap())?;
+    socket.connect(addr).await
+}

@@ -459,12 +459,9 @@ pub async fn http(port: u16, host: &str, path: &str, headers: &[(&str, &str)]) -
     http_from("127.0.0.1", port, host, path, headers).await
 }
 
-/// A connection to 127.0.0.1:`port` from the loopback address `source`
-/// (any of 127.0.0.0/8): a client of its own, as the bridge sees it.
+/// A connection to 127.0.0.1:`port` from the loopback address `source`.
 pub async fn connect_from(source: &str, port: u16) -> std::io::Result<tokio::net::TcpStream> {
-    let socket = tokio::net::TcpSocket::new_v4()?;
-    socket.bind(format!("{source}:0").parse().unwrap())?;
-    socket.connect(([127, 0, 0, 1], port).into()).await
+    cp::connect_from(source, ([127, 0, 0, 1], port).into()).await
 }
 
 /// [`http`] from the loopback address `source`.
