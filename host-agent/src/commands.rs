@@ -11,12 +11,12 @@ use clawplane_proto::v1::{
 };
 use prost::Message;
 
-use crate::openclaw::runtime::{ConfigChange, ProcessRuntime, RuntimeError};
+use crate::runtime::{ConfigChange, Runtime, RuntimeError};
 use crate::state::{valid_command_id, StateDir};
 
 pub struct Executor {
     pub state: StateDir,
-    pub runtime: Option<Arc<ProcessRuntime>>,
+    pub runtime: Option<Arc<dyn Runtime>>,
 }
 
 impl Executor {
@@ -44,7 +44,7 @@ impl Executor {
         result
     }
 
-    fn runtime(&self) -> Result<&Arc<ProcessRuntime>, RuntimeError> {
+    fn runtime(&self) -> Result<&Arc<dyn Runtime>, RuntimeError> {
         self.runtime
             .as_ref()
             .ok_or_else(|| RuntimeError::Invalid("OpenClaw is not configured on this host (--openclaw-bin)".into()))
@@ -58,7 +58,7 @@ impl Executor {
             }))),
             command::Payload::ProvisionTenant(p) => match self.runtime() {
                 Ok(runtime) => {
-                    runtime.provision_for(&p.tenant_id, &p.slug, &p.agent_ids, &p.public_origin).await.map(|done| {
+                    runtime.provision(&p.tenant_id, &p.slug, &p.agent_ids, &p.public_origin).await.map(|done| {
                         Some(command_result::Payload::ProvisionTenant(ProvisionTenantResult {
                             gateway_port: done.port as u32,
                             agent_ids: done.agent_ids,
@@ -110,13 +110,22 @@ impl Executor {
                 payload,
                 ..Default::default()
             },
-            Err(RuntimeError::Invalid(message)) => failed(id, "invalid_argument", message),
-            Err(RuntimeError::OpenClaw(message)) => failed(id, "openclaw", message),
-            Err(RuntimeError::Other(err)) => CommandResult {
-                outcome: CommandOutcome::FailedRetryable as i32,
-                ..failed(id, "internal", format!("{err:#}"))
-            },
+            Err(err) => failure(id, err),
         }
+    }
+}
+
+/// How a runtime error is reported to the control plane: the one place
+/// that names the error codes it reads (`openclaw` is shown to the user as
+/// OpenClaw's refusal; `internal` is retried).
+fn failure(id: &str, err: RuntimeError) -> CommandResult {
+    match err {
+        RuntimeError::Invalid(message) => failed(id, "invalid_argument", message),
+        RuntimeError::OpenClaw(message) => failed(id, "openclaw", message),
+        RuntimeError::Other(err) => CommandResult {
+            outcome: CommandOutcome::FailedRetryable as i32,
+            ..failed(id, "internal", format!("{err:#}"))
+        },
     }
 }
 

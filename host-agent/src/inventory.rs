@@ -1,26 +1,9 @@
 //! What this host is and can hold, reported in the hello.
-use std::collections::HashMap;
 use std::path::Path;
 
 use clawplane_proto::v1::{HostCapacity, HostInventory, Runtime};
-use serde::Deserialize;
 
-/// `clawplane-agent run --config FILE` (TOML).
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AgentConfig {
-    #[serde(default)]
-    pub labels: HashMap<String, String>,
-    pub max_tenants: Option<u32>,
-}
-
-impl AgentConfig {
-    pub fn load(path: Option<&Path>) -> anyhow::Result<Self> {
-        let Some(path) = path else { return Ok(AgentConfig::default()) };
-        let text = std::fs::read_to_string(path).map_err(|err| anyhow::anyhow!("config {}: {err}", path.display()))?;
-        toml::from_str(&text).map_err(|err| anyhow::anyhow!("config {}: {err}", path.display()))
-    }
-}
+use crate::config::HostConfig;
 
 pub fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -54,7 +37,7 @@ fn disk_bytes(path: &Path) -> u64 {
     stat.f_blocks as u64 * stat.f_frsize as u64
 }
 
-pub fn collect(config: &AgentConfig, state_dir: &Path, openclaw_version: &str, runtime: Runtime) -> HostInventory {
+pub fn collect(config: &HostConfig, state_dir: &Path, openclaw_version: &str, runtime: Runtime) -> HostInventory {
     let cpu_cores = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);
     HostInventory {
         agent_version: env!("CARGO_PKG_VERSION").to_string(),

@@ -12,7 +12,9 @@ use clawplane_proto::v1::JoinRequest;
 use clawplane_tls::PinnedServerVerifier;
 use tonic::Code;
 
-use crate::inventory::{collect, AgentConfig};
+use crate::config::HostConfig;
+use crate::inventory::collect;
+use crate::rpc::transport_detail;
 use crate::state::{Identity, StateDir};
 
 /// A new key pair and a CSR for it.
@@ -38,7 +40,7 @@ pub async fn run(control_plane: &str, token: &str, ca_pin: &str, state_dir: &Pat
     let channel = clawplane_tls::channel(control_plane, clawplane_tls::pinned_client_config(verifier.clone())?)?;
     let (key_pem, csr_pem) = key_and_csr()?;
     let inventory = collect(
-        &AgentConfig::default(),
+        &HostConfig::default(),
         state_dir.parent().unwrap_or(Path::new("/")),
         "",
         clawplane_proto::v1::Runtime::Process,
@@ -80,14 +82,4 @@ fn explain(status: tonic::Status, verifier: &PinnedServerVerifier, url: &str, pi
         }
         _ => anyhow!("join failed: {:?}: {}", status.code(), status.message()),
     }
-}
-
-pub fn transport_detail(status: &tonic::Status) -> String {
-    let mut detail = status.message().to_string();
-    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
-    while let Some(err) = source {
-        detail = format!("{detail}: {err}");
-        source = err.source();
-    }
-    detail
 }

@@ -6,82 +6,25 @@
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod agent;
 mod commands;
-mod connection;
+mod config;
 mod inventory;
 mod join;
 mod openclaw;
 mod proxy;
+mod retry;
+mod rpc;
+mod runtime;
+mod shutdown;
 mod state;
 mod sync;
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
-use openclaw::runtime::RuntimeKind;
+use clap::Parser;
 
-use clap::{Parser, Subcommand};
-
-#[derive(Parser, Debug)]
-#[command(name = "clawplane-agent", version, about = "Clawplane host agent")]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand, Debug)]
-enum Command {
-    /// Enroll this host with a control plane using a join token.
-    Join {
-        /// Agent listener of the control plane, e.g. https://cp.example.com:7701.
-        #[arg(long, env = "CLAWPLANE_CONTROL_PLANE")]
-        control_plane: String,
-        /// Join token `<id>.<secret>` from `clawplane token create`.
-        #[arg(long, env = "CLAWPLANE_TOKEN", hide_env_values = true)]
-        token: String,
-        /// Pin of the control plane's CA: `sha256:<hex>` from `clawplane ca show`.
-        #[arg(long, env = "CLAWPLANE_CA_PIN")]
-        ca_pin: String,
-        /// Where the agent keeps its key, certificate and state.
-        #[arg(long, env = "CLAWPLANE_STATE_DIR", default_value = "/var/lib/clawplane-agent")]
-        state_dir: PathBuf,
-    },
-    /// Connect to the control plane and run tenants.
-    Run {
-        #[arg(long, env = "CLAWPLANE_STATE_DIR", default_value = "/var/lib/clawplane-agent")]
-        state_dir: PathBuf,
-        #[arg(long, env = "CLAWPLANE_CONFIG")]
-        config: Option<PathBuf>,
-        /// The `openclaw` executable (scripts/install-openclaw prints it).
-        #[arg(long, env = "CLAWPLANE_OPENCLAW_BIN")]
-        openclaw_bin: Option<PathBuf>,
-        /// Where tenant state trees live (default: <state-dir>/tenant-homes).
-        #[arg(long, env = "CLAWPLANE_TENANTS_DIR")]
-        tenants_dir: Option<PathBuf>,
-        /// First loopback port for tenant gateways (then every 150).
-        #[arg(long, env = "CLAWPLANE_GATEWAY_BASE_PORT", default_value_t = 20000)]
-        gateway_base_port: u16,
-        /// Run tenants under the agent's own user instead of one OS user
-        /// each (development without root only: tenants are not isolated).
-        #[arg(long, env = "CLAWPLANE_NO_TENANT_USERS")]
-        no_tenant_users: bool,
-        /// How long archives of deleted tenants are kept, e.g. 7d.
-        #[arg(long, env = "CLAWPLANE_ARCHIVE_RETENTION", default_value = "7d", value_parser = humantime::parse_duration)]
-        archive_retention: std::time::Duration,
-        /// How tenants run: `process` (own OS user and supervised gateway
-        /// each) or `fleet` (OpenClaw's own Docker/Podman cells).
-        #[arg(long, env = "CLAWPLANE_RUNTIME", default_value = "process", value_parser = ["process", "fleet"])]
-        runtime: String,
-        /// Where gateway bridges reach this host's tenant proxy (mutual TLS,
-        /// bridge identities only), e.g. 0.0.0.0:7702; unset disables it.
-        #[arg(long, env = "CLAWPLANE_PROXY_LISTEN")]
-        proxy_listen: Option<String>,
-        /// The `host:port` bridges should dial, when it differs from the
-        /// listen address (e.g. behind NAT or when listening on 0.0.0.0).
-        #[arg(long, env = "CLAWPLANE_PROXY_ADVERTISE")]
-        proxy_advertise: Option<String>,
-    },
-}
+use config::{Cli, Command};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -98,33 +41,8 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Join { control_plane, token, ca_pin, state_dir } => {
-                join::run(&control_plane, &token, &ca_pin, &state_dir).await
-            }
-            Command::Run {
-                state_dir,
-                config,
-                openclaw_bin,
-                tenants_dir,
-                gateway_base_port,
-                no_tenant_users,
-                archive_retention,
-                runtime,
-                proxy_listen,
-                proxy_advertise,
-            } => {
-                let options = connection::RuntimeOptions {
-                    openclaw_bin,
-                    tenants_dir,
-                    base_port: gateway_base_port,
-                    tenant_users: !no_tenant_users,
-                    archive_retention,
-                    runtime: if runtime == "fleet" { RuntimeKind::Fleet } else { RuntimeKind::Process },
-                    proxy_listen,
-                    proxy_advertise,
-                };
-                connection::run(&state_dir, config.as_deref(), options).await
-            }
+            Command::Join(args) => join::run(&args.control_plane, &args.token, &args.ca_pin, &args.state_dir).await,
+            Command::Run(args) => agent::run(args.settings()).await,
         }
     });
     match result {

@@ -201,3 +201,20 @@ fn bounded(bytes: &[u8]) -> String {
     }
     format!("{}\n[... {} bytes cut]", &text[..cut], text.len() - cut)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_errors_are_preferred_over_stderr() {
+        let output = CliOutput {
+            success: false,
+            exit_code: Some(1),
+            stdout: r#"{"ok":false,"error":{"type":"cli_error","message":"Agent \"x\" already exists."}}"#.into(),
+            stderr: "noise".into(),
+            elapsed: Duration::ZERO,
+        };
+        assert_eq!(output.error_message(), "Agent \"x\" already exists.");
+    }
+}

@@ -1,8 +1,6 @@
-//! Everything that touches OpenClaw on this host. `cli` owns every CLI call;
-//! `runtime` turns tenant commands into OS users, state directories,
-//! supervised gateways, config applies, archives and log tails.
+//! OpenClaw on this host: `cli` owns every call of its CLI; this module
+//! holds the rules for identifiers that reach its paths and arguments.
 pub mod cli;
-pub mod runtime;
 
 /// Tenant slugs and agent ids reach paths and CLI arguments: the same rule
 /// as the control plane's, checked again here (defence in depth).
@@ -12,6 +10,21 @@ pub fn valid_slug(slug: &str) -> bool {
         && slug.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !slug.ends_with('-')
         && !slug.contains("--")
+}
+
+/// Tenant ids (UUIDs) name record files and archives.
+pub fn valid_tenant_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-')
+}
+
+/// `https://host[:port]` (or http) with a plain DNS host name.
+pub fn valid_origin(origin: &str) -> bool {
+    let Some(rest) = origin.strip_prefix("https://").or_else(|| origin.strip_prefix("http://")) else { return false };
+    let (host, port) = rest.split_once(':').unwrap_or((rest, "443"));
+    !host.is_empty()
+        && host.len() <= 253
+        && host.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        && port.parse::<u16>().is_ok()
 }
 
 /// OpenClaw config paths: dot-separated segments of letters, digits, `_`

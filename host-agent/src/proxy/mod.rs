@@ -20,7 +20,8 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
-use crate::openclaw::runtime::ProcessRuntime;
+use crate::runtime::RecordStore;
+use crate::shutdown::Shutdown;
 
 mod gateways;
 use clawplane_tls::forward::TENANT_HEADER;
@@ -42,10 +43,10 @@ fn reply(status: StatusCode, text: &str) -> Response<Body> {
 }
 
 struct Proxy {
-    runtime: Arc<ProcessRuntime>,
+    records: RecordStore,
     gateways: Arc<GatewayPool>,
     /// Where each tenant's gateway listens and its token, re-read from the
-    /// runtime's records at most every RECORDS_TTL (not per request).
+    /// tenant records at most every RECORDS_TTL (not per request).
     targets: std::sync::RwLock<(std::time::Instant, std::collections::HashMap<String, Target>)>,
 }
 
@@ -70,8 +71,8 @@ impl Proxy {
             }
         }
         let fresh: std::collections::HashMap<String, Target> = self
-            .runtime
-            .records()
+            .records
+            .all()
             .into_iter()
             .filter(|r| r.provisioned)
             .filter_map(|r| {
@@ -99,13 +100,20 @@ pub async fn bind(listen: &str) -> anyhow::Result<(TcpListener, SocketAddr)> {
 /// this took the agent's CPU per proxied request from about 60 us to about
 /// 35 us; see benches/bridge.rs). One core carries tens of thousands of
 /// requests per second, far more than a host's gateways answer.
-pub fn spawn(listener: TcpListener, tls: rustls::ServerConfig, runtime: Arc<ProcessRuntime>) -> anyhow::Result<()> {
+/// It stops accepting at shutdown; connections still open then are cut
+/// when its thread ends.
+pub fn spawn(
+    listener: TcpListener,
+    tls: rustls::ServerConfig,
+    records: RecordStore,
+    shutdown: Shutdown,
+) -> anyhow::Result<()> {
     let listener = listener.into_std()?;
     let proxy_runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     std::thread::Builder::new().name("tenant-proxy".into()).spawn(move || {
         proxy_runtime.block_on(async move {
             match TcpListener::from_std(listener) {
-                Ok(listener) => serve(listener, tls, runtime).await,
+                Ok(listener) => serve(listener, tls, records, shutdown).await,
                 Err(err) => tracing::error!(error = %err, "tenant proxy cannot use its listener"),
             }
         })
@@ -113,12 +121,12 @@ pub fn spawn(listener: TcpListener, tls: rustls::ServerConfig, runtime: Arc<Proc
     Ok(())
 }
 
-/// Serves bridged traffic forever.
-async fn serve(listener: TcpListener, tls: rustls::ServerConfig, runtime: Arc<ProcessRuntime>) {
+/// Serves bridged traffic until shutdown.
+async fn serve(listener: TcpListener, tls: rustls::ServerConfig, records: RecordStore, mut shutdown: Shutdown) {
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
     let stale = std::time::Instant::now() - RECORDS_TTL * 2;
     let proxy = Arc::new(Proxy {
-        runtime,
+        records,
         gateways: Arc::default(),
         targets: std::sync::RwLock::new((stale, Default::default())),
     });
@@ -126,8 +134,16 @@ async fn serve(listener: TcpListener, tls: rustls::ServerConfig, runtime: Arc<Pr
     let per_address = AddressCaps::new(MAX_CONNECTIONS_PER_ADDRESS);
     let limits = ConnectionLimits::agent();
     loop {
-        let Ok(permit) = permits.clone().acquire_owned().await else { return };
-        let (tcp, peer) = match listener.accept().await {
+        let permit = tokio::select! {
+            permit = permits.clone().acquire_owned() => permit,
+            _ = shutdown.requested() => break,
+        };
+        let Ok(permit) = permit else { return };
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = shutdown.requested() => break,
+        };
+        let (tcp, peer) = match accepted {
             Ok(accepted) => accepted,
             Err(err) => {
                 tracing::warn!(error = %err, "tenant proxy accept failed");
@@ -173,6 +189,7 @@ async fn serve(listener: TcpListener, tls: rustls::ServerConfig, runtime: Arc<Pr
             }
         });
     }
+    tracing::info!("tenant proxy stopped accepting");
 }
 
 impl Proxy {

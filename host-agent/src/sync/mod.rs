@@ -27,6 +27,11 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use cursors::{CursorKey, Cursors, Position};
 
+use crate::config::STABLE_SESSION;
+use crate::retry::{Backoff, Retries};
+use crate::rpc::transport_detail;
+use crate::shutdown::Shutdown;
+
 /// Records per batch.
 pub const BATCH_RECORDS: usize = 1_000;
 /// Batches sent and not yet acknowledged.
@@ -43,6 +48,9 @@ const RECHECK_AFTER: Duration = Duration::from_millis(50);
 /// (e.g. an inotify queue overflow).
 const FULL_SCAN_EVERY: Duration = Duration::from_secs(10);
 const TENANT_REFRESH_EVERY: Duration = Duration::from_secs(2);
+/// How long a stopping syncer waits for the acks of its batches in flight
+/// (unacknowledged ones are sent again by the next run).
+const SHUTDOWN_DRAIN: Duration = Duration::from_secs(5);
 /// How soon a tenant held by a command is looked at again.
 const BUSY_RETRY: Duration = Duration::from_millis(250);
 
@@ -231,9 +239,9 @@ impl Syncer {
         })
     }
 
-    /// Runs forever: watches, reads, sends, commits acked positions, and
-    /// reconnects with backoff when the stream fails.
-    pub async fn run<F>(self, connect: F)
+    /// Runs until shutdown: watches, reads, sends, commits acked
+    /// positions, and reconnects with backoff when the stream fails.
+    pub async fn run<F>(self, connect: F, mut shutdown: Shutdown)
     where
         F: Fn() -> anyhow::Result<tonic::transport::Channel>,
     {
@@ -265,21 +273,24 @@ impl Syncer {
                 None
             }
         };
-        let mut attempt = 0u32;
-        loop {
+        let mut retries = Retries::new(Backoff::RECONNECT, STABLE_SESSION);
+        while !shutdown.is_requested() {
             let started = Instant::now();
             let reason = match connect() {
-                Ok(channel) => self.session(channel, &mut watcher).await,
+                Ok(channel) => self.session(channel, &mut watcher, &mut shutdown).await,
                 Err(err) => format!("{err:#}"),
             };
-            if started.elapsed() > Duration::from_secs(30) {
-                attempt = 0;
+            if shutdown.is_requested() {
+                break;
             }
-            let delay = crate::connection::backoff(attempt);
-            attempt = attempt.saturating_add(1);
+            let delay = retries.after(started.elapsed());
             tracing::warn!(%reason, retry_in_ms = delay.as_millis() as u64, "sync stream lost");
-            tokio::time::sleep(delay).await;
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = shutdown.requested() => {}
+            }
         }
+        tracing::debug!("sync stopped");
     }
 
     /// Adds watches for new tenants and forgets departed ones.
@@ -343,16 +354,19 @@ impl Syncer {
         tenants
     }
 
+    /// One sync stream, until it fails or, asked to shut down, the
+    /// batches in flight are acknowledged (or [`SHUTDOWN_DRAIN`] passed).
     async fn session(
         &self,
         channel: tonic::transport::Channel,
         watcher: &mut Option<notify::RecommendedWatcher>,
+        shutdown: &mut Shutdown,
     ) -> String {
         let (tx, rx) = mpsc::channel::<SyncRequest>(MAX_IN_FLIGHT);
         let mut client = AgentServiceClient::new(channel).max_encoding_message_size(MAX_MESSAGE_BYTES);
         let mut acks = match client.sync(ReceiverStream::new(rx)).await {
             Ok(response) => response.into_inner(),
-            Err(status) => return crate::join::transport_detail(&status),
+            Err(status) => return transport_detail(&status),
         };
         self.cursors.lock().unwrap().rewind();
         let mut in_flight: VecDeque<(String, Vec<(CursorKey, Position)>)> = VecDeque::new();
@@ -367,7 +381,13 @@ impl Syncer {
         let mut full_scan = tokio::time::interval(FULL_SCAN_EVERY);
         let mut batch_seq: u64 = 0;
         let mut draining = false;
+        // Set once shutdown is asked for: nothing new is read, the acks of
+        // what is in flight are awaited until then.
+        let mut stopping: Option<tokio::time::Instant> = None;
         loop {
+            if stopping.is_some() && in_flight.is_empty() {
+                return "shutting down".into();
+            }
             // Send while the window has room and something may be new.
             let woke = self.dirty.take();
             for tenant in &woke {
@@ -380,7 +400,7 @@ impl Syncer {
             // Several batches in flight only while draining a backlog (full
             // batches); otherwise the next read waits for the ack, so what
             // arrives meanwhile goes out as one batch, not many small ones.
-            while in_flight.len() < MAX_IN_FLIGHT && (in_flight.is_empty() || draining) {
+            while stopping.is_none() && in_flight.len() < MAX_IN_FLIGHT && (in_flight.is_empty() || draining) {
                 let Some(tenant_id) = pending.iter().next().cloned() else { break };
                 let Some(tenant) = tenants.get(&tenant_id).cloned() else {
                     pending.remove(&tenant_id);
@@ -442,7 +462,7 @@ impl Syncer {
                     let ack = match ack {
                         Ok(Some(response)) => match response.ack { Some(ack) => ack, None => continue },
                         Ok(None) => return "control plane closed the sync stream".into(),
-                        Err(status) => return crate::join::transport_detail(&status),
+                        Err(status) => return transport_detail(&status),
                     };
                     let Some((batch_id, positions)) = in_flight.pop_front() else {
                         return format!("unexpected ack for batch {}", ack.batch_id);
@@ -471,6 +491,12 @@ impl Syncer {
                 }
                 _ = full_scan.tick() => {
                     pending.extend(tenants.keys().cloned());
+                }
+                _ = shutdown.requested(), if stopping.is_none() => {
+                    stopping = Some(tokio::time::Instant::now() + SHUTDOWN_DRAIN);
+                }
+                _ = tokio::time::sleep_until(stopping.unwrap_or_else(tokio::time::Instant::now)), if stopping.is_some() => {
+                    return "shutting down before the control plane acknowledged every batch".into();
                 }
             }
         }
