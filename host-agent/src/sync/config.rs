@@ -9,7 +9,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use super::cursors::{CursorKey, Cursors, Position};
-use super::{now_ms, Reading};
+use super::reading::{now_ms, Reading};
 
 pub const CONFIG_STREAM: &str = "openclaw.json";
 const REDACTED: &str = "__OPENCLAW_REDACTED__";

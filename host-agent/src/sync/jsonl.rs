@@ -15,7 +15,8 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use super::cursors::{CursorKey, Cursors, Position};
-use super::{event, millis, Reading};
+use super::event;
+use super::reading::{millis, Reading};
 
 /// Bytes at the start of the file and just before the cursor that must
 /// still match for the file to count as the same one.

@@ -12,12 +12,13 @@ pub mod config;
 pub mod cursors;
 pub mod event;
 pub mod jsonl;
+pub mod reading;
 pub mod sqlite;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use clawplane_proto::v1::agent_service_client::AgentServiceClient;
 use clawplane_proto::v1::{SyncBatch, SyncRecord, SyncRequest};
@@ -26,6 +27,7 @@ use tokio::sync::{mpsc, Notify};
 use tokio_stream::wrappers::ReceiverStream;
 
 use cursors::{CursorKey, Cursors, Position};
+pub use reading::Reading;
 
 use crate::config::STABLE_SESSION;
 use crate::retry::{Backoff, Retries};
@@ -76,38 +78,6 @@ pub struct ReadPermit {
     /// The content hash of the agent's own last write of openclaw.json.
     pub own_config_hash: String,
     pub _hold: Box<dyn Send>,
-}
-
-/// What one read produced: records to send and the positions they reach.
-#[derive(Debug, Default)]
-pub struct Reading {
-    pub records: Vec<SyncRecord>,
-    pub advanced: Vec<(CursorKey, Position)>,
-    /// The budget ran out before the end.
-    pub more: bool,
-    pub parse_errors: u64,
-}
-
-impl Reading {
-    pub fn parse_error(&mut self, at: &str, detail: &str) {
-        self.parse_errors += 1;
-        tracing::warn!(at, detail, "transcript event skipped: it cannot be parsed");
-    }
-
-    fn extend(&mut self, other: Reading) {
-        self.records.extend(other.records);
-        self.advanced.extend(other.advanced);
-        self.more |= other.more;
-        self.parse_errors += other.parse_errors;
-    }
-}
-
-pub fn millis(ms: i64) -> prost_types::Timestamp {
-    prost_types::Timestamp { seconds: ms.div_euclid(1000), nanos: (ms.rem_euclid(1000) * 1_000_000) as i32 }
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
 /// Agents of a tenant: the directories under `agents/`.

@@ -10,7 +10,8 @@ use clawplane_proto::v1::{sync_record, SessionMeta, SyncRecord, SyncSource};
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
 use super::cursors::{CursorKey, Cursors, Position};
-use super::{event, millis, Reading};
+use super::event;
+use super::reading::{millis, Reading};
 
 /// The agent schema this reader understands.
 pub const SCHEMA_VERSION: i64 = 23;
