@@ -294,7 +294,7 @@ impl Runtime for ProcessRuntime {
         // validates them.
         let previous = std::mem::replace(&mut record.secrets, change.secrets);
         self.write_secrets(&record)?;
-        let batch = (!change.batch.is_empty()).then(|| Value::Array(change.batch));
+        let batch = (!change.batch.is_empty()).then_some(Value::Array(change.batch));
         if let Err(err) = config_apply::set_and_unset(self, &record, batch, change.unset_paths).await {
             record.secrets = previous;
             self.write_secrets(&record)?;
