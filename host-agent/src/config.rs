@@ -99,9 +99,10 @@ pub struct RunArgs {
 /// How tenants run on this host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum RuntimeKind {
-    /// Own OS user + supervised `openclaw gateway run` per tenant.
+    // Plain comments, not doc comments: clap would list those in --help.
+    // Own OS user + supervised `openclaw gateway run` per tenant.
     Process,
-    /// OpenClaw's own `openclaw fleet` cells (Docker or Podman containers).
+    // OpenClaw's own `openclaw fleet` cells (Docker or Podman containers).
     Fleet,
 }
 
