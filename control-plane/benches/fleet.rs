@@ -19,14 +19,11 @@ use clawplane_proto::v1::{
     agent_message, command_result, control_message, AgentHello, AgentMessage, CommandAck, CommandOutcome,
     CommandResult, CreateJoinTokenRequest, Heartbeat, HostInventory, JoinRequest, PingHostRequest, PingResult,
 };
+use clawplane_test_kit::{free_port, TestDir};
 use tokio::sync::{mpsc, Semaphore};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 fn proc_value(pid: u32, file: &str) -> String {
     std::fs::read_to_string(format!("/proc/{pid}/{file}")).unwrap_or_default()
@@ -54,7 +51,7 @@ struct ControlPlane {
     api: String,
     agent_url: String,
     token: String,
-    _dir: tempfile::TempDir,
+    _dir: TestDir,
 }
 
 impl Drop for ControlPlane {
@@ -65,7 +62,7 @@ impl Drop for ControlPlane {
 }
 
 fn start_control_plane() -> ControlPlane {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = TestDir::new();
     let (api_port, agent_port) = (free_port(), free_port());
     let config = dir.path().join("bench.toml");
     std::fs::write(&config, "[hosts]\nheartbeat_interval = \"5s\"\nlease = \"20s\"\n").unwrap();

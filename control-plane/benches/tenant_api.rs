@@ -12,8 +12,8 @@ use clawplane::config::{Config, ServeArgs};
 use clawplane::Server;
 use clawplane_proto::v1::tenant_service_client::TenantServiceClient;
 use clawplane_proto::v1::{CreateTenantRequest, GetMyTenantRequest};
+use clawplane_test_kit::{pg_admin_url, postgres_db, sqlite_db};
 use jsonwebtoken::{EncodingKey, Header};
-use sea_orm::{ConnectionTrait, Database};
 use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
 
@@ -182,22 +182,12 @@ async fn run_backend(backend: &str, url: String, data_dir: std::path::PathBuf) {
 fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     runtime.block_on(async {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}?mode=rwc", dir.path().join("bench.db").display());
-        run_backend("sqlite", url, dir.path().to_path_buf()).await;
+        let db = sqlite_db();
+        run_backend("sqlite", db.url.clone(), db.data_dir()).await;
 
-        let admin_url = std::env::var("CLAWPLANE_TEST_PG_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-        match Database::connect(admin_url.clone()).await {
-            Ok(admin) => {
-                let name = format!("clawplane_bench_{}", uuid::Uuid::new_v4().simple());
-                admin.execute_unprepared(&format!("CREATE DATABASE {name}")).await.unwrap();
-                let base = admin_url.rsplit_once('/').unwrap().0;
-                let pg_dir = tempfile::tempdir().unwrap();
-                run_backend("postgres", format!("{base}/{name}"), pg_dir.path().to_path_buf()).await;
-                let _ = admin.execute_unprepared(&format!("DROP DATABASE {name} WITH (FORCE)")).await;
-            }
-            Err(err) => println!("postgres  skipped: {admin_url} unreachable ({err})"),
+        match postgres_db().await {
+            Some(db) => run_backend("postgres", db.url.clone(), db.data_dir()).await,
+            None => println!("postgres  skipped: {} unreachable", pg_admin_url()),
         }
     });
 }

@@ -11,51 +11,51 @@ use clawplane_proto::v1::GetMyTenantRequest;
 use common::*;
 use tonic::Code;
 
-#[tokio::test]
-async fn each_caller_has_an_allowance_of_their_own() {
-    for db in test_databases().await {
-        let server = TestServer::start_with(serve_args(&db), |config| {
-            config.rate_per_caller = Rate::new(1, 3);
-            config.rate_per_address = Rate::new(1, 2);
-        })
-        .await;
-        let mut client = TenantServiceClient::new(server.channel().await);
-        let call = |cred: Cred| {
-            let mut client = client.clone();
-            async move { client.get_my_tenant(cred.request(GetMyTenantRequest::default())).await }
-        };
-        // Within the burst: answered (NOT_FOUND: no tenant yet).
-        for _ in 0..3 {
-            assert_eq!(call(Cred::shared("mallory")).await.unwrap_err().code(), Code::NotFound, "{}", db.backend);
-        }
-        let refused = call(Cred::shared("mallory")).await.unwrap_err();
-        assert_eq!(refused.code(), Code::ResourceExhausted, "{}: {refused:?}", db.backend);
-        assert!(refused.message().contains("rate limit"), "{}", refused.message());
-        let retry: u64 = refused.metadata().get("retry-after").unwrap().to_str().unwrap().parse().unwrap();
-        assert!(retry >= 1, "retry-after in whole seconds");
-        // The same user through a JWT shares the allowance; others do not.
-        assert_eq!(call(Cred::user("mallory", &[])).await.unwrap_err().code(), Code::ResourceExhausted);
-        for user in ["alice", "bob"] {
-            assert_eq!(call(Cred::user(user, &[])).await.unwrap_err().code(), Code::NotFound, "{user}");
-        }
-        // Without a valid identity the client address is the key.
-        for _ in 0..2 {
-            assert_eq!(call(Cred::None).await.unwrap_err().code(), Code::Unauthenticated);
-        }
-        assert_eq!(call(Cred::None).await.unwrap_err().code(), Code::ResourceExhausted);
-        assert_eq!(call(Cred::Bearer("forged".into())).await.unwrap_err().code(), Code::ResourceExhausted);
-        // The operator's token is not limited.
-        for _ in 0..10 {
-            let answer = client.get_my_tenant(Cred::admin().request(GetMyTenantRequest::default())).await;
-            assert_ne!(answer.map(|_| Code::Ok).unwrap_or_else(|s| s.code()), Code::ResourceExhausted);
-        }
-        // Still serving, with memory bounded.
-        let health = client.get_my_tenant(Cred::admin().request(GetMyTenantRequest::default())).await;
-        assert_ne!(health.map(|_| Code::Ok).unwrap_or_else(|s| s.code()), Code::Unavailable, "still serving");
-        assert_memory_bounded();
-        server.shutdown().await;
-        db.cleanup().await;
+each_backend!(
+    #[tokio::test]
+    each_caller_has_an_allowance_of_their_own
+);
+async fn each_caller_has_an_allowance_of_their_own(db: TestDb) {
+    let server = TestServer::start_with(serve_args(&db), |config| {
+        config.rate_per_caller = Rate::new(1, 3);
+        config.rate_per_address = Rate::new(1, 2);
+    })
+    .await;
+    let mut client = TenantServiceClient::new(server.channel().await);
+    let call = |cred: Cred| {
+        let mut client = client.clone();
+        async move { client.get_my_tenant(cred.request(GetMyTenantRequest::default())).await }
+    };
+    // Within the burst: answered (NOT_FOUND: no tenant yet).
+    for _ in 0..3 {
+        assert_eq!(call(Cred::shared("mallory")).await.unwrap_err().code(), Code::NotFound, "{}", db.backend);
     }
+    let refused = call(Cred::shared("mallory")).await.unwrap_err();
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{}: {refused:?}", db.backend);
+    assert!(refused.message().contains("rate limit"), "{}", refused.message());
+    let retry: u64 = refused.metadata().get("retry-after").unwrap().to_str().unwrap().parse().unwrap();
+    assert!(retry >= 1, "retry-after in whole seconds");
+    // The same user through a JWT shares the allowance; others do not.
+    assert_eq!(call(Cred::user("mallory", &[])).await.unwrap_err().code(), Code::ResourceExhausted);
+    for user in ["alice", "bob"] {
+        assert_eq!(call(Cred::user(user, &[])).await.unwrap_err().code(), Code::NotFound, "{user}");
+    }
+    // Without a valid identity the client address is the key.
+    for _ in 0..2 {
+        assert_eq!(call(Cred::None).await.unwrap_err().code(), Code::Unauthenticated);
+    }
+    assert_eq!(call(Cred::None).await.unwrap_err().code(), Code::ResourceExhausted);
+    assert_eq!(call(Cred::Bearer("forged".into())).await.unwrap_err().code(), Code::ResourceExhausted);
+    // The operator's token is not limited.
+    for _ in 0..10 {
+        let answer = client.get_my_tenant(Cred::admin().request(GetMyTenantRequest::default())).await;
+        assert_ne!(answer.map(|_| Code::Ok).unwrap_or_else(|s| s.code()), Code::ResourceExhausted);
+    }
+    // Still serving, with memory bounded.
+    let health = client.get_my_tenant(Cred::admin().request(GetMyTenantRequest::default())).await;
+    assert_ne!(health.map(|_| Code::Ok).unwrap_or_else(|s| s.code()), Code::Unavailable, "still serving");
+    assert_memory_bounded();
+    server.shutdown().await;
 }
 
 /// A CORS preflight from `origin`; the Access-Control-Allow-Origin answer.

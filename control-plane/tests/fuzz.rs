@@ -285,7 +285,7 @@ async fn setup() -> (Rig, TestDb) {
 #[test]
 fn every_rpc_answers_arbitrary_input_with_an_expected_status() {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let (rig, db) = rt.block_on(setup());
+    let (rig, _db) = rt.block_on(setup());
     let c = &rig.callers;
     let ch = rig.channel.clone();
     let tenants = TenantServiceClient::new(ch.clone());
@@ -615,6 +615,5 @@ fn every_rpc_answers_arbitrary_input_with_an_expected_status() {
     assert_eq!(answer.expect("health check").into_inner().status, 1, "SERVING at the end");
     rt.block_on(async move {
         rig.server.shutdown().await;
-        db.cleanup().await;
     });
 }

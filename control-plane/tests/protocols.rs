@@ -3,7 +3,7 @@
 mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -21,10 +21,6 @@ fn grpcurl() -> Option<PathBuf> {
     }
     eprintln!("\n!!! SKIPPING grpcurl test: CLAWPLANE_GRPCURL is not set (run scripts/test) !!!\n");
     None
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 struct Running(Child);

@@ -40,73 +40,73 @@ fn new_tenant(owner: Owner, slug: &str, plan: clawplane::store::entities::plan::
     }
 }
 
-#[tokio::test]
-async fn migrations_create_the_schema_and_are_rerunnable() {
-    for db in test_databases().await {
-        let store = db.store().await;
-        store.migrate().await.expect("second run is a no-op");
-        let conn = Database::connect(db.url.clone()).await.unwrap();
-        for table in TABLES {
-            let sql = format!("SELECT COUNT(*) AS n FROM {table}");
-            conn.query_one(Statement::from_string(conn.get_database_backend(), sql))
-                .await
-                .unwrap_or_else(|err| panic!("{}: table {table}: {err}", db.backend));
-        }
-        let plans: Vec<String> = store.list_plans().await.unwrap().into_iter().map(|p| p.name).collect();
-        assert_eq!(plans, ["free", "pro", "enterprise"], "{}", db.backend);
-        let _ = conn.close().await;
-        store.close().await;
-        db.cleanup().await;
+each_backend!(
+    #[tokio::test]
+    migrations_create_the_schema_and_are_rerunnable
+);
+async fn migrations_create_the_schema_and_are_rerunnable(db: TestDb) {
+    let store = db.store().await;
+    store.migrate().await.expect("second run is a no-op");
+    let conn = Database::connect(db.url.clone()).await.unwrap();
+    for table in TABLES {
+        let sql = format!("SELECT COUNT(*) AS n FROM {table}");
+        conn.query_one(Statement::from_string(conn.get_database_backend(), sql))
+            .await
+            .unwrap_or_else(|err| panic!("{}: table {table}: {err}", db.backend));
     }
+    let plans: Vec<String> = store.list_plans().await.unwrap().into_iter().map(|p| p.name).collect();
+    assert_eq!(plans, ["free", "pro", "enterprise"], "{}", db.backend);
+    let _ = conn.close().await;
+    store.close().await;
 }
 
-#[tokio::test]
-async fn one_live_tenant_per_owner_and_unique_slugs() {
-    for db in test_databases().await {
-        let store = db.store().await;
-        let plan = store.plan_by_name("free").await.unwrap().unwrap();
+each_backend!(
+    #[tokio::test]
+    one_live_tenant_per_owner_and_unique_slugs
+);
+async fn one_live_tenant_per_owner_and_unique_slugs(db: TestDb) {
+    let store = db.store().await;
+    let plan = store.plan_by_name("free").await.unwrap().unwrap();
 
-        // Racing creates for one owner: exactly one row, everyone sees it.
-        let racers = (0..6).map(|i| {
-            let store = store.clone();
-            let plan = plan.clone();
-            async move { store.create_tenant(new_tenant(Owner::User("u1".into()), &format!("slug-{i}"), plan)).await }
-        });
-        let results: Vec<_> = futures::future::join_all(racers).await.into_iter().map(|r| r.unwrap()).collect();
-        assert_eq!(results.iter().filter(|(_, created)| *created).count(), 1, "{}", db.backend);
-        let id = &results[0].0.tenant.id;
-        assert!(results.iter().all(|(r, _)| &r.tenant.id == id));
-        let (page, more) = store.list_tenants(None, 100, true).await.unwrap();
-        assert_eq!((page.len(), more), (1, false), "{}: no stray rows", db.backend);
+    // Racing creates for one owner: exactly one row, everyone sees it.
+    let racers = (0..6).map(|i| {
+        let store = store.clone();
+        let plan = plan.clone();
+        async move { store.create_tenant(new_tenant(Owner::User("u1".into()), &format!("slug-{i}"), plan)).await }
+    });
+    let results: Vec<_> = futures::future::join_all(racers).await.into_iter().map(|r| r.unwrap()).collect();
+    assert_eq!(results.iter().filter(|(_, created)| *created).count(), 1, "{}", db.backend);
+    let id = &results[0].0.tenant.id;
+    assert!(results.iter().all(|(r, _)| &r.tenant.id == id));
+    let (page, more) = store.list_tenants(None, 100, true).await.unwrap();
+    assert_eq!((page.len(), more), (1, false), "{}: no stray rows", db.backend);
 
-        // Another owner cannot take a used slug, and nothing is written.
-        let slug = results[0].0.tenant.slug.clone();
-        let err = store.create_tenant(new_tenant(Owner::Team("t1".into()), &slug, plan.clone())).await.unwrap_err();
-        assert!(err.to_string().contains("already taken"), "{}: {err}", db.backend);
-        assert!(store.live_tenant_of(&Owner::Team("t1".into())).await.unwrap().is_none());
+    // Another owner cannot take a used slug, and nothing is written.
+    let slug = results[0].0.tenant.slug.clone();
+    let err = store.create_tenant(new_tenant(Owner::Team("t1".into()), &slug, plan.clone())).await.unwrap_err();
+    assert!(err.to_string().contains("already taken"), "{}: {err}", db.backend);
+    assert!(store.live_tenant_of(&Owner::Team("t1".into())).await.unwrap().is_none());
 
-        // User u1 and team u1 are different owners.
-        let (team, created) =
-            store.create_tenant(new_tenant(Owner::Team("u1".into()), "team-u1", plan.clone())).await.unwrap();
-        assert!(created);
-        assert_eq!(team.owner(), Owner::Team("u1".into()));
+    // User u1 and team u1 are different owners.
+    let (team, created) =
+        store.create_tenant(new_tenant(Owner::Team("u1".into()), "team-u1", plan.clone())).await.unwrap();
+    assert!(created);
+    assert_eq!(team.owner(), Owner::Team("u1".into()));
 
-        // Soft delete frees the owner, keeps the slug until purge.
-        let deleted = store.soft_delete_tenant(id, "actor").await.unwrap();
-        assert_eq!(deleted.status(), TenantStatus::Deleted);
-        assert!(store.live_tenant(id).await.unwrap().is_none());
-        let err = store.create_tenant(new_tenant(Owner::User("u2".into()), &slug, plan.clone())).await.unwrap_err();
-        assert!(err.to_string().contains("already taken"));
-        let (replacement, created) =
-            store.create_tenant(new_tenant(Owner::User("u1".into()), "u1-again", plan.clone())).await.unwrap();
-        assert!(created && &replacement.tenant.id != id);
+    // Soft delete frees the owner, keeps the slug until purge.
+    let deleted = store.soft_delete_tenant(id, "actor").await.unwrap();
+    assert_eq!(deleted.status(), TenantStatus::Deleted);
+    assert!(store.live_tenant(id).await.unwrap().is_none());
+    let err = store.create_tenant(new_tenant(Owner::User("u2".into()), &slug, plan.clone())).await.unwrap_err();
+    assert!(err.to_string().contains("already taken"));
+    let (replacement, created) =
+        store.create_tenant(new_tenant(Owner::User("u1".into()), "u1-again", plan.clone())).await.unwrap();
+    assert!(created && &replacement.tenant.id != id);
 
-        let purged = store.purge_deleted_tenants(chrono::Utc::now()).await.unwrap();
-        assert_eq!(purged, 1, "{}", db.backend);
-        assert!(!store.tenant_row_exists(id).await.unwrap());
-        let (reused, created) = store.create_tenant(new_tenant(Owner::User("u2".into()), &slug, plan)).await.unwrap();
-        assert!(created && reused.tenant.slug == slug, "{}: slug free after purge", db.backend);
-        store.close().await;
-        db.cleanup().await;
-    }
+    let purged = store.purge_deleted_tenants(chrono::Utc::now()).await.unwrap();
+    assert_eq!(purged, 1, "{}", db.backend);
+    assert!(!store.tenant_row_exists(id).await.unwrap());
+    let (reused, created) = store.create_tenant(new_tenant(Owner::User("u2".into()), &slug, plan)).await.unwrap();
+    assert!(created && reused.tenant.slug == slug, "{}: slug free after purge", db.backend);
+    store.close().await;
 }

@@ -33,118 +33,118 @@ fn assert_status<T: std::fmt::Debug>(result: Result<T, tonic::Status>, code: Cod
     }
 }
 
-#[tokio::test]
-async fn tenant_lifecycle() {
-    for db in test_databases().await {
-        let server = TestServer::start(serve_args(&db)).await;
-        let mut client = TenantServiceClient::new(server.channel().await);
-        let alice = Cred::user("alice", &[]);
+each_backend!(
+    #[tokio::test]
+    tenant_lifecycle
+);
+async fn tenant_lifecycle(db: TestDb) {
+    let server = TestServer::start(serve_args(&db)).await;
+    let mut client = TenantServiceClient::new(server.channel().await);
+    let alice = Cred::user("alice", &[]);
 
-        let (tenant, created) = create_as(&mut client, &alice, create("free")).await;
-        assert!(created, "{}", db.backend);
-        assert_eq!(tenant.slug, "alice");
-        assert_eq!(tenant.url, "https://alice.claw.test");
-        assert_eq!(tenant.plan, "free");
-        assert_eq!(tenant.display_name, "alice@example.com");
-        assert_eq!(tenant.status, TenantStatus::Pending as i32, "no host exists yet, so not running");
-        assert!(tenant.status_message.contains("waiting for a host"));
-        assert_eq!(tenant.owner.unwrap().kind, Some(owner::Kind::UserId("alice".into())));
+    let (tenant, created) = create_as(&mut client, &alice, create("free")).await;
+    assert!(created, "{}", db.backend);
+    assert_eq!(tenant.slug, "alice");
+    assert_eq!(tenant.url, "https://alice.claw.test");
+    assert_eq!(tenant.plan, "free");
+    assert_eq!(tenant.display_name, "alice@example.com");
+    assert_eq!(tenant.status, TenantStatus::Pending as i32, "no host exists yet, so not running");
+    assert!(tenant.status_message.contains("waiting for a host"));
+    assert_eq!(tenant.owner.unwrap().kind, Some(owner::Kind::UserId("alice".into())));
 
-        // Idempotent per owner: same tenant, nothing new, whatever the plan.
-        let (again, created) = create_as(&mut client, &alice, create("pro")).await;
-        assert!(!created);
-        assert_eq!(again.id, tenant.id);
-        assert_eq!(again.plan, "free");
+    // Idempotent per owner: same tenant, nothing new, whatever the plan.
+    let (again, created) = create_as(&mut client, &alice, create("pro")).await;
+    assert!(!created);
+    assert_eq!(again.id, tenant.id);
+    assert_eq!(again.plan, "free");
 
-        let mine = client.get_my_tenant(alice.request(GetMyTenantRequest::default())).await.unwrap();
-        assert_eq!(mine.into_inner().tenant.unwrap().id, tenant.id);
-        for key in [&tenant.id, &tenant.slug] {
-            let got = client.get_tenant(alice.request(GetTenantRequest { tenant_id: key.clone() })).await.unwrap();
-            assert_eq!(got.into_inner().tenant.unwrap().id, tenant.id);
-        }
-
-        let listed = client.list_tenants(Cred::admin().request(ListTenantsRequest::default())).await.unwrap();
-        assert_eq!(listed.into_inner().tenants.iter().map(|t| &t.id).collect::<Vec<_>>(), vec![&tenant.id]);
-
-        let deleted = client
-            .delete_tenant(alice.request(DeleteTenantRequest { tenant_id: tenant.slug.clone() }))
-            .await
-            .unwrap()
-            .into_inner()
-            .tenant
-            .unwrap();
-        assert_eq!(deleted.status, TenantStatus::Deleted as i32);
-        assert!(deleted.deleted_at.is_some());
-        assert_status(
-            client.get_my_tenant(alice.request(GetMyTenantRequest::default())).await,
-            Code::NotFound,
-            "tenant not found",
-            "get mine after delete",
-        );
-        assert_status(
-            client.delete_tenant(alice.request(DeleteTenantRequest { tenant_id: tenant.id.clone() })).await,
-            Code::NotFound,
-            "tenant",
-            "second delete",
-        );
-        // Deleted tenants still show to admins who ask for them.
-        let listed = client
-            .list_tenants(Cred::admin().request(ListTenantsRequest { include_deleted: true, ..Default::default() }))
-            .await
-            .unwrap()
-            .into_inner();
-        assert_eq!(listed.tenants.len(), 1);
-
-        // A new tenant for the same owner; the old slug stays reserved until purge.
-        let (fresh, created) = create_as(&mut client, &alice, create("pro")).await;
-        assert!(created);
-        assert_ne!(fresh.id, tenant.id);
-        assert_ne!(fresh.slug, "alice");
-        assert!(fresh.slug.starts_with("alice-"), "{}", fresh.slug);
-
-        // The shared-secret form reaches the same API.
-        let (shared, _) = create_as(
-            &mut client,
-            &Cred::shared("bob"),
-            CreateTenantRequest {
-                plan: "free".into(),
-                slug: "bobs-claw".into(),
-                display_name: "Bob".into(),
-                ..Default::default()
-            },
-        )
-        .await;
-        assert_eq!((shared.slug.as_str(), shared.display_name.as_str()), ("bobs-claw", "Bob"));
-
-        let plans = UsageServiceClient::new(server.channel().await)
-            .list_plans(alice.request(ListPlansRequest {}))
-            .await
-            .unwrap()
-            .into_inner()
-            .plans;
-        assert_eq!(plans.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), ["free", "pro", "enterprise"]);
-
-        server.shutdown().await;
-        db.cleanup().await;
+    let mine = client.get_my_tenant(alice.request(GetMyTenantRequest::default())).await.unwrap();
+    assert_eq!(mine.into_inner().tenant.unwrap().id, tenant.id);
+    for key in [&tenant.id, &tenant.slug] {
+        let got = client.get_tenant(alice.request(GetTenantRequest { tenant_id: key.clone() })).await.unwrap();
+        assert_eq!(got.into_inner().tenant.unwrap().id, tenant.id);
     }
+
+    let listed = client.list_tenants(Cred::admin().request(ListTenantsRequest::default())).await.unwrap();
+    assert_eq!(listed.into_inner().tenants.iter().map(|t| &t.id).collect::<Vec<_>>(), vec![&tenant.id]);
+
+    let deleted = client
+        .delete_tenant(alice.request(DeleteTenantRequest { tenant_id: tenant.slug.clone() }))
+        .await
+        .unwrap()
+        .into_inner()
+        .tenant
+        .unwrap();
+    assert_eq!(deleted.status, TenantStatus::Deleted as i32);
+    assert!(deleted.deleted_at.is_some());
+    assert_status(
+        client.get_my_tenant(alice.request(GetMyTenantRequest::default())).await,
+        Code::NotFound,
+        "tenant not found",
+        "get mine after delete",
+    );
+    assert_status(
+        client.delete_tenant(alice.request(DeleteTenantRequest { tenant_id: tenant.id.clone() })).await,
+        Code::NotFound,
+        "tenant",
+        "second delete",
+    );
+    // Deleted tenants still show to admins who ask for them.
+    let listed = client
+        .list_tenants(Cred::admin().request(ListTenantsRequest { include_deleted: true, ..Default::default() }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.tenants.len(), 1);
+
+    // A new tenant for the same owner; the old slug stays reserved until purge.
+    let (fresh, created) = create_as(&mut client, &alice, create("pro")).await;
+    assert!(created);
+    assert_ne!(fresh.id, tenant.id);
+    assert_ne!(fresh.slug, "alice");
+    assert!(fresh.slug.starts_with("alice-"), "{}", fresh.slug);
+
+    // The shared-secret form reaches the same API.
+    let (shared, _) = create_as(
+        &mut client,
+        &Cred::shared("bob"),
+        CreateTenantRequest {
+            plan: "free".into(),
+            slug: "bobs-claw".into(),
+            display_name: "Bob".into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!((shared.slug.as_str(), shared.display_name.as_str()), ("bobs-claw", "Bob"));
+
+    let plans = UsageServiceClient::new(server.channel().await)
+        .list_plans(alice.request(ListPlansRequest {}))
+        .await
+        .unwrap()
+        .into_inner()
+        .plans;
+    assert_eq!(plans.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), ["free", "pro", "enterprise"]);
+
+    server.shutdown().await;
 }
 
-#[tokio::test]
-async fn concurrent_creates_for_one_owner_yield_one_tenant() {
-    for db in test_databases().await {
-        let server = TestServer::start(serve_args(&db)).await;
-        let channel = server.channel().await;
-        let calls = (0..8).map(|_| {
-            let mut client = TenantServiceClient::new(channel.clone());
-            async move { create_as(&mut client, &Cred::user("racer", &[]), create("free")).await }
-        });
-        let results = futures::future::join_all(calls).await;
-        let created = results.iter().filter(|(_, created)| *created).count();
-        assert_eq!(created, 1, "{}: exactly one call creates", db.backend);
-        assert!(results.iter().all(|(t, _)| t.id == results[0].0.id), "{}: all see one tenant", db.backend);
-        server.shutdown().await;
-        db.cleanup().await;
-    }
+each_backend!(
+    #[tokio::test]
+    concurrent_creates_for_one_owner_yield_one_tenant
+);
+async fn concurrent_creates_for_one_owner_yield_one_tenant(db: TestDb) {
+    let server = TestServer::start(serve_args(&db)).await;
+    let channel = server.channel().await;
+    let calls = (0..8).map(|_| {
+        let mut client = TenantServiceClient::new(channel.clone());
+        async move { create_as(&mut client, &Cred::user("racer", &[]), create("free")).await }
+    });
+    let results = futures::future::join_all(calls).await;
+    let created = results.iter().filter(|(_, created)| *created).count();
+    assert_eq!(created, 1, "{}: exactly one call creates", db.backend);
+    assert!(results.iter().all(|(t, _)| t.id == results[0].0.id), "{}: all see one tenant", db.backend);
+    server.shutdown().await;
 }
 
 /// Every tenant RPC, called by someone who may not see the tenant.
@@ -174,114 +174,107 @@ async fn call(
     }
 }
 
-#[tokio::test]
-async fn tenants_are_isolated_between_owners() {
-    for db in test_databases().await {
-        let server = TestServer::start(serve_args(&db)).await;
-        let mut client = TenantServiceClient::new(server.channel().await);
-        let (alice_tenant, _) = create_as(&mut client, &Cred::user("alice", &[]), create("free")).await;
-        let (team_tenant, _) = create_as(
-            &mut client,
-            &Cred::user("carol", &["team-red"]),
-            CreateTenantRequest { plan: "pro".into(), team_id: "team-red".into(), ..Default::default() },
-        )
-        .await;
-        assert_eq!(team_tenant.owner.clone().unwrap().kind, Some(owner::Kind::TeamId("team-red".into())));
-        assert_eq!(team_tenant.slug, "team-red");
-        assert_eq!(team_tenant.agent_ids, vec!["team-red".to_string()]);
+each_backend!(
+    #[tokio::test]
+    tenants_are_isolated_between_owners
+);
+async fn tenants_are_isolated_between_owners(db: TestDb) {
+    let server = TestServer::start(serve_args(&db)).await;
+    let mut client = TenantServiceClient::new(server.channel().await);
+    let (alice_tenant, _) = create_as(&mut client, &Cred::user("alice", &[]), create("free")).await;
+    let (team_tenant, _) = create_as(
+        &mut client,
+        &Cred::user("carol", &["team-red"]),
+        CreateTenantRequest { plan: "pro".into(), team_id: "team-red".into(), ..Default::default() },
+    )
+    .await;
+    assert_eq!(team_tenant.owner.clone().unwrap().kind, Some(owner::Kind::TeamId("team-red".into())));
+    assert_eq!(team_tenant.slug, "team-red");
+    assert_eq!(team_tenant.agent_ids, vec!["team-red".to_string()]);
 
-        let outsiders = [
-            ("other user", Cred::user("bob", &[])),
-            ("other user, shared secret", Cred::shared("bob")),
-            ("member of another team", Cred::user("eve", &["team-blue"])),
-        ];
-        let rpcs = [Rpc::Get, Rpc::Delete, Rpc::Restart, Rpc::Logs];
-        for tenant in [&alice_tenant, &team_tenant] {
-            for key in [&tenant.id, &tenant.slug] {
-                for (who, cred) in &outsiders {
-                    for rpc in rpcs {
-                        let what = format!("{}: {who} {rpc:?} {key}", db.backend);
-                        assert_status(
-                            call(&mut client, rpc, cred, key).await,
-                            Code::NotFound,
-                            "tenant not found",
-                            &what,
-                        );
-                    }
+    let outsiders = [
+        ("other user", Cred::user("bob", &[])),
+        ("other user, shared secret", Cred::shared("bob")),
+        ("member of another team", Cred::user("eve", &["team-blue"])),
+    ];
+    let rpcs = [Rpc::Get, Rpc::Delete, Rpc::Restart, Rpc::Logs];
+    for tenant in [&alice_tenant, &team_tenant] {
+        for key in [&tenant.id, &tenant.slug] {
+            for (who, cred) in &outsiders {
+                for rpc in rpcs {
+                    let what = format!("{}: {who} {rpc:?} {key}", db.backend);
+                    assert_status(call(&mut client, rpc, cred, key).await, Code::NotFound, "tenant not found", &what);
                 }
             }
         }
-        // Owners and team members reach their tenant; it is not placed yet.
-        for (cred, tenant) in [
-            (Cred::user("alice", &[]), &alice_tenant),
-            (Cred::user("dave", &["team-red"]), &team_tenant),
-            (Cred::admin(), &alice_tenant),
-        ] {
-            call(&mut client, Rpc::Get, &cred, &tenant.id).await.expect("visible");
-            for rpc in [Rpc::Restart, Rpc::Logs] {
-                assert_status(
-                    call(&mut client, rpc, &cred, &tenant.id).await,
-                    Code::FailedPrecondition,
-                    "not placed",
-                    "own tenant",
-                );
-            }
-        }
-        // Nobody else's tenant shows up as "mine".
-        assert_status(
-            client.get_my_tenant(Cred::user("bob", &[]).request(GetMyTenantRequest::default())).await,
-            Code::NotFound,
-            "tenant not found",
-            "bob has none",
-        );
-        assert_status(
-            client
-                .get_my_tenant(
-                    Cred::user("eve", &["team-blue"]).request(GetMyTenantRequest { team_id: "team-red".into() }),
-                )
-                .await,
-            Code::NotFound,
-            "team not found",
-            "not a member",
-        );
-        assert_status(
-            client
-                .create_tenant(Cred::user("eve", &[]).request(CreateTenantRequest {
-                    plan: "free".into(),
-                    team_id: "team-red".into(),
-                    ..Default::default()
-                }))
-                .await,
-            Code::NotFound,
-            "team not found",
-            "create for a foreign team",
-        );
-        // Listing everything is for operators only.
-        for cred in [Cred::user("alice", &[]), Cred::shared("bob")] {
+    }
+    // Owners and team members reach their tenant; it is not placed yet.
+    for (cred, tenant) in [
+        (Cred::user("alice", &[]), &alice_tenant),
+        (Cred::user("dave", &["team-red"]), &team_tenant),
+        (Cred::admin(), &alice_tenant),
+    ] {
+        call(&mut client, Rpc::Get, &cred, &tenant.id).await.expect("visible");
+        for rpc in [Rpc::Restart, Rpc::Logs] {
             assert_status(
-                client.list_tenants(cred.request(ListTenantsRequest::default())).await,
-                Code::PermissionDenied,
-                "admin",
-                "list",
+                call(&mut client, rpc, &cred, &tenant.id).await,
+                Code::FailedPrecondition,
+                "not placed",
+                "own tenant",
             );
         }
-        // The admin token itself owns nothing.
-        assert_status(
-            client.create_tenant(Cred::admin().request(create("free"))).await,
-            Code::PermissionDenied,
-            "owns no tenant",
-            "admin create",
-        );
-        // After all that, both tenants are intact.
-        for (cred, tenant) in
-            [(Cred::user("alice", &[]), &alice_tenant), (Cred::user("carol", &["team-red"]), &team_tenant)]
-        {
-            let got = client.get_tenant(cred.request(GetTenantRequest { tenant_id: tenant.id.clone() })).await.unwrap();
-            assert_eq!(got.into_inner().tenant.unwrap().status, TenantStatus::Pending as i32);
-        }
-        server.shutdown().await;
-        db.cleanup().await;
     }
+    // Nobody else's tenant shows up as "mine".
+    assert_status(
+        client.get_my_tenant(Cred::user("bob", &[]).request(GetMyTenantRequest::default())).await,
+        Code::NotFound,
+        "tenant not found",
+        "bob has none",
+    );
+    assert_status(
+        client
+            .get_my_tenant(Cred::user("eve", &["team-blue"]).request(GetMyTenantRequest { team_id: "team-red".into() }))
+            .await,
+        Code::NotFound,
+        "team not found",
+        "not a member",
+    );
+    assert_status(
+        client
+            .create_tenant(Cred::user("eve", &[]).request(CreateTenantRequest {
+                plan: "free".into(),
+                team_id: "team-red".into(),
+                ..Default::default()
+            }))
+            .await,
+        Code::NotFound,
+        "team not found",
+        "create for a foreign team",
+    );
+    // Listing everything is for operators only.
+    for cred in [Cred::user("alice", &[]), Cred::shared("bob")] {
+        assert_status(
+            client.list_tenants(cred.request(ListTenantsRequest::default())).await,
+            Code::PermissionDenied,
+            "admin",
+            "list",
+        );
+    }
+    // The admin token itself owns nothing.
+    assert_status(
+        client.create_tenant(Cred::admin().request(create("free"))).await,
+        Code::PermissionDenied,
+        "owns no tenant",
+        "admin create",
+    );
+    // After all that, both tenants are intact.
+    for (cred, tenant) in
+        [(Cred::user("alice", &[]), &alice_tenant), (Cred::user("carol", &["team-red"]), &team_tenant)]
+    {
+        let got = client.get_tenant(cred.request(GetTenantRequest { tenant_id: tenant.id.clone() })).await.unwrap();
+        assert_eq!(got.into_inner().tenant.unwrap().status, TenantStatus::Pending as i32);
+    }
+    server.shutdown().await;
 }
 
 #[tokio::test]
@@ -419,32 +412,32 @@ async fn list_tenants_pages_through_everything_once() {
     server.shutdown().await;
 }
 
-#[tokio::test]
-async fn deleted_tenants_are_purged_after_retention() {
-    for db in test_databases().await {
-        let server = TestServer::start_with(serve_args(&db), |config| {
-            config.tenant_purge_after = Duration::ZERO;
-            config.tenant_purge_interval = Duration::from_millis(100);
-        })
-        .await;
-        let mut client = TenantServiceClient::new(server.channel().await);
-        let alice = Cred::user("alice", &[]);
-        let (tenant, _) = create_as(&mut client, &alice, create("free")).await;
-        client.delete_tenant(alice.request(DeleteTenantRequest { tenant_id: tenant.id.clone() })).await.unwrap();
-        let mut purged = false;
-        for _ in 0..100 {
-            if !server.store.tenant_row_exists(&tenant.id).await.unwrap() {
-                purged = true;
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+each_backend!(
+    #[tokio::test]
+    deleted_tenants_are_purged_after_retention
+);
+async fn deleted_tenants_are_purged_after_retention(db: TestDb) {
+    let server = TestServer::start_with(serve_args(&db), |config| {
+        config.tenant_purge_after = Duration::ZERO;
+        config.tenant_purge_interval = Duration::from_millis(100);
+    })
+    .await;
+    let mut client = TenantServiceClient::new(server.channel().await);
+    let alice = Cred::user("alice", &[]);
+    let (tenant, _) = create_as(&mut client, &alice, create("free")).await;
+    client.delete_tenant(alice.request(DeleteTenantRequest { tenant_id: tenant.id.clone() })).await.unwrap();
+    let mut purged = false;
+    for _ in 0..100 {
+        if !server.store.tenant_row_exists(&tenant.id).await.unwrap() {
+            purged = true;
+            break;
         }
-        assert!(purged, "{}: deleted tenant row is purged", db.backend);
-        // Its slug is free again.
-        let (again, created) = create_as(&mut client, &alice, create("free")).await;
-        assert!(created);
-        assert_eq!(again.slug, "alice");
-        server.shutdown().await;
-        db.cleanup().await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    assert!(purged, "{}: deleted tenant row is purged", db.backend);
+    // Its slug is free again.
+    let (again, created) = create_as(&mut client, &alice, create("free")).await;
+    assert!(created);
+    assert_eq!(again.slug, "alice");
+    server.shutdown().await;
 }

@@ -364,7 +364,8 @@ struct CpuShare {
 /// `openclaw` the tenant is provisioned and served by the real OpenClaw;
 /// without, its stand-in gateway is swapped for the Rust upstream.
 async fn measure(openclaw: Option<&Path>, secs: u64, concurrencies: &[usize]) -> (Upstream, Vec<(usize, Vec<Row>)>) {
-    let dir = tempfile::tempdir().unwrap();
+    // Dropped at the end: ends what this table left running.
+    let dir = clawplane_test_kit::TestDir::new();
     let stage = Stage::start(dir.path(), None, Some("bench.test")).await;
     let (api, admin_token) = (stage.api, stage.admin_token.clone());
     let bins = PathBuf::from(env!("CARGO_BIN_EXE_clawplane-agent")).parent().unwrap().to_path_buf();

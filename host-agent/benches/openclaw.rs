@@ -62,7 +62,8 @@ fn main() {
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     runtime.block_on(async move {
-        let dir = tempfile::tempdir().unwrap();
+        // Dropped at the end: ends the tenants' gateways with it.
+        let dir = clawplane_test_kit::TestDir::new();
         std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o711)).unwrap();
         let mut args = ServeArgs {
             data_dir: Some(dir.path().join("cp")),

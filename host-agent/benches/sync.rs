@@ -16,7 +16,7 @@ use std::process::Child;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use clawplane::store::Store;
-use sea_orm::{ConnectionTrait, Database};
+use clawplane_test_kit::{pg_admin_url, postgres_db, sqlite_db};
 
 mod common;
 use common::{env, spawn_quiet, Stage};
@@ -242,21 +242,12 @@ async fn run_backend(name: &str, database_url: String, dir: &Path) {
 fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     runtime.block_on(async {
-        let admin_url = std::env::var("CLAWPLANE_TEST_PG_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-        match Database::connect(admin_url.clone()).await {
-            Ok(admin) => {
-                let name = format!("clawplane_bench_{}", uuid::Uuid::new_v4().simple());
-                admin.execute_unprepared(&format!("CREATE DATABASE {name}")).await.unwrap();
-                let base = admin_url.rsplit_once('/').unwrap().0;
-                let dir = tempfile::tempdir().unwrap();
-                run_backend("postgres", format!("{base}/{name}"), dir.path()).await;
-                let _ = admin.execute_unprepared(&format!("DROP DATABASE {name} WITH (FORCE)")).await;
-            }
-            Err(err) => println!("postgres   skipped: {admin_url} unreachable ({err})"),
+        // Dropping each database also ends the gateways its agent left.
+        match postgres_db().await {
+            Some(db) => run_backend("postgres", db.url.clone(), &db.data_dir()).await,
+            None => println!("postgres   skipped: {} unreachable", pg_admin_url()),
         }
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}?mode=rwc", dir.path().join("bench.db").display());
-        run_backend("sqlite", url, dir.path()).await;
+        let db = sqlite_db();
+        run_backend("sqlite", db.url.clone(), &db.data_dir()).await;
     });
 }

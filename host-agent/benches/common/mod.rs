@@ -13,6 +13,8 @@ use clawplane::Server;
 use clawplane_proto::v1::host_service_client::HostServiceClient;
 use clawplane_proto::v1::tenant_service_client::TenantServiceClient;
 use clawplane_proto::v1::{CreateJoinTokenRequest, CreateTenantRequest, GetMyTenantRequest, Tenant, TenantStatus};
+use clawplane_test_kit::fake_openclaw;
+pub use clawplane_test_kit::free_port;
 use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
 
@@ -28,10 +30,6 @@ pub fn request<T>(headers: &[(&'static str, String)], message: T) -> tonic::Requ
         request.metadata_mut().insert(*name, MetadataValue::try_from(value.as_str()).unwrap());
     }
     request
-}
-
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// The bench user, by shared secret.
@@ -87,14 +85,7 @@ impl Stage {
             .output()
             .unwrap();
         assert!(joined.status.success(), "{}", String::from_utf8_lossy(&joined.stderr));
-        let fake = dir.join("fake");
-        std::fs::create_dir_all(&fake).unwrap();
-        std::fs::copy(
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fake-openclaw"),
-            fake.join("openclaw"),
-        )
-        .unwrap();
-        std::fs::write(fake.join("fake-mode"), "ok").unwrap();
+        let fake = fake_openclaw(dir);
         Stage {
             api,
             channel,

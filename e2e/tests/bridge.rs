@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use clawplane_proto::v1::tenant_service_client::TenantServiceClient;
 use clawplane_proto::v1::{CreateTenantRequest, DeleteTenantRequest};
-use common::cp::{claims, hs256, now, Cred, SHARED_SECRET};
+use clawplane_test_kit::auth::{claims, hs256, now, Cred, SHARED_SECRET};
 use common::*;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -28,72 +28,68 @@ async fn online(cp: &ControlPlane, host_id: &str) -> bool {
     cp.host_status(host_id).await == Some((HostStatus::Online, true))
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn operator_adds_pings_and_removes_a_host() {
-    for db in test_databases().await {
-        let cp = ControlPlane::start(&db, "");
-        // The operator's path: token create prints the join command.
-        let created = cp.operator(&["token", "create", "--ttl", "10m", "--label", "zone=a"]);
-        assert!(created.status.success(), "{}", text(&created));
-        let join_command = String::from_utf8(created.stdout).unwrap();
-        assert!(join_command.starts_with("clawplane-agent join --control-plane https://127.0.0.1:"), "{join_command}");
-        let (token, pin) = (arg_after(&join_command, "--token"), arg_after(&join_command, "--ca-pin"));
-        let shown = std::process::Command::new(bin("clawplane"))
-            .args(["ca", "show", "--data-dir"])
-            .arg(&cp.data_dir)
-            .output()
-            .unwrap();
-        assert_eq!(String::from_utf8_lossy(&shown.stdout).trim(), pin, "ca show prints the same pin");
+each_backend!(
+    #[tokio::test(flavor = "multi_thread")]
+    operator_adds_pings_and_removes_a_host
+);
+async fn operator_adds_pings_and_removes_a_host(db: TestDb) {
+    let cp = ControlPlane::start(&db, "");
+    // The operator's path: token create prints the join command.
+    let created = cp.operator(&["token", "create", "--ttl", "10m", "--label", "zone=a"]);
+    assert!(created.status.success(), "{}", text(&created));
+    let join_command = String::from_utf8(created.stdout).unwrap();
+    assert!(join_command.starts_with("clawplane-agent join --control-plane https://127.0.0.1:"), "{join_command}");
+    let (token, pin) = (arg_after(&join_command, "--token"), arg_after(&join_command, "--ca-pin"));
+    let shown = std::process::Command::new(bin("clawplane"))
+        .args(["ca", "show", "--data-dir"])
+        .arg(&cp.data_dir)
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&shown.stdout).trim(), pin, "ca show prints the same pin");
 
-        let mut agent = Agent::new(&db.data_dir(), "agent");
-        let joined = agent.join(&cp.url(), token, pin);
-        assert!(joined.status.success(), "{}", text(&joined));
-        let host_id = agent.host_id();
-        let key_mode = std::os::unix::fs::PermissionsExt::mode(
-            &std::fs::metadata(agent.state_dir.join("key.pem")).unwrap().permissions(),
-        );
-        assert_eq!(key_mode & 0o777, 0o600, "private key is owner-only");
+    let mut agent = Agent::new(&db.data_dir(), "agent");
+    let joined = agent.join(&cp.url(), token, pin);
+    assert!(joined.status.success(), "{}", text(&joined));
+    let host_id = agent.host_id();
+    let key_mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(agent.state_dir.join("key.pem")).unwrap().permissions(),
+    );
+    assert_eq!(key_mode & 0o777, 0o600, "private key is owner-only");
 
-        agent.run();
-        eventually(Duration::from_secs(20), "host online", || online(&cp, &host_id)).await;
-        let host = cp
-            .hosts()
-            .await
-            .get_host(cp.admin(GetHostRequest { host_id: host_id.clone() }))
-            .await
-            .unwrap()
-            .into_inner()
-            .host
-            .unwrap();
-        let inventory = host.inventory.unwrap();
-        assert_eq!(inventory.agent_version, env!("CARGO_PKG_VERSION"));
-        assert!(inventory.capacity.unwrap().cpu_cores >= 1);
-        assert_eq!(host.labels.get("zone").map(String::as_str), Some("a"), "token labels land on the host");
-        assert!(host.certificate_expires_at.is_some());
+    agent.run();
+    eventually(Duration::from_secs(20), "host online", || online(&cp, &host_id)).await;
+    let host = cp
+        .hosts()
+        .await
+        .get_host(cp.admin(GetHostRequest { host_id: host_id.clone() }))
+        .await
+        .unwrap()
+        .into_inner()
+        .host
+        .unwrap();
+    let inventory = host.inventory.unwrap();
+    assert_eq!(inventory.agent_version, env!("CARGO_PKG_VERSION"));
+    assert!(inventory.capacity.unwrap().cpu_cores >= 1);
+    assert_eq!(host.labels.get("zone").map(String::as_str), Some("a"), "token labels land on the host");
+    assert!(host.certificate_expires_at.is_some());
 
-        let listed = cp.operator(&["hosts", "list"]);
-        let table = text(&listed);
-        assert!(table.lines().any(|l| l.contains(&host_id) && l.contains("online") && l.contains("yes")), "{table}");
-        let pinged = cp.operator(&["hosts", "ping", &host_id]);
-        assert!(pinged.status.success() && text(&pinged).contains("pong from"), "{}", text(&pinged));
+    let listed = cp.operator(&["hosts", "list"]);
+    let table = text(&listed);
+    assert!(table.lines().any(|l| l.contains(&host_id) && l.contains("online") && l.contains("yes")), "{table}");
+    let pinged = cp.operator(&["hosts", "ping", &host_id]);
+    assert!(pinged.status.success() && text(&pinged).contains("pong from"), "{}", text(&pinged));
 
-        // Removal: the open stream closes within seconds and reconnecting is refused.
-        cp.hosts()
-            .await
-            .remove_host(cp.admin(RemoveHostRequest { host_id: host_id.clone(), force: false }))
-            .await
-            .unwrap();
-        let exit = agent.wait_exit(Duration::from_secs(10)).expect("agent stops after removal");
-        assert!(!exit.success());
-        assert!(agent.log().contains("removed this host"), "{}", agent.log());
-        agent.run();
-        let exit = agent.wait_exit(Duration::from_secs(10)).expect("a removed host cannot reconnect");
-        assert!(!exit.success());
-        assert!(agent.log().matches("host_revoked").count() >= 2, "{}", agent.log());
-        assert_eq!(cp.host_status(&host_id).await, Some((HostStatus::Removed, false)));
-        drop(cp);
-        db.cleanup().await;
-    }
+    // Removal: the open stream closes within seconds and reconnecting is refused.
+    cp.hosts().await.remove_host(cp.admin(RemoveHostRequest { host_id: host_id.clone(), force: false })).await.unwrap();
+    let exit = agent.wait_exit(Duration::from_secs(10)).expect("agent stops after removal");
+    assert!(!exit.success());
+    assert!(agent.log().contains("removed this host"), "{}", agent.log());
+    agent.run();
+    let exit = agent.wait_exit(Duration::from_secs(10)).expect("a removed host cannot reconnect");
+    assert!(!exit.success());
+    assert!(agent.log().matches("host_revoked").count() >= 2, "{}", agent.log());
+    assert_eq!(cp.host_status(&host_id).await, Some((HostStatus::Removed, false)));
+    drop(cp);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -151,7 +147,6 @@ async fn every_join_failure_says_what_failed() {
         assert!(outputs.iter().any(|o| text(o).contains("token_used")), "round {round}");
     }
     drop(cp);
-    db.cleanup().await;
 }
 
 /// A client certificate + key, signed by `issuer`.
@@ -259,7 +254,6 @@ async fn certificates_from_elsewhere_cannot_act() {
     assert_eq!(row.host_id, b.host_id());
     store.close().await;
     drop(cp);
-    db.cleanup().await;
 }
 
 async fn queue_pings(cp: &ControlPlane, host_id: &str, n: usize) -> Vec<String> {
@@ -272,56 +266,56 @@ async fn queue_pings(cp: &ControlPlane, host_id: &str, n: usize) -> Vec<String> 
     ids
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn queued_commands_survive_kill9_and_run_once() {
-    for db in test_databases().await {
-        let mut cp = ControlPlane::start(&db, "");
-        let (token, pin) = cp.join_token(600, 1).await;
-        let mut agent = Agent::new(&db.data_dir(), "agent");
-        assert!(agent.join(&cp.url(), &token, &pin).status.success());
-        let host_id = agent.host_id();
-        agent.run();
-        eventually(Duration::from_secs(20), "online", || online(&cp, &host_id)).await;
+each_backend!(
+    #[tokio::test(flavor = "multi_thread")]
+    queued_commands_survive_kill9_and_run_once
+);
+async fn queued_commands_survive_kill9_and_run_once(db: TestDb) {
+    let mut cp = ControlPlane::start(&db, "");
+    let (token, pin) = cp.join_token(600, 1).await;
+    let mut agent = Agent::new(&db.data_dir(), "agent");
+    assert!(agent.join(&cp.url(), &token, &pin).status.success());
+    let host_id = agent.host_id();
+    agent.run();
+    eventually(Duration::from_secs(20), "online", || online(&cp, &host_id)).await;
 
-        // Queued while the agent is down, then the control plane dies hard.
-        agent.kill9();
-        let mut ids = queue_pings(&cp, &host_id, 10).await;
-        cp.kill9();
-        cp.restart();
-        // Queued and being delivered while the control plane dies again.
-        agent.run();
-        eventually(Duration::from_secs(20), "online again", || online(&cp, &host_id)).await;
-        ids.extend(queue_pings(&cp, &host_id, 10).await);
-        cp.restart();
+    // Queued while the agent is down, then the control plane dies hard.
+    agent.kill9();
+    let mut ids = queue_pings(&cp, &host_id, 10).await;
+    cp.kill9();
+    cp.restart();
+    // Queued and being delivered while the control plane dies again.
+    agent.run();
+    eventually(Duration::from_secs(20), "online again", || online(&cp, &host_id)).await;
+    ids.extend(queue_pings(&cp, &host_id, 10).await);
+    cp.restart();
 
-        let store = Store::connect(&db.url, 2).await.unwrap();
-        eventually(Duration::from_secs(40), "every queued command answered", || {
-            let (store, ids) = (store.clone(), ids.clone());
-            async move {
-                for id in &ids {
-                    match store.command(id).await {
-                        Ok(Some(row)) if row.state == CMD_SUCCEEDED => {}
-                        _ => return false,
-                    }
+    let store = Store::connect(&db.url, 2).await.unwrap();
+    eventually(Duration::from_secs(40), "every queued command answered", || {
+        let (store, ids) = (store.clone(), ids.clone());
+        async move {
+            for id in &ids {
+                match store.command(id).await {
+                    Ok(Some(row)) if row.state == CMD_SUCCEEDED => {}
+                    _ => return false,
                 }
-                true
             }
-        })
-        .await;
-        let executed = agent.executed();
-        for id in &ids {
-            assert_eq!(
-                executed.iter().filter(|e| *e == id).count(),
-                1,
-                "{}: {id} executed exactly once; log:\n{}",
-                db.backend,
-                agent.log()
-            );
+            true
         }
-        store.close().await;
-        drop(cp);
-        db.cleanup().await;
+    })
+    .await;
+    let executed = agent.executed();
+    for id in &ids {
+        assert_eq!(
+            executed.iter().filter(|e| *e == id).count(),
+            1,
+            "{}: {id} executed exactly once; log:\n{}",
+            db.backend,
+            agent.log()
+        );
     }
+    store.close().await;
+    drop(cp);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -352,7 +346,6 @@ async fn renewal_keeps_the_stream_alive() {
         .into_inner();
     assert!(pong.answered);
     drop(cp);
-    db.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -362,11 +355,7 @@ async fn placement_honours_labels_and_waits_for_a_matching_host() {
     let db = sqlite_db();
     let cp = ControlPlane::start(&db, "");
     let mut tenants = TenantServiceClient::new(cp.channel().await);
-    let carol = common::cp::Cred::Shared {
-        secret: common::cp::SHARED_SECRET.into(),
-        user: "carol".into(),
-        teams: "crew".into(),
-    };
+    let carol = auth::Cred::Shared { secret: auth::SHARED_SECRET.into(), user: "carol".into(), teams: "crew".into() };
     let mut labels = std::collections::HashMap::new();
     labels.insert("zone".to_string(), "eu".to_string());
     let created = tenants
@@ -478,5 +467,4 @@ async fn a_call_waiting_on_a_silent_host_answers_by_its_deadline() {
         assert!(started.elapsed() < Duration::from_secs(30), "{case}: waited the ping's minute");
     }
     drop(cp);
-    db.cleanup().await;
 }

@@ -22,7 +22,7 @@ use clawplane_proto::v1::{
     ListSessionsRequest, SessionMeta, SyncBatch, SyncRecord, SyncRequest, SyncSource, Tenant, TenantStatus,
     TranscriptEvent, UsagePeriod,
 };
-use common::cp::Cred;
+use clawplane_test_kit::auth::Cred;
 use common::*;
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -45,14 +45,7 @@ impl Rig {
     async fn start(db: TestDb, proxy: Option<&Proxy>) -> Rig {
         let cp = ControlPlane::start(&db, "");
         let dir = db.data_dir();
-        let fake = dir.join("fake");
-        std::fs::create_dir_all(&fake).unwrap();
-        std::fs::copy(
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fake-openclaw"),
-            fake.join("openclaw"),
-        )
-        .unwrap();
-        std::fs::write(fake.join("fake-mode"), "ok").unwrap();
+        let fake = fake_openclaw(&dir);
         let (token, pin) = cp.join_token(600, 1).await;
         let mut agent = Agent::new(&dir, "agent");
         let url = match proxy {
@@ -155,7 +148,7 @@ impl Rig {
         drop(agent);
         drop(cp);
         store.close().await;
-        db.cleanup().await;
+        drop(db);
     }
 }
 
@@ -195,8 +188,7 @@ fn install_agent_db(state_dir: &Path) -> PathBuf {
     let dir = state_dir.join("agents/main/agent");
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("openclaw-agent.sqlite");
-    std::fs::copy(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/openclaw-agent-2026.9.6.sqlite"), &path)
-        .unwrap();
+    std::fs::copy(agent_fixture("openclaw-agent-2026.9.6.sqlite"), &path).unwrap();
     path
 }
 
@@ -240,7 +232,7 @@ fn expected(n: i64) -> (i64, i64) {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_backlog_survives_kill9_of_agent_and_control_plane() {
     // PostgreSQL when available (the production store), else SQLite.
-    let db = match common::cp::postgres_db().await {
+    let db = match postgres_db().await {
         Some(db) => db,
         None => sqlite_db(),
     };

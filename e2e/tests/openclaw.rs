@@ -20,7 +20,7 @@ use clawplane_proto::v1::{
     SetAgentProfileRequest, SetChannelRequest, SetModelRequest, SetToolsRequest, StreamTenantLogsRequest, Tenant,
     TenantStatus, UsagePeriod,
 };
-use common::cp::Cred;
+use clawplane_test_kit::auth::Cred;
 use common::*;
 use tonic::transport::Channel;
 
@@ -213,7 +213,8 @@ async fn through_the_bridge(cp: &ControlPlane, dir: &Path, a: &Tenant, b: &Tenan
     let bridge = BridgeProcess::start_with(cp, dir, &["--trusted-front", "127.0.0.1"]);
     let port = bridge.port;
     let client = ("X-Forwarded-For", "203.0.113.7");
-    let (alice, bob) = (bearer(&cp::hs256(cp::claims("alice", &[]))), bearer(&cp::hs256(cp::claims("bob", &[]))));
+    let (alice, bob) =
+        (bearer(&auth::hs256(auth::claims("alice", &[]))), bearer(&auth::hs256(auth::claims("bob", &[]))));
     let (a_host, b_host) = (format!("{}.claw.test", a.slug), format!("{}.claw.test", b.slug));
     eventually(Duration::from_secs(30), "alice's gateway through the bridge", || {
         let (host, auth) = (a_host.clone(), alice.clone());

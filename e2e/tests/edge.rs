@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use clawplane_proto::v1::tenant_service_client::TenantServiceClient;
 use clawplane_proto::v1::CreateTenantRequest;
-use common::cp::{claims, hs256, Cred};
+use clawplane_test_kit::auth::{claims, hs256, Cred};
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
