@@ -13,6 +13,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .filter(|path| path.extension().is_some_and(|ext| ext == "proto"))
         .collect();
     files.sort();
+    // The folder too, so a new .proto file is picked up.
+    println!("cargo:rerun-if-changed={}", proto_dir.display());
     for file in &files {
         println!("cargo:rerun-if-changed={}", file.display());
     }

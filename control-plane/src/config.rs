@@ -3,16 +3,19 @@
 //! Precedence: command-line flag > `CLAWPLANE_*` environment variable (clap
 //! reads both) > TOML file > built-in default. `Config::load` fails with a
 //! message naming the offending setting, so a bad config stops the server at
-//! start instead of surfacing later as a confusing runtime error.
+//! start instead of surfacing later as a confusing runtime error. The SSO
+//! and credential settings, and the base domain, are parsed by the identity
+//! crate, the way the bridge parses them from this same file.
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Args;
+use clawplane_identity::config::{AuthArgs, AuthConfig, AuthFile, JwtFileConfig};
 use serde::Deserialize;
 
-use crate::rate::Rate;
+use clawplane_edge::rate::Rate;
 
 /// `clawplane serve` flags. Every flag is also `CLAWPLANE_<FLAG>` and a key
 /// of the TOML file.
@@ -52,6 +55,11 @@ pub struct ServeArgs {
     /// none, cross-origin calls are refused.
     #[arg(long, env = "CLAWPLANE_CORS_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub cors_allowed_origins: Vec<String>,
+    /// Committed memory a host may take, as a multiple of its memory (the sum
+    /// of its tenants' plan memory limits; above 1 when most tenants
+    /// hibernate); `hosts.memory_overcommit`.
+    #[arg(long, env = "CLAWPLANE_HOSTS_MEMORY_OVERCOMMIT")]
+    pub hosts_memory_overcommit: Option<f64>,
     /// Requests per second per signed-in caller (0: no limit); `limits.rate_per_caller`.
     #[arg(long, env = "CLAWPLANE_LIMITS_RATE_PER_CALLER")]
     pub limits_rate_per_caller: Option<u32>,
@@ -67,35 +75,11 @@ pub struct ServeArgs {
     /// Open API connections per client address (0: no limit); `limits.max_connections_per_address`.
     #[arg(long, env = "CLAWPLANE_LIMITS_MAX_CONNECTIONS_PER_ADDRESS")]
     pub limits_max_connections_per_address: Option<usize>,
+    /// SendMessage turns one tenant may have in flight at once; `limits.max_turns_per_tenant`.
+    #[arg(long, env = "CLAWPLANE_LIMITS_MAX_TURNS_PER_TENANT")]
+    pub limits_max_turns_per_tenant: Option<usize>,
     #[command(flatten)]
     pub auth: AuthArgs,
-}
-
-/// Credentials settings. Secrets are accepted from the environment (or the
-/// file) so they stay out of `ps`; the flags exist for completeness.
-#[derive(Args, Debug, Default, Clone)]
-pub struct AuthArgs {
-    /// Token that grants the admin identity (operators, `clawplane` CLI).
-    #[arg(long, env = "CLAWPLANE_ADMIN_TOKEN", hide_env_values = true)]
-    pub admin_token: Option<String>,
-    /// Shared secret for the `x-shared-secret` + `x-user-id` header form.
-    #[arg(long, env = "CLAWPLANE_SHARED_SECRET", hide_env_values = true)]
-    pub shared_secret: Option<String>,
-    /// HS256 secret of the SSO's JWTs.
-    #[arg(long, env = "CLAWPLANE_JWT_HS256_SECRET", hide_env_values = true)]
-    pub jwt_hs256_secret: Option<String>,
-    /// PEM public key (RSA or EC P-256) of the SSO's JWTs.
-    #[arg(long, env = "CLAWPLANE_JWT_PUBLIC_KEY_FILE")]
-    pub jwt_public_key_file: Option<PathBuf>,
-    /// JWKS file with the SSO's public keys.
-    #[arg(long, env = "CLAWPLANE_JWKS_FILE")]
-    pub jwks_file: Option<PathBuf>,
-    /// Required `iss` of JWTs.
-    #[arg(long, env = "CLAWPLANE_JWT_ISSUER")]
-    pub jwt_issuer: Option<String>,
-    /// Required `aud` of JWTs.
-    #[arg(long, env = "CLAWPLANE_JWT_AUDIENCE")]
-    pub jwt_audience: Option<String>,
 }
 
 /// The TOML file. Unknown keys are errors: a typo must not silently fall
@@ -142,6 +126,7 @@ struct HostsFileConfig {
     cert_ttl: Option<String>,
     server_names: Option<Vec<String>>,
     max_connections: Option<usize>,
+    memory_overcommit: Option<f64>,
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -149,22 +134,6 @@ struct HostsFileConfig {
 struct PkiFileConfig {
     ca_cert_file: Option<PathBuf>,
     ca_key_file: Option<PathBuf>,
-}
-
-#[derive(Deserialize, Debug, Default)]
-#[serde(deny_unknown_fields)]
-struct JwtFileConfig {
-    hs256_secret: Option<String>,
-    public_key_file: Option<PathBuf>,
-    jwks_file: Option<PathBuf>,
-    issuer: Option<String>,
-    audience: Option<String>,
-    algorithms: Option<Vec<String>>,
-    leeway_secs: Option<u64>,
-    email_claim: Option<String>,
-    teams_claim: Option<String>,
-    roles_claim: Option<String>,
-    admin_role: Option<String>,
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -193,41 +162,13 @@ struct LimitsFileConfig {
     burst_per_caller: Option<u32>,
     rate_per_address: Option<u32>,
     burst_per_address: Option<u32>,
+    max_turns_per_tenant: Option<usize>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
     Text,
     Json,
-}
-
-/// Where JWT verification keys come from.
-#[derive(Debug, Clone)]
-pub enum JwtKeySource {
-    Hs256Secret(String),
-    PublicKeyPem(PathBuf),
-    Jwks(PathBuf),
-}
-
-#[derive(Debug, Clone)]
-pub struct JwtConfig {
-    pub key_source: JwtKeySource,
-    pub issuer: Option<String>,
-    pub audience: Option<String>,
-    /// Pinned algorithms; empty means "the one the key type implies".
-    pub algorithms: Vec<String>,
-    pub leeway: Duration,
-    pub email_claim: String,
-    pub teams_claim: String,
-    pub roles_claim: String,
-    pub admin_role: String,
-}
-
-#[derive(Debug, Clone)]
-pub struct AuthConfig {
-    pub admin_token: Option<String>,
-    pub shared_secret: Option<String>,
-    pub jwt: Option<JwtConfig>,
 }
 
 /// Allowed grpc-web origins: `*` or an explicit list (empty: none).
@@ -265,6 +206,8 @@ pub struct Config {
     pub rate_per_caller: Rate,
     /// Requests per client address without a valid identity.
     pub rate_per_address: Rate,
+    /// SendMessage turns in flight per tenant.
+    pub max_turns_per_tenant: usize,
     /// URL of the agent listener as hosts reach it.
     pub agent_public_url: String,
     /// Names the agent listener's certificate is valid for.
@@ -272,6 +215,8 @@ pub struct Config {
     pub host_heartbeat_interval: Duration,
     pub host_lease: Duration,
     pub host_cert_ttl: Duration,
+    /// Committed memory a host may take, as a multiple of its memory.
+    pub host_memory_overcommit: f64,
     pub max_agent_connections: usize,
     pub ca_cert_file: Option<PathBuf>,
     pub ca_key_file: Option<PathBuf>,
@@ -279,8 +224,6 @@ pub struct Config {
     /// (see [`crate::model_url`]).
     pub models_allowed_cidrs: Vec<ipnet::IpNet>,
 }
-
-const MIN_SECRET_LEN: usize = 16;
 
 impl Config {
     /// Reads the TOML file named by the args (if any), applies the args on
@@ -309,22 +252,11 @@ impl Config {
             Some("json") => LogFormat::Json,
             Some(other) => bail!("log_format: expected \"text\" or \"json\", got {other:?}"),
         };
-        let base_domain = args.base_domain.or(file.base_domain).unwrap_or_else(|| "localhost".into());
-        validate_base_domain(&base_domain)?;
-
-        let jwt = jwt_config(&args.auth, file.jwt)?;
-        let auth = AuthConfig {
-            admin_token: args.auth.admin_token.or(file.admin_token),
-            shared_secret: args.auth.shared_secret.or(file.shared_secret),
-            jwt,
-        };
-        for (name, secret) in [("admin_token", &auth.admin_token), ("shared_secret", &auth.shared_secret)] {
-            if let Some(secret) = secret {
-                if secret.len() < MIN_SECRET_LEN {
-                    bail!("{name}: must be at least {MIN_SECRET_LEN} characters");
-                }
-            }
-        }
+        let base_domain = clawplane_identity::host::base_domain(args.base_domain, file.base_domain)?;
+        let auth = AuthConfig::load(
+            &args.auth,
+            AuthFile { admin_token: file.admin_token, shared_secret: file.shared_secret, jwt: file.jwt },
+        )?;
 
         let cors_flags = Some(args.cors_allowed_origins).filter(|list| !list.is_empty());
         let cors_origins = match cors_flags.or(file.cors.allowed_origins) {
@@ -383,11 +315,19 @@ impl Config {
                 bail!("limits.burst_per_{name}: must not be smaller than limits.rate_per_{name}");
             }
         }
+        let max_turns_per_tenant = args.limits_max_turns_per_tenant.or(file.limits.max_turns_per_tenant).unwrap_or(4);
+        if max_turns_per_tenant == 0 {
+            bail!("limits.max_turns_per_tenant: must be greater than zero");
+        }
         let tenant_cache_ttl = duration("limits.tenant_cache_ttl", file.limits.tenant_cache_ttl, "1s")?;
         let host_heartbeat_interval = duration("hosts.heartbeat_interval", file.hosts.heartbeat_interval, "5s")?;
         let host_lease = duration("hosts.lease", file.hosts.lease, "20s")?;
         if host_heartbeat_interval.is_zero() || host_lease < host_heartbeat_interval * 2 {
             bail!("hosts.lease: must be at least twice hosts.heartbeat_interval (and that above zero)");
+        }
+        let host_memory_overcommit = args.hosts_memory_overcommit.or(file.hosts.memory_overcommit).unwrap_or(1.0);
+        if !(0.1..=100.0).contains(&host_memory_overcommit) {
+            bail!("hosts.memory_overcommit: must be between 0.1 and 100 (got {host_memory_overcommit})");
         }
         let host_cert_ttl = duration("hosts.cert_ttl", file.hosts.cert_ttl, "24h")?;
         if host_cert_ttl < Duration::from_secs(3) {
@@ -424,6 +364,7 @@ impl Config {
         Ok(Config {
             rate_per_caller,
             rate_per_address,
+            max_turns_per_tenant,
             models_allowed_cidrs,
             tenant_cache_ttl,
             agent_public_url,
@@ -431,6 +372,7 @@ impl Config {
             host_heartbeat_interval,
             host_lease,
             host_cert_ttl,
+            host_memory_overcommit,
             max_agent_connections,
             ca_cert_file: file.pki.ca_cert_file,
             ca_key_file: file.pki.ca_key_file,
@@ -503,61 +445,6 @@ fn parse_cidrs(values: &[String]) -> anyhow::Result<Vec<ipnet::IpNet>> {
 
 fn parse_addr(name: &str, value: &str) -> anyhow::Result<SocketAddr> {
     value.parse().with_context(|| format!("{name}: {value:?} is not an address like 127.0.0.1:7700"))
-}
-
-fn validate_base_domain(domain: &str) -> anyhow::Result<()> {
-    let ok = !domain.is_empty()
-        && domain.len() <= 200
-        && domain.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-        });
-    if ok {
-        Ok(())
-    } else {
-        bail!("base_domain: {domain:?} is not a DNS name like example.com")
-    }
-}
-
-fn jwt_config(args: &AuthArgs, file: JwtFileConfig) -> anyhow::Result<Option<JwtConfig>> {
-    let hs = args.jwt_hs256_secret.clone().or(file.hs256_secret);
-    let pem = args.jwt_public_key_file.clone().or(file.public_key_file);
-    let jwks = args.jwks_file.clone().or(file.jwks_file);
-    let key_source = match (hs, pem, jwks) {
-        (None, None, None) => return Ok(None),
-        (Some(secret), None, None) => {
-            if secret.len() < 32 {
-                bail!("jwt.hs256_secret: must be at least 32 bytes (RFC 7518 section 3.2)");
-            }
-            JwtKeySource::Hs256Secret(secret)
-        }
-        (None, Some(path), None) => JwtKeySource::PublicKeyPem(path),
-        (None, None, Some(path)) => JwtKeySource::Jwks(path),
-        _ => bail!(
-            "jwt: set exactly one of hs256_secret, public_key_file or jwks_file \
-             (each algorithm family needs its own key; mixing them invites algorithm confusion)"
-        ),
-    };
-    let algorithms = file.algorithms.unwrap_or_default();
-    for alg in &algorithms {
-        if !["HS256", "RS256", "ES256"].contains(&alg.as_str()) {
-            bail!("jwt.algorithms: {alg:?} is not supported (HS256, RS256, ES256)");
-        }
-    }
-    Ok(Some(JwtConfig {
-        key_source,
-        issuer: args.jwt_issuer.clone().or(file.issuer),
-        audience: args.jwt_audience.clone().or(file.audience),
-        algorithms,
-        leeway: Duration::from_secs(file.leeway_secs.unwrap_or(30)),
-        email_claim: file.email_claim.unwrap_or_else(|| "email".into()),
-        teams_claim: file.teams_claim.unwrap_or_else(|| "teams".into()),
-        roles_claim: file.roles_claim.unwrap_or_else(|| "roles".into()),
-        admin_role: file.admin_role.unwrap_or_else(|| "admin".into()),
-    }))
 }
 
 #[cfg(test)]
@@ -634,8 +521,11 @@ mod tests {
             ("[limits]\nmax_connections = 0", "limits.max_connections"),
             ("[limits]\nrequest_timeout = \"0s\"", "limits.request_timeout"),
             ("[limits]\nmax_request_timeout = \"10s\"", "limits.max_request_timeout"),
+            ("[limits]\nmax_turns_per_tenant = 0", "limits.max_turns_per_tenant"),
             ("[limits]\nmax_request_timeout = \"later\"", "limits.max_request_timeout"),
             ("[hosts]\nheartbeat_interval = \"10s\"\nlease = \"5s\"", "hosts.lease"),
+            ("[hosts]\nmemory_overcommit = 0.0", "hosts.memory_overcommit"),
+            ("[hosts]\nmemory_overcommit = 1000.0", "hosts.memory_overcommit"),
             ("[hosts]\ncert_ttl = \"1s\"", "hosts.cert_ttl"),
             ("agent_public_url = \"http://x:1\"", "agent_public_url"),
             ("[pki]\nca_cert_file = \"/x\"", "together"),

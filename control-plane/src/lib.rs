@@ -1,26 +1,39 @@
-//! Clawplane control plane: the tenant API for the web backend, operator
-//! calls, and (in later layers) the host fleet, ingest and routing.
+//! Clawplane control plane: the tenant API for the web backend and
+//! operators, the host fleet, ingest of what hosts sync, and routes for the
+//! bridge.
 //!
-//! Layout: `config` parses and validates settings once; `auth` turns request
-//! metadata into a principal; `api` holds the gRPC services and their one
-//! error type; `store` owns every query;
-//! `rate` limits request rates per key (API and bridge); `pki` is the CA; `fleet` enrolls hosts and runs their command streams; `ingest`
-//! stores what agents sync; `server` wires them to a listener.
+//! Layers, each importing only those below it:
+//! - `server` wires everything to the two listeners and owns the one
+//!   shutdown (the edge crate's) that every background task holds;
+//! - `api` holds the gRPC services of the API listener (`auth` says who is
+//!   calling; tokens are verified by the identity crate);
+//! - `fleet` enrolls hosts, runs their command streams, places tenants and
+//!   pushes their config; `ingest` stores what agents sync;
+//! - `desired` is each tenant's desired OpenClaw config;
+//! - `store` owns every query; `pki` is the CA; `model_url` checks model
+//!   base URLs;
+//! - `service_error` classifies every service's errors once, `wire` holds
+//!   the conversions and checks at the edge of the wire, `config` parses
+//!   settings once (the SSO part with the identity crate, as the bridge
+//!   does).
+//!
+//! Request rates and connection limits come from the edge crate, sealed
+//! secrets from the TLS crate.
 pub mod api;
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod desired;
 pub mod fleet;
 pub mod ingest;
 pub mod model_url;
 pub mod net;
-pub mod openclaw_config;
 pub mod pki;
-pub mod rate;
-pub mod secrets;
 pub mod server;
+pub mod service_error;
 pub mod store;
 pub mod telemetry;
+pub mod wire;
 
 pub use config::Config;
 pub use server::Server;

@@ -1,6 +1,8 @@
 //! The API listener: binds, wires services and cross-cutting layers, serves
 //! until the shutdown signal, then drains. Connections are bounded by a
-//! semaphore (a permit per open connection), as in mini-redis.
+//! semaphore (a permit per open connection), and every background task holds
+//! the one [`ShutdownSignal`] that `run` waits for before closing the store, as in
+//! mini-redis.
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -17,18 +19,23 @@ use clawplane_proto::v1::tenant_service_server::TenantServiceServer;
 use clawplane_proto::v1::usage_service_server::UsageServiceServer;
 use futures::Stream;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::Semaphore;
 use tonic::transport::server::{Connected, TcpConnectInfo};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
-use crate::api::{ConfigApi, DeadlineLayer, HostApi, RateLimitLayer, RouteApi, SessionApi, TenantApi, UsageApi};
+use crate::api::{
+    ConfigApi, DeadlineLayer, GrpcWebBesideRestLayer, HostApi, RateLimitLayer, RestApi, RouteApi, SessionApi,
+    TenantApi, UsageApi,
+};
 use crate::auth::{AuthLayer, Authenticator};
 use crate::config::{Config, CorsOrigins};
-use crate::fleet::{serve_agents, Fleet, FleetConfig};
+use crate::desired::DesiredConfigs;
+use crate::fleet::{serve_agents, Fleet, FleetConfig, TurnLimits, TurnRelay};
 use crate::net::Connection;
 use crate::pki::{Pki, PkiConfig};
 use crate::store::Store;
+use clawplane_edge::shutdown::ShutdownSignal;
 use clawplane_tls::files::{create_private_dir, write_private};
 
 /// A bound, migrated, ready-to-serve control plane: the API listener for
@@ -41,7 +48,53 @@ pub struct Server {
     authenticator: Arc<Authenticator>,
     pki: Arc<Pki>,
     fleet: Arc<Fleet>,
+    shutdown: ShutdownSignal,
+    /// Held while serving an SQLite database: one replica only.
+    _sqlite_lock: Option<std::fs::File>,
 }
+
+/// An SQLite database is served by one control plane at a time: another
+/// `serve` on it would keep its own streams, caches and sweeps beside this
+/// one's (several replicas need PostgreSQL). Held through a lock file beside
+/// the database, released when the process ends, however it ends.
+fn single_replica(database_url: &str) -> anyhow::Result<Option<std::fs::File>> {
+    let Some(rest) = database_url.strip_prefix("sqlite://").or_else(|| database_url.strip_prefix("sqlite:")) else {
+        return Ok(None);
+    };
+    let path = rest.split('?').next().unwrap_or_default();
+    if path.is_empty() || path.starts_with(":memory:") {
+        return Ok(None);
+    }
+    let lock_path = format!("{path}.serve-lock");
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&lock_path)
+        .with_context(|| format!("database: cannot open {lock_path}"))?;
+    if file.try_lock().is_err() {
+        let holder = std::fs::read_to_string(&lock_path).unwrap_or_default();
+        anyhow::bail!(
+            "database: the SQLite database {path} is already served by another clawplane ({}); SQLite runs one \
+             control plane at a time: stop that one, or share a PostgreSQL database between replicas",
+            match holder.trim() {
+                "" => "process unknown".to_string(),
+                pid => format!("pid {pid}"),
+            }
+        );
+    }
+    use std::io::Write;
+    file.set_len(0)?;
+    write!(file, "{}", std::process::id())?;
+    Ok(Some(file))
+}
+
+/// How long `run` waits for background tasks (agent streams, sweeps) once
+/// the listeners stopped, before it closes the store anyway.
+const TASK_GRACE: Duration = Duration::from_secs(10);
+/// A gateway silent this long in the middle of a turn ends it (DEADLINE_EXCEEDED).
+const TURN_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 
 impl Server {
     /// Opens the database (creating the SQLite file under the data directory
@@ -52,6 +105,7 @@ impl Server {
             config.auth.admin_token = Some(load_or_create_admin_token(&config.data_dir)?);
         }
         let authenticator = Authenticator::from_config(&config.auth)?;
+        let sqlite_lock = single_replica(&config.database_url)?;
         let store = Store::connect(&config.database_url, config.database_max_connections)
             .await
             .context("database: cannot connect")?
@@ -75,16 +129,30 @@ impl Server {
             lease: config.host_lease,
             public_url: config.agent_public_url.clone(),
             base_domain: config.base_domain.clone(),
+            memory_overcommit: config.host_memory_overcommit,
         };
         // An ephemeral agent port (tests) is only known once bound.
         if config.agent_listen.port() == 0 {
             fleet_config.public_url = format!("https://{}", agent_listener.local_addr()?);
         }
         let secrets = Arc::new(
-            crate::secrets::SecretBox::load_or_create(&config.data_dir.join("secrets.key")).context("secrets key")?,
+            clawplane_tls::secrets::SecretBox::load_or_create(&config.data_dir.join("secrets.key"))
+                .context("secrets key")?,
         );
-        let fleet = Fleet::new(store.clone(), pki.clone(), secrets, fleet_config);
-        Ok(Server { config, store, listener, agent_listener, authenticator, pki, fleet })
+        let shutdown = ShutdownSignal::default();
+        let desired = DesiredConfigs::new(store.clone(), secrets);
+        let fleet = Fleet::new(store.clone(), pki.clone(), desired, fleet_config, shutdown.clone());
+        Ok(Server {
+            config,
+            store,
+            listener,
+            agent_listener,
+            authenticator,
+            pki,
+            fleet,
+            shutdown,
+            _sqlite_lock: sqlite_lock,
+        })
     }
 
     pub fn agent_addr(&self) -> SocketAddr {
@@ -110,25 +178,39 @@ impl Server {
     /// Serves until `shutdown` completes, then stops accepting, lets
     /// in-flight calls finish and closes the database.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-        let Server { config, store, listener, agent_listener, authenticator, pki, fleet } = self;
-        let (stop_tx, stop_rx) = watch::channel(false);
+        let Server {
+            config,
+            store,
+            listener,
+            agent_listener,
+            authenticator,
+            pki,
+            fleet,
+            shutdown: tasks,
+            _sqlite_lock,
+        } = self;
 
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_serving::<TenantServiceServer<TenantApi>>().await;
         health.set_serving::<UsageServiceServer<UsageApi>>().await;
         health.set_serving::<SessionServiceServer<SessionApi>>().await;
-        tokio::spawn(watch_database(store.clone(), health.clone(), stop_rx.clone()));
-        tokio::spawn(purge_deleted_tenants(store.clone(), config.clone(), stop_rx.clone()));
-        tokio::spawn(fleet.clone().keep_leases(stop_rx.clone()));
-        tokio::spawn(place_pending_tenants(fleet.clone(), stop_rx.clone()));
-        let agents = tokio::spawn(serve_agents(
+        tasks.spawn(watch_database(store.clone(), health.clone(), tasks.clone()));
+        tasks.spawn(purge_deleted_tenants(store.clone(), config.clone(), tasks.clone()));
+        tasks.spawn(refresh_owner_cache(store.clone(), tasks.clone()));
+        tasks.spawn(fleet.clone().keep_leases());
+        tasks.spawn(place_pending_tenants(fleet.clone(), tasks.clone()));
+        let agents = tasks.spawn(serve_agents(
             agent_listener,
             pki.agent_server_config()?,
             fleet.clone(),
             config.max_agent_connections,
-            stop_rx.clone(),
         ));
 
+        let turns = Arc::new(TurnRelay::new(
+            fleet.clone(),
+            pki.clone(),
+            TurnLimits { per_tenant: config.max_turns_per_tenant, idle_timeout: TURN_IDLE_TIMEOUT },
+        )?);
         let reflection = |builder: tonic_reflection::server::Builder<'static>| {
             builder
                 .register_encoded_file_descriptor_set(clawplane_proto::FILE_DESCRIPTOR_SET)
@@ -140,65 +222,69 @@ impl Server {
         let incoming = bounded_incoming(
             listener,
             Arc::new(Semaphore::new(config.max_connections)),
-            clawplane_tls::edge::AddressCaps::new(config.max_connections_per_address),
+            clawplane_edge::connections::AddressCaps::new(config.max_connections_per_address),
         );
-        let mut stop_on_signal = stop_rx.clone();
+        let tenants = Arc::new(TenantApi::new(store.clone(), fleet.clone(), config.base_domain.clone()));
+        let hosts = Arc::new(HostApi::new(store.clone(), fleet.clone()));
+        let sessions = Arc::new(SessionApi::new(store.clone(), turns, tasks.clone()));
+        let rest = Arc::new(RestApi::new(store.clone(), tenants.clone(), hosts.clone(), sessions.clone()));
+        let mut routes = tonic::service::Routes::builder();
+        routes
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(TenantServiceServer::from_arc(tenants))
+            .add_service(UsageServiceServer::new(UsageApi::new(store.clone())))
+            .add_service(SessionServiceServer::from_arc(sessions))
+            .add_service(RouteServiceServer::new(RouteApi::new(
+                store.clone(),
+                config.base_domain.clone(),
+                tasks.clone(),
+            )))
+            .add_service(HostServiceServer::from_arc(hosts))
+            .add_service(ConfigServiceServer::new(
+                ConfigApi::new(store.clone(), fleet.clone())
+                    .with_allowed_model_cidrs(config.models_allowed_cidrs.clone()),
+            ));
+        // The REST endpoints beside the gRPC services, behind the same layers.
+        let routes = tonic::service::Routes::from(routes.routes().into_axum_router().merge(rest.router()));
+
+        let stop_serving = tasks.clone();
         let served = tonic::transport::Server::builder()
             .accept_http1(true)
             // Dead peers and half-open connections are found and closed.
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(Duration::from_secs(20)))
             .layer(cors_layer(&config.cors_origins))
-            .layer(tonic_web::GrpcWebLayer::new())
+            .layer(GrpcWebBesideRestLayer)
             .layer(AuthLayer::new(authenticator))
             .layer(RateLimitLayer::new(config.rate_per_caller, config.rate_per_address))
             .layer(DeadlineLayer::new(config.request_timeout, config.max_request_timeout))
             .layer(CatchPanicLayer::custom(panic_status))
-            .add_service(health_service)
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha)
-            .add_service(TenantServiceServer::new(TenantApi::new(
-                store.clone(),
-                fleet.clone(),
-                config.base_domain.clone(),
-            )))
-            .add_service(UsageServiceServer::new(UsageApi::new(store.clone())))
-            .add_service(SessionServiceServer::new(SessionApi::new(store.clone())))
-            .add_service(RouteServiceServer::new(RouteApi::new(
-                store.clone(),
-                config.base_domain.clone(),
-                stop_rx.clone(),
-            )))
-            .add_service(HostServiceServer::new(HostApi::new(store.clone(), fleet.clone())))
-            .add_service(ConfigServiceServer::new(
-                ConfigApi::new(store.clone(), fleet.clone())
-                    .with_allowed_model_cidrs(config.models_allowed_cidrs.clone()),
-            ))
-            .serve_with_incoming_shutdown(incoming, async move {
-                let _ = stop_on_signal.wait_for(|stop| *stop).await;
-            });
+            .add_routes(routes)
+            .serve_with_incoming_shutdown(incoming, async move { stop_serving.requested().await });
 
+        let on_signal = tasks.clone();
         let signal = tokio::spawn(async move {
             shutdown.await;
             tracing::info!("shutting down: draining in-flight calls");
-            let _ = stop_tx.send(true);
+            on_signal.request();
         });
         let result = served.await;
         signal.abort();
+        health.set_not_serving::<TenantServiceServer<TenantApi>>().await;
+        if !tasks.finish(TASK_GRACE).await {
+            tracing::warn!(grace = ?TASK_GRACE, "background tasks still running at shutdown; closing the store anyway");
+            agents.abort();
+        }
         match agents.await {
             Ok(Err(err)) => tracing::warn!(error = %err, "agent listener failed"),
-            Err(err) => tracing::warn!(error = %err, "agent listener task failed"),
-            Ok(Ok(())) => {}
+            Err(err) if !err.is_cancelled() => tracing::warn!(error = %err, "agent listener task failed"),
+            _ => {}
         }
-        health.set_not_serving::<TenantServiceServer<TenantApi>>().await;
         store.close().await;
         result.context("API listener failed")
     }
-}
-
-/// Completes once the stop flag is set (or its sender is gone).
-pub async fn stopped(stop: &mut watch::Receiver<bool>) {
-    let _ = stop.wait_for(|stop| *stop).await;
 }
 
 /// The operator's admin token: from config, or generated once into the data
@@ -226,7 +312,8 @@ fn cors_layer(origins: &CorsOrigins) -> CorsLayer {
     let header = http::HeaderName::from_static;
     CorsLayer::new()
         .allow_origin(allow_origin)
-        .allow_methods([http::Method::POST, http::Method::OPTIONS])
+        // GET and DELETE for the REST routes.
+        .allow_methods([http::Method::GET, http::Method::POST, http::Method::DELETE, http::Method::OPTIONS])
         .allow_headers([
             header("content-type"),
             header("authorization"),
@@ -238,7 +325,12 @@ fn cors_layer(origins: &CorsOrigins) -> CorsLayer {
             header("x-user-email"),
             header("x-user-teams"),
         ])
-        .expose_headers([header("grpc-status"), header("grpc-message"), header("grpc-status-details-bin")])
+        .expose_headers([
+            header("grpc-status"),
+            header("grpc-message"),
+            header("grpc-status-details-bin"),
+            header("retry-after"),
+        ])
         .max_age(Duration::from_secs(600))
 }
 
@@ -256,11 +348,11 @@ fn panic_status(panic: Box<dyn std::any::Any + Send + 'static>) -> http::Respons
 }
 
 /// Reports NOT_SERVING through grpc.health.v1 while the database is down.
-async fn watch_database(store: Store, health: tonic_health::server::HealthReporter, mut stop: watch::Receiver<bool>) {
+async fn watch_database(store: Store, health: tonic_health::server::HealthReporter, shutdown: ShutdownSignal) {
     let mut healthy = true;
     loop {
         tokio::select! {
-            _ = stop.wait_for(|stop| *stop) => return,
+            _ = shutdown.requested() => return,
             _ = tokio::time::sleep(Duration::from_secs(5)) => {}
         }
         let ok = store.ping().await.is_ok();
@@ -276,10 +368,10 @@ async fn watch_database(store: Store, health: tonic_health::server::HealthReport
 
 /// Places pending tenants every few seconds (new hosts, freed capacity,
 /// or placements another replica left unfinished).
-async fn place_pending_tenants(fleet: Arc<Fleet>, mut stop: watch::Receiver<bool>) {
+async fn place_pending_tenants(fleet: Arc<Fleet>, shutdown: ShutdownSignal) {
     loop {
         tokio::select! {
-            _ = stopped(&mut stop) => return,
+            _ = shutdown.requested() => return,
             _ = tokio::time::sleep(Duration::from_secs(5)) => {}
         }
         if let Err(err) = fleet.place_pending().await {
@@ -288,11 +380,26 @@ async fn place_pending_tenants(fleet: Arc<Fleet>, mut stop: watch::Receiver<bool
     }
 }
 
-/// Purges soft-deleted tenants once their retention has passed.
-async fn purge_deleted_tenants(store: Store, config: Config, mut stop: watch::Receiver<bool>) {
+/// Keeps GetMyTenant's cached owners fresh with batched reads (see
+/// `store::OwnerCache`).
+async fn refresh_owner_cache(store: Store, shutdown: ShutdownSignal) {
+    let Some(every) = store.owner_cache_refresh() else { return };
     loop {
         tokio::select! {
-            _ = stop.wait_for(|stop| *stop) => return,
+            _ = shutdown.requested() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        if let Err(err) = store.refresh_owner_cache().await {
+            tracing::warn!(error = %err, "refreshing the tenant cache failed");
+        }
+    }
+}
+
+/// Purges soft-deleted tenants once their retention has passed.
+async fn purge_deleted_tenants(store: Store, config: Config, shutdown: ShutdownSignal) {
+    loop {
+        tokio::select! {
+            _ = shutdown.requested() => return,
             _ = tokio::time::sleep(config.tenant_purge_interval) => {}
         }
         let Ok(retention) = chrono::Duration::from_std(config.tenant_purge_after) else {
@@ -316,7 +423,7 @@ const FIRST_BYTES_TIMEOUT: Duration = Duration::from_secs(10);
 fn bounded_incoming(
     listener: TcpListener,
     limit: Arc<Semaphore>,
-    per_client: Arc<clawplane_tls::edge::AddressCaps>,
+    per_client: Arc<clawplane_edge::connections::AddressCaps>,
 ) -> impl Stream<Item = io::Result<Connection<TcpStream, TcpConnectInfo>>> {
     futures::stream::unfold((listener, limit, per_client), |(listener, limit, per_client)| async move {
         let permit = limit.clone().acquire_owned().await.ok()?;

@@ -5,7 +5,7 @@ mod common;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 
-use clawplane::rate::Rate;
+use clawplane_edge::rate::Rate;
 use clawplane_proto::v1::tenant_service_client::TenantServiceClient;
 use clawplane_proto::v1::GetMyTenantRequest;
 use common::*;

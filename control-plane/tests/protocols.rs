@@ -2,13 +2,14 @@
 //! real `clawplane` binary, grpc-web over plain HTTP/1.1, and health.
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::Read;
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use clawplane_proto::v1::{CreateTenantRequest, CreateTenantResponse};
+use clawplane_test_kit::http1;
 use common::*;
 use prost::Message;
 
@@ -117,46 +118,6 @@ fn grpcurl_lists_services_by_reflection_and_creates_a_tenant() {
     // JSON logs, and the bearer token never reaches them.
     assert!(log.lines().any(|line| line.starts_with('{') && line.contains("clawplane serving")), "{log}");
     assert!(!log.contains(&token));
-}
-
-/// One HTTP/1.1 exchange; returns status line, headers (lowercased) and body.
-fn http1(addr: &str, request: &[u8]) -> (String, Vec<(String, String)>, Vec<u8>) {
-    let mut stream = TcpStream::connect(addr).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    stream.write_all(request).unwrap();
-    let mut reader = BufReader::new(stream);
-    let mut status = String::new();
-    reader.read_line(&mut status).unwrap();
-    let mut headers = Vec::new();
-    loop {
-        let mut line = String::new();
-        reader.read_line(&mut line).unwrap();
-        let line = line.trim_end();
-        if line.is_empty() {
-            break;
-        }
-        let (name, value) = line.split_once(':').unwrap();
-        headers.push((name.trim().to_ascii_lowercase(), value.trim().to_string()));
-    }
-    let header = |name: &str| headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone());
-    let mut body = Vec::new();
-    if header("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
-        loop {
-            let mut size = String::new();
-            reader.read_line(&mut size).unwrap();
-            let size = usize::from_str_radix(size.trim(), 16).unwrap();
-            let mut chunk = vec![0; size + 2];
-            reader.read_exact(&mut chunk).unwrap();
-            if size == 0 {
-                break;
-            }
-            body.extend_from_slice(&chunk[..size]);
-        }
-    } else if let Some(length) = header("content-length") {
-        body.resize(length.parse().unwrap(), 0);
-        reader.read_exact(&mut body).unwrap();
-    }
-    (status.trim().to_string(), headers, body)
 }
 
 #[tokio::test]

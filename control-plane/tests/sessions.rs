@@ -36,7 +36,7 @@ fn message(tenant: &str, session: &str, position: i64, role: &str, at: DateTime<
             ..Default::default()
         },
         created_at: at,
-        raw: Some(serde_json::json!({"type": "message"})),
+        raw: Some(r#"{"type":"message"}"#.into()),
     })
 }
 
@@ -318,6 +318,73 @@ async fn synced_conversations_through_the_api(db: TestDb) {
         assert_eq!(status.code(), expected, "{what}: {}", status.message());
         assert!(status.message().contains(text), "{what}: {:?}", status.message());
     }
+    store.close().await;
+    server.shutdown().await;
+}
+
+each_backend!(
+    #[tokio::test]
+    duplicates_inside_a_batch_and_across_batches_count_once
+);
+/// Large batches (more rows than one statement of either backend's insert
+/// takes) with the same position twice, the same event id at two positions,
+/// a redelivered overlap, and two tenants sharing a session id and
+/// positions: each message is stored and counted once.
+async fn duplicates_inside_a_batch_and_across_batches_count_once(db: TestDb) {
+    let server = TestServer::start(serve_args(&db)).await;
+    let channel = server.channel().await;
+    let mut tenants = Vec::new();
+    for user in ["alice", "bob"] {
+        let tenant = TenantServiceClient::new(channel.clone())
+            .create_tenant(
+                Cred::user(user, &[]).request(CreateTenantRequest { plan: "pro".into(), ..Default::default() }),
+            )
+            .await
+            .unwrap()
+            .into_inner()
+            .tenant
+            .unwrap();
+        tenants.push(tenant.id);
+    }
+    let store: Store = db.store().await;
+    let at = Utc::now() - Duration::minutes(5);
+    let role = |p: i64| if p % 2 == 0 { "user" } else { "assistant" };
+    let range = |tenant: &str, from: i64, to: i64| -> Vec<IngestItem> {
+        (from..to).map(|p| message(tenant, "s", p, role(p), at + Duration::milliseconds(p), 10)).collect()
+    };
+    // 0..6000 once, plus position 7 again (other tokens) and the event id of
+    // position 8 again at position 9_999.
+    let mut first = range(&tenants[0], 0, 6_000);
+    let IngestItem::Message(mut again) = message(&tenants[0], "s", 7, "assistant", at, 1_000) else { unreachable!() };
+    again.event_id = Some("s-7-other".into());
+    first.push(IngestItem::Message(again));
+    let IngestItem::Message(mut moved) = message(&tenants[0], "s", 9_999, "user", at, 1_000) else { unreachable!() };
+    moved.event_id = Some("s-8".into());
+    first.push(IngestItem::Message(moved));
+    // The other tenant: same session id and positions, in the same batch.
+    first.extend(range(&tenants[1], 0, 3));
+    let outcome = store.ingest(first).await.unwrap();
+    assert_eq!((outcome.inserted, outcome.duplicates), (6_003, 2), "{}", db.backend);
+    // Redelivery of an overlap, split differently.
+    let outcome = store.ingest(range(&tenants[0], 5_000, 7_000)).await.unwrap();
+    assert_eq!((outcome.inserted, outcome.duplicates), (1_000, 1_000), "{}", db.backend);
+    let outcome = store.ingest(range(&tenants[1], 0, 3)).await.unwrap();
+    assert_eq!((outcome.inserted, outcome.duplicates), (0, 3), "{}", db.backend);
+
+    assert_eq!(store.message_count(&tenants[0]).await.unwrap(), 7_000);
+    assert_eq!(store.message_count(&tenants[1]).await.unwrap(), 3);
+    assert_eq!(store.session_message_count(&tenants[0], "s").await.unwrap(), 7_000, "{}", db.backend);
+    assert_eq!(store.session_message_count(&tenants[1], "s").await.unwrap(), 3, "{}", db.backend);
+    let stored = store.list_messages(&tenants[0], "s", Some(6), 2).await.unwrap();
+    assert_eq!(stored.iter().map(|m| (m.position, m.total_tokens)).collect::<Vec<_>>(), [(7, 15), (8, 15)]);
+    assert_eq!(stored[0].event_id.as_deref(), Some("s-7"));
+    // Tokens and billed messages moved by the stored rows only.
+    let session = store.session(&tenants[0], "s").await.unwrap().unwrap();
+    assert_eq!(session.total_tokens, 7_000 * 15, "{}", db.backend);
+    let from = at.date_naive() - Duration::days(1);
+    let usage = store.usage_rows(&tenants[0], "day", from, from + Duration::days(3)).await.unwrap();
+    assert_eq!(usage.iter().map(|u| u.messages).sum::<i64>(), 7_000, "{}", db.backend);
+    assert_eq!(usage.iter().map(|u| u.total_tokens).sum::<i64>(), 7_000 * 15);
     store.close().await;
     server.shutdown().await;
 }

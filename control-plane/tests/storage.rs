@@ -2,7 +2,8 @@
 //! invariants the tenant API relies on.
 mod common;
 
-use clawplane::store::{NewTenant, Owner, TenantStatus};
+use clawplane::store::{NewTenant, TenantStatus};
+use clawplane_identity::Owner;
 use common::*;
 use sea_orm::{ConnectionTrait, Database, Statement};
 
@@ -26,7 +27,7 @@ const TABLES: &[&str] = &[
     "audit_log",
 ];
 
-fn new_tenant(owner: Owner, slug: &str, plan: clawplane::store::entities::plan::Model) -> NewTenant {
+fn new_tenant(owner: Owner, slug: &str, plan: clawplane::store::Plan) -> NewTenant {
     NewTenant {
         owner,
         slug_candidates: vec![slug.to_string()],
@@ -109,4 +110,44 @@ async fn one_live_tenant_per_owner_and_unique_slugs(db: TestDb) {
     let (reused, created) = store.create_tenant(new_tenant(Owner::User("u2".into()), &slug, plan)).await.unwrap();
     assert!(created && reused.tenant.slug == slug, "{}: slug free after purge", db.backend);
     store.close().await;
+}
+
+each_backend!(
+    #[tokio::test]
+    cached_owners_are_refreshed_in_batches_and_see_other_replicas_changes
+);
+async fn cached_owners_are_refreshed_in_batches_and_see_other_replicas_changes(db: TestDb) {
+    // Replica A caches for a minute (so nothing expires during the test);
+    // replica B, sharing the database, changes what A has cached.
+    let a = db.store().await.with_owner_cache(std::time::Duration::from_secs(60));
+    let b = db.store().await;
+    let plan = b.plan_by_name("free").await.unwrap().unwrap();
+    let mut ids = Vec::new();
+    for user in ["u1", "u2", "u3"] {
+        let (record, _) = b.create_tenant(new_tenant(Owner::User(user.into()), user, plan.clone())).await.unwrap();
+        ids.push(record.tenant.id);
+        assert!(a.live_tenant_of(&Owner::User(user.into())).await.unwrap().is_some());
+    }
+    b.set_pending_reason(&ids[0], "no host has room").await.unwrap();
+    b.soft_delete_tenant(&ids[1], "actor").await.unwrap();
+    let status_of = |user: &'static str| {
+        let a = a.clone();
+        async move { a.live_tenant_of(&Owner::User(user.into())).await.unwrap().map(|t| t.tenant.status_message) }
+    };
+    // Until A refreshes it answers from memory.
+    let first = status_of("u1").await.unwrap();
+    assert_ne!(first, "no host has room", "{}", db.backend);
+    assert_eq!(status_of("u2").await, Some(first.clone()), "{}: the deleted tenant is still cached", db.backend);
+    // u1 and u2 were read since the last refresh: one batched read brings
+    // their changes. u3 was not: it is not re-read, and keeps what it had
+    // until its TTL ends or it is read and refreshed again.
+    b.set_pending_reason(&ids[2], "waiting for a zone=eu host").await.unwrap();
+    a.refresh_owner_cache().await.unwrap();
+    assert_eq!(status_of("u1").await.as_deref(), Some("no host has room"), "{}", db.backend);
+    assert_eq!(status_of("u2").await, None, "{}: the deleted tenant is gone", db.backend);
+    assert_eq!(status_of("u3").await.as_deref(), Some(first.as_str()), "{}: idle, not re-read", db.backend);
+    a.refresh_owner_cache().await.unwrap();
+    assert_eq!(status_of("u3").await.as_deref(), Some("waiting for a zone=eu host"), "{}", db.backend);
+    a.close().await;
+    b.close().await;
 }

@@ -558,3 +558,55 @@ async fn a_host_certificate_without_the_host_name_is_renewed_at_once() {
     assert_eq!(cert_of(&agent).dns_names, vec![name], "{}", agent.log());
     assert_eq!(agent.log().matches("renewing it now").count(), 1, "{}", agent.log());
 }
+
+/// SIGTERM while a request is in flight: the bridge stops accepting, the
+/// request gets its whole answer, then the bridge exits 0. The grace is
+/// far longer than the test, so the exit shows the bridge waited for the
+/// request and no longer, not that the grace ran out.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_lets_the_request_in_flight_finish_then_exits_0() {
+    let db = sqlite_db();
+    let dir = db.data_dir();
+    let (cp, _agent) = host_with_tenant_proxy(&db).await;
+    let mut tenants = TenantServiceClient::new(cp.channel().await);
+    let alice = Cred::shared("alice");
+    let create = CreateTenantRequest { plan: "free".into(), ..Default::default() };
+    tenants.create_tenant(alice.request(create)).await.unwrap();
+    running(&mut tenants, &alice, "").await;
+    let mut bridge = BridgeProcess::start_with(&cp, &dir, &["--shutdown-grace", "1h"]);
+    let port = bridge.port;
+    let auth = bearer(&hs256(claims("alice", &[])));
+    let route_active = || {
+        let auth = auth.clone();
+        async move { http(port, "alice.claw.test", "/healthz", &[("Authorization", &auth)]).await.0 == 200 }
+    };
+    eventually(Duration::from_secs(30), "alice's route is active", route_active).await;
+
+    // The gateway holds this request until the test releases it.
+    let fake = dir.join("fake");
+    let held = {
+        let auth = auth.clone();
+        tokio::spawn(async move { http(port, "alice.claw.test", "/_hold", &[("Authorization", &auth)]).await })
+    };
+    let reached = || std::future::ready(fake.join("held").exists());
+    eventually(Duration::from_secs(30), "the request reaches the gateway", reached).await;
+
+    bridge.terminate();
+    let refused = || async { tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() };
+    eventually(Duration::from_secs(30), "the bridge stops accepting", refused).await;
+    assert!(!held.is_finished(), "the gateway has not answered yet");
+    assert_eq!(bridge.exited(), None, "the bridge waits for the request in flight");
+
+    std::fs::write(fake.join("release"), "").unwrap();
+    let (status, _, body) = held.await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("/_hold"), "the gateway's whole answer: {body}");
+    let mut status = None;
+    eventually(Duration::from_secs(60), "the bridge exits", || {
+        status = status.or_else(|| bridge.exited());
+        std::future::ready(status.is_some())
+    })
+    .await;
+    let status = status.unwrap();
+    assert!(status.success(), "exit status {status}; bridge log:\n{}", std::fs::read_to_string(&bridge.log).unwrap());
+}

@@ -61,11 +61,15 @@ async fn a_hostile_user_cannot_probe_flood_or_starve_the_bridge() {
 
     let bridge = BridgeProcess::start_with(&cp, &dir, &["--max-connections-per-address", "64"]);
     let port = bridge.port;
-    eventually(Duration::from_secs(30), "alice's route is active", || {
-        let (host, auth) = (alice_host.clone(), alice.clone());
-        async move { http(port, &host, "/", &[("Authorization", &auth)]).await.0 == 200 }
-    })
-    .await;
+    // Both routes: the table the bridge got may predate bob's tenant
+    // running by one refresh.
+    for (who, host, auth) in [("alice", &alice_host, &alice), ("bob", &bob_host, &bob)] {
+        eventually(Duration::from_secs(30), &format!("{who}'s route is active"), || {
+            let (host, auth) = (host.clone(), auth.clone());
+            async move { http(port, &host, "/", &[("Authorization", &auth)]).await.0 == 200 }
+        })
+        .await;
+    }
 
     // Existence probes: whatever the host name, a stranger learns nothing.
     // Mallory is signed in and owns no tenant; slugs come from owner ids.

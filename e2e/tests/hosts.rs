@@ -4,7 +4,7 @@ mod common;
 
 use std::time::{Duration, SystemTime};
 
-use clawplane::store::{Store, CMD_SUCCEEDED};
+use clawplane::store::{CommandState, Store};
 use clawplane_proto::v1::agent_service_client::AgentServiceClient;
 use clawplane_proto::v1::{
     agent_message, command_result, control_message, AgentHello, AgentMessage, CommandAck, CommandOutcome,
@@ -22,6 +22,17 @@ fn arg_after<'a>(command: &'a str, flag: &str) -> &'a str {
         }
     }
     panic!("{flag} not in {command}");
+}
+
+/// An agent joined with a fresh token, running, and seen online.
+async fn online_agent(cp: &ControlPlane, dir: &std::path::Path) -> (Agent, String) {
+    let (token, pin) = cp.join_token(600, 1).await;
+    let mut agent = Agent::new(dir, "agent");
+    assert!(agent.join(&cp.url(), &token, &pin).status.success());
+    let host_id = agent.host_id();
+    agent.run();
+    eventually(Duration::from_secs(20), "online", || online(cp, &host_id)).await;
+    (agent, host_id)
 }
 
 async fn online(cp: &ControlPlane, host_id: &str) -> bool {
@@ -250,7 +261,7 @@ async fn certificates_from_elsewhere_cannot_act() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let store = Store::connect(&db.url, 1).await.unwrap();
     let row = store.command(&queued).await.unwrap().unwrap();
-    assert_eq!(row.state, "pending", "B's command is untouched by A");
+    assert_eq!(row.state, CommandState::Pending, "B's command is untouched by A");
     assert_eq!(row.host_id, b.host_id());
     store.close().await;
     drop(cp);
@@ -272,12 +283,7 @@ each_backend!(
 );
 async fn queued_commands_survive_kill9_and_run_once(db: TestDb) {
     let mut cp = ControlPlane::start(&db, "");
-    let (token, pin) = cp.join_token(600, 1).await;
-    let mut agent = Agent::new(&db.data_dir(), "agent");
-    assert!(agent.join(&cp.url(), &token, &pin).status.success());
-    let host_id = agent.host_id();
-    agent.run();
-    eventually(Duration::from_secs(20), "online", || online(&cp, &host_id)).await;
+    let (mut agent, host_id) = online_agent(&cp, &db.data_dir()).await;
 
     // Queued while the agent is down, then the control plane dies hard.
     agent.kill9();
@@ -296,7 +302,7 @@ async fn queued_commands_survive_kill9_and_run_once(db: TestDb) {
         async move {
             for id in &ids {
                 match store.command(id).await {
-                    Ok(Some(row)) if row.state == CMD_SUCCEEDED => {}
+                    Ok(Some(row)) if row.state == CommandState::Succeeded => {}
                     _ => return false,
                 }
             }
@@ -322,12 +328,7 @@ async fn queued_commands_survive_kill9_and_run_once(db: TestDb) {
 async fn renewal_keeps_the_stream_alive() {
     let db = sqlite_db();
     let cp = ControlPlane::start(&db, "cert_ttl = \"4s\"\n");
-    let (token, pin) = cp.join_token(600, 1).await;
-    let mut agent = Agent::new(&db.data_dir(), "agent");
-    assert!(agent.join(&cp.url(), &token, &pin).status.success());
-    let host_id = agent.host_id();
-    agent.run();
-    eventually(Duration::from_secs(20), "online", || online(&cp, &host_id)).await;
+    let (agent, host_id) = online_agent(&cp, &db.data_dir()).await;
     eventually(Duration::from_secs(40), "three renewals", || {
         let renewed = agent.log().matches("certificate renewed").count();
         async move { renewed >= 3 }
@@ -348,12 +349,43 @@ async fn renewal_keeps_the_stream_alive() {
     drop(cp);
 }
 
+each_backend!(
+    #[tokio::test(flavor = "multi_thread")]
+    a_stopping_control_plane_tells_its_agents_and_exits
+);
+/// SIGTERM: every agent stream is closed with SHUTTING_DOWN (the agent
+/// retries, it does not stop as it would when revoked), every background
+/// task ends, the store closes and the process exits 0; started again, the
+/// same agent comes back on its own.
+async fn a_stopping_control_plane_tells_its_agents_and_exits(db: TestDb) {
+    let mut cp = ControlPlane::start(&db, "");
+    let (mut agent, host_id) = online_agent(&cp, &db.data_dir()).await;
+
+    let exit = cp.terminate(Duration::from_secs(60)).expect("the control plane exits after SIGTERM");
+    assert!(exit.success(), "{exit:?}\n{}", cp.log());
+    assert!(!cp.log().contains("still running at shutdown"), "every task ended in time:\n{}", cp.log());
+    eventually(Duration::from_secs(10), "the agent hears why", || {
+        let told = agent.log().contains("the control plane is shutting down");
+        async move { told }
+    })
+    .await;
+    assert!(agent.wait_exit(Duration::from_millis(500)).is_none(), "the agent keeps running:\n{}", agent.log());
+    assert!(!agent.log().contains("removed this host"), "{}", agent.log());
+
+    cp.start_again();
+    eventually(Duration::from_secs(30), "back online", || online(&cp, &host_id)).await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn placement_honours_labels_and_waits_for_a_matching_host() {
     use clawplane_proto::v1::tenant_service_client::TenantServiceClient;
     use clawplane_proto::v1::{CreateTenantRequest, GetTenantRequest, TenantStatus};
     let db = sqlite_db();
     let cp = ControlPlane::start(&db, "");
+    // These agents run no OpenClaw and so enforce no limits: a plan without
+    // any, so only the labels decide (limits: density.rs).
+    set_plan(&db, "pro", "memory_limit_mib = NULL, memory_soft_limit_mib = NULL, cpu_millis = NULL, pids_limit = NULL")
+        .await;
     let mut tenants = TenantServiceClient::new(cp.channel().await);
     let carol = auth::Cred::Shared { secret: auth::SHARED_SECRET.into(), user: "carol".into(), teams: "crew".into() };
     let mut labels = std::collections::HashMap::new();
@@ -467,4 +499,45 @@ async fn a_call_waiting_on_a_silent_host_answers_by_its_deadline() {
         assert!(started.elapsed() < Duration::from_secs(30), "{case}: waited the ping's minute");
     }
     drop(cp);
+}
+
+/// SQLite runs one control plane: a second `serve` on the same database is
+/// refused at start, naming the one that serves it; PostgreSQL takes
+/// several (the scale-out path).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_control_plane_on_one_sqlite_database_is_refused() {
+    let db = sqlite_db();
+    let cp = ControlPlane::start(&db, "");
+    let second_dir = db.data_dir().join("second");
+    std::fs::create_dir_all(&second_dir).unwrap();
+    let mut second = std::process::Command::new(bin("clawplane"))
+        .arg("serve")
+        .arg("--data-dir")
+        .arg(&second_dir)
+        .args(["--database-url", &db.url])
+        .args(["--api-listen", &format!("127.0.0.1:{}", free_port())])
+        .args(["--agent-listen", &format!("127.0.0.1:{}", free_port())])
+        .env("CLAWPLANE_SHARED_SECRET", auth::SHARED_SECRET)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = second.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            let _ = second.kill();
+            panic!("the second control plane kept running on the same SQLite database");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut second.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success());
+    assert!(stderr.contains("is already served by another clawplane (pid "), "{stderr}");
+    assert!(stderr.contains("PostgreSQL"), "{stderr}");
+    // The first one serves on.
+    assert!(cp.hosts().await.list_hosts(cp.admin(Default::default())).await.is_ok());
 }

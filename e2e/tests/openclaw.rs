@@ -16,9 +16,9 @@ use clawplane_proto::v1::tenant_service_client::TenantServiceClient;
 use clawplane_proto::v1::usage_service_client::UsageServiceClient;
 use clawplane_proto::v1::{
     CreateTenantRequest, DeleteTenantRequest, GetConfigRequest, GetHostRequest, GetMyTenantRequest, GetOverviewRequest,
-    GetUsageRequest, ListMessagesRequest, ListSessionsRequest, MessageRole, RestartTenantRequest,
-    SetAgentProfileRequest, SetChannelRequest, SetModelRequest, SetToolsRequest, StreamTenantLogsRequest, Tenant,
-    TenantStatus, UsagePeriod,
+    GetUsageRequest, ListMessagesRequest, ListSessionsRequest, MessageRole, RestartTenantRequest, SendMessageRequest,
+    SendMessageResponse, SetAgentProfileRequest, SetChannelRequest, SetModelRequest, SetToolsRequest,
+    StreamTenantLogsRequest, Tenant, TenantStatus, TurnDone, UsagePeriod,
 };
 use clawplane_test_kit::auth::Cred;
 use common::*;
@@ -200,6 +200,104 @@ async fn synced_turn_is_queryable(
         .await
         .unwrap_err();
     assert_eq!(denied.code(), tonic::Code::NotFound);
+}
+
+/// Every event of a SendMessage call: the deltas, then `done`.
+async fn turn(
+    sessions: &mut SessionServiceClient<Channel>,
+    owner: &Cred,
+    request: SendMessageRequest,
+) -> (Vec<String>, TurnDone) {
+    use clawplane_proto::v1::send_message_response::Event;
+    let mut stream = sessions.send_message(owner.request(request)).await.expect("SendMessage").into_inner();
+    let mut deltas = Vec::new();
+    loop {
+        match stream.message().await.expect("the turn streams").expect("done before the end") {
+            SendMessageResponse { event: Some(Event::Delta(delta)) } => deltas.push(delta.text),
+            SendMessageResponse { event: Some(Event::Done(done)) } => return (deltas, done),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+/// SendMessage on the real gateway: the fake model's words stream back as
+/// deltas, the turn is in ListMessages under the session `done` names, a
+/// second message continues that session (the model gets the first turn
+/// as history), another user cannot, and a cancelled call aborts the
+/// gateway's request to the model.
+async fn send_message_turns(cp: &ControlPlane, owner: &Cred, other: &Cred, tenant: &Tenant, model: &FakeModel) {
+    let mut sessions = SessionServiceClient::new(cp.channel().await);
+    let ask = |text: &str, session_key: &str| SendMessageRequest {
+        tenant_id: tenant.id.clone(),
+        session_key: session_key.into(),
+        text: text.into(),
+        ..Default::default()
+    };
+    let sent = std::time::Instant::now();
+    let (deltas, first) = turn(&mut sessions, owner, ask("what is on my list?", "")).await;
+    eprintln!("SendMessage on the real gateway: done after {:?}, deltas {deltas:?}", sent.elapsed());
+    assert!(deltas.len() >= 2, "the answer streams in pieces: {deltas:?}");
+    assert_eq!(deltas.concat(), "pong from the fake model");
+    assert_eq!(first.text, "pong from the fake model");
+    assert!(first.session_key.starts_with(&format!("agent:{}:clawplane:", tenant.slug)), "{}", first.session_key);
+    assert!(!first.session_id.is_empty(), "done names the synced session");
+    assert_eq!((first.model.as_str(), first.agent_id.as_str()), ("fake-model", tenant.slug.as_str()));
+    let usage = first.usage.unwrap();
+    assert!(usage.output_tokens > 0 && usage.total_tokens > 0, "{usage:?}");
+
+    let reader = sessions.clone();
+    let list = |session_id: String| {
+        let mut sessions = reader.clone();
+        let request =
+            owner.request(ListMessagesRequest { tenant_id: tenant.id.clone(), session_id, ..Default::default() });
+        async move { sessions.list_messages(request).await.unwrap().into_inner().messages }
+    };
+    let messages = list(first.session_id.clone()).await;
+    let texts: Vec<(i32, &str)> = messages.iter().map(|m| (m.role, m.text.as_str())).collect();
+    assert_eq!(
+        texts,
+        [
+            (MessageRole::User as i32, "what is on my list?"),
+            (MessageRole::Assistant as i32, "pong from the fake model")
+        ]
+    );
+
+    // The same session continues: the model is sent the first turn again.
+    let (_, second) = turn(&mut sessions, owner, ask("and tomorrow?", &first.session_key)).await;
+    assert_eq!(
+        (second.session_id.as_str(), second.session_key.as_str()),
+        (first.session_id.as_str(), first.session_key.as_str())
+    );
+    let history = model
+        .requests
+        .lock()
+        .unwrap()
+        .iter()
+        .rev()
+        .find(|body| body["messages"].to_string().contains("and tomorrow?"))
+        .map(|body| body["messages"].to_string())
+        .expect("the model was asked the second message");
+    assert!(history.contains("what is on my list?") && history.contains("pong from the fake model"), "{history}");
+    assert_eq!(list(first.session_id.clone()).await.len(), 4, "two turns in the one session");
+
+    let denied = sessions.send_message(other.request(ask("hi", &first.session_key))).await.unwrap_err();
+    assert_eq!(denied.code(), tonic::Code::NotFound);
+
+    // Cancelling the call aborts the turn: the gateway drops its request
+    // to the model.
+    let aborted_before = model.aborted.load(std::sync::atomic::Ordering::SeqCst);
+    let asked_before = model.requests.lock().unwrap().len();
+    let stream = sessions.send_message(owner.request(ask("[hold] take your time", ""))).await.unwrap().into_inner();
+    eventually(Duration::from_secs(60), "the held turn reaches the model", || {
+        let asked = model.requests.lock().unwrap().len();
+        std::future::ready(asked > asked_before)
+    })
+    .await;
+    drop(stream);
+    eventually(Duration::from_secs(60), "the gateway aborts its request to the model", || {
+        std::future::ready(model.aborted.load(std::sync::atomic::Ordering::SeqCst) > aborted_before)
+    })
+    .await;
 }
 
 /// `https://<slug>.<domain>` through clawplane-bridge and the agent's tenant
@@ -446,7 +544,8 @@ async fn tenants_run_isolated_on_real_openclaw() {
     // Config: model (with a secret) and profile, each one batch on the host.
     let mut config = ConfigServiceClient::new(cp.channel().await);
     let secret = "sk-alice-secret-0123456789";
-    let model_port = fake_model_server("pong from the fake model").await;
+    let fake_model = fake_model("pong from the fake model").await;
+    let model_port = fake_model.port;
     let model = config
         .set_model(patient(alice.request(SetModelRequest {
             tenant_id: a.id.clone(),
@@ -528,6 +627,11 @@ async fn tenants_run_isolated_on_real_openclaw() {
         .unwrap_err();
     assert_eq!(rejected.code(), tonic::Code::InvalidArgument, "{}", rejected.message());
     assert!(rejected.message().contains("dmPolicy"), "{}", rejected.message());
+    assert_eq!(
+        clawplane_proto::status_reason(&rejected),
+        Some(clawplane_proto::v1::ErrorReason::OpenclawRejected),
+        "programs tell OpenClaw's refusal from other bad input by its reason"
+    );
     eventually(Duration::from_secs(60), "rolled-back generation applied", || {
         let mut config = config.clone();
         let request = alice.request(GetConfigRequest { tenant_id: a.id.clone() });
@@ -594,6 +698,8 @@ async fn tenants_run_isolated_on_real_openclaw() {
     // A real agent turn through the gateway lands in OpenClaw's SQLite; sync
     // brings it to the control plane within seconds.
     synced_turn_is_queryable(&cp, &alice, &bob, &a, a_port as u16, ra["gateway_token"].as_str().unwrap()).await;
+    // The same through the API: SendMessage streams a real turn.
+    send_message_turns(&cp, &alice, &bob, &a, &fake_model).await;
 
     // Clawplane's own applies are not reported as outside changes; a change
     // made by hand on the host is, with secrets redacted.
@@ -802,14 +908,150 @@ async fn tenants_run_as_openclaw_fleet_cells() {
         async move { !record.exists() && std::fs::read_dir(&archives).map(|d| d.count() > 0).unwrap_or(false) }
     })
     .await;
-    // On a loaded host the removed cell's process may still hold its port
-    // for a moment after `docker rm` returns.
-    eventually(Duration::from_secs(10), "the cell's port closed", || async move {
-        http_status(port, "/healthz", None) == 0
+    // The cell's server process is gone (its port may already serve another
+    // test's gateway, so the process is what is checked). On a loaded host
+    // it may outlive `docker rm` for a moment.
+    let container = format!("openclaw-cell-{}", t.slug);
+    eventually(Duration::from_secs(30), "the cell's server process ended", || {
+        let container = container.clone();
+        async move {
+            let processes = std::fs::read_dir("/proc").unwrap().flatten();
+            !processes.filter_map(|p| std::fs::read(p.path().join("cmdline")).ok()).any(|cmdline| {
+                let cmdline = String::from_utf8_lossy(&cmdline);
+                cmdline.contains("fake-docker-health-server") && cmdline.contains(&container)
+            })
+        }
     })
     .await;
     let containers = std::fs::read_dir(docker_state.join("containers")).map(|d| d.count()).unwrap_or(0);
     assert_eq!(containers, 0, "no container left");
     agent.kill9();
     cp.kill9();
+}
+
+/// A tenant's cgroup file, on cgroup v1 (`controller`'s hierarchy) or v2.
+fn cgroup_file(controller: &str, tenant_id: &str, v1: &str, v2: &str) -> Option<String> {
+    std::fs::read_to_string(format!("/sys/fs/cgroup/{controller}/clawplane/{tenant_id}/{v1}"))
+        .or_else(|_| std::fs::read_to_string(format!("/sys/fs/cgroup/clawplane/{tenant_id}/{v2}")))
+        .ok()
+        .map(|text| text.trim().to_string())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tenants_are_limited_and_hibernate_on_real_openclaw() {
+    let Some(openclaw) = openclaw_bin() else { return };
+    let db = sqlite_db();
+    std::fs::set_permissions(db.data_dir(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    let cp = ControlPlane::start(&db, "");
+    // Alice's plan hibernates after 5 idle seconds; carol's gives a gateway
+    // far less memory than it takes.
+    set_plan(&db, "pro", "hibernate_after_secs = 5").await;
+    set_plan(&db, "enterprise", "memory_limit_mib = 160").await;
+    let (token, pin) = cp.join_token(600, 1).await;
+    let mut agent = Agent::new(&db.data_dir(), "agent");
+    assert!(agent.join(&cp.url(), &token, &pin).status.success());
+    let tenants_dir = db.data_dir().join("tenants");
+    let base_port = (free_port() / 1000 * 1000).clamp(21000, 60000).to_string();
+    agent.run_with(&[
+        "--openclaw-bin",
+        openclaw.to_str().unwrap(),
+        "--tenants-dir",
+        tenants_dir.to_str().unwrap(),
+        "--gateway-base-port",
+        &base_port,
+        "--proxy-listen",
+        "127.0.0.1:0",
+        "--hibernation-check-interval",
+        "1s",
+        "--wake-timeout",
+        "240s",
+    ]);
+
+    let mut client = TenantServiceClient::new(cp.channel().await);
+    let (alice, bob, carol) = (Cred::shared("alice"), Cred::shared("bob"), Cred::shared("carol"));
+    for (cred, plan) in [(&bob, "free"), (&carol, "enterprise")] {
+        let request = CreateTenantRequest { plan: plan.into(), ..Default::default() };
+        client.create_tenant(cred.request(request)).await.unwrap();
+    }
+    let b = wait_running(&mut client, &bob).await;
+
+    // Bob runs inside his plan's limits: his gateway's processes are in his
+    // cgroup, which holds the free plan's memory, CPU and PIDs limits.
+    let rb = record(&agent.state_dir, &b.id);
+    let b_pid = std::fs::read_to_string(tenants_dir.join(&b.slug).join("gateway.pid")).unwrap();
+    let procs = cgroup_file("memory", &b.id, "cgroup.procs", "cgroup.procs").expect("bob's cgroup");
+    assert!(procs.lines().any(|p| p == b_pid.trim()), "gateway {b_pid} in its cgroup: {procs}");
+    let memory = cgroup_file("memory", &b.id, "memory.limit_in_bytes", "memory.max").unwrap();
+    assert_eq!(memory, (2048u64 << 20).to_string());
+    assert_eq!(cgroup_file("pids", &b.id, "pids.max", "pids.max").unwrap(), "512");
+    let quota = cgroup_file("cpu", &b.id, "cpu.cfs_quota_us", "cpu.max").unwrap();
+    assert!(quota == "100000" || quota.starts_with("100000 "), "one core: {quota}");
+
+    // Carol's gateway needs more than her 160 MiB: the kernel kills it, the
+    // agent restarts it, and her status says why; bob's keeps answering.
+    eventually(Duration::from_secs(240), "carol's out-of-memory restart in her status", || {
+        let (mut client, carol) = (client.clone(), carol.clone());
+        async move {
+            my_tenant(&mut client, &carol)
+                .await
+                .is_some_and(|t| t.status_message.contains("out of memory at the 160 MiB limit"))
+        }
+    })
+    .await;
+    assert_eq!(http_status(rb["port"].as_u64().unwrap(), "/readyz", None), 200, "bob is unaffected");
+    assert_eq!(std::fs::read_to_string(tenants_dir.join(&b.slug).join("gateway.pid")).unwrap(), b_pid);
+    let c = my_tenant(&mut client, &carol).await.unwrap();
+    client.delete_tenant(carol.request(DeleteTenantRequest { tenant_id: c.id.clone() })).await.unwrap();
+
+    // GetHost: what the host's tenants use and commit.
+    let host = cp.hosts().await.get_host(cp.admin(GetHostRequest { host_id: b.host_id.clone() })).await.unwrap();
+    let host = host.into_inner().host.unwrap();
+    assert!(!host.inventory.unwrap().capacity.unwrap().cgroup_version.is_empty(), "this machine has cgroups");
+    let resources = host.resources.unwrap();
+    assert!(resources.used_memory_bytes > 100 << 20, "gateways use memory: {resources:?}");
+
+    // Alice idles 5 s: hibernated, her gateway and its memory gone.
+    let request = CreateTenantRequest { plan: "pro".into(), ..Default::default() };
+    client.create_tenant(alice.request(request)).await.unwrap();
+    let a = wait_running(&mut client, &alice).await;
+    let a_pid: u32 =
+        std::fs::read_to_string(tenants_dir.join(&a.slug).join("gateway.pid")).unwrap().trim().parse().unwrap();
+    let idle_since = std::time::Instant::now();
+    while !my_tenant(&mut client, &alice).await.is_some_and(|t| t.status == TenantStatus::Hibernated as i32) {
+        if idle_since.elapsed() > Duration::from_secs(120) {
+            let log = agent.log();
+            let said: Vec<&str> = log.lines().filter(|l| l.contains("stays up") || l.contains("hibernat")).collect();
+            panic!("alice never hibernated; the agent said: {said:#?}");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    eventually(Duration::from_secs(30), "alice's gateway process gone", || async move {
+        !Path::new(&format!("/proc/{a_pid}")).exists()
+    })
+    .await;
+    let left = cgroup_file("memory", &a.id, "cgroup.procs", "cgroup.procs").unwrap_or_default();
+    assert!(left.is_empty(), "no process left in alice's cgroup: {left}");
+
+    // A request through the real bridge wakes her and gets the real
+    // gateway's answer: the Control UI page.
+    let bridge = BridgeProcess::start_with(&cp, &db.data_dir(), &["--trusted-front", "127.0.0.1"]);
+    let auth = bearer(&auth::hs256(auth::claims("alice", &[])));
+    let client_address = ("X-Forwarded-For", "203.0.113.7");
+    let a_host = format!("{}.claw.test", a.slug);
+    let sent = std::time::Instant::now();
+    let (status, _, page) = loop {
+        // The bridge's first route table may predate the agent's proxy; a
+        // wake longer than this client's 30 s read is waited for again.
+        let answer = http(bridge.port, &a_host, "/", &[("Authorization", &auth), client_address]).await;
+        if ![0, 404, 502].contains(&answer.0) || sent.elapsed() > Duration::from_secs(240) {
+            break answer;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    eprintln!("woken and answered {:?} after the request", sent.elapsed());
+    assert_eq!(status, 200, "{page}");
+    assert!(page.to_ascii_lowercase().contains("<html"), "the Control UI page: {}", &page[..page.len().min(300)]);
+    let woken = tenant_in(&mut client, &alice, TenantStatus::Running, Duration::from_secs(30)).await;
+    assert!(woken.status_message.contains("gateway ready"), "{}", woken.status_message);
+    drop(bridge);
 }

@@ -229,13 +229,11 @@ fn expected(n: i64) -> (i64, i64) {
     (n, (n / 2) * 15)
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_backlog_survives_kill9_of_agent_and_control_plane() {
-    // PostgreSQL when available (the production store), else SQLite.
-    let db = match postgres_db().await {
-        Some(db) => db,
-        None => sqlite_db(),
-    };
+each_backend!(
+    #[tokio::test(flavor = "multi_thread")]
+    a_backlog_survives_kill9_of_agent_and_control_plane
+);
+async fn a_backlog_survives_kill9_of_agent_and_control_plane(db: TestDb) {
     let mut rig = Rig::start(db, None).await;
     let db_path = install_agent_db(&rig.state_dir);
     // The fixture's own conversation: 6 messages, 98 tokens.
@@ -325,10 +323,13 @@ fn jsonl_line(i: i64) -> String {
     event_json(i) + "\n"
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_burst_through_a_dropped_connection_arrives_once() {
+each_backend!(
+    #[tokio::test(flavor = "multi_thread")]
+    a_burst_through_a_dropped_connection_arrives_once
+);
+async fn a_burst_through_a_dropped_connection_arrives_once(db: TestDb) {
     let proxy = Proxy::start().await;
-    let rig = Rig::start(sqlite_db(), Some(&proxy)).await;
+    let rig = Rig::start(db, Some(&proxy)).await;
     let sessions_dir = rig.state_dir.join("agents/main/sessions");
     std::fs::create_dir_all(&sessions_dir).unwrap();
     let file = sessions_dir.join(format!("{SESSION}.jsonl"));

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use clawplane_edge::shutdown::Shutdown;
 use clawplane_proto::v1::route_service_client::RouteServiceClient;
 use clawplane_proto::v1::{watch_routes_response, Route, RouteChangeType, WatchRoutesRequest};
 use tonic::metadata::MetadataValue;
@@ -19,16 +20,6 @@ pub struct RouteTable {
 impl RouteTable {
     pub fn get(&self, hostname: &str) -> Option<Arc<Route>> {
         self.routes.read().unwrap().get(hostname).cloned()
-    }
-
-    /// The agent endpoint of a host, from any of its active routes.
-    pub fn endpoint_of(&self, host_id: &str) -> Option<String> {
-        self.routes
-            .read()
-            .unwrap()
-            .values()
-            .find(|r| r.host_id == host_id && !r.agent_endpoint.is_empty())
-            .map(|r| r.agent_endpoint.clone())
     }
 
     pub fn len(&self) -> usize {
@@ -52,17 +43,30 @@ impl RouteTable {
     }
 }
 
-/// Keeps `table` in sync with the control plane, forever.
-pub async fn watch(table: Arc<RouteTable>, control_plane: String, admin_token: String, base_domain: String) {
+/// Keeps `table` in sync with the control plane until shutdown.
+pub async fn watch(
+    table: Arc<RouteTable>,
+    control_plane: String,
+    admin_token: String,
+    base_domain: String,
+    mut shutdown: Shutdown,
+) {
     let mut attempt = 0u32;
     loop {
-        match watch_once(&table, &control_plane, &admin_token, &base_domain).await {
+        let watched = tokio::select! {
+            _ = shutdown.requested() => return,
+            watched = watch_once(&table, &control_plane, &admin_token, &base_domain) => watched,
+        };
+        match watched {
             Ok(()) => attempt = 0,
             Err(err) => tracing::warn!(error = %err, routes = table.len(), "route watch lost; serving the last table"),
         }
         let delay = Duration::from_millis(250u64.saturating_mul(1 << attempt.min(5))).min(Duration::from_secs(5));
         attempt += 1;
-        tokio::time::sleep(delay.mul_f64(0.5 + rand_unit() / 2.0)).await;
+        tokio::select! {
+            _ = shutdown.requested() => return,
+            _ = tokio::time::sleep(delay.mul_f64(0.5 + rand_unit() / 2.0)) => {}
+        }
     }
 }
 
@@ -103,4 +107,16 @@ async fn watch_once(
         }
     }
     Ok(())
+}
+
+/// The agent endpoint of a host, from any of its active routes.
+impl clawplane_edge::agents::Endpoints for RouteTable {
+    fn endpoint_of(&self, host_id: &str) -> Option<String> {
+        self.routes
+            .read()
+            .unwrap()
+            .values()
+            .find(|r| r.host_id == host_id && !r.agent_endpoint.is_empty())
+            .map(|r| r.agent_endpoint.clone())
+    }
 }

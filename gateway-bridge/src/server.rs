@@ -11,12 +11,12 @@ use std::time::{Duration, Instant};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use bytes::Bytes;
-use clawplane::auth::{JwtVerifier, Principal};
-use clawplane::rate::{retry_after_secs, KeyedRate};
-use clawplane::secrets::SecretBox;
+use clawplane_edge::connections::{ConnectionLimits, InFlight};
+use clawplane_edge::forward::{TENANT_HEADER, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO};
+use clawplane_edge::rate::{retry_after_secs, KeyedRate};
+use clawplane_identity::{JwtVerifier, Owner};
 use clawplane_proto::v1::{Route, RouteStatus};
-use clawplane_tls::edge::{ConnectionLimits, InFlight};
-use clawplane_tls::forward::{TENANT_HEADER, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO};
+use clawplane_tls::secrets::SecretBox;
 use http::header::HeaderName;
 use http::{header, HeaderMap, HeaderValue, Request, Response, StatusCode};
 use http_body_util::combinators::BoxBody;
@@ -26,7 +26,7 @@ use hyper_util::rt::TokioIo;
 
 use crate::metrics::Metrics;
 use crate::routes::RouteTable;
-use crate::upstream::{authority, AgentConnector, AgentPool};
+use clawplane_edge::agents::{authority, AgentConnector, AgentPool};
 
 pub type Body = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
 
@@ -133,12 +133,16 @@ fn strip_session_set_cookie(headers: &mut HeaderMap) {
 
 /// What a session cookie is sealed for: one host name.
 fn session_context(host: &str) -> String {
-    format!("bridge-session:{}", clawplane::api::host_name(host))
+    format!("bridge-session:{}", clawplane_identity::host::host_name(host))
 }
 
-fn owns(principal: &Principal, route: &Route) -> bool {
-    (principal.is_user && !route.owner_user_id.is_empty() && principal.user_id == route.owner_user_id)
-        || (!route.owner_team_id.is_empty() && principal.is_member_of(&route.owner_team_id))
+/// Who owns a route's tenant: its user, else its team (a route names one).
+fn owner(route: &Route) -> Option<Owner> {
+    match (route.owner_user_id.as_str(), route.owner_team_id.as_str()) {
+        ("", "") => None,
+        ("", team) => Some(Owner::Team(team.to_string())),
+        (user, _) => Some(Owner::User(user.to_string())),
+    }
 }
 
 impl Bridge {
@@ -190,10 +194,10 @@ impl Bridge {
                 jwt.verify(&token).map_err(|err| unauthorized(&format!("invalid credentials: {err}")))?
             }
         };
-        let slug = clawplane::api::slug_of(host, &self.base_domain).ok().flatten();
+        let slug = clawplane_identity::host::slug_of(host, &self.base_domain).ok().flatten();
         let route = slug
             .and_then(|slug| self.table.get(&format!("{slug}.{}", self.base_domain)))
-            .filter(|route| owns(&principal, route));
+            .filter(|route| owner(route).is_some_and(|owner| principal.owns(&owner)));
         let Some(route) = route else { return Err(text(StatusCode::NOT_FOUND, "no such tenant")) };
         match RouteStatus::try_from(route.status) {
             Ok(RouteStatus::Active) => Ok(route),
@@ -236,12 +240,12 @@ impl Bridge {
     ) -> Response<Body> {
         let started = Instant::now();
         let client = self.client(request.headers(), peer, tls);
-        if let Err(wait) = self.address_rate.check(&clawplane_tls::edge::client_key(client.ip)) {
+        if let Err(wait) = self.address_rate.check(&clawplane_edge::connections::client_key(client.ip)) {
             self.metrics.refused(StatusCode::TOO_MANY_REQUESTS.as_u16());
             return too_many(wait);
         }
         let path = request.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
-        if let Err(problem) = clawplane_tls::edge::check_head(&self.limits, request.headers(), path) {
+        if let Err(problem) = clawplane_edge::connections::check_head(&self.limits, request.headers(), path) {
             self.metrics.refused(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE.as_u16());
             return text(
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -407,7 +411,7 @@ impl Bridge {
         client: &Client,
         in_flight: &mut Option<InFlight>,
     ) -> Response<Body> {
-        let upgrade = clawplane_tls::forward::is_upgrade(request.headers());
+        let upgrade = clawplane_edge::forward::is_upgrade(request.headers());
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
         let path = request.uri().path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| "/".into());
         let Ok(uri) = format!("https://{}{path}", authority(&route.host_id)).parse::<http::Uri>() else {
@@ -416,9 +420,9 @@ impl Bridge {
         let (mut parts, body) = request.into_parts();
         parts.uri = uri;
         let headers = &mut parts.headers;
-        clawplane_tls::forward::remove_all(headers, &CLIENT_IDENTITY_HEADERS);
+        clawplane_edge::forward::remove_all(headers, &CLIENT_IDENTITY_HEADERS);
         if !upgrade {
-            clawplane_tls::forward::strip_hop_by_hop(headers);
+            clawplane_edge::forward::strip_hop_by_hop(headers);
         }
         headers.remove(header::AUTHORIZATION);
         strip_session_cookie(headers);
@@ -444,7 +448,7 @@ impl Bridge {
         match tokio::time::timeout(self.response_timeout, self.agents.request(&route.host_id, upstream)).await {
             Ok(Ok(response)) => {
                 let (mut parts, body) = response.into_parts();
-                clawplane_tls::forward::strip_hop_by_hop(&mut parts.headers);
+                clawplane_edge::forward::strip_hop_by_hop(&mut parts.headers);
                 // The session cookie is the bridge's: a gateway cannot set
                 // (or overwrite) it.
                 strip_session_set_cookie(&mut parts.headers);
@@ -485,7 +489,7 @@ impl Bridge {
             let (parts, body) = response.into_parts();
             return Response::from_parts(parts, body.map_err(Into::into).boxed());
         }
-        clawplane_tls::forward::splice(
+        clawplane_edge::forward::splice(
             client_upgrade,
             hyper::upgrade::on(&mut response),
             self.limits.upgraded_idle_timeout,

@@ -31,7 +31,7 @@
 //! OpenClaw table when CLAWPLANE_OPENCLAW_BIN is not set.
 use std::convert::Infallible;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -40,35 +40,11 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::AsyncWriteExt;
 
 mod common;
-use common::{env, free_port, proc_stat, spawn_quiet, Stage};
+use common::{bench_jwt, env, free_port, proc_stat, spawn_quiet, start_bridge, wait_port, Killed, Stage, CLIENT_IP};
 
-const JWT_SECRET: &str = "bench-jwt-secret-0123456789abcdef0123456789";
 const SMALL: &[u8] =
     b"{\"ok\":true,\"bench\":\"small response of about one hundred bytes, like a health or status call\"}";
 const LARGE_BYTES: usize = 16 * 1024 * 1024;
-/// The user's address as a load balancer in front would report it. The
-/// real gateway refuses proxied requests it can only attribute to
-/// loopback (`proxy_attribution_required`), and every client here is on
-/// loopback; the bridge and nginx trust the front on 127.0.0.1.
-const CLIENT_IP: &str = "203.0.113.7";
-
-fn wait_port(port: u16) {
-    let started = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(started.elapsed() < Duration::from_secs(30), "nothing listens on {port}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        // SIGTERM, so nginx's master takes its workers down too.
-        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
-        let _ = self.0.wait();
-    }
-}
 
 /// The stand-in gateway: /large is 16 MiB, anything else the small body.
 async fn upstream(listener: tokio::net::TcpListener) {
@@ -306,12 +282,6 @@ struct Row {
 }
 
 /// SIGKILL to the process group of the tenant's running gateway, if any.
-fn kill_gateway(stage: &Stage, slug: &str) {
-    if let Ok(pid) = std::fs::read_to_string(stage.tenants_dir.join(slug).join("gateway.pid")) {
-        unsafe { libc::kill(-pid.trim().parse::<i32>().unwrap(), libc::SIGKILL) };
-    }
-}
-
 /// CPU time (user + system) a process has used so far; with `group`, every
 /// live process of the process group `pid` leads (a gateway and its
 /// children), or of the processes `pid` started (nginx and its workers).
@@ -367,13 +337,7 @@ async fn measure(openclaw: Option<&Path>, secs: u64, concurrencies: &[usize]) ->
     // Dropped at the end: ends what this table left running.
     let dir = clawplane_test_kit::TestDir::new();
     let stage = Stage::start(dir.path(), None, Some("bench.test")).await;
-    let (api, admin_token) = (stage.api, stage.admin_token.clone());
     let bins = PathBuf::from(env!("CARGO_BIN_EXE_clawplane-agent")).parent().unwrap().to_path_buf();
-    let bridge_bin = bins.join("clawplane-bridge");
-    let cp_bin = bins.join("clawplane");
-    for bin in [&bridge_bin, &cp_bin] {
-        assert!(bin.exists(), "{} is missing: cargo build --release --workspace --bins", bin.display());
-    }
     let agent_command = match openclaw {
         Some(openclaw) => stage.agent_command_with(openclaw, &["--proxy-listen", "127.0.0.1:0"]),
         None => stage.agent_command(&["--proxy-listen", "127.0.0.1:0"]),
@@ -393,14 +357,7 @@ async fn measure(openclaw: Option<&Path>, secs: u64, concurrencies: &[usize]) ->
         }
         None => {
             // Swap the stand-in gateway for the fast Rust upstream on its port.
-            let listener = loop {
-                kill_gateway(&stage, &tenant.slug);
-                match tokio::net::TcpListener::bind(("127.0.0.1", gateway_port)).await {
-                    Ok(listener) => break listener,
-                    Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
-                }
-            };
-            tokio::spawn(upstream(listener));
+            tokio::spawn(upstream(stage.take_gateway_port(&tenant.slug, gateway_port).await));
             Upstream {
                 label: "a Rust stand-in upstream (proxy ceiling)",
                 small: "/small",
@@ -411,55 +368,9 @@ async fn measure(openclaw: Option<&Path>, secs: u64, concurrencies: &[usize]) ->
     };
 
     // The bridge.
-    let identity = dir.path().join("bridge-identity");
-    let issued = Command::new(&cp_bin)
-        .args(["ca", "issue-bridge", "--name", "bench", "--out"])
-        .arg(&identity)
-        .arg("--data-dir")
-        .arg(dir.path().join("cp"))
-        .output()
-        .unwrap();
-    assert!(issued.status.success(), "{}", String::from_utf8_lossy(&issued.stderr));
-    let (bridge_port, admin_port) = (free_port(), free_port());
-    let bridge = Killed(
-        Command::new(&bridge_bin)
-            .args(["--control-plane", &format!("http://{api}"), "--base-domain", "bench.test"])
-            .args([
-                "--listen",
-                &format!("127.0.0.1:{bridge_port}"),
-                "--admin-listen",
-                &format!("127.0.0.1:{admin_port}"),
-                "--trusted-front",
-                "127.0.0.1",
-                "--worker-threads",
-                &env("BENCH_BRIDGE_THREADS", 1).to_string(),
-                // The limiters run (their cost is measured) but never bite.
-                "--rate-per-address",
-                "1000000000",
-                "--burst-per-address",
-                "1000000000",
-                "--rate-per-tenant",
-                "1000000000",
-                "--burst-per-tenant",
-                "1000000000",
-            ])
-            .arg("--identity-dir")
-            .arg(&identity)
-            .env("CLAWPLANE_ADMIN_TOKEN", &admin_token)
-            .env("CLAWPLANE_JWT_HS256_SECRET", JWT_SECRET)
-            .env("RUST_LOG", "warn")
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    wait_port(bridge_port);
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
-    let jwt = jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-        &serde_json::json!({"sub": "bench", "iat": now, "exp": now + 3600}),
-        &jsonwebtoken::EncodingKey::from_secret(JWT_SECRET.as_bytes()),
-    )
-    .unwrap();
+    let bridge = start_bridge(&stage, dir.path(), &bins, env("BENCH_BRIDGE_THREADS", 1));
+    let (bridge_port, admin_port, identity) = (bridge.port, bridge.admin_port, bridge.identity.clone());
+    let jwt = bench_jwt();
     let host = format!("{}.bench.test", tenant.slug);
     let started = Instant::now();
     loop {
@@ -526,7 +437,7 @@ async fn measure(openclaw: Option<&Path>, secs: u64, concurrencies: &[usize]) ->
         [
             cpu_time(std::process::id(), false),
             gateway_pid.map(|pid| cpu_time(pid, true)).unwrap_or_default(),
-            cpu_time(bridge.0.id(), false),
+            cpu_time(bridge.process.0.id(), false),
             cpu_time(agent.0.id(), false),
             sum(&nginx_pids),
         ]
@@ -583,7 +494,7 @@ async fn measure(openclaw: Option<&Path>, secs: u64, concurrencies: &[usize]) ->
     // The agent leaves gateways running when it stops (they outlive agent
     // restarts): stop this table's one before the next table.
     drop(agent);
-    kill_gateway(&stage, &tenant.slug);
+    stage.kill_gateway(&tenant.slug);
     (upstream_kind, tables)
 }
 

@@ -75,7 +75,7 @@ fn main() {
         // The stand-in model server is on loopback.
         args.models_allowed_cidrs = vec!["127.0.0.0/8".into()];
         let mut config = Config::load(&args).unwrap();
-        config.rate_per_caller = clawplane::rate::Rate::new(1_000_000_000, 1_000_000_000);
+        config.rate_per_caller = clawplane_edge::rate::Rate::new(1_000_000_000, 1_000_000_000);
         let server = Server::bind(config).await.unwrap();
         let (api, agent_addr, pin) = (server.local_addr(), server.agent_addr(), server.ca_pin());
         let admin_token = std::fs::read_to_string(dir.path().join("cp/admin-token")).unwrap();

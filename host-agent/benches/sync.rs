@@ -1,12 +1,17 @@
 //! Sync, end to end: transcript events appended on the host (rows in a
 //! per-agent SQLite with OpenClaw's schema, and legacy JSONL lines) until
 //! they are queryable in the control plane's database. Prints, for
-//! PostgreSQL and SQLite: sustained throughput draining a backlog, and
-//! append-to-queryable latency p50/p99 at a steady 1,000 records/s.
+//! PostgreSQL and SQLite: what the database itself takes in the same run
+//! (the same rows loaded into a copy of `messages` with its keys and
+//! indexes, by binary COPY on PostgreSQL and by 1,000-row multi-row INSERT
+//! on both), sustained throughput draining a backlog with its ratio to that
+//! limit and the CPU time each process spent on it, and append-to-queryable
+//! latency p50/p99 at a steady 1,000 records/s.
 //!
 //!     cargo bench -p clawplane-host-agent --bench sync
 //!
 //! Env: BENCH_BACKLOG (default 100000), BENCH_RATE_SECS (default 10),
+//! BENCH_SOURCES (default "sqlite,jsonl"),
 //! CLAWPLANE_TEST_PG_URL (admin URL; a fresh database is created).
 //! Tenants run on the stand-in `openclaw` (tests/fixtures): OpenClaw itself
 //! plays no part in what is measured.
@@ -18,8 +23,13 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use clawplane::store::Store;
 use clawplane_test_kit::{pg_admin_url, postgres_db, sqlite_db};
 
+/// The control plane runs in this process: it allocates as the `clawplane`
+/// binary does.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod common;
-use common::{env, spawn_quiet, Stage};
+use common::{env, limit, proc_stat, spawn_quiet, Stage};
 
 fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as i64
@@ -130,17 +140,29 @@ struct Rig {
 }
 
 impl Rig {
-    async fn stored(&self) -> i64 {
-        self.store.message_count(&self.tenant_id).await.unwrap() as i64
+    /// Messages stored in one session: its counter, which moves in the
+    /// transaction that inserts them (a primary-key read, so polling it
+    /// does not load the database the way counting rows would).
+    async fn stored(&self, session: &str) -> i64 {
+        self.store.session_message_count(&self.tenant_id, session).await.unwrap()
     }
 
-    async fn wait_for(&self, target: i64, limit: Duration) -> Duration {
+    /// Waits until `target` messages are stored; returns when the first
+    /// one was (the agent's start-up until its first batch is committed).
+    async fn wait_for(&self, session: &str, target: i64, limit: Duration) -> Duration {
         let started = Instant::now();
-        while self.stored().await < target {
-            assert!(started.elapsed() < limit, "only {} of {target} stored after {limit:?}", self.stored().await);
+        let mut first = None;
+        loop {
+            let stored = self.stored(session).await;
+            if stored > 0 {
+                first.get_or_insert_with(|| started.elapsed());
+            }
+            if stored >= target {
+                return first.unwrap_or_default();
+            }
+            assert!(started.elapsed() < limit, "only {stored} of {target} stored after {limit:?}");
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        started.elapsed()
     }
 
     fn stop_agent(&mut self) {
@@ -166,33 +188,75 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize].as_secs_f64() * 1e3
 }
 
+/// CPU time (user + system) of a process so far, from /proc/<pid>/stat
+/// (utime and stime, fields 14 and 15 of proc(5), in clock ticks of 10 ms).
+fn cpu_secs(pid: i32) -> f64 {
+    proc_stat(pid).map_or(0.0, |f| {
+        let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        (ticks(11) + ticks(12)) as f64 / 100.0
+    })
+}
+
+/// CPU time of every `postgres` process on the machine (the server's
+/// backends, including other clients': a figure for a quiet machine).
+fn postgres_cpu_secs() -> f64 {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return 0.0 };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "postgres"))
+        .map(cpu_secs)
+        .sum()
+}
+
+/// CPU seconds of (this process: the control plane, the agent, PostgreSQL).
+fn cpu_split(agent: i32) -> [f64; 3] {
+    [cpu_secs(std::process::id() as i32), cpu_secs(agent), postgres_cpu_secs()]
+}
+
 async fn run_backend(name: &str, database_url: String, dir: &Path) {
-    let mut rig = setup(dir, database_url).await;
     let backlog = env("BENCH_BACKLOG", 100_000) as i64;
     let rate_secs = env("BENCH_RATE_SECS", 10) as i64;
-    let mut expected = rig.stored().await;
-    for source in ["sqlite", "jsonl"] {
+    let mut rig = setup(dir, database_url.clone()).await;
+    // What the database takes, measured before the drain on the same rows.
+    let limit = limit::measure(&database_url, &rig.tenant_id, backlog).await;
+    println!("{name:<10} limit  {}", limit.describe(backlog));
+    // BENCH_SOURCES=jsonl,sqlite runs them the other way round: what a
+    // figure owes to its place in the run (a fuller table) and not to
+    // its source shows that way.
+    let sources = std::env::var("BENCH_SOURCES").unwrap_or_else(|_| "sqlite,jsonl".into());
+    for source in sources.split(',').filter(|s| ["sqlite", "jsonl"].contains(s)) {
         // Throughput: a backlog written while the agent is down, drained.
         rig.stop_agent();
-        let mut writer = Writer::open(source, &rig.state_dir, &format!("backlog-{source}"));
+        let session = format!("backlog-{source}");
+        let mut writer = Writer::open(source, &rig.state_dir, &session);
         for from in (0..backlog).step_by(10_000) {
             writer.append(from, (from + 10_000).min(backlog));
         }
         drop(writer);
         let started = Instant::now();
         rig.start_agent();
-        expected += backlog;
-        rig.wait_for(expected, Duration::from_secs(600)).await;
+        let before = cpu_split(rig.agent.id() as i32);
+        let first = rig.wait_for(&session, backlog, Duration::from_secs(600)).await;
         let drained = started.elapsed();
+        let after = cpu_split(rig.agent.id() as i32);
+        let rate = backlog as f64 / drained.as_secs_f64();
         println!(
-            "{name:<10} {source:<6} backlog of {backlog}: drained in {:.2} s = {:.0} records/s (agent start included)",
+            "{name:<10} {source:<6} backlog of {backlog}: drained in {:.2} s = {rate:.0} records/s (agent start included); {}",
             drained.as_secs_f64(),
-            backlog as f64 / drained.as_secs_f64()
+            limit.ratio(rate)
+        );
+        let [cp, agent, pg] = [0, 1, 2].map(|i| after[i] - before[i]);
+        println!(
+            "{name:<10} {source:<6} drain CPU: control plane {cp:.2} s, agent {agent:.2} s, postgres {pg:.2} s, in {:.2} s on {} cores; first batch stored {:.2} s after the agent's start, then {:.0} records/s",
+            drained.as_secs_f64(),
+            std::thread::available_parallelism().map_or(1, |n| n.get()),
+            first.as_secs_f64(),
+            backlog as f64 / (drained - first).as_secs_f64()
         );
 
         // Latency at 1,000 records/s: 10 records every 10 ms.
-        let mut writer = Writer::open(source, &rig.state_dir, &format!("steady-{source}"));
-        let base = expected;
+        let session = format!("steady-{source}");
+        let mut writer = Writer::open(source, &rig.state_dir, &session);
         let total = 1_000 * rate_secs;
         let appended_at = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Instant>::with_capacity(total as usize)));
         let appended = appended_at.clone();
@@ -213,7 +277,7 @@ async fn run_backend(name: &str, database_url: String, dir: &Path) {
         let limit = Instant::now() + Duration::from_secs(rate_secs as u64 + 120);
         while seen < total {
             assert!(Instant::now() < limit, "steady run stalled at {seen} of {total}");
-            let stored = rig.stored().await - base;
+            let stored = rig.stored(&session).await;
             let now = Instant::now();
             if stored > seen {
                 let appended = appended_at.lock().unwrap();
@@ -226,7 +290,6 @@ async fn run_backend(name: &str, database_url: String, dir: &Path) {
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
         producer.join().unwrap();
-        expected += total;
         latencies.sort();
         println!(
             "{name:<10} {source:<6} steady 1000 records/s for {rate_secs} s: append-to-queryable p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",

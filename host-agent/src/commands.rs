@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use clawplane_proto::v1::{
-    command, command_result, ApplyConfigResult, Command, CommandOutcome, CommandResult, DeleteTenantResult, PingResult,
-    ProvisionTenantResult,
+    command, command_result, ApplyConfigResult, Command, CommandOutcome, CommandResult, DeleteTenantResult,
+    ErrorReason, PingResult, ProvisionTenantResult,
 };
 use prost::Message;
 
@@ -22,7 +22,12 @@ pub struct Executor {
 impl Executor {
     pub async fn execute(&self, command: Command) -> CommandResult {
         if !valid_command_id(&command.id) {
-            return failed(&command.id, "invalid_command_id", "command id is not a UUID".into());
+            return failed(
+                &command.id,
+                ErrorReason::CommandInvalid,
+                "invalid_command_id",
+                "command id is not a UUID".into(),
+            );
         }
         if let Some(stored) = self.state.command_result(&command.id) {
             if let Ok(result) = CommandResult::decode(stored.as_slice()) {
@@ -33,7 +38,7 @@ impl Executor {
         let id = command.id.clone();
         let result = match command.payload {
             Some(payload) => self.run(&id, payload).await,
-            None => failed(&id, "empty_command", "command has no payload".into()),
+            None => failed(&id, ErrorReason::CommandInvalid, "empty_command", "command has no payload".into()),
         };
         // A retryable failure is not recorded: the redelivery runs it again.
         if result.outcome != CommandOutcome::FailedRetryable as i32 {
@@ -57,14 +62,18 @@ impl Executor {
                 agent_version: env!("CARGO_PKG_VERSION").to_string(),
             }))),
             command::Payload::ProvisionTenant(p) => match self.runtime() {
-                Ok(runtime) => {
-                    runtime.provision(&p.tenant_id, &p.slug, &p.agent_ids, &p.public_origin).await.map(|done| {
-                        Some(command_result::Payload::ProvisionTenant(ProvisionTenantResult {
-                            gateway_port: done.port as u32,
-                            agent_ids: done.agent_ids,
-                        }))
-                    })
-                }
+                Ok(runtime) => match crate::runtime::records::Resources::from_command(&p) {
+                    Ok(resources) => runtime
+                        .provision(&p.tenant_id, &p.slug, &p.agent_ids, &p.public_origin, &resources)
+                        .await
+                        .map(|done| {
+                            Some(command_result::Payload::ProvisionTenant(ProvisionTenantResult {
+                                gateway_port: done.port as u32,
+                                agent_ids: done.agent_ids,
+                            }))
+                        }),
+                    Err(err) => Err(err),
+                },
                 Err(err) => Err(err),
             },
             command::Payload::ApplyConfig(c) => match self.runtime() {
@@ -115,24 +124,26 @@ impl Executor {
     }
 }
 
-/// How a runtime error is reported to the control plane: the one place
-/// that names the error codes it reads (`openclaw` is shown to the user as
-/// OpenClaw's refusal; `internal` is retried).
+/// How a runtime error is reported to the control plane: the reason it
+/// reads (OPENCLAW_REJECTED is shown to the user as OpenClaw's refusal and
+/// rolled back; AGENT_INTERNAL is retried), and the same as text in
+/// `error_code` for control planes older than `error_reason`.
 fn failure(id: &str, err: RuntimeError) -> CommandResult {
     match err {
-        RuntimeError::Invalid(message) => failed(id, "invalid_argument", message),
-        RuntimeError::OpenClaw(message) => failed(id, "openclaw", message),
+        RuntimeError::Invalid(message) => failed(id, ErrorReason::CommandInvalid, "invalid_argument", message),
+        RuntimeError::OpenClaw(message) => failed(id, ErrorReason::OpenclawRejected, "openclaw", message),
         RuntimeError::Other(err) => CommandResult {
             outcome: CommandOutcome::FailedRetryable as i32,
-            ..failed(id, "internal", format!("{err:#}"))
+            ..failed(id, ErrorReason::AgentInternal, "internal", format!("{err:#}"))
         },
     }
 }
 
-fn failed(id: &str, code: &str, message: String) -> CommandResult {
+fn failed(id: &str, reason: ErrorReason, code: &str, message: String) -> CommandResult {
     CommandResult {
         command_id: id.to_string(),
         outcome: CommandOutcome::FailedPermanent as i32,
+        error_reason: reason as i32,
         error_code: code.to_string(),
         error_message: message,
         finished_at: Some(SystemTime::now().into()),

@@ -28,6 +28,11 @@ pub const GATEWAY_PORT_STRIDE: u16 = 150;
 pub const CLI_TIMEOUT: Duration = Duration::from_secs(120);
 /// Longest a gateway may take to answer `/readyz` after a (re)start.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(180);
+/// Failed starts in a row (each within a minute of the last) after which a
+/// gateway's supervisor gives up until a restart, a provision or a wake:
+/// a crash loop would otherwise cost the host a gateway start (tens of
+/// CPU-seconds) every 16 s for ever.
+pub const RESTART_BUDGET: u32 = 8;
 
 #[derive(Parser, Debug)]
 #[command(name = "clawplane-agent", version, about = "Clawplane host agent")]
@@ -94,6 +99,23 @@ pub struct RunArgs {
     /// listen address (e.g. behind NAT or when listening on 0.0.0.0).
     #[arg(long, env = "CLAWPLANE_PROXY_ADVERTISE")]
     proxy_advertise: Option<String>,
+    /// Where tenant cgroups go, under each cgroup hierarchy's root
+    /// (default: clawplane; config file: cgroup_parent).
+    #[arg(long, env = "CLAWPLANE_CGROUP_PARENT")]
+    cgroup_parent: Option<String>,
+    /// How long a gateway may stay above its memory soft limit before it
+    /// is restarted, e.g. 60s (default; config file: memory_soft_window).
+    #[arg(long, env = "CLAWPLANE_MEMORY_SOFT_WINDOW", value_parser = humantime::parse_duration)]
+    memory_soft_window: Option<Duration>,
+    /// How often idle tenants are looked for to hibernate, e.g. 10s
+    /// (default; config file: hibernation_check_interval).
+    #[arg(long, env = "CLAWPLANE_HIBERNATION_CHECK_INTERVAL", value_parser = humantime::parse_duration)]
+    hibernation_check_interval: Option<Duration>,
+    /// How long a request to a hibernated tenant waits for its gateway
+    /// before it gets 503 with Retry-After, e.g. 90s (default; config
+    /// file: wake_timeout).
+    #[arg(long, env = "CLAWPLANE_WAKE_TIMEOUT", value_parser = humantime::parse_duration)]
+    wake_timeout: Option<Duration>,
 }
 
 /// How tenants run on this host.
@@ -123,6 +145,29 @@ pub struct HostConfig {
     #[serde(default)]
     pub labels: HashMap<String, String>,
     pub max_tenants: Option<u32>,
+    /// As `--cgroup-parent`, which wins over it.
+    pub cgroup_parent: Option<String>,
+    /// As `--memory-soft-window` (e.g. "60s"), which wins over it.
+    #[serde(default, with = "humantime_serde_opt")]
+    pub memory_soft_window: Option<Duration>,
+    /// As `--hibernation-check-interval`, which wins over it.
+    #[serde(default, with = "humantime_serde_opt")]
+    pub hibernation_check_interval: Option<Duration>,
+    /// As `--wake-timeout`, which wins over it.
+    #[serde(default, with = "humantime_serde_opt")]
+    pub wake_timeout: Option<Duration>,
+}
+
+/// A humantime duration string in the config file.
+mod humantime_serde_opt {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Duration>, D::Error> {
+        let text: Option<String> = Option::deserialize(deserializer)?;
+        text.map(|text| humantime::parse_duration(&text).map_err(serde::de::Error::custom)).transpose()
+    }
 }
 
 impl HostConfig {
@@ -137,12 +182,22 @@ impl HostConfig {
 #[derive(Debug)]
 pub struct RunSettings {
     pub state_dir: PathBuf,
-    pub config_file: Option<PathBuf>,
+    /// The `--config` file, read.
+    pub config: HostConfig,
     /// Unset when no `--openclaw-bin` was given: the host runs no tenants.
     pub tenants: Option<TenantSettings>,
     /// Tenant proxy listen address and the address to advertise.
     pub proxy_listen: Option<String>,
     pub proxy_advertise: Option<String>,
+    pub hibernation: HibernationSettings,
+}
+
+/// When idle tenants are looked for, and how long a request waits for a
+/// hibernated one to wake.
+#[derive(Debug, Clone, Copy)]
+pub struct HibernationSettings {
+    pub check_interval: Duration,
+    pub wake_timeout: Duration,
 }
 
 /// How this host runs tenants.
@@ -161,13 +216,47 @@ pub struct TenantSettings {
     pub port_stride: u16,
     pub cli_timeout: Duration,
     pub ready_timeout: Duration,
+    /// Failed gateway starts in a row before the supervisor gives up.
+    pub restart_budget: u32,
     pub archive_dir: PathBuf,
     /// How long archives of deleted tenants are kept.
     pub archive_retention: Duration,
+    /// Tenant cgroups and the memory soft limit's window.
+    pub limits: LimitSettings,
 }
 
 impl RunArgs {
-    pub fn settings(self) -> RunSettings {
+    /// The settings: flags and environment first, then the config file,
+    /// then the defaults.
+    pub fn settings(self) -> anyhow::Result<RunSettings> {
+        let config = HostConfig::load(self.config.as_deref())?;
+        let limits = LimitSettings {
+            cgroup_parent: Some(
+                self.cgroup_parent
+                    .or_else(|| config.cgroup_parent.clone())
+                    .unwrap_or_else(|| DEFAULT_CGROUP_PARENT.to_string()),
+            ),
+            memory_soft_window: self
+                .memory_soft_window
+                .or(config.memory_soft_window)
+                .unwrap_or(DEFAULT_MEMORY_SOFT_WINDOW),
+        };
+        if limits.memory_soft_window.is_zero() {
+            anyhow::bail!("the memory soft window must be longer than zero");
+        }
+        let hibernation = HibernationSettings {
+            check_interval: self
+                .hibernation_check_interval
+                .or(config.hibernation_check_interval)
+                .unwrap_or(Duration::from_secs(10)),
+            wake_timeout: self.wake_timeout.or(config.wake_timeout).unwrap_or(Duration::from_secs(90)),
+        };
+        if hibernation.check_interval.is_zero() || hibernation.wake_timeout.is_zero() {
+            anyhow::bail!("the hibernation check interval and the wake timeout must be longer than zero");
+        }
+        if hibernation.wake_timeout > Duration::from_secs(600) {
+            anyhow::bail!("the wake timeout must be at most 10 minutes (a held request holds a connection)");
+        }
         let state_dir = self.state_dir;
         let tenants = self.openclaw_bin.map(|openclaw_bin| TenantSettings {
             kind: self.runtime,
@@ -178,16 +267,76 @@ impl RunArgs {
             port_stride: GATEWAY_PORT_STRIDE,
             cli_timeout: CLI_TIMEOUT,
             ready_timeout: READY_TIMEOUT,
+            restart_budget: RESTART_BUDGET,
             archive_dir: state_dir.join("archives"),
             archive_retention: self.archive_retention,
             state_dir: state_dir.clone(),
+            limits,
         });
-        RunSettings {
+        Ok(RunSettings {
             state_dir,
-            config_file: self.config,
+            config,
             tenants,
             proxy_listen: self.proxy_listen,
             proxy_advertise: self.proxy_advertise,
+            hibernation,
+        })
+    }
+}
+
+/// Where tenant cgroups go by default, under each hierarchy's root.
+pub const DEFAULT_CGROUP_PARENT: &str = "clawplane";
+/// How long a gateway may stay above its memory soft limit by default.
+pub const DEFAULT_MEMORY_SOFT_WINDOW: Duration = Duration::from_secs(60);
+/// How the agent's limits settings ask for cgroups.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LimitSettings {
+    /// Tenant cgroups go under this path in each hierarchy; `None` turns
+    /// limits off (tests that do not exercise them).
+    pub cgroup_parent: Option<String>,
+    /// How long a gateway may stay above its memory soft limit.
+    pub memory_soft_window: Duration,
+}
+
+impl Default for LimitSettings {
+    fn default() -> Self {
+        LimitSettings {
+            cgroup_parent: Some(DEFAULT_CGROUP_PARENT.into()),
+            memory_soft_window: DEFAULT_MEMORY_SOFT_WINDOW,
+        }
+    }
+}
+
+impl LimitSettings {
+    /// Settings without cgroups.
+    #[cfg(test)]
+    pub fn off() -> Self {
+        LimitSettings { cgroup_parent: None, ..Default::default() }
+    }
+}
+
+#[cfg(test)]
+impl TenantSettings {
+    /// Settings for a runtime driving the stand-in `openclaw` (copied into
+    /// `dir`, in mode "ok") under `dir`, without tenant users or limits.
+    pub fn stand_in(dir: &Path) -> TenantSettings {
+        let bin = dir.join("openclaw");
+        std::fs::copy(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/fake-openclaw"), &bin).unwrap();
+        std::fs::write(dir.join("fake-mode"), "ok").unwrap();
+        TenantSettings {
+            kind: RuntimeKind::Process,
+            openclaw_bin: bin,
+            state_dir: dir.join("agent"),
+            tenants_dir: dir.join("tenants"),
+            tenant_users: false,
+            base_port: 40000 + (rand::random::<u16>() % 20000),
+            port_stride: 150,
+            cli_timeout: Duration::from_secs(10),
+            ready_timeout: Duration::from_secs(60),
+            restart_budget: RESTART_BUDGET,
+            archive_dir: dir.join("archives"),
+            archive_retention: Duration::from_secs(3600),
+            limits: LimitSettings::off(),
         }
     }
 }
@@ -201,7 +350,7 @@ mod tests {
         let run = |args: &[&str]| {
             let cli = Cli::try_parse_from([&["clawplane-agent", "run", "--state-dir", "/s"], args].concat()).unwrap();
             let Command::Run(args) = cli.command else { panic!("run") };
-            args.settings()
+            args.settings().unwrap()
         };
         // Defaults apply where the test's environment sets none.
         let unset = |name: &str| std::env::var_os(name).is_none();
@@ -222,5 +371,30 @@ mod tests {
         let tenants = run(&["--openclaw-bin", "/o", "--runtime", "fleet", "--no-tenant-users"]).tenants.unwrap();
         assert_eq!((tenants.kind, tenants.tenant_users), (RuntimeKind::Fleet, false));
         assert!(Cli::try_parse_from(["clawplane-agent", "run", "--runtime", "docker"]).is_err());
+    }
+
+    #[test]
+    fn limit_settings_come_from_flags_then_the_config_file_then_defaults() {
+        let run = |args: &[&str]| {
+            let base = ["clawplane-agent", "run", "--state-dir", "/s", "--openclaw-bin", "/o"];
+            let cli = Cli::try_parse_from([&base[..], args].concat()).unwrap();
+            let Command::Run(args) = cli.command else { panic!("run") };
+            args.settings().map(|settings| settings.tenants.unwrap().limits)
+        };
+        let unset = |name: &str| std::env::var_os(name).is_none();
+        if unset("CLAWPLANE_CGROUP_PARENT") && unset("CLAWPLANE_MEMORY_SOFT_WINDOW") && unset("CLAWPLANE_CONFIG") {
+            assert_eq!(run(&[]).unwrap(), LimitSettings::default());
+            let dir = tempfile::tempdir().unwrap();
+            let file = dir.path().join("agent.toml");
+            std::fs::write(&file, "cgroup_parent = \"from-file\"\nmemory_soft_window = \"2m\"\n").unwrap();
+            let file = file.to_str().unwrap();
+            let from_file = run(&["--config", file]).unwrap();
+            assert_eq!(from_file.cgroup_parent.as_deref(), Some("from-file"));
+            assert_eq!(from_file.memory_soft_window, Duration::from_secs(120));
+            let flags = run(&["--config", file, "--cgroup-parent", "a/b", "--memory-soft-window", "5s"]).unwrap();
+            assert_eq!(flags.cgroup_parent.as_deref(), Some("a/b"));
+            assert_eq!(flags.memory_soft_window, Duration::from_secs(5));
+            assert!(run(&["--memory-soft-window", "0s"]).is_err());
+        }
     }
 }

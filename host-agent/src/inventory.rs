@@ -50,6 +50,9 @@ pub fn collect(config: &HostConfig, state_dir: &Path, openclaw_version: &str, ru
             memory_bytes: memory_bytes(),
             disk_bytes: disk_bytes(state_dir),
             max_tenants: config.max_tenants.unwrap_or(cpu_cores * 4),
+            // The runtime's, filled in by the session (it knows the runtime).
+            cgroup_version: String::new(),
+            limits_unavailable: String::new(),
         }),
         labels: config.labels.clone(),
         runtimes: vec![runtime as i32],

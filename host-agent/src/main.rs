@@ -16,7 +16,6 @@ mod proxy;
 mod retry;
 mod rpc;
 mod runtime;
-mod shutdown;
 mod state;
 mod sync;
 
@@ -42,7 +41,10 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Join(args) => join::run(&args.control_plane, &args.token, &args.ca_pin, &args.state_dir).await,
-            Command::Run(args) => agent::run(args.settings()).await,
+            Command::Run(args) => match args.settings() {
+                Ok(settings) => agent::run(settings).await,
+                Err(err) => Err(err),
+            },
         }
     });
     match result {

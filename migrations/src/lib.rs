@@ -5,6 +5,7 @@ pub use sea_orm_migration::prelude::*;
 mod m20261124_000001_initial_schema;
 mod m20261124_000002_tenant_placement;
 mod m20261124_000003_sync;
+mod m20261202_000004_plan_resources;
 
 pub struct Migrator;
 
@@ -15,6 +16,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261124_000001_initial_schema::Migration),
             Box::new(m20261124_000002_tenant_placement::Migration),
             Box::new(m20261124_000003_sync::Migration),
+            Box::new(m20261202_000004_plan_resources::Migration),
         ]
     }
 }

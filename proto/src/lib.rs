@@ -9,3 +9,36 @@ pub mod v1 {
 
 /// Encoded `FileDescriptorSet` of the whole contract, for gRPC reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("clawplane_descriptor");
+
+/// `google.rpc.ErrorInfo.domain` of every reason Clawplane sends.
+pub const ERROR_DOMAIN: &str = "clawplane.dev";
+
+/// A status that carries `reason` as a `google.rpc.ErrorInfo` detail, so
+/// programs branch on the reason rather than on the message's wording.
+pub fn status_with_reason(code: tonic::Code, message: impl Into<String>, reason: v1::ErrorReason) -> tonic::Status {
+    use tonic_types::{ErrorDetails, StatusExt};
+    let details = ErrorDetails::with_error_info(reason.as_str_name(), ERROR_DOMAIN, std::collections::HashMap::new());
+    tonic::Status::with_error_details(code, message, details)
+}
+
+/// The reason a status carries (see [`status_with_reason`]), if any.
+pub fn status_reason(status: &tonic::Status) -> Option<v1::ErrorReason> {
+    use tonic_types::StatusExt;
+    let info = status.get_error_details().error_info()?.clone();
+    (info.domain == ERROR_DOMAIN).then(|| v1::ErrorReason::from_str_name(&info.reason)).flatten()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reason_survives_the_status_round_trip() {
+        let status = status_with_reason(tonic::Code::PermissionDenied, "gone", v1::ErrorReason::HostRevoked);
+        let wire = status.into_http::<tonic::body::Body>();
+        let received = tonic::Status::from_header_map(wire.headers()).expect("a status in the headers");
+        assert_eq!(received.code(), tonic::Code::PermissionDenied);
+        assert_eq!(status_reason(&received), Some(v1::ErrorReason::HostRevoked));
+        assert_eq!(status_reason(&tonic::Status::permission_denied("host_revoked: text only")), None);
+    }
+}

@@ -14,6 +14,7 @@
 
 pub mod auth;
 mod backends;
+mod cpu;
 mod db;
 mod dir;
 pub mod harness;
@@ -21,9 +22,10 @@ mod net;
 mod openclaw;
 mod processes;
 
+pub use cpu::process_cpu;
 pub use db::{pg_admin_url, postgres_db, sqlite_db, TestDb};
 pub use dir::TestDir;
 pub use harness::{bin, eventually, text, Agent, BridgeProcess, ControlPlane, FAST_HOSTS};
-pub use net::{connect_from, free_port, wait_for_port};
+pub use net::{connect_from, free_port, grpc_web_frames, http1, wait_for_port};
 pub use openclaw::{agent_fixture, fake_openclaw, FAKE_OPENCLAW};
 pub use processes::{end_processes_under, LeftProcess};

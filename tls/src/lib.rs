@@ -2,10 +2,12 @@
 //! CA pins (`sha256:<hex of the SubjectPublicKeyInfo>`), PEM helpers,
 //! certificate facts, a pin-anchored server verifier for joining, a client
 //! identity that can be swapped at runtime (certificate renewal without a
-//! restart), and gRPC channels over our own rustls configuration.
-pub mod edge;
+//! restart), and gRPC channels over our own rustls configuration. Beside
+//! them, key material at rest: `files` writes owner-only key files, and
+//! `secrets` seals values under such a key (the control plane's tenant
+//! secrets, the bridge's session cookies).
 pub mod files;
-pub mod forward;
+pub mod secrets;
 
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};

@@ -1,8 +1,9 @@
 //! ConfigService: a tenant's channels, model, tools and agent profile.
 //!
-//! The control plane keeps the desired config with a generation number;
-//! each change is pushed to the tenant's host as one ApplyConfig command
-//! (one `openclaw config set --batch-json` there). Secrets are sealed at
+//! Requests are checked here; the desired config with its generation number
+//! lives in [`crate::desired`], and [`Fleet::change_config`] pushes each
+//! change to the tenant's host as one ApplyConfig command (one `openclaw
+//! config set --batch-json` there). Secrets are sealed at
 //! rest, travel only over the agent's mTLS stream, land in the tenant's
 //! 0600 secrets file and are referenced from openclaw.json; callers only
 //! ever see masked hints. When OpenClaw itself rejects a change, the change
@@ -12,30 +13,27 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::Utc;
 use clawplane_proto::v1::config_service_server::ConfigService;
 use clawplane_proto::v1::{
-    self as pb, command, ApplyConfigCommand, ConfigSetOp, GetConfigRequest, GetConfigResponse, RemoveChannelRequest,
-    RemoveChannelResponse, SecretFile, SetAgentProfileRequest, SetAgentProfileResponse, SetChannelRequest,
-    SetChannelResponse, SetModelRequest, SetModelResponse, SetToolsRequest, SetToolsResponse,
+    self as pb, GetConfigRequest, GetConfigResponse, RemoveChannelRequest, RemoveChannelResponse,
+    SetAgentProfileRequest, SetAgentProfileResponse, SetChannelRequest, SetChannelResponse, SetModelRequest,
+    SetModelResponse, SetToolsRequest, SetToolsResponse,
 };
 use ipnet::IpNet;
-use serde_json::{json, Value};
+use serde_json::json;
 use tonic::{Request, Response, Status};
 
-use super::{caller, check_text, required_id, shown, timestamp, visible_tenant, wait_within, ApiError, ApiResult};
+use super::deadline::wait_within;
+use super::error::{ApiError, ApiResult};
+use super::request::{caller, check_text, required_id, shown, timestamp, visible_tenant};
+use crate::desired::{
+    find, has_channel, secret_hints, settings, ChannelSettings, DesiredConfigs, ModelSettings, ProfileSettings,
+    ToolSettings, CHANNEL, DEFAULT_KEY, MODEL, PROFILE, TOOLS,
+};
 use crate::fleet::Fleet;
 use crate::model_url::{self, UrlError};
-use crate::openclaw_config::{self, ChannelSettings, Desired, ModelSettings, ProfileSettings, ToolSettings};
-use crate::secrets::{hint, SecretBox};
-use crate::store::entities::tenant_config;
-use crate::store::{Store, TenantRecord};
+use crate::store::{ConfigRow, Store, TenantRecord};
 
-const MODEL: &str = "model";
-const PROFILE: &str = "profile";
-const TOOLS: &str = "tools";
-const CHANNEL: &str = "channel";
-const DEFAULT_KEY: &str = "default";
 /// How long a Set call waits for the host to apply the change, at most (the
 /// request's deadline may end the wait first; the change stays queued).
 const APPLY_WAIT: Duration = Duration::from_secs(90);
@@ -54,22 +52,16 @@ const MAX_CHANNEL_NAME: usize = 32;
 const MAX_CHANNEL_ENTRIES: usize = 64;
 const MAX_SETTING_NAME: usize = 64;
 const MAX_SETTING_VALUE: usize = 1024;
-/// Live channels per tenant, whatever the plan allows.
-const MAX_CHANNELS: usize = 32;
-/// Channel rows per tenant, removed ones included (they stay as tombstones
-/// so later applies drop them), so churning names cannot grow the table.
-const MAX_CHANNEL_ROWS: usize = 64;
 
 pub struct ConfigApi {
     store: Store,
     fleet: Arc<Fleet>,
-    secrets: Arc<SecretBox>,
     allowed_model_cidrs: Arc<Vec<IpNet>>,
 }
 
 impl ConfigApi {
     pub fn new(store: Store, fleet: Arc<Fleet>) -> Self {
-        ConfigApi { secrets: fleet.secrets(), store, fleet, allowed_model_cidrs: Default::default() }
+        ConfigApi { store, fleet, allowed_model_cidrs: Default::default() }
     }
 
     /// Ranges a model base_url may reach although they are not public
@@ -78,10 +70,6 @@ impl ConfigApi {
         self.allowed_model_cidrs = Arc::new(cidrs);
         self
     }
-}
-
-fn row_context(row: &tenant_config::Model) -> String {
-    format!("{}/{}/{}", row.tenant_id, row.config_type, row.config_key)
 }
 
 /// Identifiers that become OpenClaw config path segments.
@@ -118,52 +106,31 @@ fn check_multiline(field: &str, value: &str, max_chars: usize) -> ApiResult<()> 
 }
 
 impl ConfigApi {
-    fn seal(&self, row: &mut tenant_config::Model, secrets: &BTreeMap<String, String>) -> ApiResult<()> {
-        if secrets.is_empty() {
-            row.secret_ciphertext = None;
-            return Ok(());
-        }
-        let plain = serde_json::to_vec(secrets).map_err(|e| ApiError::Internal(e.into()))?;
-        row.secret_ciphertext = Some(self.secrets.seal(&row_context(row), &plain).map_err(ApiError::Internal)?);
-        Ok(())
+    fn desired(&self) -> &DesiredConfigs {
+        self.fleet.desired()
     }
 
-    /// The stored secrets of one config row, if it exists.
-    fn stored_secrets(
-        &self,
-        rows: &[tenant_config::Model],
-        kind: &str,
-        key: &str,
-    ) -> ApiResult<BTreeMap<String, String>> {
-        match rows.iter().find(|r| r.config_type == kind && r.config_key == key) {
-            Some(row) => unseal(&self.secrets, row),
-            None => Ok(BTreeMap::new()),
-        }
-    }
-
+    /// The tenant's config as callers see it: settings, secret hints, and
+    /// the generations desired, applied and observed.
     async fn view(&self, tenant_id: &str) -> ApiResult<pb::TenantConfig> {
-        let rows = self.store.config_rows(tenant_id).await?;
+        let rows = self.desired().rows(tenant_id).await?;
         let state = self.store.config_state(tenant_id).await?;
-        let hints = |row: &tenant_config::Model| -> BTreeMap<String, String> {
-            row.value.get("secret_hints").and_then(|h| serde_json::from_value(h.clone()).ok()).unwrap_or_default()
-        };
         let mut config = pb::TenantConfig { tenant_id: tenant_id.to_string(), ..Default::default() };
         let mut updated = None;
         for row in &rows {
             updated = updated.max(Some(row.updated_at));
-            let settings = row.value.get("settings").cloned().unwrap_or(Value::Null);
             match row.config_type.as_str() {
                 MODEL => {
-                    let model: ModelSettings = serde_json::from_value(settings).unwrap_or_default();
+                    let model: ModelSettings = settings(row);
                     config.model = Some(pb::ModelConfig {
                         provider: model.provider,
                         model: model.model,
                         base_url: model.base_url,
-                        api_key_hint: hints(row).remove("api_key").unwrap_or_default(),
+                        api_key_hint: secret_hints(row).remove("api_key").unwrap_or_default(),
                     });
                 }
                 PROFILE => {
-                    let profile: ProfileSettings = serde_json::from_value(settings).unwrap_or_default();
+                    let profile: ProfileSettings = settings(row);
                     config.agent_profile = Some(pb::AgentProfile {
                         name: profile.name,
                         system_prompt: profile.system_prompt,
@@ -171,17 +138,17 @@ impl ConfigApi {
                     });
                 }
                 TOOLS => {
-                    let tools: ToolSettings = serde_json::from_value(settings).unwrap_or_default();
+                    let tools: ToolSettings = settings(row);
                     config.tools = Some(pb::ToolsConfig { allow: tools.allow, deny: tools.deny });
                 }
                 CHANNEL => {
-                    let channel: ChannelSettings = serde_json::from_value(settings).unwrap_or_default();
+                    let channel: ChannelSettings = settings(row);
                     if !channel.removed {
                         config.channels.push(pb::ChannelConfig {
                             channel: row.config_key.clone(),
                             enabled: channel.enabled,
                             settings: channel.settings.into_iter().collect(),
-                            secret_hints: hints(row).into_iter().collect(),
+                            secret_hints: secret_hints(row).into_iter().collect(),
                             updated_at: Some(timestamp(row.updated_at)),
                         });
                     }
@@ -207,193 +174,17 @@ impl ConfigApi {
         Ok(config)
     }
 
-    fn row(
-        &self,
-        tenant_id: &str,
-        kind: &str,
-        key: &str,
-        settings: Value,
-        secrets: &BTreeMap<String, String>,
-        enabled: bool,
-    ) -> ApiResult<tenant_config::Model> {
-        let hints: BTreeMap<&String, String> = secrets.iter().map(|(k, v)| (k, hint(v))).collect();
-        let mut row = tenant_config::Model {
-            tenant_id: tenant_id.to_string(),
-            config_type: kind.to_string(),
-            config_key: key.to_string(),
-            value: json!({"settings": settings, "secret_hints": hints}),
-            secret_ciphertext: None,
-            enabled,
-            updated_at: Utc::now(),
-        };
-        self.seal(&mut row, secrets)?;
-        Ok(row)
-    }
-
-    /// A new channel must fit the plan's channel limit, [`MAX_CHANNELS`]
-    /// and [`MAX_CHANNEL_ROWS`]; changing an existing one always may.
-    async fn check_channel_room(
-        &self,
-        tenant: &TenantRecord,
-        rows: &[tenant_config::Model],
-        channel: &str,
-    ) -> ApiResult<()> {
-        let channel_rows: Vec<&tenant_config::Model> = rows.iter().filter(|r| r.config_type == CHANNEL).collect();
-        let removed = |r: &tenant_config::Model| r.value.pointer("/settings/removed").and_then(Value::as_bool);
-        let live = channel_rows.iter().filter(|r| removed(r) != Some(true)).count();
-        match channel_rows.iter().find(|r| r.config_key == channel) {
-            Some(row) if removed(row) != Some(true) => return Ok(()),
-            Some(_) => {}
-            None if channel_rows.len() >= MAX_CHANNEL_ROWS => {
-                return Err(ApiError::FailedPrecondition(format!(
-                    "at most {MAX_CHANNEL_ROWS} different channels per tenant, removed ones included; \
-                     reuse a removed channel's name"
-                )))
-            }
-            None => {}
-        }
-        let plan_limit = self.store.plan_by_name(&tenant.plan).await?.and_then(|p| p.channel_limit).unwrap_or(0);
-        let limit = match usize::try_from(plan_limit) {
-            Ok(n) if n > 0 => n.min(MAX_CHANNELS),
-            _ => MAX_CHANNELS,
-        };
-        if live >= limit {
-            return Err(ApiError::FailedPrecondition(format!(
-                "the tenant already has {live} channels, the most its plan allows ({limit}); remove one first"
-            )));
-        }
-        Ok(())
-    }
-
-    /// Saves changed rows, pushes the new generation to the tenant's host
-    /// and, when the host answers in time, reports OpenClaw's verdict. A
-    /// change OpenClaw rejects is rolled back.
+    /// Applies changed rows through the fleet, then answers with the config.
     async fn change(
         &self,
         tenant: &TenantRecord,
-        rows: Vec<tenant_config::Model>,
+        rows: Vec<ConfigRow>,
         expected: Option<i64>,
         wait: Duration,
     ) -> ApiResult<pb::TenantConfig> {
-        let tenant_id = &tenant.tenant.id;
-        let before = self.store.config_rows(tenant_id).await?;
-        let generation = self.store.save_config(tenant_id, rows.clone(), expected).await?;
-        if let Some(command_id) = push_config(&self.fleet, &self.store, &self.secrets, tenant).await? {
-            if let Some(result) = self.fleet.wait_for_result(&command_id, wait).await? {
-                if result.outcome != pb::CommandOutcome::Succeeded as i32 && result.error_code == "openclaw" {
-                    // Restore the rows as they were (a row that did not exist
-                    // keeps a neutral value) and push that as a new generation.
-                    let restored: Vec<tenant_config::Model> = rows
-                        .iter()
-                        .map(|changed| {
-                            before
-                                .iter()
-                                .find(|b| b.config_type == changed.config_type && b.config_key == changed.config_key)
-                                .cloned()
-                                .unwrap_or_else(|| neutral(changed))
-                        })
-                        .collect();
-                    self.store.save_config(tenant_id, restored, None).await?;
-                    push_config(&self.fleet, &self.store, &self.secrets, tenant).await?;
-                    return Err(ApiError::invalid(format!(
-                        "OpenClaw rejected the change (generation {generation}): {}",
-                        result.error_message
-                    )));
-                }
-            }
-        }
-        self.view(tenant_id).await
+        self.fleet.change_config(tenant, rows, expected, wait).await?;
+        self.view(&tenant.tenant.id).await
     }
-}
-
-/// A row that configures nothing, for rolling back a first-time setting.
-fn neutral(row: &tenant_config::Model) -> tenant_config::Model {
-    let settings = match row.config_type.as_str() {
-        CHANNEL => json!(ChannelSettings { removed: true, ..Default::default() }),
-        PROFILE => json!(ProfileSettings::default()),
-        TOOLS => json!(ToolSettings::default()),
-        _ => Value::Null,
-    };
-    tenant_config::Model {
-        value: json!({"settings": settings}),
-        secret_ciphertext: None,
-        updated_at: Utc::now(),
-        ..row.clone()
-    }
-}
-
-/// Queues the tenant's whole desired config, at its current generation, for
-/// its host. None when the tenant is not placed or has no config yet.
-pub async fn push_config(
-    fleet: &Fleet,
-    store: &Store,
-    secrets: &SecretBox,
-    tenant: &TenantRecord,
-) -> ApiResult<Option<String>> {
-    let Some(host_id) = &tenant.tenant.host_id else { return Ok(None) };
-    let Some(state) = store.config_state(&tenant.tenant.id).await? else { return Ok(None) };
-    let rows = store.config_rows(&tenant.tenant.id).await?;
-    let mut desired = desired(secrets, &rows)?;
-    if desired.model.as_ref().is_some_and(|(m, _)| m.provider.is_empty()) {
-        desired.model = None;
-    }
-    // The persona and tools go to the gateway's first agent: the slug's own
-    // agent, a team's first, or OpenClaw's default agent of a fleet cell.
-    let agent_id = tenant.agent_ids().into_iter().next().unwrap_or_else(|| tenant.tenant.slug.clone());
-    let apply = openclaw_config::build(&agent_id, &desired);
-    let payload = command::Payload::ApplyConfig(ApplyConfigCommand {
-        tenant_id: tenant.tenant.id.clone(),
-        generation: state.desired_generation,
-        unset_paths: apply.unset,
-        ops: apply.ops.into_iter().map(|(path, value)| ConfigSetOp { path, value_json: value.to_string() }).collect(),
-        secrets: apply
-            .secrets
-            .into_iter()
-            .map(|(name, value)| SecretFile { name, value: value.into_bytes() })
-            .collect(),
-        merge: false,
-        restart: false,
-        files: apply
-            .files
-            .into_iter()
-            .map(|(agent_id, name, content)| pb::WorkspaceFile { agent_id, name, content })
-            .collect(),
-    });
-    Ok(Some(fleet.enqueue(host_id, Some(&tenant.tenant.id), payload).await?))
-}
-
-fn unseal(secrets: &SecretBox, row: &tenant_config::Model) -> ApiResult<BTreeMap<String, String>> {
-    match &row.secret_ciphertext {
-        None => Ok(BTreeMap::new()),
-        Some(sealed) => {
-            let plain = secrets.open(&row_context(row), sealed).map_err(ApiError::Internal)?;
-            serde_json::from_slice(&plain).map_err(|e| ApiError::Internal(e.into()))
-        }
-    }
-}
-
-/// The whole desired config with secrets opened (in memory only, on the way
-/// to the host).
-fn desired(secrets: &SecretBox, rows: &[tenant_config::Model]) -> ApiResult<Desired> {
-    let mut desired = Desired::default();
-    for row in rows {
-        let settings = row.value.get("settings").cloned().unwrap_or(Value::Null);
-        match row.config_type.as_str() {
-            MODEL => {
-                if let Ok(model) = serde_json::from_value::<ModelSettings>(settings) {
-                    desired.model = Some((model, unseal(secrets, row)?.remove("api_key")));
-                }
-            }
-            PROFILE => desired.profile = serde_json::from_value(settings).unwrap_or_default(),
-            TOOLS => desired.tools = serde_json::from_value(settings).unwrap_or_default(),
-            CHANNEL => {
-                let channel: ChannelSettings = serde_json::from_value(settings).unwrap_or_default();
-                desired.channels.insert(row.config_key.clone(), (channel, unseal(secrets, row)?));
-            }
-            _ => {}
-        }
-    }
-    Ok(desired)
 }
 
 #[tonic::async_trait]
@@ -439,17 +230,14 @@ impl ConfigService for ConfigApi {
         }
         let tenant = visible_tenant(&self.store, &principal, &req.tenant_id).await?;
         // An absent api_key keeps the stored one; an empty one removes it.
-        let existing = self.store.config_rows(&tenant.tenant.id).await.map_err(ApiError::from)?;
-        let mut secrets = self.stored_secrets(&existing, MODEL, DEFAULT_KEY)?;
+        let existing = self.desired().rows(&tenant.tenant.id).await?;
+        let mut secrets = self.desired().stored_secrets(&existing, MODEL, DEFAULT_KEY)?;
         // An absent base_url keeps the stored one (checked when it was set).
         let base_url = match req.base_url {
             Some(url) => url,
-            None => existing
-                .iter()
-                .find(|r| r.config_type == MODEL && r.config_key == DEFAULT_KEY)
-                .and_then(|r| serde_json::from_value::<ModelSettings>(r.value.get("settings")?.clone()).ok())
-                .map(|m| m.base_url)
-                .unwrap_or_default(),
+            None => {
+                find(&existing, MODEL, DEFAULT_KEY).map(|r| settings::<ModelSettings>(r).base_url).unwrap_or_default()
+            }
         };
         match req.api_key.as_deref() {
             None => {}
@@ -461,7 +249,7 @@ impl ConfigService for ConfigApi {
             }
         }
         let settings = json!(ModelSettings { provider: req.provider, model: req.model, base_url });
-        let row = self.row(&tenant.tenant.id, MODEL, DEFAULT_KEY, settings, &secrets, true)?;
+        let row = self.desired().row(&tenant.tenant.id, MODEL, DEFAULT_KEY, settings, &secrets, true)?;
         let config = self.change(&tenant, vec![row], req.expected_generation, wait).await?;
         Ok(Response::new(SetModelResponse { config: Some(config) }))
     }
@@ -484,12 +272,8 @@ impl ConfigService for ConfigApi {
             check_text("style", style, MAX_STYLE)?;
         }
         let tenant = visible_tenant(&self.store, &principal, &req.tenant_id).await?;
-        let existing = self.store.config_rows(&tenant.tenant.id).await.map_err(ApiError::from)?;
-        let mut profile: ProfileSettings = existing
-            .iter()
-            .find(|r| r.config_type == PROFILE)
-            .and_then(|r| serde_json::from_value(r.value.get("settings").cloned()?).ok())
-            .unwrap_or_default();
+        let existing = self.desired().rows(&tenant.tenant.id).await?;
+        let mut profile: ProfileSettings = find(&existing, PROFILE, DEFAULT_KEY).map(settings).unwrap_or_default();
         if let Some(name) = req.name {
             profile.name = name;
         }
@@ -499,7 +283,8 @@ impl ConfigService for ConfigApi {
         if let Some(style) = req.style {
             profile.style = style;
         }
-        let row = self.row(&tenant.tenant.id, PROFILE, DEFAULT_KEY, json!(profile), &BTreeMap::new(), true)?;
+        let row =
+            self.desired().row(&tenant.tenant.id, PROFILE, DEFAULT_KEY, json!(profile), &BTreeMap::new(), true)?;
         let config = self.change(&tenant, vec![row], req.expected_generation, wait).await?;
         Ok(Response::new(SetAgentProfileResponse { config: Some(config) }))
     }
@@ -529,7 +314,7 @@ impl ConfigService for ConfigApi {
         }
         let tenant = visible_tenant(&self.store, &principal, &req.tenant_id).await?;
         let settings = json!(ToolSettings { allow: req.allow, deny: req.deny });
-        let row = self.row(&tenant.tenant.id, TOOLS, DEFAULT_KEY, settings, &BTreeMap::new(), true)?;
+        let row = self.desired().row(&tenant.tenant.id, TOOLS, DEFAULT_KEY, settings, &BTreeMap::new(), true)?;
         let config = self.change(&tenant, vec![row], req.expected_generation, wait).await?;
         Ok(Response::new(SetToolsResponse { config: Some(config) }))
     }
@@ -560,10 +345,10 @@ impl ConfigService for ConfigApi {
             }
         }
         let tenant = visible_tenant(&self.store, &principal, &req.tenant_id).await?;
-        let existing = self.store.config_rows(&tenant.tenant.id).await.map_err(ApiError::from)?;
-        self.check_channel_room(&tenant, &existing, &req.channel).await?;
+        let existing = self.desired().rows(&tenant.tenant.id).await?;
+        self.desired().check_channel_room(&tenant, &existing, &req.channel).await?;
         // Secrets merge: an empty value deletes one, an absent key keeps it.
-        let mut secrets = self.stored_secrets(&existing, CHANNEL, &req.channel)?;
+        let mut secrets = self.desired().stored_secrets(&existing, CHANNEL, &req.channel)?;
         for (key, value) in &req.secrets {
             if value.is_empty() {
                 secrets.remove(key);
@@ -576,7 +361,7 @@ impl ConfigService for ConfigApi {
             enabled: req.enabled,
             removed: false
         });
-        let row = self.row(&tenant.tenant.id, CHANNEL, &req.channel, settings, &secrets, req.enabled)?;
+        let row = self.desired().row(&tenant.tenant.id, CHANNEL, &req.channel, settings, &secrets, req.enabled)?;
         let config = self.change(&tenant, vec![row], req.expected_generation, wait).await?;
         Ok(Response::new(SetChannelResponse { config: Some(config) }))
     }
@@ -591,17 +376,12 @@ impl ConfigService for ConfigApi {
         required_id("tenant_id", &req.tenant_id)?;
         check_name("channel", &req.channel, MAX_CHANNEL_NAME)?;
         let tenant = visible_tenant(&self.store, &principal, &req.tenant_id).await?;
-        let existing = self.store.config_rows(&tenant.tenant.id).await.map_err(ApiError::from)?;
-        let present = existing.iter().any(|r| {
-            r.config_type == CHANNEL
-                && r.config_key == req.channel
-                && !r.value.pointer("/settings/removed").and_then(Value::as_bool).unwrap_or(false)
-        });
-        if !present {
+        let existing = self.desired().rows(&tenant.tenant.id).await?;
+        if !has_channel(&existing, &req.channel) {
             return Err(ApiError::NotFound("channel").into());
         }
         let tombstone = json!(ChannelSettings { removed: true, ..Default::default() });
-        let row = self.row(&tenant.tenant.id, CHANNEL, &req.channel, tombstone, &BTreeMap::new(), false)?;
+        let row = self.desired().row(&tenant.tenant.id, CHANNEL, &req.channel, tombstone, &BTreeMap::new(), false)?;
         let config = self.change(&tenant, vec![row], req.expected_generation, wait).await?;
         Ok(Response::new(RemoveChannelResponse { config: Some(config) }))
     }

@@ -1,9 +1,14 @@
-//! The one error type of the API layer, mapped to gRPC status codes here and
-//! nowhere else, so every RPC fails the same way.
-use tonic::{Code, Status};
+//! The API layer's error: its own refusals (bad input, wrong caller) and
+//! the errors of the services below it, each classified by its
+//! [`ServiceError`] impl and turned into a status by
+//! [`crate::service_error::grpc_status`], so every RPC fails the same way.
+use clawplane_identity::AuthError;
 
-use crate::auth::AuthError;
+use crate::desired::DesiredError;
+use crate::fleet::{FleetError, TurnError};
+use crate::service_error::{into_status, ServiceError, ServiceErrorCode};
 use crate::store::StoreError;
+use crate::wire::InvalidField;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -16,12 +21,7 @@ pub enum ApiError {
     #[error("{0} not found")]
     NotFound(&'static str),
     #[error("{0}")]
-    AlreadyExists(String),
-    #[error("{0}")]
     FailedPrecondition(String),
-    /// A compare-and-set lost (e.g. `expected_generation`): read and retry.
-    #[error("{0}")]
-    Aborted(String),
     #[error("{0}")]
     DeadlineExceeded(String),
     #[error("{0}")]
@@ -30,56 +30,58 @@ pub enum ApiError {
     Unimplemented(&'static str),
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Fleet(#[from] FleetError),
+    #[error(transparent)]
+    Desired(#[from] DesiredError),
+    #[error(transparent)]
+    Field(#[from] InvalidField),
+    #[error(transparent)]
+    Turn(#[from] TurnError),
 }
 
 impl ApiError {
     pub fn invalid(message: impl Into<String>) -> Self {
         ApiError::InvalidArgument(message.into())
     }
+}
 
-    pub fn code(&self) -> Code {
+impl ServiceError for ApiError {
+    fn error_code(&self) -> ServiceErrorCode {
         match self {
-            ApiError::Unauthenticated(_) => Code::Unauthenticated,
-            ApiError::PermissionDenied(_) => Code::PermissionDenied,
-            ApiError::InvalidArgument(_) => Code::InvalidArgument,
-            ApiError::NotFound(_) => Code::NotFound,
-            ApiError::AlreadyExists(_) => Code::AlreadyExists,
-            ApiError::FailedPrecondition(_) => Code::FailedPrecondition,
-            ApiError::Aborted(_) => Code::Aborted,
-            ApiError::DeadlineExceeded(_) => Code::DeadlineExceeded,
-            ApiError::ResourceExhausted(_) => Code::ResourceExhausted,
-            ApiError::Unimplemented(_) => Code::Unimplemented,
-            ApiError::Internal(_) => Code::Internal,
+            ApiError::Unauthenticated(_) => ServiceErrorCode::Unauthenticated,
+            ApiError::PermissionDenied(_) => ServiceErrorCode::PermissionDenied,
+            ApiError::InvalidArgument(_) => ServiceErrorCode::InvalidArgument,
+            ApiError::NotFound(_) => ServiceErrorCode::NotFound,
+            ApiError::FailedPrecondition(_) => ServiceErrorCode::FailedPrecondition,
+            ApiError::DeadlineExceeded(_) => ServiceErrorCode::DeadlineExceeded,
+            ApiError::ResourceExhausted(_) => ServiceErrorCode::ResourceExhausted,
+            ApiError::Unimplemented(_) => ServiceErrorCode::Unimplemented,
+            ApiError::Internal(_) => ServiceErrorCode::Internal,
+            ApiError::Store(err) => err.error_code(),
+            ApiError::Fleet(err) => err.error_code(),
+            ApiError::Desired(err) => err.error_code(),
+            ApiError::Field(err) => err.error_code(),
+            ApiError::Turn(err) => err.error_code(),
+        }
+    }
+
+    fn reason(&self) -> Option<clawplane_proto::v1::ErrorReason> {
+        match self {
+            ApiError::Fleet(err) => err.reason(),
+            ApiError::Desired(err) => err.reason(),
+            _ => None,
         }
     }
 }
 
-impl From<ApiError> for Status {
-    fn from(err: ApiError) -> Status {
-        if let ApiError::Internal(source) = &err {
-            // Details stay in the log; callers get a reference to find them.
-            let reference = uuid::Uuid::new_v4();
-            tracing::error!(%reference, error = format!("{source:#}"), "internal error");
-            return Status::internal(format!("internal error (reference {reference})"));
-        }
-        Status::new(err.code(), err.to_string())
-    }
-}
+into_status!(ApiError);
 
 impl From<AuthError> for ApiError {
     fn from(err: AuthError) -> Self {
         ApiError::Unauthenticated(err.0)
-    }
-}
-
-impl From<StoreError> for ApiError {
-    fn from(err: StoreError) -> Self {
-        match err {
-            StoreError::NotFound(what) => ApiError::NotFound(what),
-            StoreError::Conflict(message) => ApiError::AlreadyExists(message),
-            StoreError::Stale(message) => ApiError::Aborted(message),
-            StoreError::Db(db) => ApiError::Internal(db.into()),
-        }
     }
 }
 

@@ -13,13 +13,13 @@ use clawplane_proto::v1::{
 use serde_json::json;
 use tonic::{Request, Response, Status};
 
-use super::{
-    admin, check_label, check_text, decode_page_token, next_page_token, page_size, required_id, timestamp, wait_within,
-    ApiError, ApiResult,
+use super::deadline::wait_within;
+use super::error::{ApiError, ApiResult};
+use super::request::{
+    admin, check_label, check_text, decode_page_token, next_page_token, page_size, required_id, timestamp,
 };
 use crate::fleet::{host_status, Fleet};
-use crate::store::entities::join_token;
-use crate::store::{Store, HOST_ACTIVE, HOST_DRAINING, HOST_REMOVED};
+use crate::store::{Host, HostState, JoinToken, Store};
 
 pub struct HostApi {
     store: Store,
@@ -57,7 +57,7 @@ fn proto_duration(d: Duration) -> prost_types::Duration {
     prost_types::Duration { seconds: d.as_secs() as i64, nanos: d.subsec_nanos() as i32 }
 }
 
-fn token_message(model: join_token::Model) -> pb::JoinToken {
+fn token_message(model: JoinToken) -> pb::JoinToken {
     let now = Utc::now();
     let status = if model.revoked_at.is_some() {
         pb::JoinTokenStatus::Revoked
@@ -113,7 +113,7 @@ impl HostApi {
         let id = hex::encode(rand::random::<[u8; 6]>());
         let secret = hex::encode(rand::random::<[u8; 32]>());
         let now = Utc::now();
-        let model = join_token::Model {
+        let model = JoinToken {
             id: id.clone(),
             secret_hash: crate::fleet::hash_secret(&secret),
             labels: json!(req.labels),
@@ -136,7 +136,7 @@ impl HostApi {
         })
     }
 
-    async fn host_for_admin(&self, host_id: &str) -> ApiResult<crate::store::entities::host::Model> {
+    async fn host_for_admin(&self, host_id: &str) -> ApiResult<Host> {
         let host_id = required_id("host_id", host_id)?;
         self.store.host(host_id).await?.ok_or(ApiError::NotFound("host"))
     }
@@ -146,7 +146,7 @@ impl HostApi {
     async fn ping(&self, req: PingHostRequest, deadline_wait: Duration) -> ApiResult<PingHostResponse> {
         let asked = std_duration("timeout", req.timeout.as_ref())?.unwrap_or(Duration::from_secs(10));
         let host = self.host_for_admin(&req.host_id).await?;
-        if host.status == HOST_REMOVED {
+        if host.status == HostState::Removed {
             return Err(ApiError::FailedPrecondition("host was removed".into()));
         }
         let timeout = asked.min(deadline_wait);
@@ -250,17 +250,17 @@ impl HostService for HostApi {
         admin(&request)?;
         let req = request.into_inner();
         let host = self.host_for_admin(&req.host_id).await?;
-        let state = if req.undrain { HOST_ACTIVE } else { HOST_DRAINING };
+        let state = if req.undrain { HostState::Active } else { HostState::Draining };
         let host = self.store.set_host_state(&host.id, state).await.map_err(ApiError::from)?;
-        tracing::info!(host = %host.id, state, "host state changed");
+        tracing::info!(host = %host.id, state = ?state, "host state changed");
         Ok(Response::new(DrainHostResponse { host: Some(self.fleet.host_message(host).await?) }))
     }
 
     async fn remove_host(&self, request: Request<RemoveHostRequest>) -> Result<Response<RemoveHostResponse>, Status> {
         admin(&request)?;
         let host = self.host_for_admin(&request.get_ref().host_id).await?;
-        let host = self.store.set_host_state(&host.id, HOST_REMOVED).await.map_err(ApiError::from)?;
-        self.fleet.disconnect(&host.id, "host_revoked: this host was removed from the control plane");
+        let host = self.store.set_host_state(&host.id, HostState::Removed).await.map_err(ApiError::from)?;
+        self.fleet.revoke(&host.id);
         tracing::info!(host = %host.id, "host removed; its certificates are revoked");
         Ok(Response::new(RemoveHostResponse { host: Some(self.fleet.host_message(host).await?) }))
     }

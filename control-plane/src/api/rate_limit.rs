@@ -16,7 +16,7 @@ use tonic::Status;
 use tower::{Layer, Service};
 
 use crate::auth::Authentication;
-use crate::rate::{retry_after_secs, KeyedRate, Rate};
+use clawplane_edge::rate::{retry_after_secs, KeyedRate, Rate};
 
 #[derive(Clone)]
 pub struct RateLimitLayer {
@@ -50,7 +50,7 @@ impl RateLimitLayer {
             Some(Authentication(Ok(principal))) if principal.is_admin && !principal.is_user => Ok(()),
             Some(Authentication(Ok(principal))) => self.callers.check(&principal.user_id),
             _ => match request.extensions().get::<TcpConnectInfo>().and_then(|info| info.remote_addr()) {
-                Some(peer) => self.addresses.check(&clawplane_tls::edge::client_key(peer.ip())),
+                Some(peer) => self.addresses.check(&clawplane_edge::connections::client_key(peer.ip())),
                 None => Ok(()),
             },
         };

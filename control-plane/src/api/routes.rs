@@ -8,26 +8,26 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use base64::engine::general_purpose::STANDARD;
-use base64::Engine;
 use chrono::Utc;
+use clawplane_identity::host::{BadHost, MAX_HOST_HEADER};
+use clawplane_identity::Owner;
 use clawplane_proto::v1::route_service_server::RouteService;
 use clawplane_proto::v1::{
-    watch_routes_response, HostInventory, ResolveRouteRequest, ResolveRouteResponse, Route, RouteChange,
-    RouteChangeType, RouteSnapshot, RouteStatus, WatchRoutesRequest, WatchRoutesResponse,
+    watch_routes_response, ResolveRouteRequest, ResolveRouteResponse, Route, RouteChange, RouteChangeType,
+    RouteSnapshot, RouteStatus, WatchRoutesRequest, WatchRoutesResponse,
 };
 use futures::Stream;
-use prost::Message;
 use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
-use super::{admin, shown, ApiError, ApiResult};
-use crate::store::entities::host;
-use crate::store::{Owner, Store, TenantRecord, TenantStatus, HOST_ACTIVE, HOST_DRAINING};
+use super::error::{ApiError, ApiResult};
+use super::request::{admin, shown};
+use crate::fleet::proxy_endpoint;
+use crate::store::{Host, HostState, Store, TenantRecord, TenantStatus};
+use clawplane_edge::shutdown::ShutdownSignal;
 
-/// A DNS name's longest form, and a Host header's (name, ':', port).
+/// A DNS name's longest form.
 const MAX_DOMAIN: usize = 253;
-const MAX_HOST_HEADER: usize = 260;
 
 /// How often the shared table is re-read (route changes show up within it).
 pub const ROUTE_REFRESH: Duration = Duration::from_millis(250);
@@ -66,29 +66,20 @@ struct Table {
     routes: BTreeMap<String, RouteEntry>,
 }
 
-/// The proxy endpoint a host's agent reported in its hello.
-fn proxy_endpoint(host: &host::Model) -> String {
-    host.inventory
-        .as_ref()
-        .and_then(|inventory| inventory.get("b64")?.as_str().map(String::from))
-        .and_then(|b64| STANDARD.decode(b64).ok())
-        .and_then(|bytes| HostInventory::decode(bytes.as_slice()).ok())
-        .map(|inventory| inventory.proxy_endpoint)
-        .unwrap_or_default()
-}
-
-fn entry(tenant: &TenantRecord, host: Option<&host::Model>) -> RouteEntry {
+fn entry(tenant: &TenantRecord, host: Option<&Host>) -> RouteEntry {
     let (owner_user_id, owner_team_id) = match tenant.owner() {
         Owner::User(id) => (id, String::new()),
         Owner::Team(id) => (String::new(), id),
     };
     let online = host.filter(|h| {
-        (h.status == HOST_ACTIVE || h.status == HOST_DRAINING) && h.lease_expires_at.is_some_and(|t| t > Utc::now())
+        matches!(h.status, HostState::Active | HostState::Draining)
+            && h.lease_expires_at.is_some_and(|t| t > Utc::now())
     });
-    let endpoint = online.map(proxy_endpoint).unwrap_or_default();
+    let endpoint = online.and_then(proxy_endpoint).unwrap_or_default();
     let status = match tenant.status() {
         TenantStatus::Suspended => RouteStatus::Suspended,
-        TenantStatus::Running if !endpoint.is_empty() => RouteStatus::Active,
+        // A hibernated tenant's host wakes it on the first request.
+        TenantStatus::Running | TenantStatus::Hibernated if !endpoint.is_empty() => RouteStatus::Active,
         _ => RouteStatus::Unavailable,
     };
     RouteEntry {
@@ -103,8 +94,7 @@ fn entry(tenant: &TenantRecord, host: Option<&host::Model>) -> RouteEntry {
 }
 
 async fn read_table(store: &Store) -> ApiResult<BTreeMap<String, RouteEntry>> {
-    let hosts: BTreeMap<String, host::Model> =
-        store.all_hosts().await?.into_iter().map(|h| (h.id.clone(), h)).collect();
+    let hosts: BTreeMap<String, Host> = store.all_hosts().await?.into_iter().map(|h| (h.id.clone(), h)).collect();
     let tenants = store.live_tenants().await?;
     Ok(tenants
         .iter()
@@ -119,11 +109,12 @@ pub struct RouteApi {
 }
 
 impl RouteApi {
-    /// Starts the shared table refresher; it stops when `stop` turns true.
-    pub fn new(store: Store, base_domain: String, mut stop: watch::Receiver<bool>) -> Self {
+    /// Starts the shared table refresher; it stops at shutdown, and with it
+    /// every WatchRoutes stream.
+    pub fn new(store: Store, base_domain: String, shutdown: ShutdownSignal) -> Self {
         let (tx, table) = watch::channel(Arc::new(Table::default()));
         let reader = store.clone();
-        tokio::spawn(async move {
+        shutdown.clone().spawn(async move {
             let mut current = Table::default();
             loop {
                 match read_table(&reader).await {
@@ -140,7 +131,7 @@ impl RouteApi {
                 }
                 tokio::select! {
                     _ = tokio::time::sleep(ROUTE_REFRESH) => {}
-                    _ = stop.wait_for(|s| *s) => return,
+                    _ = shutdown.requested() => return,
                 }
             }
         });
@@ -170,33 +161,15 @@ impl RouteApi {
     }
 }
 
-/// The host name of a Host header: without a port or a trailing dot, in
-/// lower case.
-pub fn host_name(host: &str) -> String {
-    let host = host.trim();
-    let name = match host.rsplit_once(':') {
-        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
-        _ => host,
-    };
-    name.trim_end_matches('.').to_ascii_lowercase()
-}
-
-/// The slug a Host header names under `base_domain`, if any. `Err` for a
-/// malformed header; `Ok(None)` for a well-formed name outside the domain.
-pub fn slug_of(host: &str, base_domain: &str) -> ApiResult<Option<String>> {
-    let host = host.trim();
-    if host.is_empty() {
-        return Err(ApiError::invalid("host is required"));
-    }
-    if host.len() > MAX_HOST_HEADER {
-        return Err(ApiError::invalid(format!("host must be at most {MAX_HOST_HEADER} characters")));
-    }
-    if host.chars().any(|c| c.is_control() || c.is_whitespace() || c == '/' || c == '@') {
-        return Err(ApiError::invalid(format!("host {} is not a hostname", shown(host))));
-    }
-    let name = host_name(host);
-    let Some(label) = name.strip_suffix(&format!(".{base_domain}")) else { return Ok(None) };
-    Ok(super::slug::validate(label).is_ok().then(|| label.to_string()))
+/// The slug a requested host names under `base_domain` (see
+/// [`clawplane_identity::host::slug_of`]); a malformed host is
+/// INVALID_ARGUMENT naming the rule.
+fn slug_of(host: &str, base_domain: &str) -> ApiResult<Option<String>> {
+    clawplane_identity::host::slug_of(host, base_domain).map_err(|bad| match bad {
+        BadHost::Missing => ApiError::invalid("host is required"),
+        BadHost::TooLong => ApiError::invalid(format!("host must be at most {MAX_HOST_HEADER} characters")),
+        BadHost::NotAHostname => ApiError::invalid(format!("host {} is not a hostname", shown(host.trim()))),
+    })
 }
 
 type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchRoutesResponse, Status>> + Send>>;

@@ -1,26 +1,162 @@
-//! SessionService: a tenant's synced conversations, read-only.
+//! SessionService: a tenant's synced conversations, and a turn with its
+//! agent (SendMessage, relayed by the fleet's [`TurnRelay`]).
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
 use chrono::{DateTime, Utc};
 use clawplane_proto::v1::session_service_server::SessionService;
 use clawplane_proto::v1::{
-    GetSessionRequest, GetSessionResponse, ListMessagesRequest, ListMessagesResponse, ListSessionsRequest,
-    ListSessionsResponse, Message, MessageRole, Session, TokenUsage,
+    send_message_response, GetSessionRequest, GetSessionResponse, ListMessagesRequest, ListMessagesResponse,
+    ListSessionsRequest, ListSessionsResponse, Message, MessageRole, SendMessageRequest, SendMessageResponse, Session,
+    TextDelta, TokenUsage, TurnDone,
 };
+use futures::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
-use super::{
-    caller, check_text, decode_page_token, next_page_token, optional_timestamp, page_size, required_id, timestamp,
-    visible_tenant, ApiError, ApiResult, MAX_TIMESTAMP_SECONDS, MIN_TIMESTAMP_SECONDS,
+use super::error::{ApiError, ApiResult};
+use super::request::{
+    caller, check_text, decode_page_token, next_page_token, optional_timestamp, page_size, required_id, shown,
+    timestamp, visible_tenant, MAX_TIMESTAMP_SECONDS, MIN_TIMESTAMP_SECONDS,
 };
-use crate::store::entities::{message, session};
-use crate::store::{SessionFilter, Store};
+use crate::fleet::{Turn, TurnEvent, TurnRelay, TurnRequest};
+use crate::store::{self, SessionFilter, Store, TenantStatus};
+use clawplane_edge::shutdown::ShutdownSignal;
+
+/// The largest message a user may send in one turn.
+pub const MAX_TURN_TEXT_BYTES: usize = 32 * 1024;
+const MAX_SESSION_KEY: usize = 256;
+/// How long `done` waits for the turn's transcript to sync (normally
+/// milliseconds), so it can name the session id and the model.
+const SYNC_WAIT: Duration = Duration::from_secs(5);
 
 pub struct SessionApi {
     store: Store,
+    turns: Arc<TurnRelay>,
+    /// Turns in flight end (UNAVAILABLE) when shutdown is requested.
+    shutdown: ShutdownSignal,
 }
 
 impl SessionApi {
-    pub fn new(store: Store) -> Self {
-        SessionApi { store }
+    pub fn new(store: Store, turns: Arc<TurnRelay>, shutdown: ShutdownSignal) -> Self {
+        SessionApi { store, turns, shutdown }
+    }
+}
+
+/// An OpenClaw agent id as the gateway normalises them.
+fn check_agent_id(agent_id: &str) -> ApiResult<()> {
+    let valid = !agent_id.is_empty()
+        && agent_id.len() <= 64
+        && agent_id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+    if !valid {
+        return Err(ApiError::invalid(format!(
+            "agent_id {} must be 1-64 characters of a-z, 0-9, '-' and '_'",
+            shown(agent_id)
+        )));
+    }
+    Ok(())
+}
+
+/// A session key as OpenClaw writes them (`agent:<id>:<channel>:...`,
+/// lower case), which goes into a header to the gateway.
+fn check_session_key(key: &str) -> ApiResult<()> {
+    let valid = key.len() <= MAX_SESSION_KEY && key.bytes().all(|b| b.is_ascii_graphic());
+    if !valid {
+        return Err(ApiError::invalid(format!(
+            "session_key {} must be at most {MAX_SESSION_KEY} printable ASCII characters without spaces",
+            shown(key)
+        )));
+    }
+    Ok(())
+}
+
+type TurnStream = Pin<Box<dyn Stream<Item = Result<SendMessageResponse, Status>> + Send>>;
+
+/// Where the turn's transcript will be: the session key, and how many
+/// messages the session held before it.
+struct Conversation {
+    agent_id: String,
+    session_key: String,
+    messages_before: i64,
+}
+
+/// Relays the turn's events to the caller. When the caller goes away the
+/// turn is dropped, which aborts it in the gateway.
+async fn relay_turn(
+    store: Store,
+    shutdown: ShutdownSignal,
+    tenant_id: String,
+    conversation: Conversation,
+    mut turn: Turn,
+    out: tokio::sync::mpsc::Sender<Result<SendMessageResponse, Status>>,
+) {
+    let event = |event| Ok(SendMessageResponse { event: Some(event) });
+    loop {
+        let next = tokio::select! {
+            next = turn.next() => next,
+            _ = out.closed() => {
+                tracing::info!(tenant = %tenant_id, "turn: the caller went away; aborting the turn");
+                return;
+            }
+            _ = shutdown.requested() => {
+                let status = Status::unavailable("the control plane is shutting down; the turn was aborted");
+                let _ = out.send(Err(status)).await;
+                return;
+            }
+        };
+        let done = match next {
+            Some(Ok(TurnEvent::Delta(text))) => {
+                if out.send(event(send_message_response::Event::Delta(TextDelta { text }))).await.is_err() {
+                    return;
+                }
+                continue;
+            }
+            Some(Ok(TurnEvent::Done { text, finish_reason, usage })) => (text, finish_reason, usage),
+            Some(Err(err)) => {
+                let _ = out.send(Err(ApiError::from(err).into())).await;
+                return;
+            }
+            None => return,
+        };
+        drop(turn);
+        let (text, finish_reason, usage) = done;
+        // A caller that has what it came for (the text) may leave now.
+        let synced = tokio::select! {
+            synced = synced_session(&store, &tenant_id, &conversation) => synced,
+            _ = out.closed() => return,
+        };
+        let usage = usage.map(|u| token_usage(u.input, u.output, u.cache_read, 0, u.total, 0));
+        let done = TurnDone {
+            text,
+            session_key: conversation.session_key,
+            session_id: synced.as_ref().map(|s| s.session_id.clone()).unwrap_or_default(),
+            agent_id: conversation.agent_id,
+            model: synced.and_then(|s| s.model).unwrap_or_default(),
+            usage,
+            finish_reason,
+        };
+        let _ = out.send(event(send_message_response::Event::Done(done))).await;
+        return;
+    }
+}
+
+/// The turn's session once sync has stored the turn (two more messages),
+/// or None after [`SYNC_WAIT`].
+async fn synced_session(store: &Store, tenant_id: &str, conversation: &Conversation) -> Option<store::Session> {
+    let deadline = Instant::now() + SYNC_WAIT;
+    loop {
+        match store.session_by_key(tenant_id, &conversation.session_key).await {
+            Ok(Some(row)) if row.message_count >= conversation.messages_before + 2 => return Some(row),
+            Ok(_) => {}
+            Err(err) => {
+                tracing::warn!(tenant = %tenant_id, error = %err, "turn: cannot read the synced session");
+                return None;
+            }
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -43,7 +179,7 @@ pub fn token_usage(
     }
 }
 
-fn session_message(row: session::Model) -> Session {
+fn session_message(row: store::Session) -> Session {
     Session {
         usage: Some(token_usage(
             row.input_tokens,
@@ -77,7 +213,7 @@ fn role(name: &str) -> MessageRole {
     }
 }
 
-fn message_message(row: message::Model) -> Message {
+fn message_message(row: store::Message) -> Message {
     Message {
         usage: Some(token_usage(
             row.input_tokens,
@@ -198,5 +334,90 @@ impl SessionService for SessionApi {
             next_page_token: next_page_token(more, last_key.as_deref()),
             messages: rows.into_iter().map(message_message).collect(),
         }))
+    }
+
+    type SendMessageStream = TurnStream;
+
+    async fn send_message(&self, request: Request<SendMessageRequest>) -> Result<Response<TurnStream>, Status> {
+        let principal = caller(&request)?;
+        let request = request.into_inner();
+        // Everything the request carries is checked before the first query.
+        required_id("tenant_id", &request.tenant_id)?;
+        if request.text.trim().is_empty() {
+            return Err(ApiError::invalid("text is required").into());
+        }
+        if request.text.len() > MAX_TURN_TEXT_BYTES {
+            return Err(ApiError::invalid(format!(
+                "text is {} bytes; a message may be at most {MAX_TURN_TEXT_BYTES}",
+                request.text.len()
+            ))
+            .into());
+        }
+        if !request.session_key.is_empty() {
+            check_session_key(&request.session_key)?;
+        }
+        if !request.agent_id.is_empty() {
+            check_agent_id(&request.agent_id)?;
+        }
+        let tenant = visible_tenant(&self.store, &principal, &request.tenant_id).await?;
+        let status = tenant.status();
+        let host_id = match (&tenant.tenant.host_id, status) {
+            // A hibernated tenant's host wakes it for the turn.
+            (Some(host_id), TenantStatus::Running | TenantStatus::Hibernated) => host_id.clone(),
+            _ => {
+                return Err(ApiError::FailedPrecondition(format!(
+                    "the tenant is {}, not RUNNING ({})",
+                    status.as_str().to_uppercase(),
+                    shown(&tenant.tenant.status_message)
+                ))
+                .into())
+            }
+        };
+        let conversation = if request.session_key.is_empty() {
+            let agents = tenant.agent_ids();
+            let agent_id = match request.agent_id.as_str() {
+                "" => agents.first().cloned().unwrap_or_else(|| tenant.tenant.slug.clone()),
+                asked if agents.iter().any(|a| a == asked) => asked.to_string(),
+                _ => return Err(ApiError::NotFound("agent").into()),
+            };
+            let session_key = format!("agent:{agent_id}:clawplane:{}", uuid::Uuid::new_v4().simple());
+            Conversation { agent_id, session_key, messages_before: 0 }
+        } else {
+            let session = self
+                .store
+                .session_by_key(&tenant.tenant.id, &request.session_key)
+                .await
+                .map_err(ApiError::from)?
+                .ok_or(ApiError::NotFound("session"))?;
+            if !request.agent_id.is_empty() && request.agent_id != session.agent_id {
+                return Err(ApiError::invalid(format!(
+                    "agent_id {} is not the session's agent {}",
+                    shown(&request.agent_id),
+                    shown(&session.agent_id)
+                ))
+                .into());
+            }
+            Conversation {
+                agent_id: session.agent_id,
+                session_key: request.session_key.clone(),
+                messages_before: session.message_count,
+            }
+        };
+        let turn = self
+            .turns
+            .start(TurnRequest {
+                tenant_id: &tenant.tenant.id,
+                host_id: &host_id,
+                agent_id: &conversation.agent_id,
+                session_key: &conversation.session_key,
+                text: &request.text,
+            })
+            .await
+            .map_err(ApiError::from)?;
+        let (out, events) = tokio::sync::mpsc::channel(16);
+        let relay =
+            relay_turn(self.store.clone(), self.shutdown.clone(), tenant.tenant.id.clone(), conversation, turn, out);
+        self.shutdown.spawn(relay);
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(events))))
     }
 }

@@ -1,6 +1,7 @@
 //! TenantService: one OpenClaw per user or team, scoped to the caller.
 use std::pin::Pin;
 
+use clawplane_identity::{slug, Owner, Principal};
 use clawplane_proto::v1::tenant_service_server::TenantService;
 use clawplane_proto::v1::{
     self as pb, command, owner, CommandOutcome, CreateTenantRequest, CreateTenantResponse, DeleteTenantRequest,
@@ -11,13 +12,11 @@ use clawplane_proto::v1::{
 use futures::Stream;
 use tonic::{Request, Response, Status};
 
-use super::{
-    caller, check_text, decode_page_token, next_page_token, page_size, shown, slug, timestamp, wait_within, ApiError,
-    ApiResult,
-};
-use crate::auth::Principal;
-use crate::fleet::Fleet;
-use crate::store::{NewTenant, Owner, Store, TenantRecord, TenantStatus};
+use super::deadline::wait_within;
+use super::error::{ApiError, ApiResult};
+use super::request::{caller, check_text, decode_page_token, next_page_token, page_size, shown, timestamp};
+use crate::fleet::{Fleet, Placement};
+use crate::store::{NewTenant, Store, TenantRecord, TenantStatus};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -49,6 +48,7 @@ impl TenantApi {
             TenantStatus::Failed => pb::TenantStatus::Failed,
             TenantStatus::Suspended => pb::TenantStatus::Suspended,
             TenantStatus::Deleted => pb::TenantStatus::Deleted,
+            TenantStatus::Hibernated => pb::TenantStatus::Hibernated,
         };
         let owner = pb::Owner {
             kind: Some(match record.owner() {
@@ -78,7 +78,7 @@ impl TenantApi {
     }
 
     async fn visible_tenant(&self, principal: &Principal, id_or_slug: &str) -> ApiResult<TenantRecord> {
-        super::visible_tenant(&self.store, principal, id_or_slug).await
+        super::request::visible_tenant(&self.store, principal, id_or_slug).await
     }
 
     async fn create(&self, principal: Principal, req: CreateTenantRequest) -> ApiResult<CreateTenantResponse> {
@@ -102,7 +102,7 @@ impl TenantApi {
             return Err(ApiError::invalid(format!("placement_labels: at most {MAX_PLACEMENT_LABELS} labels")));
         }
         for (key, value) in &req.placement_labels {
-            super::check_label(key, value)?;
+            super::request::check_label(key, value)?;
         }
         let mut extra_agents: Vec<String> = Vec::new();
         if !req.agent_ids.is_empty() {
@@ -151,11 +151,18 @@ impl TenantApi {
             .await?;
         if created {
             tracing::info!(tenant = %record.tenant.id, slug = %record.tenant.slug, "tenant created");
-            if let Err(err) = self.fleet.place_pending().await {
-                tracing::warn!(error = %err, "placing the new tenant failed; the periodic sweep retries");
-            }
-            if let Some(placed) = self.store.live_tenant(&record.tenant.id).await? {
-                return Ok(CreateTenantResponse { tenant: Some(self.message(placed)), created });
+            match self.fleet.place(&record).await {
+                Ok(Placement::Waiting(reason)) => {
+                    let mut waiting = record;
+                    waiting.tenant.status_message = reason;
+                    return Ok(CreateTenantResponse { tenant: Some(self.message(waiting)), created });
+                }
+                Ok(_) => {
+                    if let Some(placed) = self.store.live_tenant(&record.tenant.id).await? {
+                        return Ok(CreateTenantResponse { tenant: Some(self.message(placed)), created });
+                    }
+                }
+                Err(err) => tracing::warn!(error = %err, "placing the new tenant failed; the periodic sweep retries"),
             }
         }
         Ok(CreateTenantResponse { tenant: Some(self.message(record)), created })
@@ -229,7 +236,7 @@ impl TenantService for TenantApi {
         &self,
         request: Request<ListTenantsRequest>,
     ) -> Result<Response<ListTenantsResponse>, Status> {
-        super::admin(&request)?;
+        super::request::admin(&request)?;
         let req = request.into_inner();
         let limit = page_size(req.page_size, 50, 500)?;
         let after = decode_page_token(&req.page_token)?;
@@ -332,6 +339,9 @@ impl TenantService for TenantApi {
                     return;
                 }
             }
+            // The route closed without an end of log: the host's session
+            // ended (it disconnected, or this control plane is stopping).
+            let _ = tx.send(Err(Status::unavailable("the tenant's host disconnected; call again to resume"))).await;
         });
         Ok(Response::new(stream))
     }

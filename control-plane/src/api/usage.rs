@@ -11,10 +11,10 @@ use clawplane_proto::v1::{
 };
 use tonic::{Request, Response, Status};
 
+use super::error::{ApiError, ApiResult};
+use super::request::{caller, optional_timestamp, required_id, timestamp, visible_tenant};
 use super::sessions::token_usage;
-use super::{caller, optional_timestamp, required_id, timestamp, visible_tenant, ApiError, ApiResult};
-use crate::store::entities::{plan, usage};
-use crate::store::{day_start, Store};
+use crate::store::{self, day_start, Store};
 
 pub struct UsageApi {
     store: Store,
@@ -26,7 +26,8 @@ impl UsageApi {
     }
 }
 
-fn plan_message(model: plan::Model) -> Plan {
+fn plan_message(model: store::Plan) -> Plan {
+    let resources = Some(crate::fleet::plan_resources(&model));
     let features = match model.features {
         serde_json::Value::Object(map) => {
             map.into_iter().map(|(k, v)| (k, v.as_str().map(String::from).unwrap_or_else(|| v.to_string()))).collect()
@@ -42,6 +43,7 @@ fn plan_message(model: plan::Model) -> Plan {
         monthly_message_limit: model.monthly_message_limit.unwrap_or(0),
         channel_limit: model.channel_limit.unwrap_or(0),
         features,
+        resources,
     }
 }
 
@@ -50,8 +52,8 @@ const LATER: &str = "subscriptions are not managed by Clawplane yet; the plan is
 /// Days of the overview's series, today included.
 const OVERVIEW_DAYS: u64 = 30;
 
-fn point(start: NaiveDate, row: Option<&usage::Model>) -> UsagePoint {
-    let row = row.cloned().unwrap_or(usage::Model {
+fn point(start: NaiveDate, row: Option<&store::Usage>) -> UsagePoint {
+    let row = row.cloned().unwrap_or(store::Usage {
         tenant_id: String::new(),
         period_kind: String::new(),
         period_start: String::new(),
@@ -183,7 +185,7 @@ impl UsageService for UsageApi {
             .usage_rows(&tenant.tenant.id, kind, *first, last.succ_opt().unwrap_or(*last))
             .await
             .map_err(ApiError::from)?;
-        let by_start: HashMap<String, usage::Model> = rows.into_iter().map(|r| (r.period_start.clone(), r)).collect();
+        let by_start: HashMap<String, store::Usage> = rows.into_iter().map(|r| (r.period_start.clone(), r)).collect();
         let points: Vec<UsagePoint> = starts.iter().map(|s| point(*s, by_start.get(&s.to_string()))).collect();
         Ok(Response::new(GetUsageResponse { total: Some(sum(&points)), points }))
     }
@@ -202,7 +204,7 @@ impl UsageService for UsageApi {
         let tomorrow = today.succ_opt().unwrap_or(today);
         let store = &self.store;
         let days = store.usage_rows(tenant_id, "day", first, tomorrow).await.map_err(ApiError::from)?;
-        let days: HashMap<String, usage::Model> = days.into_iter().map(|r| (r.period_start.clone(), r)).collect();
+        let days: HashMap<String, store::Usage> = days.into_iter().map(|r| (r.period_start.clone(), r)).collect();
         let month_start = today.with_day(1).unwrap_or(today);
         let month = store.usage_rows(tenant_id, "month", month_start, tomorrow).await.map_err(ApiError::from)?;
         let stats = store.session_stats(tenant_id, first, tomorrow).await.map_err(ApiError::from)?;

@@ -7,7 +7,7 @@ use std::task::{Context, Poll};
 
 use tower::{Layer, Service};
 
-use super::{Authentication, Authenticator};
+use super::authenticator::{Authentication, Authenticator};
 
 #[derive(Clone)]
 pub struct AuthLayer {

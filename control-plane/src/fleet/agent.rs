@@ -25,8 +25,11 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::enrollment::inventory_json;
-use super::{command_message, result_json, AgentConnectInfo, Fleet, SessionHandles};
-use crate::api::{timestamp, ApiError};
+use super::error::FleetError;
+use super::peer::AgentConnectInfo;
+use super::streams::{command_message, result_json, Closing, Fleet, Outbound, SessionHandles};
+use crate::store::StoreError;
+use crate::wire::timestamp;
 
 pub struct AgentApi {
     fleet: Arc<Fleet>,
@@ -64,8 +67,10 @@ impl AgentService for AgentApi {
         let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
             Ok(Ok(Some(AgentMessage { kind: Some(agent_message::Kind::Hello(hello)) }))) => hello,
             Ok(Err(status)) => return Err(status),
-            Err(_) => return Err(ApiError::invalid("no hello within 10 seconds").into()),
-            Ok(_) => return Err(ApiError::invalid("the first message on Connect must be a hello").into()),
+            Err(_) => return Err(FleetError::InvalidArgument("no hello within 10 seconds".into()).into()),
+            Ok(_) => {
+                return Err(FleetError::InvalidArgument("the first message on Connect must be a hello".into()).into())
+            }
         };
         let config = self.fleet.config().clone();
         let lease_until = Utc::now() + chrono::Duration::from_std(config.lease).unwrap_or_default();
@@ -74,7 +79,7 @@ impl AgentService for AgentApi {
             .store
             .record_hello(&host.id, inventory_json(&inventory), lease_until)
             .await
-            .map_err(ApiError::from)?;
+            .map_err(FleetError::from)?;
 
         let (tx, rx) = mpsc::channel(OUTBOUND_BUFFER);
         let ack = HelloAck {
@@ -85,11 +90,12 @@ impl AgentService for AgentApi {
         };
         let _ = tx.send(Box::new(Ok(control(control_message::Kind::HelloAck(ack))))).await;
         let not_after = peer.map(|p| p.not_after).unwrap_or(0);
-        let handles = self.fleet.register(&host.id, not_after, tx.clone());
+        let proxy_endpoint = Some(inventory.proxy_endpoint.clone()).filter(|e| !e.is_empty());
+        let handles = self.fleet.register(&host.id, not_after, proxy_endpoint, tx.clone());
         tracing::info!(host = %host.id, session = handles.id, agent = %inventory.agent_version, "host connected");
         let fleet = self.fleet.clone();
         let (host_id, tenants) = (host.id.clone(), hello.tenants);
-        tokio::spawn(async move {
+        self.fleet.shutdown.spawn(async move {
             if let Err(err) = fleet.reconcile(&host_id, &tenants).await {
                 tracing::warn!(host = %host_id, error = %err, "reconciling the host's tenants failed");
             }
@@ -97,7 +103,7 @@ impl AgentService for AgentApi {
                 tracing::warn!(error = %err, "placing pending tenants failed");
             }
         });
-        tokio::spawn(run_session(self.fleet.clone(), host.id, inbound, tx, handles));
+        self.fleet.shutdown.spawn(run_session(self.fleet.clone(), host.id, inbound, tx, handles));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx).map(|message| *message))))
     }
 
@@ -106,15 +112,11 @@ impl AgentService for AgentApi {
     async fn sync(&self, request: Request<Streaming<SyncRequest>>) -> Result<Response<SyncStream>, Status> {
         let peer = request.extensions().get::<AgentConnectInfo>().and_then(|info| info.peer.clone());
         let host = self.fleet.authorize(peer.as_ref()).await?;
-        let stream = crate::ingest::serve(self.fleet.store.clone(), host.id, request.into_inner());
+        let stream =
+            crate::ingest::serve(self.fleet.store.clone(), host.id, request.into_inner(), self.fleet.shutdown.clone());
         Ok(Response::new(Box::pin(stream)))
     }
 }
-
-/// Messages to one agent. Boxed: a channel allocates its slots up front,
-/// and thousands of idle sessions should not each hold room for 32 full
-/// messages.
-pub(super) type Outbound = mpsc::Sender<Box<Result<ControlMessage, Status>>>;
 
 async fn run_session(
     fleet: Arc<Fleet>,
@@ -148,14 +150,13 @@ async fn run_session(
                     }
                 }
                 changed = handles.close.changed() => {
-                    let reason = match changed {
-                        Ok(()) => handles.close.borrow().clone().unwrap_or_default(),
-                        Err(_) => "control plane closed the session".into(),
+                    let closing = match changed {
+                        Ok(()) => handles.close.borrow().clone(),
+                        Err(_) => None,
                     };
-                    let close = control(control_message::Kind::Close(CloseConnection { reason: reason.clone(), ..Default::default() }));
-                    let _ = tx.send(Box::new(Ok(close))).await;
-                    break 'session reason;
+                    break 'session close(&tx, closing.unwrap_or_else(Closing::shutting_down)).await;
                 }
+                _ = fleet.shutdown.requested() => break 'session close(&tx, Closing::shutting_down()).await,
                 _ = check.tick() => {
                     let now = Utc::now();
                     let silent_ms = now.timestamp_millis() - handles.last_seen_ms.load(Ordering::Relaxed);
@@ -175,12 +176,19 @@ async fn run_session(
     tracing::info!(host = %host_id, session = handles.id, %reason, "host disconnected");
 }
 
+/// Tells the agent why its stream ends; returns the reason for the log.
+async fn close(tx: &Outbound, closing: Closing) -> String {
+    let message = CloseConnection { reason: closing.reason.clone(), cause: closing.cause as i32, ..Default::default() };
+    let _ = tx.send(Box::new(Ok(control(control_message::Kind::Close(message))))).await;
+    closing.reason
+}
+
 async fn push_open_commands(
     fleet: &Fleet,
     host_id: &str,
     tx: &Outbound,
     sent: &mut HashSet<String>,
-) -> Result<(), crate::store::StoreError> {
+) -> Result<(), StoreError> {
     for row in fleet.store.open_commands(host_id).await? {
         if sent.contains(&row.id) {
             continue;
@@ -202,7 +210,7 @@ async fn push_open_commands(
     Ok(())
 }
 
-async fn handle_message(fleet: &Fleet, host_id: &str, message: AgentMessage) -> Result<(), crate::store::StoreError> {
+async fn handle_message(fleet: &Fleet, host_id: &str, message: AgentMessage) -> Result<(), StoreError> {
     match message.kind {
         Some(agent_message::Kind::CommandAck(ack)) => {
             fleet.store.mark_acked(&ack.command_id, host_id).await?;
@@ -227,7 +235,12 @@ async fn handle_message(fleet: &Fleet, host_id: &str, message: AgentMessage) -> 
                 tracing::debug!(host = %host_id, command = %result.command_id, "duplicate or foreign command result ignored");
             }
         }
-        Some(agent_message::Kind::Heartbeat(_)) | None => {}
+        Some(agent_message::Kind::Heartbeat(heartbeat)) => {
+            if let Err(err) = fleet.observe_tenants(host_id, heartbeat.tenants).await {
+                tracing::warn!(host = %host_id, error = %err, "recording the host's tenant states failed");
+            }
+        }
+        None => {}
         Some(agent_message::Kind::Hello(_)) => {
             tracing::warn!(host = %host_id, "second hello on one stream ignored");
         }

@@ -15,11 +15,12 @@ use subtle::ConstantTimeEq;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
-use super::{AgentConnectInfo, Fleet};
-use crate::api::{check_text, timestamp, ApiError, ApiResult};
+use super::error::{FleetError, FleetResult};
+use super::peer::{AgentConnectInfo, PeerCertificate};
+use super::streams::Fleet;
 use crate::pki::IssuedCert;
-use crate::store::entities::host;
-use crate::store::{JoinTokenError, NewHostCert, HOST_ACTIVE};
+use crate::store::{Host, HostState, NewHostCert};
+use crate::wire::{check_text, timestamp};
 
 pub struct EnrollmentApi {
     fleet: Arc<Fleet>,
@@ -62,17 +63,10 @@ fn renew_after(issued: &IssuedCert) -> DateTime<Utc> {
     to_utc(issued.info.not_before + life * 2 / 3)
 }
 
-fn join_error(err: JoinTokenError) -> ApiError {
-    match err {
-        JoinTokenError::Unknown => ApiError::Unauthenticated(err.to_string()),
-        _ => ApiError::PermissionDenied(err.to_string()),
-    }
-}
-
 impl EnrollmentApi {
-    async fn join(&self, req: JoinRequest) -> ApiResult<JoinResponse> {
+    async fn join(&self, req: JoinRequest) -> FleetResult<JoinResponse> {
         let (token_id, secret) = parse_join_token(&req.token).ok_or_else(|| {
-            ApiError::Unauthenticated("token_unknown: malformed join token, expected <id>.<secret>".into())
+            FleetError::Unauthenticated("token_unknown: malformed join token, expected <id>.<secret>".into())
         })?;
         let inventory = req.inventory.unwrap_or_default();
         check_text("inventory.hostname", &inventory.hostname, 253)?;
@@ -86,14 +80,13 @@ impl EnrollmentApi {
             .fleet
             .pki()
             .sign_host_csr(&req.csr_pem, &host_id)
-            .map_err(|err| ApiError::invalid(format!("bad_csr: {err:#}")))?;
+            .map_err(|err| FleetError::InvalidArgument(format!("bad_csr: {err:#}")))?;
         let presented = hash_secret(secret);
         let token = self
             .fleet
             .store
             .consume_join_token(token_id, |stored| bool::from(stored.as_bytes().ct_eq(presented.as_bytes())))
-            .await?
-            .map_err(join_error)?;
+            .await??;
 
         let mut labels = token.labels.as_object().cloned().unwrap_or_default();
         for (key, value) in &inventory.labels {
@@ -101,10 +94,10 @@ impl EnrollmentApi {
         }
         let now = Utc::now();
         let name = if inventory.hostname.is_empty() { host_id.clone() } else { inventory.hostname.clone() };
-        let model = host::Model {
+        let model = Host {
             id: host_id.clone(),
             name,
-            status: HOST_ACTIVE.into(),
+            status: HostState::Active,
             labels: serde_json::Value::Object(labels),
             inventory: Some(inventory_json(&inventory)),
             last_heartbeat_at: None,
@@ -126,15 +119,15 @@ impl EnrollmentApi {
 
     async fn renew(
         &self,
-        peer: Option<&super::PeerCertificate>,
+        peer: Option<&PeerCertificate>,
         req: RenewCertificateRequest,
-    ) -> ApiResult<RenewCertificateResponse> {
+    ) -> FleetResult<RenewCertificateResponse> {
         let host = self.fleet.authorize(peer).await?;
         let issued = self
             .fleet
             .pki()
             .sign_host_csr(&req.csr_pem, &host.id)
-            .map_err(|err| ApiError::invalid(format!("bad_csr: {err:#}")))?;
+            .map_err(|err| FleetError::InvalidArgument(format!("bad_csr: {err:#}")))?;
         self.fleet.store.add_host_certificate(&host.id, new_cert(&issued)).await?;
         let not_after = issued.info.not_after.duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
         self.fleet.certificate_renewed(&host.id, not_after);
@@ -156,6 +149,12 @@ pub fn inventory_json(inventory: &clawplane_proto::v1::HostInventory) -> serde_j
         "openclaw_version": inventory.openclaw_version,
         "b64": STANDARD.encode(inventory.encode_to_vec()),
     })
+}
+
+/// The inventory a host last reported, from its stored form.
+pub fn stored_inventory(host: &crate::store::Host) -> Option<clawplane_proto::v1::HostInventory> {
+    let b64 = host.inventory.as_ref()?.get("b64")?.as_str()?;
+    clawplane_proto::v1::HostInventory::decode(STANDARD.decode(b64).ok()?.as_slice()).ok()
 }
 
 #[tonic::async_trait]

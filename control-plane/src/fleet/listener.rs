@@ -2,64 +2,49 @@
 //! certificate can travel with the connection), then tonic serves
 //! EnrollmentService and AgentService over the established streams.
 use std::io;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use clawplane_proto::v1::agent_service_server::AgentServiceServer;
 use clawplane_proto::v1::enrollment_service_server::EnrollmentServiceServer;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{mpsc, Semaphore};
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::{AgentApi, EnrollmentApi, Fleet};
+use super::agent::AgentApi;
+use super::enrollment::EnrollmentApi;
+use super::peer::{AgentConnectInfo, PeerCertificate};
+use super::streams::Fleet;
 use crate::net::Connection;
-use crate::server::stopped;
-
-/// The verified client certificate of a connection.
-#[derive(Debug, Clone)]
-pub struct PeerCertificate {
-    pub common_name: String,
-    pub fingerprint: String,
-    /// Unix seconds.
-    pub not_after: i64,
-}
-
-/// Per-connection facts tonic puts into every request's extensions.
-#[derive(Debug, Clone)]
-pub struct AgentConnectInfo {
-    pub remote_addr: SocketAddr,
-    pub peer: Option<PeerCertificate>,
-}
 
 /// An established agent connection (TLS done, client certificate known).
 pub type AgentConnection = Connection<TlsStream<TcpStream>, AgentConnectInfo>;
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Serves the agent listener until `stop` turns true. At most
-/// `max_connections` connections (handshaking or established) at once.
+/// Serves the agent listener until the fleet's shutdown is requested. At
+/// most `max_connections` connections (handshaking or established) at once.
 pub async fn serve_agents(
     listener: TcpListener,
     tls: rustls::ServerConfig,
     fleet: Arc<Fleet>,
     max_connections: usize,
-    mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
+    let shutdown = fleet.shutdown.clone();
     let acceptor = TlsAcceptor::from(Arc::new(tls));
     let (tx, rx) = mpsc::channel::<io::Result<AgentConnection>>(256);
     let limit = Arc::new(Semaphore::new(max_connections));
-    let mut accept_stop = stop.clone();
+    let accept_stop = shutdown.clone();
     let accept = tokio::spawn(async move {
         loop {
             let permit = tokio::select! {
-                _ = stopped(&mut accept_stop) => return,
+                _ = accept_stop.requested() => return,
                 permit = limit.clone().acquire_owned() => permit.expect("semaphore is never closed"),
             };
             let (tcp, remote_addr) = tokio::select! {
-                _ = stopped(&mut accept_stop) => return,
+                _ = accept_stop.requested() => return,
                 accepted = listener.accept() => match accepted {
                     Ok(accepted) => accepted,
                     Err(err) => {
@@ -115,7 +100,7 @@ pub async fn serve_agents(
             AgentServiceServer::new(AgentApi::new(fleet))
                 .max_decoding_message_size(crate::ingest::MAX_SYNC_MESSAGE_BYTES),
         )
-        .serve_with_incoming_shutdown(ReceiverStream::new(rx), async move { stopped(&mut stop).await })
+        .serve_with_incoming_shutdown(ReceiverStream::new(rx), async move { shutdown.requested().await })
         .await;
     accept.abort();
     result.map_err(Into::into)

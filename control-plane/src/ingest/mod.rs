@@ -1,7 +1,9 @@
 //! Ingestion of what host agents read from their tenants' OpenClaw state:
 //! the `AgentService/Sync` stream. Each batch is validated, checked against
-//! the tenants placed on the sending host, stored in one transaction and
-//! only then acknowledged with the cursors the agent may persist. Batches
+//! the tenants placed on the sending host, its transcript items stored in
+//! one transaction, observed configs written after it (each an idempotent
+//! upsert, so a retried batch repeats them harmlessly), and only then
+//! acknowledged with the cursors the agent may persist. Batches
 //! are handled one at a time per stream, in order, so a slow database slows
 //! the agent down (its in-flight window fills) instead of growing memory.
 use std::collections::HashSet;
@@ -17,8 +19,10 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Status, Streaming};
 
-use crate::api::ApiError;
-use crate::store::{IngestItem, NewMessage, SessionUpdate, Store, Tokens};
+use clawplane_edge::shutdown::ShutdownSignal;
+
+use crate::service_error::{into_status, ServiceError, ServiceErrorCode};
+use crate::store::{IngestItem, NewMessage, SessionUpdate, Store, StoreError, Tokens};
 
 /// Largest batch accepted; agents send at most this many records.
 pub const MAX_BATCH_RECORDS: usize = 2_000;
@@ -26,31 +30,77 @@ pub const MAX_BATCH_RECORDS: usize = 2_000;
 pub const MAX_SYNC_MESSAGE_BYTES: usize = 32 * 1024 * 1024;
 const MAX_ID_LEN: usize = 256;
 
-/// Serves one host's Sync stream until the agent closes it.
+/// Why a batch (and with it the stream) is refused.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error("{0}")]
+    TooLarge(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl ServiceError for IngestError {
+    fn error_code(&self) -> ServiceErrorCode {
+        match self {
+            IngestError::TooLarge(_) => ServiceErrorCode::ResourceExhausted,
+            IngestError::Store(err) => err.error_code(),
+        }
+    }
+}
+
+into_status!(IngestError);
+
+/// Serves one host's Sync stream until the agent closes it or shutdown is
+/// requested (between batches: the batches already read are stored and
+/// acked first).
+///
+/// Two stages, so decoding and checking a batch overlaps with storing the
+/// one before it: a reader decodes, checks and converts each batch, a
+/// writer stores it and acks. They are joined by a one-slot channel, so at
+/// most three batches (each bounded by [`MAX_BATCH_RECORDS`] and
+/// [`MAX_SYNC_MESSAGE_BYTES`]) are held per stream, and acks keep the
+/// order of the batches.
 pub fn serve(
     store: Store,
     host_id: String,
     mut inbound: Streaming<clawplane_proto::v1::SyncRequest>,
+    shutdown: ShutdownSignal,
 ) -> impl Stream<Item = Result<SyncResponse, Status>> {
     let (tx, rx) = mpsc::channel(4);
-    tokio::spawn(async move {
-        let mut ingestor = Ingestor { store, host_id, placed: HashSet::new() };
+    let (prepared_tx, mut prepared_rx) = mpsc::channel::<Result<Prepared, IngestError>>(1);
+    let mut reader = Reader { store: store.clone(), host_id: host_id.clone(), placed: HashSet::new() };
+    let stop = shutdown.clone();
+    shutdown.spawn(async move {
         loop {
-            let batch = match inbound.message().await {
+            let message = tokio::select! {
+                message = inbound.message() => message,
+                _ = stop.requested() => break,
+            };
+            let batch = match message {
                 Ok(Some(request)) => match request.batch {
                     Some(batch) => batch,
                     None => continue,
                 },
                 Ok(None) => break,
                 Err(status) => {
-                    tracing::debug!(host = %ingestor.host_id, %status, "sync stream ended");
+                    tracing::debug!(host = %reader.host_id, %status, "sync stream ended");
                     break;
                 }
             };
-            let reply = match ingestor.ingest(batch).await {
-                Ok(ack) => Ok(SyncResponse { ack: Some(ack) }),
-                Err(err) => Err(Status::from(err)),
+            let prepared = reader.prepare(batch).await;
+            let failed = prepared.is_err();
+            if prepared_tx.send(prepared).await.is_err() || failed {
+                break;
+            }
+        }
+    });
+    shutdown.spawn(async move {
+        while let Some(prepared) = prepared_rx.recv().await {
+            let reply = match prepared {
+                Ok(prepared) => store_batch(&store, &host_id, prepared).await,
+                Err(err) => Err(err),
             };
+            let reply = reply.map(|ack| SyncResponse { ack: Some(ack) }).map_err(Status::from);
             let failed = reply.is_err();
             if tx.send(reply).await.is_err() || failed {
                 break;
@@ -60,17 +110,28 @@ pub fn serve(
     ReceiverStream::new(rx)
 }
 
-struct Ingestor {
+struct Reader {
     store: Store,
     host_id: String,
     /// Tenants placed on this host, refreshed when a record names another.
     placed: HashSet<String>,
 }
 
-impl Ingestor {
-    async fn ingest(&mut self, batch: SyncBatch) -> Result<SyncAck, ApiError> {
+/// A checked batch, ready to store.
+struct Prepared {
+    batch_id: String,
+    received: usize,
+    items: Vec<IngestItem>,
+    observed: Vec<(String, ObservedConfig)>,
+    rejections: Vec<RejectedRecord>,
+    committed_cursors: Vec<Cursor>,
+    started: Instant,
+}
+
+impl Reader {
+    async fn prepare(&mut self, batch: SyncBatch) -> Result<Prepared, IngestError> {
         if batch.records.len() > MAX_BATCH_RECORDS {
-            return Err(ApiError::ResourceExhausted(format!(
+            return Err(IngestError::TooLarge(format!(
                 "batch {} holds {} records; the limit is {MAX_BATCH_RECORDS}",
                 batch.batch_id,
                 batch.records.len()
@@ -110,34 +171,34 @@ impl Ingestor {
                 Err(message) => rejections.push(reject("invalid_record", message)),
             }
         }
-        let total = items.len();
-        let outcome = self.store.ingest(items).await?;
-        for (tenant_id, config) in observed {
-            self.store.record_observed_config(&tenant_id, observed_json(&config)).await?;
-        }
-        let committed_cursors: Vec<Cursor> =
+        let committed_cursors =
             batch.cursors_to_ack_on_commit.into_iter().filter(|c| self.placed.contains(&c.tenant_id)).collect();
-        for rejection in &rejections {
-            tracing::warn!(host = %self.host_id, batch = %batch.batch_id, index = rejection.index, reason = %rejection.reason, detail = %rejection.message, "sync record rejected");
-        }
-        tracing::debug!(
-            host = %self.host_id,
-            batch = %batch.batch_id,
-            items = total,
-            inserted = outcome.inserted,
-            duplicates = outcome.duplicates,
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "sync batch committed"
-        );
-        let rejected = rejections.len() as i32;
-        Ok(SyncAck {
-            batch_id: batch.batch_id,
-            committed_cursors,
-            accepted: (received - rejections.len()) as i32,
-            rejected,
-            rejections,
-        })
+        Ok(Prepared { batch_id: batch.batch_id, received, items, observed, rejections, committed_cursors, started })
     }
+}
+
+/// Stores one checked batch in one transaction; the ack follows its commit.
+async fn store_batch(store: &Store, host_id: &str, prepared: Prepared) -> Result<SyncAck, IngestError> {
+    let Prepared { batch_id, received, items, observed, rejections, committed_cursors, started } = prepared;
+    let total = items.len();
+    let outcome = store.ingest(items).await?;
+    for (tenant_id, config) in observed {
+        store.record_observed_config(&tenant_id, observed_json(&config)).await?;
+    }
+    for rejection in &rejections {
+        tracing::warn!(host = %host_id, batch = %batch_id, index = rejection.index, reason = %rejection.reason, detail = %rejection.message, "sync record rejected");
+    }
+    tracing::debug!(
+        host = %host_id,
+        batch = %batch_id,
+        items = total,
+        inserted = outcome.inserted,
+        duplicates = outcome.duplicates,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "sync batch committed"
+    );
+    let rejected = rejections.len() as i32;
+    Ok(SyncAck { batch_id, committed_cursors, accepted: (received - rejections.len()) as i32, rejected, rejections })
 }
 
 enum Converted {
@@ -264,13 +325,12 @@ fn message(
         Ok(MessageRole::System) => "system",
         _ => return Err(format!("message event {:?} has no role", event.event_id)),
     };
-    let raw = if event.raw_event_json.is_empty() {
-        None
-    } else {
-        Some(
-            serde_json::from_str(&event.raw_event_json)
-                .unwrap_or_else(|_| serde_json::Value::String(event.raw_event_json.clone())),
-        )
+    // Stored as JSON text: checked, not built into a tree and printed again;
+    // what is not JSON is stored as a JSON string.
+    let raw = match event.raw_event_json {
+        raw if raw.is_empty() => None,
+        raw if serde_json::from_str::<serde::de::IgnoredAny>(&raw).is_ok() => Some(raw),
+        raw => Some(serde_json::Value::String(raw).to_string()),
     };
     Ok(Converted::Item(IngestItem::Message(NewMessage {
         tenant_id,

@@ -1,5 +1,7 @@
 //! sea-orm entities for the tables the control plane reads and writes
-//! through the ORM. Bulk paths (ingest) use plain SQL instead.
+//! through the ORM. Bulk paths (ingest) use plain SQL instead. Private to
+//! the store: callers get the models as records under domain names.
+use sea_orm::entity::prelude::*;
 
 pub mod tenant {
     use sea_orm::entity::prelude::*;
@@ -59,6 +61,11 @@ pub mod plan {
         pub channel_limit: Option<i32>,
         pub features: Json,
         pub created_at: DateTimeUtc,
+        pub memory_limit_mib: Option<i64>,
+        pub memory_soft_limit_mib: Option<i64>,
+        pub cpu_millis: Option<i32>,
+        pub pids_limit: Option<i32>,
+        pub hibernate_after_secs: Option<i64>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -169,6 +176,58 @@ pub mod audit_log {
     impl ActiveModelBehavior for ActiveModel {}
 }
 
+/// Administrative state of a host, stored as its lowercase name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, EnumIter, DeriveActiveEnum)]
+#[sea_orm(rs_type = "String", db_type = "String(StringLen::None)")]
+pub enum HostState {
+    #[sea_orm(string_value = "active")]
+    Active,
+    /// Keeps its tenants, takes no new ones.
+    #[sea_orm(string_value = "draining")]
+    Draining,
+    /// Certificates revoked, stream closed; final.
+    #[sea_orm(string_value = "removed")]
+    Removed,
+}
+
+/// Where a queued command is; the last two are final.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, EnumIter, DeriveActiveEnum)]
+#[sea_orm(rs_type = "String", db_type = "String(StringLen::None)")]
+pub enum CommandState {
+    #[sea_orm(string_value = "pending")]
+    Pending,
+    #[sea_orm(string_value = "delivered")]
+    Delivered,
+    #[sea_orm(string_value = "acked")]
+    Acked,
+    #[sea_orm(string_value = "succeeded")]
+    Succeeded,
+    #[sea_orm(string_value = "failed")]
+    Failed,
+}
+
+/// What a queued command does: one per `Command.payload` case.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, EnumIter, DeriveActiveEnum)]
+#[sea_orm(rs_type = "String", db_type = "String(StringLen::None)")]
+pub enum CommandKind {
+    #[sea_orm(string_value = "ping")]
+    Ping,
+    #[sea_orm(string_value = "provision_tenant")]
+    ProvisionTenant,
+    #[sea_orm(string_value = "apply_config")]
+    ApplyConfig,
+    #[sea_orm(string_value = "restart_tenant")]
+    RestartTenant,
+    #[sea_orm(string_value = "stop_tenant")]
+    StopTenant,
+    #[sea_orm(string_value = "delete_tenant")]
+    DeleteTenant,
+    #[sea_orm(string_value = "stream_logs")]
+    StreamLogs,
+    #[sea_orm(string_value = "cancel_logs")]
+    CancelLogs,
+}
+
 pub mod host {
     use sea_orm::entity::prelude::*;
 
@@ -178,9 +237,8 @@ pub mod host {
         #[sea_orm(primary_key, auto_increment = false)]
         pub id: String,
         pub name: String,
-        /// Administrative state: "active", "draining" or "removed". Online
-        /// or offline is derived from the lease.
-        pub status: String,
+        /// Administrative state; online or offline is derived from the lease.
+        pub status: super::HostState,
         pub labels: Json,
         pub inventory: Option<Json>,
         pub last_heartbeat_at: Option<DateTimeUtc>,
@@ -252,11 +310,10 @@ pub mod host_command {
         pub id: String,
         pub host_id: String,
         pub tenant_id: Option<String>,
-        pub kind: String,
+        pub kind: super::CommandKind,
         /// `{"command": <base64 of the protobuf Command payload>}`.
         pub payload: Json,
-        /// "pending", "delivered", "acked", "succeeded" or "failed".
-        pub state: String,
+        pub state: super::CommandState,
         pub attempts: i32,
         pub result: Option<Json>,
         pub error: Option<String>,
@@ -286,7 +343,7 @@ pub mod tenant_config {
         pub config_key: String,
         /// Non-secret settings and masked hints of the secrets.
         pub value: Json,
-        /// Secret fields as sealed JSON (see `crate::secrets`).
+        /// Secret fields as sealed JSON (see `clawplane_tls::secrets`).
         pub secret_ciphertext: Option<Vec<u8>>,
         pub enabled: bool,
         pub updated_at: DateTimeUtc,

@@ -9,7 +9,7 @@ use sea_orm::{
 use serde_json::Value;
 use uuid::Uuid;
 
-use super::entities::{host, host_certificate, host_command, join_token, tenant};
+use super::entities::{host, host_certificate, host_command, join_token, tenant, CommandKind, CommandState, HostState};
 use super::{Store, StoreError, StoreResult};
 
 /// Why a join token was refused. Each has its own message so an operator
@@ -26,17 +26,16 @@ pub enum JoinTokenError {
     Revoked,
 }
 
-/// Administrative state of a host.
-pub const HOST_ACTIVE: &str = "active";
-pub const HOST_DRAINING: &str = "draining";
-pub const HOST_REMOVED: &str = "removed";
+/// States of a command that still wants an answer.
+const OPEN: [CommandState; 3] = [CommandState::Pending, CommandState::Delivered, CommandState::Acked];
 
-/// Command states; the last two are final.
-pub const CMD_PENDING: &str = "pending";
-pub const CMD_DELIVERED: &str = "delivered";
-pub const CMD_ACKED: &str = "acked";
-pub const CMD_SUCCEEDED: &str = "succeeded";
-pub const CMD_FAILED: &str = "failed";
+/// What the live tenants on a host take.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HostLoad {
+    pub tenants: u64,
+    /// Sum of their plans' memory limits.
+    pub committed_memory_bytes: u64,
+}
 
 pub struct NewHostCert {
     pub serial: String,
@@ -152,7 +151,7 @@ impl Store {
 
     /// Every host not removed (for the route table).
     pub async fn all_hosts(&self) -> StoreResult<Vec<host::Model>> {
-        Ok(host::Entity::find().filter(host::Column::Status.ne(HOST_REMOVED)).all(&self.db).await?)
+        Ok(host::Entity::find().filter(host::Column::Status.ne(HostState::Removed)).all(&self.db).await?)
     }
 
     pub async fn host(&self, id: &str) -> StoreResult<Option<host::Model>> {
@@ -170,31 +169,56 @@ impl Store {
         Ok((rows, more))
     }
 
-    pub async fn tenant_count(&self, host_id: &str) -> StoreResult<u64> {
-        Ok(tenant::Entity::find()
-            .filter(tenant::Column::HostId.eq(host_id))
+    /// Live tenants on each of `host_ids` and the sum of their plans'
+    /// memory limits, in one query (hosts without any are absent).
+    pub async fn host_loads(&self, host_ids: &[String]) -> StoreResult<std::collections::HashMap<String, HostLoad>> {
+        let rows: Vec<(Option<String>, i64, i64)> = tenant::Entity::find()
+            .select_only()
+            .column(tenant::Column::HostId)
+            .column_as(tenant::Column::Id.count(), "tenants")
+            // CAST: PostgreSQL sums BIGINT into NUMERIC.
+            .column_as(Expr::cust("CAST(COALESCE(SUM(plans.memory_limit_mib), 0) AS BIGINT)"), "memory_mib")
+            .join(sea_orm::JoinType::LeftJoin, sea_orm::RelationTrait::def(&tenant::Relation::Plan))
+            .filter(tenant::Column::HostId.is_in(host_ids.iter().cloned()))
             .filter(tenant::Column::DeletedAt.is_null())
-            .count(&self.db)
-            .await?)
+            .group_by(tenant::Column::HostId)
+            .into_tuple()
+            .all(&self.db)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(host, tenants, memory_mib)| {
+                let load = HostLoad {
+                    tenants: tenants.max(0) as u64,
+                    committed_memory_bytes: (memory_mib.max(0) as u64) << 20,
+                };
+                Some((host?, load))
+            })
+            .collect())
+    }
+
+    /// Live tenants on one host and their plans' committed memory.
+    pub async fn host_load(&self, host_id: &str) -> StoreResult<HostLoad> {
+        Ok(self.host_loads(&[host_id.to_string()]).await?.remove(host_id).unwrap_or_default())
     }
 
     /// Sets the administrative state of a host that is not removed.
-    pub async fn set_host_state(&self, id: &str, state: &str) -> StoreResult<host::Model> {
+    pub async fn set_host_state(&self, id: &str, state: HostState) -> StoreResult<host::Model> {
         let now = Utc::now();
         let txn = self.db.begin().await?;
         let mut update = host::Entity::update_many()
             .col_expr(host::Column::Status, Expr::value(state))
             .col_expr(host::Column::UpdatedAt, Expr::value(now))
             .filter(host::Column::Id.eq(id))
-            .filter(host::Column::Status.ne(HOST_REMOVED));
-        if state == HOST_REMOVED {
+            .filter(host::Column::Status.ne(HostState::Removed));
+        if state == HostState::Removed {
             update = update.col_expr(host::Column::RemovedAt, Expr::value(Some(now)));
         }
         let result = update.exec(&txn).await?;
         if result.rows_affected == 0 {
             return Err(StoreError::NotFound("host"));
         }
-        if state == HOST_REMOVED {
+        if state == HostState::Removed {
             // Removing a host revokes every certificate it holds, at once.
             host_certificate::Entity::update_many()
                 .col_expr(host_certificate::Column::RevokedAt, Expr::value(Some(now)))
@@ -234,7 +258,7 @@ impl Store {
                 .col_expr(host::Column::LastHeartbeatAt, Expr::value(Some(heartbeat_at)))
                 .col_expr(host::Column::LeaseExpiresAt, Expr::value(Some(lease_until)))
                 .filter(host::Column::Id.is_in(chunk.iter().cloned()))
-                .filter(host::Column::Status.ne(HOST_REMOVED))
+                .filter(host::Column::Status.ne(HostState::Removed))
                 .exec(&self.db)
                 .await?;
         }
@@ -245,7 +269,7 @@ impl Store {
         &self,
         host_id: &str,
         tenant_id: Option<&str>,
-        kind: &str,
+        kind: CommandKind,
         payload: Value,
     ) -> StoreResult<String> {
         let now = Utc::now();
@@ -254,9 +278,9 @@ impl Store {
             id: Set(id.clone()),
             host_id: Set(host_id.to_owned()),
             tenant_id: Set(tenant_id.map(String::from)),
-            kind: Set(kind.to_owned()),
+            kind: Set(kind),
             payload: Set(payload),
-            state: Set(CMD_PENDING.into()),
+            state: Set(CommandState::Pending),
             attempts: Set(0),
             result: Set(None),
             error: Set(None),
@@ -274,19 +298,19 @@ impl Store {
     pub async fn open_commands(&self, host_id: &str) -> StoreResult<Vec<host_command::Model>> {
         Ok(host_command::Entity::find()
             .filter(host_command::Column::HostId.eq(host_id))
-            .filter(host_command::Column::State.is_in([CMD_PENDING, CMD_DELIVERED, CMD_ACKED]))
+            .filter(host_command::Column::State.is_in(OPEN))
             .order_by_asc(host_command::Column::Id)
             .all(&self.db)
             .await?)
     }
 
     /// Whether an unfinished command of this kind exists for the tenant.
-    pub async fn has_open_command(&self, host_id: &str, tenant_id: &str, kind: &str) -> StoreResult<bool> {
+    pub async fn has_open_command(&self, host_id: &str, tenant_id: &str, kind: CommandKind) -> StoreResult<bool> {
         Ok(host_command::Entity::find()
             .filter(host_command::Column::HostId.eq(host_id))
             .filter(host_command::Column::TenantId.eq(tenant_id))
             .filter(host_command::Column::Kind.eq(kind))
-            .filter(host_command::Column::State.is_in([CMD_PENDING, CMD_DELIVERED, CMD_ACKED]))
+            .filter(host_command::Column::State.is_in(OPEN))
             .count(&self.db)
             .await?
             > 0)
@@ -296,7 +320,7 @@ impl Store {
     /// with a running lease.
     pub async fn placeable_hosts(&self) -> StoreResult<Vec<host::Model>> {
         Ok(host::Entity::find()
-            .filter(host::Column::Status.eq(HOST_ACTIVE))
+            .filter(host::Column::Status.eq(HostState::Active))
             .filter(host::Column::LeaseExpiresAt.gt(Utc::now()))
             .order_by_asc(host::Column::Id)
             .all(&self.db)
@@ -310,12 +334,12 @@ impl Store {
     pub async fn mark_delivered(&self, id: &str) -> StoreResult<()> {
         let now = Utc::now();
         host_command::Entity::update_many()
-            .col_expr(host_command::Column::State, Expr::value(CMD_DELIVERED))
+            .col_expr(host_command::Column::State, Expr::value(CommandState::Delivered))
             .col_expr(host_command::Column::Attempts, Expr::col(host_command::Column::Attempts).add(1))
             .col_expr(host_command::Column::DeliveredAt, Expr::value(Some(now)))
             .col_expr(host_command::Column::UpdatedAt, Expr::value(now))
             .filter(host_command::Column::Id.eq(id))
-            .filter(host_command::Column::State.is_in([CMD_PENDING, CMD_DELIVERED, CMD_ACKED]))
+            .filter(host_command::Column::State.is_in(OPEN))
             .exec(&self.db)
             .await?;
         Ok(())
@@ -324,11 +348,11 @@ impl Store {
     /// Marks a command acknowledged, only for the host it belongs to.
     pub async fn mark_acked(&self, id: &str, host_id: &str) -> StoreResult<bool> {
         let result = host_command::Entity::update_many()
-            .col_expr(host_command::Column::State, Expr::value(CMD_ACKED))
+            .col_expr(host_command::Column::State, Expr::value(CommandState::Acked))
             .col_expr(host_command::Column::UpdatedAt, Expr::value(Utc::now()))
             .filter(host_command::Column::Id.eq(id))
             .filter(host_command::Column::HostId.eq(host_id))
-            .filter(host_command::Column::State.is_in([CMD_PENDING, CMD_DELIVERED]))
+            .filter(host_command::Column::State.is_in([CommandState::Pending, CommandState::Delivered]))
             .exec(&self.db)
             .await?;
         Ok(result.rows_affected == 1)
@@ -346,7 +370,10 @@ impl Store {
     ) -> StoreResult<bool> {
         let now = Utc::now();
         let updated = host_command::Entity::update_many()
-            .col_expr(host_command::Column::State, Expr::value(if succeeded { CMD_SUCCEEDED } else { CMD_FAILED }))
+            .col_expr(
+                host_command::Column::State,
+                Expr::value(if succeeded { CommandState::Succeeded } else { CommandState::Failed }),
+            )
             .col_expr(host_command::Column::Result, Expr::value(Some(result)))
             .col_expr(host_command::Column::Error, Expr::value(error))
             .col_expr(host_command::Column::CompletedAt, Expr::value(Some(now)))
@@ -355,9 +382,9 @@ impl Store {
             .filter(host_command::Column::HostId.eq(host_id))
             .filter(
                 Condition::any()
-                    .add(host_command::Column::State.eq(CMD_PENDING))
-                    .add(host_command::Column::State.eq(CMD_DELIVERED))
-                    .add(host_command::Column::State.eq(CMD_ACKED)),
+                    .add(host_command::Column::State.eq(CommandState::Pending))
+                    .add(host_command::Column::State.eq(CommandState::Delivered))
+                    .add(host_command::Column::State.eq(CommandState::Acked)),
             )
             .exec(&self.db)
             .await?;

@@ -1,22 +1,33 @@
 //! Storage on SQLite (default, embedded) or PostgreSQL, through sea-orm.
-//! Each submodule owns the queries of one area; callers get domain records
-//! and [`StoreError`], never raw database errors.
+//! Each submodule owns the queries of one area; callers get records (the
+//! rows as plain data under domain names, typed states included) and
+//! [`StoreError`], never the ORM's query types or raw database errors.
 mod configs;
-pub mod entities;
+mod entities;
 mod hosts;
 mod tenants;
 mod transcripts;
 
 use std::time::Duration;
 
+use crate::service_error::{into_status, ServiceError, ServiceErrorCode};
 use clawplane_migrations::{Migrator, MigratorTrait};
 use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr};
 
-pub use hosts::{
-    JoinTokenError, NewHostCert, CMD_ACKED, CMD_DELIVERED, CMD_FAILED, CMD_PENDING, CMD_SUCCEEDED, HOST_ACTIVE,
-    HOST_DRAINING, HOST_REMOVED,
-};
-pub use tenants::{NewTenant, Owner, TenantRecord, TenantStatus};
+pub use entities::host::Model as Host;
+pub use entities::host_certificate::Model as HostCertificate;
+pub use entities::host_command::Model as HostCommand;
+pub use entities::join_token::Model as JoinToken;
+pub use entities::message::Model as Message;
+pub use entities::plan::Model as Plan;
+pub use entities::session::Model as Session;
+pub use entities::tenant::Model as Tenant;
+pub use entities::tenant_config::Model as ConfigRow;
+pub use entities::tenant_config_state::Model as ConfigState;
+pub use entities::usage::Model as Usage;
+pub use entities::{CommandKind, CommandState, HostState};
+pub use hosts::{HostLoad, JoinTokenError, NewHostCert};
+pub use tenants::{NewTenant, TenantRecord, TenantStatus};
 pub use transcripts::{
     day_start, IngestItem, IngestOutcome, NewMessage, SessionFilter, SessionUpdate, Tokens, UNKNOWN_CHANNEL,
 };
@@ -34,6 +45,19 @@ pub enum StoreError {
     #[error("database error: {0}")]
     Db(#[from] DbErr),
 }
+
+impl ServiceError for StoreError {
+    fn error_code(&self) -> ServiceErrorCode {
+        match self {
+            StoreError::NotFound(_) => ServiceErrorCode::NotFound,
+            StoreError::Conflict(_) => ServiceErrorCode::AlreadyExists,
+            StoreError::Stale(_) => ServiceErrorCode::Aborted,
+            StoreError::Db(_) => ServiceErrorCode::Internal,
+        }
+    }
+}
+
+into_status!(StoreError);
 
 pub type StoreResult<T> = Result<T, StoreError>;
 

@@ -4,20 +4,23 @@
 //! redelivered batch inserts nothing, and counters move only by the rows a
 //! batch really inserted, in the same transaction, so at-least-once delivery
 //! gives exactly-once totals.
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use chrono::{DateTime, Datelike, NaiveDate, TimeZone, Utc};
 use sea_orm::sea_query::{Alias, Expr, OnConflict, Query, SimpleExpr};
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseTransaction, EntityTrait, Order, QueryFilter, QueryOrder, QuerySelect,
-    TransactionTrait,
+    Statement, TransactionTrait,
 };
 
 use super::entities::{message, session, session_stat, usage};
 use super::{Store, StoreResult};
 
-/// Rows per INSERT: well under both backends' bind-parameter limits.
+/// Rows per multi-row INSERT (SQLite): well under its bind-parameter limit.
 const INSERT_CHUNK: usize = 500;
+/// Rows per UNNEST insert (PostgreSQL): 17 parameters whatever the count;
+/// a whole batch of the Sync stream is one statement.
+const UNNEST_CHUNK: usize = 5_000;
 /// Channel recorded when OpenClaw has none for a session.
 pub const UNKNOWN_CHANNEL: &str = "unknown";
 
@@ -75,7 +78,8 @@ pub struct NewMessage {
     pub provider: Option<String>,
     pub tokens: Tokens,
     pub created_at: DateTime<Utc>,
-    pub raw: Option<serde_json::Value>,
+    /// The event as it was read, as JSON text.
+    pub raw: Option<String>,
 }
 
 impl NewMessage {
@@ -168,7 +172,7 @@ impl Store {
         let created = insert_new_sessions(&txn, backend, &deltas).await?;
         let existing = load_sessions(&txn, &deltas).await?;
 
-        let inserted = insert_messages(&txn, backend, &messages).await?;
+        let mut inserted = insert_messages(&txn, backend, &messages).await?;
         let outcome = IngestOutcome { inserted: inserted.len(), duplicates: messages.len() - inserted.len() };
 
         // Counters move only by what was inserted now.
@@ -199,7 +203,9 @@ impl Store {
                 .map(|m| (m.role, m.created_at));
             let delta = deltas.entry(key.clone()).or_default();
             for message in session_messages {
-                let is_new = inserted.contains(&(message.session_id.clone(), message.position));
+                // Taken out once counted: a position twice in one batch was
+                // stored once (its first occurrence, which sorts first).
+                let is_new = inserted.remove(&(key.0.clone(), key.1.clone(), message.position));
                 if is_new {
                     delta.messages += 1;
                     delta.tokens.add(&message.tokens);
@@ -291,6 +297,17 @@ impl Store {
         Ok(session::Entity::find_by_id((tenant_id.to_string(), session_id.to_string())).one(&self.db).await?)
     }
 
+    /// The tenant's current session under a session key (OpenClaw starts a
+    /// new session id under the same key after a reset: the latest wins).
+    pub async fn session_by_key(&self, tenant_id: &str, session_key: &str) -> StoreResult<Option<session::Model>> {
+        Ok(session::Entity::find()
+            .filter(session::Column::TenantId.eq(tenant_id))
+            .filter(session::Column::SessionKey.eq(session_key))
+            .order_by(session::Column::LastActivityAt, Order::Desc)
+            .one(&self.db)
+            .await?)
+    }
+
     /// Messages of a session in transcript order, after `after_position`.
     pub async fn list_messages(
         &self,
@@ -369,6 +386,12 @@ impl Store {
     pub async fn message_count(&self, tenant_id: &str) -> StoreResult<u64> {
         use sea_orm::PaginatorTrait;
         Ok(message::Entity::find().filter(message::Column::TenantId.eq(tenant_id)).count(&self.db).await?)
+    }
+
+    /// A session's message counter (0 for an unknown session): it moves in
+    /// the transaction that inserts the messages, and reads one row.
+    pub async fn session_message_count(&self, tenant_id: &str, session_id: &str) -> StoreResult<i64> {
+        Ok(self.session(tenant_id, session_id).await?.map_or(0, |s| s.message_count))
     }
 }
 
@@ -485,67 +508,140 @@ async fn load_sessions(
     Ok(out)
 }
 
-/// Inserts what is not stored yet; returns (session_id, position) of the
-/// rows inserted now.
+/// (tenant, session, position) of a message.
+type MessageKey = (String, String, i64);
+
+/// Inserts what is not stored yet; returns the keys of the rows inserted
+/// now. A message whose position or event id is stored already (or comes
+/// earlier in the same batch) is skipped. An empty event id, model or
+/// provider is stored as NULL on both backends.
 async fn insert_messages(
     txn: &DatabaseTransaction,
     backend: sea_orm::DbBackend,
     messages: &[NewMessage],
-) -> StoreResult<std::collections::HashSet<(String, i64)>> {
-    use message::Column as C;
-    let mut inserted = std::collections::HashSet::new();
-    for chunk in messages.chunks(INSERT_CHUNK) {
-        let mut insert = Query::insert();
-        insert.into_table(message::Entity).columns([
-            C::TenantId,
-            C::SessionId,
-            C::Position,
-            C::Source,
-            C::EventId,
-            C::Role,
-            C::Content,
-            C::Model,
-            C::Provider,
-            C::InputTokens,
-            C::OutputTokens,
-            C::CacheReadTokens,
-            C::CacheWriteTokens,
-            C::TotalTokens,
-            C::CostMicros,
-            C::CreatedAt,
-            C::Raw,
-        ]);
-        for m in chunk {
-            insert.values_panic([
-                m.tenant_id.clone().into(),
-                m.session_id.clone().into(),
-                m.position.into(),
-                m.source.into(),
-                m.event_id.clone().into(),
-                m.role.clone().into(),
-                m.content.clone().into(),
-                m.model.clone().into(),
-                m.provider.clone().into(),
-                m.tokens.input.into(),
-                m.tokens.output.into(),
-                m.tokens.cache_read.into(),
-                m.tokens.cache_write.into(),
-                m.tokens.total.into(),
-                m.tokens.cost_micros.into(),
-                m.created_at.into(),
-                m.raw.clone().into(),
-            ]);
-        }
-        // No target: either unique key (position or event id) makes a
-        // redelivered message a no-op.
-        insert.on_conflict(OnConflict::new().do_nothing().to_owned());
-        insert.returning(Query::returning().columns([C::SessionId, C::Position]));
-        for row in txn.query_all(backend.build(&insert)).await? {
-            inserted.insert((row.try_get::<String>("", "session_id")?, row.try_get::<i64>("", "position")?));
+) -> StoreResult<HashSet<MessageKey>> {
+    let mut inserted = HashSet::with_capacity(messages.len());
+    let statements = match backend {
+        sea_orm::DbBackend::Postgres => messages.chunks(UNNEST_CHUNK).map(unnest_insert).collect::<Vec<_>>(),
+        _ => messages.chunks(INSERT_CHUNK).map(|chunk| backend.build(&multi_row_insert(chunk))).collect(),
+    };
+    for statement in statements {
+        for row in txn.query_all(statement).await? {
+            inserted.insert((
+                row.try_get::<String>("", "tenant_id")?,
+                row.try_get::<String>("", "session_id")?,
+                row.try_get::<i64>("", "position")?,
+            ));
         }
     }
     Ok(inserted)
 }
+
+fn non_empty(value: &Option<String>) -> Option<String> {
+    value.clone().filter(|v| !v.is_empty())
+}
+
+/// SQLite: one multi-row `INSERT ... ON CONFLICT DO NOTHING RETURNING`.
+fn multi_row_insert(chunk: &[NewMessage]) -> sea_orm::sea_query::InsertStatement {
+    use message::Column as C;
+    let mut insert = Query::insert();
+    insert.into_table(message::Entity).columns([
+        C::TenantId,
+        C::SessionId,
+        C::Position,
+        C::Source,
+        C::EventId,
+        C::Role,
+        C::Content,
+        C::Model,
+        C::Provider,
+        C::InputTokens,
+        C::OutputTokens,
+        C::CacheReadTokens,
+        C::CacheWriteTokens,
+        C::TotalTokens,
+        C::CostMicros,
+        C::CreatedAt,
+        C::Raw,
+    ]);
+    for m in chunk {
+        insert.values_panic([
+            m.tenant_id.clone().into(),
+            m.session_id.clone().into(),
+            m.position.into(),
+            m.source.into(),
+            non_empty(&m.event_id).into(),
+            m.role.clone().into(),
+            m.content.clone().into(),
+            non_empty(&m.model).into(),
+            non_empty(&m.provider).into(),
+            m.tokens.input.into(),
+            m.tokens.output.into(),
+            m.tokens.cache_read.into(),
+            m.tokens.cache_write.into(),
+            m.tokens.total.into(),
+            m.tokens.cost_micros.into(),
+            m.created_at.into(),
+            m.raw.clone().into(),
+        ]);
+    }
+    // No target: either unique key (position or event id) makes a
+    // redelivered message a no-op.
+    insert.on_conflict(OnConflict::new().do_nothing().to_owned());
+    insert.returning(Query::returning().columns([C::TenantId, C::SessionId, C::Position]));
+    insert
+}
+
+/// PostgreSQL: the whole chunk as 17 typed arrays (bound in binary, one
+/// parameter per column, one statement text whatever the chunk's size)
+/// unnested into one `INSERT ... SELECT ... ON CONFLICT DO NOTHING
+/// RETURNING`: the planning and per-row binding of a multi-row VALUES list
+/// are gone, idempotency is the same (either unique key, no target).
+/// Arrays carry no NULLs here, so an absent text is '' and NULLIF maps it
+/// back.
+fn unnest_insert(chunk: &[NewMessage]) -> Statement {
+    fn column<T>(chunk: &[NewMessage], value: impl Fn(&NewMessage) -> T) -> sea_orm::Value
+    where
+        Vec<T>: Into<sea_orm::Value>,
+    {
+        chunk.iter().map(value).collect::<Vec<T>>().into()
+    }
+    let text = |value: &Option<String>| value.clone().unwrap_or_default();
+    let values = vec![
+        column(chunk, |m| m.tenant_id.clone()),
+        column(chunk, |m| m.session_id.clone()),
+        column(chunk, |m| m.position),
+        column(chunk, |m| m.source.to_string()),
+        column(chunk, |m| text(&m.event_id)),
+        column(chunk, |m| m.role.clone()),
+        column(chunk, |m| m.content.clone()),
+        column(chunk, |m| text(&m.model)),
+        column(chunk, |m| text(&m.provider)),
+        column(chunk, |m| m.tokens.input),
+        column(chunk, |m| m.tokens.output),
+        column(chunk, |m| m.tokens.cache_read),
+        column(chunk, |m| m.tokens.cache_write),
+        column(chunk, |m| m.tokens.total),
+        column(chunk, |m| m.tokens.cost_micros),
+        column(chunk, |m| m.created_at),
+        column(chunk, |m| text(&m.raw)),
+    ];
+    Statement::from_sql_and_values(sea_orm::DbBackend::Postgres, UNNEST_INSERT, values)
+}
+
+const UNNEST_INSERT: &str = "INSERT INTO messages (tenant_id, session_id, position, source, event_id, role, \
+    content, model, provider, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, total_tokens, \
+    cost_micros, created_at, raw) \
+    SELECT tenant_id, session_id, position, source, NULLIF(event_id, ''), role, content, NULLIF(model, ''), \
+    NULLIF(provider, ''), input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, total_tokens, \
+    cost_micros, created_at, NULLIF(raw, '')::json \
+    FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], \
+    $9::text[], $10::int8[], $11::int8[], $12::int8[], $13::int8[], $14::int8[], $15::int8[], \
+    $16::timestamptz[], $17::text[]) \
+    AS batch(tenant_id, session_id, position, source, event_id, role, content, model, provider, input_tokens, \
+    output_tokens, cache_read_tokens, cache_write_tokens, total_tokens, cost_micros, created_at, raw) \
+    ON CONFLICT DO NOTHING \
+    RETURNING tenant_id, session_id, position";
 
 fn add(column: session::Column, amount: i64) -> SimpleExpr {
     Expr::col(column).add(amount)

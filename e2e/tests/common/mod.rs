@@ -29,15 +29,36 @@ impl StoreOf for TestDb {
 /// A tiny OpenAI-compatible model server on 127.0.0.1 for real OpenClaw
 /// turns: every `POST /v1/chat/completions` answers `reply` with usage
 /// 42 prompt / 7 completion tokens, streamed as SSE when asked (OpenClaw
-/// always asks, with `include_usage`). Returns the port; the server lives
+/// always asks, with `include_usage`) one word per event, 20 ms apart.
+/// A request whose last message contains `[hold]` gets the first word and
+/// then only keep-alive comments until its client goes away (counted in
+/// `aborted`). Every request body is kept in `requests`. The server lives
 /// as long as the test's runtime.
+pub struct FakeModel {
+    pub port: u16,
+    pub requests: std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+    pub aborted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// [`FakeModel`]'s port alone.
 pub async fn fake_model_server(reply: &'static str) -> u16 {
+    fake_model(reply).await.port
+}
+
+pub async fn fake_model(reply: &'static str) -> FakeModel {
+    use std::sync::atomic::Ordering;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
+    let model = FakeModel {
+        port: listener.local_addr().unwrap().port(),
+        requests: Default::default(),
+        aborted: Default::default(),
+    };
+    let (requests, aborted) = (model.requests.clone(), model.aborted.clone());
     tokio::spawn(async move {
         loop {
             let Ok((mut socket, _)) = listener.accept().await else { return };
+            let (requests, aborted) = (requests.clone(), aborted.clone());
             tokio::spawn(async move {
                 let mut request = Vec::new();
                 let mut buf = [0u8; 16 * 1024];
@@ -65,34 +86,63 @@ pub async fn fake_model_server(reply: &'static str) -> u16 {
                     request.extend_from_slice(&buf[..n]);
                 }
                 let body: serde_json::Value = serde_json::from_slice(&request[head_end..]).unwrap_or_default();
+                requests.lock().unwrap().push(body.clone());
                 let usage = serde_json::json!({"prompt_tokens": 42, "completion_tokens": 7, "total_tokens": 49});
-                let response = if body["stream"].as_bool() == Some(true) {
-                    let chunk = |delta: serde_json::Value, finish: serde_json::Value| {
-                        serde_json::json!({"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1,
-                            "model": "fake-model", "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
-                    };
-                    let events = [
-                        chunk(serde_json::json!({"role": "assistant", "content": reply}), serde_json::Value::Null),
-                        chunk(serde_json::json!({}), "stop".into()),
-                        serde_json::json!({"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1,
-                            "model": "fake-model", "choices": [], "usage": usage}),
-                    ];
-                    let mut sse: String = events.iter().map(|e| format!("data: {e}\n\n")).collect();
-                    sse.push_str("data: [DONE]\n\n");
-                    format!("HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\nConnection: close\r\n\r\n{sse}")
-                } else {
+                if body["stream"].as_bool() != Some(true) {
                     let json = serde_json::json!({"id": "chatcmpl-fake", "object": "chat.completion", "created": 1,
                         "model": "fake-model", "usage": usage, "choices": [{"index": 0, "finish_reason": "stop",
                         "message": {"role": "assistant", "content": reply}}]})
                     .to_string();
-                    format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{json}", json.len())
+                    let response = format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{json}", json.len());
+                    let _ = socket.write_all(response.as_bytes()).await;
+                    let _ = socket.shutdown().await;
+                    return;
+                }
+                let last = body["messages"]
+                    .as_array()
+                    .and_then(|m| m.last())
+                    .map(|m| m["content"].to_string())
+                    .unwrap_or_default();
+                let hold = last.contains("[hold]");
+                let chunk = |delta: serde_json::Value, finish: serde_json::Value| {
+                    let chunk = serde_json::json!({"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1,
+                        "model": "fake-model", "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]});
+                    format!("data: {chunk}\n\n")
                 };
-                let _ = socket.write_all(response.as_bytes()).await;
+                let head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\nConnection: close\r\n\r\n";
+                if socket.write_all(head.as_bytes()).await.is_err() {
+                    return;
+                }
+                for (i, word) in reply.split_inclusive(' ').enumerate() {
+                    let delta = if i == 0 {
+                        serde_json::json!({"role": "assistant", "content": word})
+                    } else {
+                        serde_json::json!({"content": word})
+                    };
+                    if socket.write_all(chunk(delta, serde_json::Value::Null).as_bytes()).await.is_err() {
+                        return;
+                    }
+                    if hold {
+                        for _ in 0..1200 {
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            if socket.write_all(b": keep-alive\n\n").await.is_err() {
+                                aborted.fetch_add(1, Ordering::SeqCst);
+                                return;
+                            }
+                        }
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                let usage = serde_json::json!({"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1,
+                    "model": "fake-model", "choices": [], "usage": usage});
+                let tail = format!("{}data: {usage}\n\ndata: [DONE]\n\n", chunk(serde_json::json!({}), "stop".into()));
+                let _ = socket.write_all(tail.as_bytes()).await;
                 let _ = socket.shutdown().await;
             });
         }
     });
-    port
+    model
 }
 
 /// A JSON POST over plain HTTP/1.1 to 127.0.0.1; returns status and body.
@@ -158,7 +208,12 @@ pub fn bearer(token: &str) -> String {
 /// `openclaw` (no tenant users) with its tenant proxy on loopback, for the
 /// bridge's tests.
 pub async fn host_with_tenant_proxy(db: &TestDb) -> (ControlPlane, Agent) {
-    let cp = ControlPlane::start(db, "");
+    host_with_tenant_proxy_config(db, "").await
+}
+
+/// [`host_with_tenant_proxy`] with more control-plane settings (TOML).
+pub async fn host_with_tenant_proxy_config(db: &TestDb, extra_toml: &str) -> (ControlPlane, Agent) {
+    let cp = ControlPlane::start(db, extra_toml);
     let dir = db.data_dir();
     let fake = fake_openclaw(&dir);
     let (token, pin) = cp.join_token(600, 1).await;
@@ -193,4 +248,36 @@ pub async fn running(client: &mut TenantServiceClient<Channel>, cred: &Cred, tea
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     panic!("tenant not running: {last:?}")
+}
+
+/// Changes a seeded plan's columns (`sets`: SQL, e.g. "hibernate_after_secs
+/// = 2"), as an operator edits the plans table; tenants created after it
+/// get the new values.
+pub async fn set_plan(db: &TestDb, plan: &str, sets: &str) {
+    use sea_orm::{ConnectionTrait, Database};
+    let conn = Database::connect(db.url.clone()).await.expect("connect");
+    let updated =
+        conn.execute_unprepared(&format!("UPDATE plans SET {sets} WHERE name = '{plan}'")).await.expect("update plan");
+    assert_eq!(updated.rows_affected(), 1, "plan {plan}");
+    conn.close().await.ok();
+}
+
+/// Waits until the caller's tenant has `status`; returns it.
+pub async fn tenant_in(
+    client: &mut TenantServiceClient<Channel>,
+    cred: &Cred,
+    status: TenantStatus,
+    limit: Duration,
+) -> Tenant {
+    let started = std::time::Instant::now();
+    let mut last = None;
+    while started.elapsed() < limit {
+        let request = cred.request(GetMyTenantRequest { team_id: String::new() });
+        last = client.get_my_tenant(request).await.ok().and_then(|r| r.into_inner().tenant);
+        if last.as_ref().is_some_and(|t| t.status == status as i32) {
+            return last.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("tenant not {status:?} within {limit:?}: {last:?}")
 }

@@ -10,7 +10,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::config::LOG_CHUNK_LINES;
 use crate::runtime::Runtime;
-use crate::shutdown::Shutdown;
+use clawplane_edge::shutdown::Shutdown;
 
 /// Log streams in progress, by request id, to cancel them.
 #[derive(Default)]

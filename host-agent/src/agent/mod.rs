@@ -3,7 +3,7 @@
 //!
 //! Tasks: the [`reconnect`] loop with one [`session`] at a time (commands,
 //! heartbeats, [`logs`]), certificate [`renewal`], the syncer, the tenant
-//! proxy. Each holds a [`crate::shutdown::Shutdown`]; at shutdown the session ends, the
+//! proxy. Each holds a [`clawplane_edge::shutdown::Shutdown`]; at shutdown the session ends, the
 //! syncer stops after the acks of its batches in flight, the proxy stops
 //! accepting, running commands finish, and the agent waits for all of them
 //! (at most [`SHUTDOWN_GRACE`]). Tenant gateways are left running, as they
@@ -20,13 +20,13 @@ use anyhow::{anyhow, Context};
 use clawplane_tls::ReloadableIdentity;
 
 use crate::commands::Executor;
-use crate::config::{HostConfig, RunSettings, RuntimeKind, TenantSettings, SHUTDOWN_GRACE};
+use crate::config::{RunSettings, RuntimeKind, TenantSettings, SHUTDOWN_GRACE};
 use crate::runtime::cells::CellsRuntime;
 use crate::runtime::process::ProcessRuntime;
 use crate::runtime::Runtime;
-use crate::shutdown::{signalled, ShutdownSignal};
 use crate::state::StateDir;
 use crate::sync::{ReadPermit, SyncTenant, Syncer, TenantSource};
+use clawplane_edge::shutdown::{signalled, ShutdownSignal};
 use link::Link;
 use renewal::Renewal;
 use session::Sessions;
@@ -47,7 +47,7 @@ pub async fn run(settings: RunSettings) -> anyhow::Result<()> {
     let identity = state.identity()?.ok_or_else(|| {
         anyhow!("{} holds no enrollment; run `clawplane-agent join` first", settings.state_dir.display())
     })?;
-    let config = HostConfig::load(settings.config_file.as_deref())?;
+    let config = settings.config;
     let tls_identity = ReloadableIdentity::from_pem(&state.read("cert.pem")?, &state.read("key.pem")?)
         .context("stored certificate or key is unusable")?;
     let openclaw_version = match &runtime {
@@ -59,7 +59,8 @@ pub async fn run(settings: RunSettings) -> anyhow::Result<()> {
         (Some(listen), Some(runtime)) => {
             let (listener, addr) = crate::proxy::bind(listen).await?;
             let tls = clawplane_tls::mtls_server_config(&state.read("ca.pem")?, tls_identity.clone())?;
-            crate::proxy::spawn(listener, tls, runtime.records().clone(), signal.handle())?;
+            let wake = crate::proxy::Wake::new(runtime.clone(), settings.hibernation.wake_timeout);
+            crate::proxy::spawn(listener, tls, runtime.records().clone(), wake, signal.handle())?;
             let endpoint = settings.proxy_advertise.clone().unwrap_or_else(|| addr.to_string());
             tracing::info!(listen = %addr, %endpoint, "tenant proxy listening");
             endpoint
@@ -73,6 +74,8 @@ pub async fn run(settings: RunSettings) -> anyhow::Result<()> {
     let renewal = Renewal::new(link.clone(), state.clone(), !proxy_endpoint.is_empty());
     tokio::spawn(renewal.run(signal.handle()));
     if let Some(runtime) = &runtime {
+        let every = settings.hibernation.check_interval;
+        tokio::spawn(crate::runtime::hibernation::watch(runtime.clone(), every, signal.handle()));
         let syncer = Syncer::new(state.root(), Arc::new(RuntimeTenants(runtime.clone())))?;
         let (link, shutdown) = (link.clone(), signal.handle());
         tokio::spawn(async move { syncer.run(|| link.channel(), shutdown).await });
@@ -129,7 +132,9 @@ struct RuntimeTenants(Arc<dyn Runtime>);
 impl TenantSource for RuntimeTenants {
     fn tenants(&self) -> Vec<SyncTenant> {
         let states = self.0.local_states().into_iter();
-        states.map(|state| SyncTenant { tenant_id: state.tenant_id, state_dir: state.state_dir }).collect()
+        states
+            .map(|state| SyncTenant { tenant_id: state.tenant_id, state_dir: state.state_dir, owner: state.owner })
+            .collect()
     }
 
     fn read_permit(&self, tenant_id: &str) -> Option<ReadPermit> {

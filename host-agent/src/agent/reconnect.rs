@@ -8,7 +8,7 @@ use anyhow::anyhow;
 use super::session::{Ended, Sessions};
 use crate::config::STABLE_SESSION;
 use crate::retry::{Backoff, Retries};
-use crate::shutdown::Shutdown;
+use clawplane_edge::shutdown::Shutdown;
 
 /// Until shutdown (Ok) or the control plane refuses this host (Err).
 pub async fn run(sessions: &Sessions, mut shutdown: Shutdown) -> anyhow::Result<()> {

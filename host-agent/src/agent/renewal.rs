@@ -12,8 +12,8 @@ use clawplane_proto::v1::RenewCertificateRequest;
 use super::link::Link;
 use crate::join::key_and_csr;
 use crate::rpc::transport_detail;
-use crate::shutdown::Shutdown;
 use crate::state::StateDir;
+use clawplane_edge::shutdown::Shutdown;
 
 pub struct Renewal {
     link: Arc<Link>,

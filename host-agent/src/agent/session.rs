@@ -18,10 +18,10 @@ use super::logs::{is_log_command, LogStreams};
 use crate::commands::Executor;
 use crate::config::{HostConfig, HEARTBEAT_EVERY};
 use crate::inventory::collect;
-use crate::rpc::{is_refusal, says_host_revoked, transport_detail};
+use crate::rpc::{close_is_revocation, is_refusal, transport_detail};
 use crate::runtime::GatewayPhase;
-use crate::shutdown::Shutdown;
 use crate::state::StateDir;
+use clawplane_edge::shutdown::Shutdown;
 
 /// How a session ended.
 pub enum Ended {
@@ -59,6 +59,9 @@ impl Sessions {
         let (out, out_rx) = mpsc::channel::<AgentMessage>(64);
         let mut inventory = collect(&self.config, self.state.root(), &self.openclaw_version, self.runtime_kind());
         inventory.proxy_endpoint = self.proxy_endpoint.clone();
+        if let (Some(capacity), Some(runtime)) = (inventory.capacity.as_mut(), &self.executor.runtime) {
+            (capacity.cgroup_version, capacity.limits_unavailable) = runtime.limits_support();
+        }
         let hello =
             AgentHello { inventory: Some(inventory), tenants: self.tenant_states(), completed_command_ids: Vec::new() };
         let _ = out.send(AgentMessage { kind: Some(agent_message::Kind::Hello(hello)) }).await;
@@ -118,7 +121,7 @@ impl Sessions {
                             });
                         }
                         Some(control_message::Kind::Close(close)) => {
-                            if says_host_revoked(&close.reason) {
+                            if close_is_revocation(&close) {
                                 return Ended::Refused(format!("control plane removed this host: {}", close.reason));
                             }
                             return Ended::Retry(format!("control plane closed the stream: {}", close.reason));
@@ -157,6 +160,7 @@ impl Sessions {
                     GatewayPhase::Backoff => GatewayStatus::Backoff,
                     GatewayPhase::Failed => GatewayStatus::Failed,
                     GatewayPhase::Stopped => GatewayStatus::Stopped,
+                    GatewayPhase::Hibernated => GatewayStatus::Hibernated,
                 };
                 TenantState {
                     tenant_id: record.tenant_id,
@@ -169,6 +173,10 @@ impl Sessions {
                     last_error: gateway.last_error,
                     restart_count: gateway.restarts,
                     status_since: gateway.since.map(Into::into),
+                    memory_used_bytes: gateway.usage.memory_used_bytes,
+                    cpu_used_micros: gateway.usage.cpu_used_micros,
+                    memory_limit_bytes: gateway.usage.memory_limit_bytes,
+                    memory_kills: gateway.usage.memory_kills,
                 }
             })
             .collect()

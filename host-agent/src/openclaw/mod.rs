@@ -1,15 +1,13 @@
 //! OpenClaw on this host: `cli` owns every call of its CLI; this module
-//! holds the rules for identifiers that reach its paths and arguments.
+//! holds the rules for identifiers that reach its paths and arguments
+//! (tenant slugs by the shared rule of `clawplane_identity::slug`).
 pub mod cli;
+pub mod database;
 
-/// Tenant slugs and agent ids reach paths and CLI arguments: the same rule
-/// as the control plane's, checked again here (defence in depth).
+/// Tenant slugs and agent ids reach paths and CLI arguments: the control
+/// plane's slug form, checked again here (defence in depth).
 pub fn valid_slug(slug: &str) -> bool {
-    (3..=40).contains(&slug.len())
-        && slug.as_bytes()[0].is_ascii_lowercase()
-        && slug.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !slug.ends_with('-')
-        && !slug.contains("--")
+    clawplane_identity::slug::check_form(slug).is_ok()
 }
 
 /// Tenant ids (UUIDs) name record files and archives.

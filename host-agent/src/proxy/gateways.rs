@@ -39,7 +39,7 @@ pub struct GatewayPool {
 /// it was sent, when it can no longer be retried. Zero when it says it
 /// closes this one.
 fn idle_limit(headers: &http::HeaderMap) -> Duration {
-    if clawplane_tls::forward::connection_tokens(headers).any(|token| token.eq_ignore_ascii_case("close")) {
+    if clawplane_edge::forward::connection_tokens(headers).any(|token| token.eq_ignore_ascii_case("close")) {
         return Duration::ZERO;
     }
     headers

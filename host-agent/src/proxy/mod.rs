@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use clawplane_tls::edge::{self, Activity, AddressCaps, ConnectionLimits, InFlight};
+use clawplane_edge::connections::{self as edge, Activity, AddressCaps, ConnectionLimits, InFlight};
 use http::{header, HeaderValue, Request, Response, StatusCode};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
@@ -21,11 +21,14 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use crate::runtime::RecordStore;
-use crate::shutdown::Shutdown;
+use clawplane_edge::shutdown::Shutdown;
 
 mod gateways;
-use clawplane_tls::forward::TENANT_HEADER;
+mod wake;
+use clawplane_edge::forward::TENANT_HEADER;
 use gateways::GatewayPool;
+pub use wake::Wake;
+use wake::{WakeError, NAVIGATION_HOLD, STARTING_PAGE};
 
 const MAX_CONNECTIONS: usize = 4096;
 /// Bridges are few and each multiplexes many users over one connection;
@@ -45,6 +48,7 @@ fn reply(status: StatusCode, text: &str) -> Response<Body> {
 struct Proxy {
     records: RecordStore,
     gateways: Arc<GatewayPool>,
+    wake: Wake,
     /// Where each tenant's gateway listens and its token, re-read from the
     /// tenant records at most every RECORDS_TTL (not per request).
     targets: std::sync::RwLock<(std::time::Instant, std::collections::HashMap<String, Target>)>,
@@ -106,6 +110,7 @@ pub fn spawn(
     listener: TcpListener,
     tls: rustls::ServerConfig,
     records: RecordStore,
+    wake: Wake,
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
     let listener = listener.into_std()?;
@@ -113,7 +118,7 @@ pub fn spawn(
     std::thread::Builder::new().name("tenant-proxy".into()).spawn(move || {
         proxy_runtime.block_on(async move {
             match TcpListener::from_std(listener) {
-                Ok(listener) => serve(listener, tls, records, shutdown).await,
+                Ok(listener) => serve(listener, tls, records, wake, shutdown).await,
                 Err(err) => tracing::error!(error = %err, "tenant proxy cannot use its listener"),
             }
         })
@@ -122,12 +127,19 @@ pub fn spawn(
 }
 
 /// Serves bridged traffic until shutdown.
-async fn serve(listener: TcpListener, tls: rustls::ServerConfig, records: RecordStore, mut shutdown: Shutdown) {
+async fn serve(
+    listener: TcpListener,
+    tls: rustls::ServerConfig,
+    records: RecordStore,
+    wake: Wake,
+    mut shutdown: Shutdown,
+) {
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
     let stale = std::time::Instant::now() - RECORDS_TTL * 2;
     let proxy = Arc::new(Proxy {
         records,
         gateways: Arc::default(),
+        wake,
         targets: std::sync::RwLock::new((stale, Default::default())),
     });
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
@@ -184,7 +196,8 @@ async fn serve(listener: TcpListener, tls: rustls::ServerConfig, records: Record
                 let (proxy, in_flight) = (proxy.clone(), requests.begin());
                 async move { Ok::<_, std::convert::Infallible>(proxy.forward(request, in_flight).await) }
             });
-            if let Err(err) = edge::serve(&limits, TokioIo::new(tls), &activity, service).await {
+            if let Err(err) = edge::serve(&limits, TokioIo::new(tls), &activity, std::future::pending(), service).await
+            {
                 tracing::debug!(%peer, %bridge, error = %err, "tenant proxy connection ended");
             }
         });
@@ -202,9 +215,17 @@ impl Proxy {
         let Some(target) = self.target(&tenant_id) else {
             return reply(StatusCode::NOT_FOUND, "tenant is not on this host");
         };
+        // Traffic from now until the response ends: the tenant stays awake.
+        let active = self.wake.begin(&tenant_id);
+        if active.as_ref().is_some_and(|active| active.found_asleep) {
+            if let Some(refused) = self.wake_for(&tenant_id, &request).await {
+                return refused;
+            }
+        }
+        let hold = (in_flight, active);
         // Origin form ("/path?query"): the gateway is an origin server.
         let uri = request.uri().path_and_query().cloned().map(http::Uri::from).unwrap_or_else(|| "/".parse().unwrap());
-        let upgrade = clawplane_tls::forward::is_upgrade(request.headers());
+        let upgrade = clawplane_edge::forward::is_upgrade(request.headers());
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
         let (mut parts, body) = request.into_parts();
         parts.uri = uri;
@@ -212,7 +233,7 @@ impl Proxy {
         let headers = &mut parts.headers;
         headers.remove(&TENANT_HEADER);
         if !upgrade {
-            clawplane_tls::forward::strip_hop_by_hop(headers);
+            clawplane_edge::forward::strip_hop_by_hop(headers);
         }
         headers.insert(header::HOST, target.host.clone());
         // The gateway's own credential: users never see it.
@@ -221,12 +242,12 @@ impl Proxy {
         if let Some(client_upgrade) = client_upgrade {
             // Boxed: every request's future would otherwise be as large as
             // the upgrade path's, and be copied that large.
-            return Box::pin(self.relay_upgrade(upstream, client_upgrade, target.port, in_flight)).await;
+            return Box::pin(self.relay_upgrade(upstream, client_upgrade, target.port, hold)).await;
         }
         match self.gateways.request(target.port, upstream).await {
             Ok(response) => {
                 let (mut parts, body) = response.into_parts();
-                clawplane_tls::forward::strip_hop_by_hop(&mut parts.headers);
+                clawplane_edge::forward::strip_hop_by_hop(&mut parts.headers);
                 // An answer the bridge's HTTP/2 client would refuse fails
                 // this one stream, not the connection every tenant shares.
                 if let Err(problem) = edge::check_head(&ConnectionLimits::agent(), &parts.headers, "") {
@@ -234,7 +255,7 @@ impl Proxy {
                     return reply(StatusCode::BAD_GATEWAY, "the tenant's gateway answered with oversized headers");
                 }
                 let body = body.map_frame(move |frame| {
-                    let _in_flight = &in_flight;
+                    let _hold = &hold;
                     frame
                 });
                 Response::from_parts(parts, body.boxed())
@@ -246,15 +267,53 @@ impl Proxy {
         }
     }
 
+    /// Wakes a hibernated tenant for `request`; the answer to send instead
+    /// when it is not awake in time (or cannot start).
+    async fn wake_for(&self, tenant_id: &str, request: &Request<Incoming>) -> Option<Response<Body>> {
+        let navigation = request.method() == http::Method::GET
+            && !clawplane_edge::forward::is_upgrade(request.headers())
+            && request
+                .headers()
+                .get(header::ACCEPT)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|accept| accept.contains("text/html"));
+        let hold = if navigation { NAVIGATION_HOLD.min(self.wake.timeout) } else { self.wake.timeout };
+        let (mut response, retry_after) = match self.wake.wake(tenant_id, hold).await {
+            Ok(()) => return None,
+            Err(WakeError::StillStarting) if navigation => {
+                let body = Full::new(Bytes::from_static(STARTING_PAGE.as_bytes())).map_err(|never| match never {});
+                let mut page = Response::new(body.boxed());
+                *page.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                page.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+                (page, "2")
+            }
+            Err(WakeError::StillStarting) => (
+                reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the tenant's OpenClaw is starting after hibernation; retry shortly",
+                ),
+                "5",
+            ),
+            Err(WakeError::Failed(err)) => {
+                tracing::warn!(tenant = %tenant_id, error = %err, "waking a hibernated tenant failed");
+                (reply(StatusCode::SERVICE_UNAVAILABLE, "the tenant's OpenClaw could not start; retry later"), "30")
+            }
+        };
+        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static(retry_after));
+        response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        Some(response)
+    }
+
     /// A WebSocket (or other) upgrade: its own upstream connection, then
     /// bytes relayed both ways until either side closes or it goes idle;
-    /// the relay holds `in_flight`, and with it its connection's permits.
+    /// the relay holds `hold` (the request in flight, and with it its
+    /// connection's permits and the tenant's activity).
     async fn relay_upgrade(
         &self,
         request: Request<Incoming>,
         client_upgrade: hyper::upgrade::OnUpgrade,
         port: u16,
-        in_flight: InFlight,
+        hold: impl Send + 'static,
     ) -> Response<Body> {
         let Ok(tcp) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
             return reply(StatusCode::BAD_GATEWAY, "the tenant's gateway is not answering");
@@ -272,7 +331,7 @@ impl Proxy {
             return Response::from_parts(parts, body.boxed());
         }
         let idle = ConnectionLimits::agent().upgraded_idle_timeout;
-        clawplane_tls::forward::splice(client_upgrade, hyper::upgrade::on(&mut response), idle, in_flight);
+        clawplane_edge::forward::splice(client_upgrade, hyper::upgrade::on(&mut response), idle, hold);
         let (parts, _) = response.into_parts();
         Response::from_parts(parts, Full::new(Bytes::new()).map_err(|never| match never {}).boxed())
     }

@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 
 use super::config_apply;
 use super::logs::{LogFollower, ProcessFollower};
-use super::records::{PortAllocator, RecordStore, TenantLocks, TenantRecord};
+use super::records::{PortAllocator, RecordStore, Resources, TenantLocks, TenantRecord};
 use super::supervisor::GatewayPhase;
 use super::users::chown_like;
 use super::{
@@ -21,6 +21,22 @@ use super::{
 };
 use crate::config::{RuntimeKind, TenantSettings};
 use crate::openclaw::cli::{CliOutput, OpenClawCli, TenantEnv};
+
+/// `openclaw fleet create`'s limit flags for the tenant's resources (the
+/// engine's defaults where a resource is unlimited); memory in bytes.
+fn cell_limits(resources: &Resources) -> Vec<String> {
+    let mut flags = Vec::new();
+    if resources.memory_bytes > 0 {
+        flags.extend(["--memory".to_string(), resources.memory_bytes.to_string()]);
+    }
+    if resources.cpus > 0.0 {
+        flags.extend(["--cpus".to_string(), resources.cpus.to_string()]);
+    }
+    if resources.pids > 0 {
+        flags.extend(["--pids-limit".to_string(), resources.pids.to_string()]);
+    }
+    flags
+}
 
 /// Container of a tenant's fleet cell, as `openclaw fleet` names it.
 const CELL_CONTAINER_PREFIX: &str = "openclaw-cell-";
@@ -99,20 +115,6 @@ impl CellsRuntime {
         self.settings.state_dir.join("fleet").join("state").join("fleet").join("cells").join(slug)
     }
 
-    /// The secrets file inside the cell's state (the container's bind
-    /// mount), owned like the rest of it; fleet keeps the gateway token
-    /// itself.
-    fn write_secrets(&self, record: &TenantRecord) -> anyhow::Result<()> {
-        let cell = self.cell_dir(&record.slug);
-        if !cell.is_dir() {
-            anyhow::bail!("the cell's state {} is missing; is the cell provisioned?", cell.display());
-        }
-        let document = config_apply::secrets_document(json!({}), &record.secrets);
-        let path = cell.join(CELL_SECRETS_FILE);
-        write_private(&path, serde_json::to_vec_pretty(&document)?.as_slice())?;
-        chown_like(&path, &cell)
-    }
-
     async fn wait_ready(&self, record: &TenantRecord) -> RuntimeResult<()> {
         if readiness::wait_ready(record.port, self.settings.ready_timeout).await {
             return Ok(());
@@ -155,6 +157,20 @@ impl TenantCli for CellsRuntime {
         tracing::debug!(tenant = %record.tenant_id, command = %args[..args.len().min(2)].join(" "), elapsed_ms = output.elapsed.as_millis() as u64, ok = output.success, "openclaw call");
         Ok(output)
     }
+
+    /// The secrets file inside the cell's state (the container's bind
+    /// mount), owned like the rest of it; fleet keeps the gateway token
+    /// itself.
+    fn write_secrets(&self, record: &TenantRecord) -> anyhow::Result<()> {
+        let cell = self.cell_dir(&record.slug);
+        if !cell.is_dir() {
+            anyhow::bail!("the cell's state {} is missing; is the cell provisioned?", cell.display());
+        }
+        let document = config_apply::secrets_document(json!({}), &record.secrets);
+        let path = cell.join(CELL_SECRETS_FILE);
+        write_private(&path, serde_json::to_vec_pretty(&document)?.as_slice())?;
+        chown_like(&path, &cell)
+    }
 }
 
 #[async_trait]
@@ -175,18 +191,13 @@ impl Runtime for CellsRuntime {
         slug: &str,
         agent_ids: &[String],
         public_origin: &str,
+        resources: &Resources,
     ) -> RuntimeResult<Provisioned> {
         // A cell has OpenClaw's default agent; the checks are the same.
         check_provision(tenant_id, slug, agent_ids, public_origin)?;
         let lock = self.locks.lock(tenant_id);
         let _guard = lock.lock().await;
-        let mut record = match self.records.get(tenant_id) {
-            Some(record) if record.slug != slug => {
-                return Err(RuntimeError::Invalid(format!(
-                    "tenant {tenant_id} already runs here as {:?}",
-                    record.slug
-                )));
-            }
+        let mut record = match self.records.claimed(tenant_id, slug)? {
             Some(record) => record,
             None => self.ports.allocate(&self.records, |port| {
                 let mut record = TenantRecord::new(tenant_id, slug, port, hex_token(16));
@@ -205,16 +216,17 @@ impl Runtime for CellsRuntime {
         if !status.success {
             // The token goes to fleet on the command line: fleet has no other
             // way to take one, and it never prints it back to our logs.
-            self.fleet_ok(
-                &record,
-                &["fleet", "create", slug, "--json", "--port", &port, "--gateway-token", &record.gateway_token],
-            )
-            .await?;
+            let mut create =
+                vec!["fleet", "create", slug, "--json", "--port", &port, "--gateway-token", &record.gateway_token];
+            let limits = cell_limits(resources);
+            create.extend(limits.iter().map(String::as_str));
+            self.fleet_ok(&record, &create).await?;
         } else if !running {
             self.fleet_ok(&record, &["fleet", "start", slug]).await?;
         }
         self.wait_ready(&record).await?;
         record.provisioned = true;
+        record.resources = resources.clone();
         self.records.save(&record)?;
         Ok(Provisioned { port: record.port, agent_ids: record.agent_ids })
     }
@@ -233,10 +245,6 @@ impl Runtime for CellsRuntime {
             return Ok(record.applied_generation);
         }
         let change = config_apply::check(&record, change)?;
-        // Secrets first, so references in the batch resolve when OpenClaw
-        // validates them.
-        let previous = std::mem::replace(&mut record.secrets, change.secrets);
-        self.write_secrets(&record)?;
         let batch = (!change.batch.is_empty()).then(|| {
             // The secrets file as the container sees it.
             let provider =
@@ -245,11 +253,7 @@ impl Runtime for CellsRuntime {
             ops.extend(change.batch);
             Value::Array(ops)
         });
-        if let Err(err) = config_apply::set_and_unset(self, &record, batch, change.unset_paths).await {
-            record.secrets = previous;
-            self.write_secrets(&record)?;
-            return Err(err);
-        }
+        config_apply::apply_secrets_and_config(self, &mut record, change.secrets, batch, change.unset_paths).await?;
         let cell = self.cell_dir(&record.slug);
         for (_, name, content) in change.files {
             // A cell has OpenClaw's default agent, with the default workspace.
@@ -301,7 +305,12 @@ impl Runtime for CellsRuntime {
     /// Cells are supervised by the container engine: a provisioned one runs.
     fn gateway(&self, record: &TenantRecord) -> GatewayReport {
         let phase = if record.provisioned { GatewayPhase::Running } else { GatewayPhase::Stopped };
-        GatewayReport { phase, restarts: 0, last_error: String::new(), since: None }
+        GatewayReport { phase, restarts: 0, last_error: String::new(), since: None, usage: Default::default() }
+    }
+
+    /// The container engine enforces a cell's limits with the host's cgroups.
+    fn limits_support(&self) -> (String, String) {
+        super::limits::host_support()
     }
 
     /// Cells keep their state in the container engine's volumes: not synced.
@@ -333,5 +342,17 @@ impl Runtime for CellsRuntime {
 
     fn leave_gateways_running(&self) {
         // Nothing to leave: the container engine runs the cells.
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limited_cells_get_the_fleet_limit_flags() {
+        assert!(cell_limits(&Resources::default()).is_empty(), "unlimited: fleet's own defaults");
+        let resources = Resources { memory_bytes: 1536 << 20, cpus: 1.5, pids: 128, ..Default::default() };
+        assert_eq!(cell_limits(&resources), ["--memory", "1610612736", "--cpus", "1.5", "--pids-limit", "128"]);
     }
 }

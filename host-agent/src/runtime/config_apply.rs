@@ -137,9 +137,29 @@ pub(super) async fn config_set(cli: &dyn TenantCli, record: &TenantRecord, ops: 
     Ok(())
 }
 
+/// A generation's secrets and config: the secrets file first (references
+/// in the batch must resolve when OpenClaw validates them), then the batch
+/// and unsets; if OpenClaw refuses, the previous secrets are put back.
+pub(super) async fn apply_secrets_and_config(
+    cli: &dyn TenantCli,
+    record: &mut TenantRecord,
+    secrets: HashMap<String, String>,
+    batch: Option<Value>,
+    unset_paths: &[String],
+) -> RuntimeResult<()> {
+    let previous = std::mem::replace(&mut record.secrets, secrets);
+    cli.write_secrets(record)?;
+    if let Err(err) = set_and_unset(cli, record, batch, unset_paths).await {
+        record.secrets = previous;
+        cli.write_secrets(record)?;
+        return Err(err);
+    }
+    Ok(())
+}
+
 /// The generation's `config set` batch (if any), then its unsets; a path
 /// that is not set is no error.
-pub(super) async fn set_and_unset(
+async fn set_and_unset(
     cli: &dyn TenantCli,
     record: &TenantRecord,
     batch: Option<Value>,

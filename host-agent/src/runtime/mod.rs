@@ -10,6 +10,8 @@ pub mod archives;
 pub mod cells;
 pub mod config_apply;
 pub mod error;
+pub mod hibernation;
+pub mod limits;
 pub mod logs;
 pub mod process;
 pub mod readiness;
@@ -18,6 +20,7 @@ pub mod supervisor;
 pub mod users;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
@@ -27,7 +30,7 @@ use crate::config::RuntimeKind;
 use crate::openclaw::cli::{CliOutput, OpenClawCli, TenantEnv};
 pub use error::{RuntimeError, RuntimeResult};
 pub use logs::LogFollower;
-pub use records::{RecordStore, TenantRecord};
+pub use records::{RecordStore, Resources, TenantRecord};
 pub use supervisor::GatewayPhase;
 
 /// One config generation for a tenant.
@@ -55,6 +58,20 @@ pub struct GatewayReport {
     pub last_error: String,
     /// Since when it is in `phase`, if anyone watches it.
     pub since: Option<SystemTime>,
+    pub usage: GatewayUsage,
+}
+
+/// What a tenant's gateway takes, for the hello and heartbeats.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct GatewayUsage {
+    /// Its cgroup's usage, or the RSS of its process group; 0 when it does
+    /// not run.
+    pub memory_used_bytes: u64,
+    pub cpu_used_micros: u64,
+    /// The memory limit the host enforces; 0 if none.
+    pub memory_limit_bytes: u64,
+    /// Kills at the memory limit and restarts above the soft limit.
+    pub memory_kills: u32,
 }
 
 /// A tenant whose OpenClaw state lies in this host's file system.
@@ -63,6 +80,9 @@ pub struct LocalState {
     pub tenant_id: String,
     /// The tenant's OPENCLAW_STATE_DIR.
     pub state_dir: PathBuf,
+    /// The tenant's OS user (uid, gid): the agent reads its files as that
+    /// user, so a link the tenant planted cannot lead it into another's.
+    pub owner: Option<(u32, u32)>,
 }
 
 /// Held while a tenant's state is read: no command runs on it meanwhile.
@@ -83,14 +103,15 @@ pub trait Runtime: Send + Sync {
 
     /// Creates the tenant (or finishes an interrupted provisioning) and
     /// starts its gateway; for a tenant that exists, only makes sure its
-    /// gateway runs. `public_origin` (`https://<slug>.<domain>`) may open
-    /// the gateway's Control UI.
+    /// gateway runs under the given resources. `public_origin`
+    /// (`https://<slug>.<domain>`) may open the gateway's Control UI.
     async fn provision(
         &self,
         tenant_id: &str,
         slug: &str,
         agent_ids: &[String],
         public_origin: &str,
+        resources: &Resources,
     ) -> RuntimeResult<Provisioned>;
 
     /// Applies a config generation; one at or below the applied one is a
@@ -121,6 +142,10 @@ pub trait Runtime: Send + Sync {
 
     fn gateway(&self, record: &TenantRecord) -> GatewayReport;
 
+    /// How this host enforces tenant limits: the cgroup version ("v2",
+    /// "v1"), or "" and the reason it cannot.
+    fn limits_support(&self) -> (String, String);
+
     /// Tenants whose state sync reads.
     fn local_states(&self) -> Vec<LocalState>;
 
@@ -137,13 +162,35 @@ pub trait Runtime: Send + Sync {
     /// The agent is stopping: its tenants' gateways keep running, for the
     /// next agent run to adopt.
     fn leave_gateways_running(&self);
+
+    /// The traffic record the proxy keeps and hibernation reads; None for
+    /// a runtime whose tenants never hibernate.
+    fn activity(&self) -> Option<Arc<hibernation::Activity>> {
+        None
+    }
+
+    /// Stops the gateway of a tenant idle for `idle` (and with no request
+    /// in flight) until the next request; false if it was not idle after
+    /// all or sleeps already.
+    async fn hibernate(&self, _tenant_id: &str, _idle: Duration) -> RuntimeResult<bool> {
+        Ok(false)
+    }
+
+    /// Starts a hibernated tenant's gateway and waits until it is ready; for
+    /// a tenant that is awake, only waits until it is ready.
+    async fn wake(&self, _tenant_id: &str) -> RuntimeResult<()> {
+        Ok(())
+    }
 }
 
-/// How a runtime runs `openclaw <args>` for one of its tenants: as the
-/// tenant's user on its state, or inside its cell's container.
+/// How a runtime reaches one of its tenants: runs `openclaw <args>` for it
+/// (as the tenant's user on its state, or inside its cell's container) and
+/// writes its secrets file where that OpenClaw reads it.
 #[async_trait]
 trait TenantCli: Sync {
     async fn openclaw(&self, record: &TenantRecord, args: &[&str]) -> RuntimeResult<CliOutput>;
+
+    fn write_secrets(&self, record: &TenantRecord) -> anyhow::Result<()>;
 }
 
 /// What a provision command may carry, checked before anything runs; the

@@ -20,13 +20,15 @@ use clawplane_tls::files::{create_private_dir, write_private};
 use serde_json::{json, Value};
 
 use super::config_apply::{self, GATEWAY_DEFAULTS_VERSION};
+use super::hibernation::Activity;
+use super::limits::{process_group_usage, Limits};
 use super::logs::{file_tail, FileFollower, LogFollower};
-use super::records::{PortAllocator, RecordStore, TenantLocks, TenantRecord};
+use super::records::{PortAllocator, RecordStore, Resources, TenantLocks, TenantRecord};
 use super::supervisor::{GatewayLaunch, GatewayPhase, Supervisors};
 use super::users::{chown, ensure_user, kill_user_processes, remove_user, set_mode, tenant_user_name};
 use super::{
-    archives, check_provision, check_tenant, hex_token, readiness, ConfigChange, GatewayReport, LocalState,
-    Provisioned, ReadHold, Runtime, RuntimeError, RuntimeResult, TenantCli,
+    archives, check_provision, check_tenant, hex_token, readiness, ConfigChange, GatewayReport, GatewayUsage,
+    LocalState, Provisioned, ReadHold, Runtime, RuntimeError, RuntimeResult, TenantCli,
 };
 use crate::config::{RuntimeKind, TenantSettings};
 use crate::openclaw::cli::{kill_group, CliOutput, OpenClawCli, TenantEnv};
@@ -38,6 +40,10 @@ pub struct ProcessRuntime {
     locks: TenantLocks,
     ports: PortAllocator,
     supervisors: Supervisors,
+    /// Tenant cgroups (limits and usage).
+    limits: Arc<Limits>,
+    /// Traffic, for hibernation.
+    activity: Arc<Activity>,
 }
 
 impl ProcessRuntime {
@@ -56,6 +62,8 @@ impl ProcessRuntime {
             records,
             locks: TenantLocks::default(),
             supervisors: Supervisors::default(),
+            limits: Arc::new(Limits::detect(&settings.limits)),
+            activity: Arc::default(),
             settings,
         }))
     }
@@ -117,24 +125,29 @@ impl ProcessRuntime {
         Ok(())
     }
 
-    /// The secrets file: the gateway token and every tenant secret, 0600,
-    /// owned by the tenant; OpenClaw reads it through SecretRefs.
-    fn write_secrets(&self, record: &TenantRecord) -> anyhow::Result<()> {
-        let document =
-            config_apply::secrets_document(json!({"gateway": {"token": record.gateway_token}}), &record.secrets);
-        let path = self.tenant_root(&record.slug).join("secrets.json");
-        write_private(&path, serde_json::to_vec_pretty(&document)?.as_slice())?;
-        chown(&path, record.owner())?;
-        Ok(())
-    }
-
     fn launch(&self, record: &TenantRecord) -> GatewayLaunch {
         GatewayLaunch {
             tenant_id: record.tenant_id.clone(),
             openclaw: self.openclaw.clone(),
             env: self.env(record),
             root: self.tenant_root(&record.slug),
+            limits: self.limits.clone(),
+            resources: record.resources.clone(),
+            restart_budget: self.settings.restart_budget,
         }
+    }
+
+    /// Holds the tenant to `resources` from now on: its record, and its
+    /// cgroup's limits live (the gateway keeps running).
+    fn apply_resources(&self, record: &mut TenantRecord, resources: &Resources) -> RuntimeResult<()> {
+        if self.limits.available() {
+            self.limits.apply(&record.tenant_id, resources)?;
+        }
+        if record.resources != *resources {
+            record.resources = resources.clone();
+            self.records.save(record)?;
+        }
+        Ok(())
     }
 
     /// Waits until the gateway answers `/readyz` with 200.
@@ -148,6 +161,10 @@ impl ProcessRuntime {
     }
 
     async fn restart_locked(&self, record: &TenantRecord) -> RuntimeResult<()> {
+        if record.hibernated {
+            // It starts with the new config when it wakes.
+            return Ok(());
+        }
         if !self.supervisors.request_restart(&record.tenant_id) {
             self.supervisors.ensure(self.launch(record));
         }
@@ -197,6 +214,17 @@ impl TenantCli for ProcessRuntime {
         tracing::debug!(tenant = %record.tenant_id, command = %args[..args.len().min(2)].join(" "), elapsed_ms = output.elapsed.as_millis() as u64, ok = output.success, "openclaw call");
         Ok(output)
     }
+
+    /// The secrets file: the gateway token and every tenant secret, 0600,
+    /// owned by the tenant; OpenClaw reads it through SecretRefs.
+    fn write_secrets(&self, record: &TenantRecord) -> anyhow::Result<()> {
+        let document =
+            config_apply::secrets_document(json!({"gateway": {"token": record.gateway_token}}), &record.secrets);
+        let path = self.tenant_root(&record.slug).join("secrets.json");
+        write_private(&path, serde_json::to_vec_pretty(&document)?.as_slice())?;
+        chown(&path, record.owner())?;
+        Ok(())
+    }
 }
 
 #[async_trait]
@@ -217,18 +245,21 @@ impl Runtime for ProcessRuntime {
         slug: &str,
         agent_ids: &[String],
         public_origin: &str,
+        resources: &Resources,
     ) -> RuntimeResult<Provisioned> {
         let agents = check_provision(tenant_id, slug, agent_ids, public_origin)?;
+        self.limits.check(resources)?;
         let lock = self.locks.lock(tenant_id);
         let _guard = lock.lock().await;
-        let mut record = match self.records.get(tenant_id) {
-            Some(record) if record.slug != slug => {
-                return Err(RuntimeError::Invalid(format!(
-                    "tenant {tenant_id} already runs here as {:?}",
-                    record.slug
-                )));
-            }
-            Some(record) if record.provisioned => {
+        let mut record = match self.records.claimed(tenant_id, slug)? {
+            Some(mut record) if record.provisioned => {
+                self.apply_resources(&mut record, resources)?;
+                if record.hibernated {
+                    // Provisioning asks for a running gateway.
+                    record.hibernated = false;
+                    self.records.save(&record)?;
+                    self.activity.set_hibernated(tenant_id, false);
+                }
                 self.supervisors.ensure(self.launch(&record));
                 self.wait_ready(&record).await?;
                 return Ok(Provisioned { port: record.port, agent_ids: record.agent_ids });
@@ -270,6 +301,7 @@ impl Runtime for ProcessRuntime {
         record.defaults_version = GATEWAY_DEFAULTS_VERSION;
         record.public_origin = public_origin.to_string();
         record.config_hash = self.config_hash(&record);
+        self.apply_resources(&mut record, resources)?;
         self.records.save(&record)?;
         self.supervisors.ensure(self.launch(&record));
         self.wait_ready(&record).await?;
@@ -290,16 +322,8 @@ impl Runtime for ProcessRuntime {
             return Ok(record.applied_generation);
         }
         let change = config_apply::check(&record, change)?;
-        // Secrets first, so references in the batch resolve when OpenClaw
-        // validates them.
-        let previous = std::mem::replace(&mut record.secrets, change.secrets);
-        self.write_secrets(&record)?;
         let batch = (!change.batch.is_empty()).then_some(Value::Array(change.batch));
-        if let Err(err) = config_apply::set_and_unset(self, &record, batch, change.unset_paths).await {
-            record.secrets = previous;
-            self.write_secrets(&record)?;
-            return Err(err);
-        }
+        config_apply::apply_secrets_and_config(self, &mut record, change.secrets, batch, change.unset_paths).await?;
         for (agent_id, name, content) in change.files {
             let dir = self.tenant_root(&record.slug).join("state").join("workspaces").join(agent_id);
             let path = dir.join(name);
@@ -335,6 +359,9 @@ impl Runtime for ProcessRuntime {
         if let Some(uid) = record.uid {
             kill_user_processes(uid);
         }
+        if let Err(err) = self.limits.remove(tenant_id).await {
+            tracing::warn!(tenant = %tenant_id, error = %err, "cannot remove the tenant's cgroup");
+        }
         let root = self.tenant_root(&record.slug);
         let mut archived = None;
         if archive && root.exists() {
@@ -348,6 +375,7 @@ impl Runtime for ProcessRuntime {
             remove_user(user, record.uid).await;
         }
         self.records.remove(tenant_id);
+        self.activity.forget(tenant_id);
         self.prune_archives();
         Ok(archived)
     }
@@ -368,6 +396,11 @@ impl Runtime for ProcessRuntime {
             }
             // An unfinished provisioning is completed by its redelivered
             // command; its gateway must not start before its config exists.
+            if record.hibernated {
+                self.activity.set_hibernated(&record.tenant_id, true);
+                tracing::info!(tenant = %record.tenant_id, slug = %record.slug, "tenant stays hibernated");
+                continue;
+            }
             if record.provisioned {
                 let record = self.upgrade_defaults(record).await;
                 tracing::info!(tenant = %record.tenant_id, slug = %record.slug, "restarting gateway left by a previous agent run");
@@ -385,22 +418,46 @@ impl Runtime for ProcessRuntime {
     }
 
     fn gateway(&self, record: &TenantRecord) -> GatewayReport {
+        if record.hibernated {
+            return GatewayReport {
+                phase: GatewayPhase::Hibernated,
+                restarts: 0,
+                last_error: String::new(),
+                since: None,
+                usage: self.usage(record, None, 0),
+            };
+        }
         match self.supervisors.state(&record.tenant_id) {
             Some(state) => GatewayReport {
+                usage: self.usage(record, state.pid, state.memory_kills),
                 phase: state.phase,
                 restarts: state.restarts,
                 last_error: state.last_error,
                 since: Some(state.since),
             },
-            None => GatewayReport { phase: GatewayPhase::Stopped, restarts: 0, last_error: String::new(), since: None },
+            None => GatewayReport {
+                phase: GatewayPhase::Stopped,
+                restarts: 0,
+                last_error: String::new(),
+                since: None,
+                usage: self.usage(record, None, 0),
+            },
         }
+    }
+
+    fn limits_support(&self) -> (String, String) {
+        (self.limits.version().to_string(), self.limits.unavailable().unwrap_or_default().to_string())
     }
 
     fn local_states(&self) -> Vec<LocalState> {
         self.records
             .all()
             .into_iter()
-            .map(|record| LocalState { state_dir: self.env(&record).state_dir, tenant_id: record.tenant_id })
+            .map(|record| LocalState {
+                state_dir: self.env(&record).state_dir,
+                owner: record.owner(),
+                tenant_id: record.tenant_id,
+            })
             .collect()
     }
 
@@ -423,11 +480,97 @@ impl Runtime for ProcessRuntime {
     fn leave_gateways_running(&self) {
         self.supervisors.leave_running();
     }
+
+    fn activity(&self) -> Option<Arc<Activity>> {
+        Some(self.activity.clone())
+    }
+
+    async fn hibernate(&self, tenant_id: &str, idle: Duration) -> RuntimeResult<bool> {
+        // A tenant a command holds is busy, not idle: never wait for it.
+        let Some(_guard) = self.locks.try_hold(tenant_id) else { return Ok(false) };
+        let mut record = self.records.existing(tenant_id)?;
+        if record.hibernated || !record.provisioned || !self.activity.claim_idle(tenant_id, idle) {
+            return Ok(false);
+        }
+        record.hibernated = true;
+        self.records.save(&record)?;
+        self.supervisors.stop(tenant_id).await;
+        // Whatever the tenant's user still runs (detached helpers) goes too:
+        // a hibernated tenant holds no memory.
+        if let Some(uid) = record.uid {
+            kill_user_processes(uid);
+        }
+        Ok(true)
+    }
+
+    async fn wake(&self, tenant_id: &str) -> RuntimeResult<()> {
+        let record = {
+            // Held only to start it: requests waiting for the gateway must
+            // not hold up the tenant's commands.
+            let lock = self.locks.lock(tenant_id);
+            let _guard = lock.lock().await;
+            let mut record = self.records.existing(tenant_id)?;
+            if record.hibernated {
+                record.hibernated = false;
+                self.records.save(&record)?;
+                tracing::info!(tenant = %tenant_id, "waking a hibernated tenant");
+            }
+            self.supervisors.ensure(self.launch(&record));
+            record
+        };
+        // Requests keep coming here (and wait) until the gateway answers;
+        // then, or when it cannot start, they go to it directly again.
+        let ready = self.ready_or_exited(&record).await;
+        self.activity.set_hibernated(tenant_id, false);
+        ready
+    }
 }
 
 impl ProcessRuntime {
+    /// Waits until a starting gateway is ready, or fails as soon as it dies.
+    async fn ready_or_exited(&self, record: &TenantRecord) -> RuntimeResult<()> {
+        let tenant_id = &record.tenant_id;
+        // Polled often: every 100 ms here is up to 100 ms on a held request.
+        // A gateway that dies while starting fails the wake at once instead
+        // of holding requests until the readiness timeout.
+        let started = Instant::now();
+        loop {
+            if readiness::http_status(record.port, "/readyz").await == Some(200) {
+                self.supervisors.mark_running(tenant_id);
+                return Ok(());
+            }
+            let state = self.supervisors.state(tenant_id);
+            if let Some(state) = state.filter(|s| matches!(s.phase, GatewayPhase::Backoff | GatewayPhase::Failed)) {
+                return Err(RuntimeError::OpenClaw(format!("the gateway exited while starting: {}", state.last_error)));
+            }
+            if started.elapsed() > self.settings.ready_timeout {
+                return Err(readiness::not_ready(&record.slug, self.settings.ready_timeout, ""));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     fn log_path(&self, record: &TenantRecord) -> PathBuf {
         self.tenant_root(&record.slug).join("logs").join("gateway.log")
+    }
+
+    /// What the tenant's gateway (process `pid`, its group's leader) takes:
+    /// its cgroup's counters, or its process group's from /proc.
+    fn usage(&self, record: &TenantRecord, pid: Option<u32>, memory_kills: u32) -> GatewayUsage {
+        let enforced = self.limits.available();
+        let (memory_used_bytes, cpu_used_micros) = match pid {
+            None => (0, 0),
+            Some(pid) => match self.limits.usage(&record.tenant_id).filter(|_| enforced) {
+                Some(usage) => (usage.memory_bytes, usage.cpu_micros),
+                None => process_group_usage(pid),
+            },
+        };
+        GatewayUsage {
+            memory_used_bytes,
+            cpu_used_micros,
+            memory_limit_bytes: if enforced { record.resources.memory_bytes } else { 0 },
+            memory_kills,
+        }
     }
 }
 
@@ -448,23 +591,13 @@ mod tests {
     impl Fake {
         fn new(mode: &str) -> Fake {
             let dir = tempfile::tempdir().unwrap();
-            let bin = dir.path().join("openclaw");
-            std::fs::copy(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/fake-openclaw"), &bin).unwrap();
-            std::fs::write(dir.path().join("fake-mode"), mode).unwrap();
-            let runtime = ProcessRuntime::new(TenantSettings {
-                kind: RuntimeKind::Process,
-                openclaw_bin: bin,
-                state_dir: dir.path().join("agent"),
-                tenants_dir: dir.path().join("tenants"),
-                tenant_users: false,
-                base_port: 40000 + (rand::random::<u16>() % 20000),
-                port_stride: 150,
+            let settings = TenantSettings {
                 cli_timeout: Duration::from_secs(2),
                 ready_timeout: Duration::from_secs(20),
-                archive_dir: dir.path().join("archives"),
-                archive_retention: Duration::from_secs(3600),
-            })
-            .unwrap();
+                ..TenantSettings::stand_in(dir.path())
+            };
+            std::fs::write(dir.path().join("fake-mode"), mode).unwrap();
+            let runtime = ProcessRuntime::new(settings).unwrap();
             Fake { dir, runtime }
         }
 
@@ -486,9 +619,46 @@ mod tests {
     const TENANT: &str = "01a20c6b-19d8-76c4-937e-6d06bfdd3192";
 
     #[tokio::test]
+    async fn a_gateway_that_keeps_failing_is_given_up_until_restarted() {
+        let fake = Fake::new("ok");
+        let settings = TenantSettings {
+            restart_budget: 2,
+            ready_timeout: Duration::from_secs(5),
+            ..fake.runtime.settings.clone()
+        };
+        let runtime = ProcessRuntime::new(settings).unwrap();
+        std::fs::write(fake.dir.path().join("gateway-exit"), "").unwrap();
+        let err = runtime.provision(TENANT, "alice", &[], "", &Resources::default()).await.err().expect("not ready");
+        assert!(err.to_string().contains("not ready"), "{err}");
+        // Bounded only so a supervisor that never gives up fails the test.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let record = runtime.records.existing(TENANT).unwrap();
+        let report = loop {
+            let report = runtime.gateway(&record);
+            if report.phase == GatewayPhase::Failed {
+                break report;
+            }
+            assert!(Instant::now() < deadline, "still restarting: {report:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert!(report.last_error.starts_with("gave up after 2 failed starts in a row"), "{}", report.last_error);
+        assert!(report.last_error.contains("crashed at start"), "{}", report.last_error);
+        // Given up means no more starts.
+        let starts = || fake.calls("alice").iter().filter(|c| c[..2] == ["gateway", "run"]).count();
+        let given_up_at = starts();
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert_eq!(starts(), given_up_at, "no start after giving up");
+        // A restart asks again, with a fresh budget.
+        std::fs::remove_file(fake.dir.path().join("gateway-exit")).unwrap();
+        runtime.restart(TENANT).await.unwrap();
+        assert_eq!(runtime.gateway(&record).phase, GatewayPhase::Running);
+        runtime.delete(TENANT, false).await.unwrap();
+    }
+
+    #[tokio::test]
     async fn older_tenants_get_the_current_gateway_defaults_on_restart() {
         let fake = Fake::new("ok");
-        fake.runtime.provision(TENANT, "alice", &[], "https://alice.claw.test").await.unwrap();
+        fake.runtime.provision(TENANT, "alice", &[], "https://alice.claw.test", &Resources::default()).await.unwrap();
         let path = fake.dir.path().join("agent/tenants").join(format!("{TENANT}.json"));
         let read = || serde_json::from_str::<TenantRecord>(&std::fs::read_to_string(&path).unwrap()).unwrap();
         let mut record = read();
@@ -513,14 +683,18 @@ mod tests {
     #[tokio::test]
     async fn provisioning_and_applying_are_idempotent() {
         let fake = Fake::new("ok");
-        let first = fake.runtime.provision(TENANT, "alice", &[], "").await.unwrap();
-        let second = fake.runtime.provision(TENANT, "alice", &[], "").await.unwrap();
+        let first = fake.runtime.provision(TENANT, "alice", &[], "", &Resources::default()).await.unwrap();
+        let second = fake.runtime.provision(TENANT, "alice", &[], "", &Resources::default()).await.unwrap();
         assert_eq!(first.port, second.port);
         let agents_added = fake.calls("alice").iter().filter(|c| c[..2] == ["agents", "add"]).count();
         assert_eq!(agents_added, 1, "a second provision does not re-run the steps");
         // A team tenant: several agents in its one gateway.
         const TEAM: &str = "01a20c6b-19d8-76c4-937e-6d06bfdd3193";
-        let team = fake.runtime.provision(TEAM, "crew", &["crew".into(), "planner".into()], "").await.unwrap();
+        let team = fake
+            .runtime
+            .provision(TEAM, "crew", &["crew".into(), "planner".into()], "", &Resources::default())
+            .await
+            .unwrap();
         assert_eq!(team.agent_ids, vec!["crew", "planner"]);
         let added: Vec<String> =
             fake.calls("crew").into_iter().filter(|c| c[..2] == ["agents", "add"]).map(|c| c[2].clone()).collect();
@@ -546,7 +720,7 @@ mod tests {
     #[tokio::test]
     async fn hostile_values_reach_openclaw_as_inert_data() {
         let fake = Fake::new("ok");
-        fake.runtime.provision(TENANT, "alice", &[], "").await.unwrap();
+        fake.runtime.provision(TENANT, "alice", &[], "", &Resources::default()).await.unwrap();
         let nasty = "$(touch /tmp/pwned); `id` && rm -rf / ; \"quote\" \n newline ../../etc/passwd";
         let ops = vec![("agents.entries.alice.identity.name".to_string(), serde_json::to_string(nasty).unwrap())];
         let secret = format!("sk-distinct-{nasty}");
@@ -568,17 +742,21 @@ mod tests {
     async fn bad_identifiers_are_refused_before_any_process_runs() {
         let fake = Fake::new("ok");
         for slug in ["../etc", "a b", "a;rm", "$(id)", "a\0b", "Alice"] {
-            let err = fake.runtime.provision(TENANT, slug, &[], "").await.err().expect("refused");
+            let err =
+                fake.runtime.provision(TENANT, slug, &[], "", &Resources::default()).await.err().expect("refused");
             assert!(matches!(err, RuntimeError::Invalid(_)), "{slug:?}: {err}");
         }
         for id in ["../../x", "a;b", ""] {
             assert!(
-                matches!(fake.runtime.provision(id, "alice", &[], "").await, Err(RuntimeError::Invalid(_))),
+                matches!(
+                    fake.runtime.provision(id, "alice", &[], "", &Resources::default()).await,
+                    Err(RuntimeError::Invalid(_))
+                ),
                 "{id:?}"
             );
         }
         assert!(fake.calls("alice").is_empty(), "nothing reached openclaw");
-        fake.runtime.provision(TENANT, "alice", &[], "").await.unwrap();
+        fake.runtime.provision(TENANT, "alice", &[], "", &Resources::default()).await.unwrap();
         let cases: Vec<(Vec<(String, String)>, Vec<(String, Vec<u8>)>, Vec<(String, String, String)>)> = vec![
             (vec![("a;rm -rf /".into(), "1".into())], vec![], vec![]),
             (vec![("a..b".into(), "1".into())], vec![], vec![]),
@@ -600,7 +778,7 @@ mod tests {
     #[tokio::test]
     async fn cli_failures_come_back_named() {
         let fake = Fake::new("ok");
-        fake.runtime.provision(TENANT, "alice", &[], "").await.unwrap();
+        fake.runtime.provision(TENANT, "alice", &[], "", &Resources::default()).await.unwrap();
         let ops = vec![("channels.telegram.dmPolicy".to_string(), "\"bogus\"".to_string())];
         let change = || ConfigChange { ops: &ops, unset_paths: &[], secrets: &[], files: &[] };
 
@@ -648,7 +826,7 @@ mod tests {
     #[tokio::test]
     async fn archives_past_their_retention_are_pruned() {
         let fake = Fake::new("ok");
-        fake.runtime.provision(TENANT, "alice", &[], "").await.unwrap();
+        fake.runtime.provision(TENANT, "alice", &[], "", &Resources::default()).await.unwrap();
         let (archive, bytes) = fake.runtime.delete(TENANT, true).await.unwrap().expect("archived");
         assert!(archive.exists() && bytes > 0);
         fake.runtime.prune_archives();

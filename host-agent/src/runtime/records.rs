@@ -43,6 +43,74 @@ pub struct TenantRecord {
     /// `https://<slug>.<domain>`, allowed to open the Control UI.
     #[serde(default)]
     pub public_origin: String,
+    /// What the tenant's plan lets its gateway take; the latest provision
+    /// command's.
+    #[serde(default)]
+    pub resources: Resources,
+    /// The gateway was stopped after its idle period and starts again on
+    /// the next request (kept across agent restarts).
+    #[serde(default)]
+    pub hibernated: bool,
+}
+
+/// What a tenant's plan lets its gateway take; zero means no limit.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Resources {
+    /// Hard memory limit: the kernel kills the gateway above it.
+    pub memory_bytes: u64,
+    /// The agent restarts a gateway that stays above this for a minute.
+    pub memory_soft_bytes: u64,
+    /// CPU cores (a quota).
+    pub cpus: f64,
+    /// Most processes and threads.
+    pub pids: u32,
+    /// Idle period after which the gateway hibernates; 0: never.
+    pub hibernate_after_secs: u64,
+}
+
+/// Smallest memory limit accepted: an OpenClaw gateway does not start in
+/// less.
+const MIN_MEMORY_BYTES: u64 = 64 << 20;
+/// Longest idle period accepted.
+const MAX_HIBERNATE_AFTER_SECS: u64 = 30 * 24 * 3600;
+
+impl Resources {
+    /// The resources of a provision command, checked before anything runs.
+    pub fn from_command(command: &clawplane_proto::v1::ProvisionTenantCommand) -> RuntimeResult<Self> {
+        let hibernate_after_secs = command.hibernate_after.map(|d| d.seconds).unwrap_or(0);
+        let resources = Resources {
+            memory_bytes: command.memory_bytes,
+            memory_soft_bytes: command.memory_soft_bytes,
+            cpus: command.cpus,
+            pids: command.pids_limit,
+            hibernate_after_secs: hibernate_after_secs.max(0) as u64,
+        };
+        let invalid = |what: String| Err(RuntimeError::Invalid(what));
+        if !resources.cpus.is_finite() || resources.cpus < 0.0 || resources.cpus > 1024.0 {
+            return invalid(format!("cpus {} is not between 0 and 1024", command.cpus));
+        }
+        if resources.memory_bytes != 0 && resources.memory_bytes < MIN_MEMORY_BYTES {
+            return invalid(format!("memory limit {} bytes is below 64 MiB", resources.memory_bytes));
+        }
+        if resources.memory_soft_bytes != 0
+            && resources.memory_bytes != 0
+            && resources.memory_soft_bytes > resources.memory_bytes
+        {
+            return invalid(format!(
+                "memory soft limit {} bytes is above the hard limit {} bytes",
+                resources.memory_soft_bytes, resources.memory_bytes
+            ));
+        }
+        if hibernate_after_secs < 0 || resources.hibernate_after_secs > MAX_HIBERNATE_AFTER_SECS {
+            return invalid(format!("hibernate_after {hibernate_after_secs} s is not between 0 and 30 days"));
+        }
+        Ok(resources)
+    }
+
+    /// Whether any limit needs the host to enforce it.
+    pub fn limited(&self) -> bool {
+        self.memory_bytes > 0 || self.memory_soft_bytes > 0 || self.cpus > 0.0 || self.pids > 0
+    }
 }
 
 impl TenantRecord {
@@ -63,6 +131,8 @@ impl TenantRecord {
             config_hash: None,
             defaults_version: 0,
             public_origin: String::new(),
+            resources: Resources::default(),
+            hibernated: false,
         }
     }
 
@@ -98,6 +168,17 @@ impl RecordStore {
     /// The record of a tenant a command names, which must be on this host.
     pub fn existing(&self, tenant_id: &str) -> RuntimeResult<TenantRecord> {
         self.get(tenant_id).ok_or_else(|| RuntimeError::Invalid(format!("tenant {tenant_id} is not on this host")))
+    }
+
+    /// The record of a tenant being provisioned, if it exists; refused when
+    /// the tenant already runs here under another slug.
+    pub fn claimed(&self, tenant_id: &str, slug: &str) -> RuntimeResult<Option<TenantRecord>> {
+        match self.get(tenant_id) {
+            Some(record) if record.slug != slug => {
+                Err(RuntimeError::Invalid(format!("tenant {tenant_id} already runs here as {:?}", record.slug)))
+            }
+            found => Ok(found),
+        }
     }
 
     pub fn save(&self, record: &TenantRecord) -> anyhow::Result<()> {

@@ -32,10 +32,11 @@ pub use reading::Reading;
 use crate::config::STABLE_SESSION;
 use crate::retry::{Backoff, Retries};
 use crate::rpc::transport_detail;
-use crate::shutdown::Shutdown;
+use clawplane_edge::shutdown::Shutdown;
 
-/// Records per batch.
-pub const BATCH_RECORDS: usize = 1_000;
+/// Records per batch: the control plane's limit, so a backlog goes out in
+/// as few transactions as it takes (each batch is one on its side).
+pub const BATCH_RECORDS: usize = 2_000;
 /// Batches sent and not yet acknowledged.
 pub const MAX_IN_FLIGHT: usize = 4;
 /// A batch also closes at this size, so one message stays far below the
@@ -62,6 +63,8 @@ pub struct SyncTenant {
     pub tenant_id: String,
     /// The tenant's OPENCLAW_STATE_DIR.
     pub state_dir: PathBuf,
+    /// The tenant's OS user (uid, gid), whose files these are.
+    pub owner: Option<(u32, u32)>,
 }
 
 /// Where the syncer learns which tenants run here and which config writes
@@ -109,7 +112,7 @@ fn read_tenant(tenant: &SyncTenant, own_hash: &str, cursors: &Cursors, budget: u
         }
         let db = tenant.state_dir.join("agents").join(&agent_id).join("agent").join("openclaw-agent.sqlite");
         if sqlite::in_wal_mode(&db) {
-            match sqlite::read(&db, &tenant.tenant_id, &agent_id, cursors, room) {
+            match sqlite::read(&db, tenant.owner, &tenant.tenant_id, &agent_id, cursors, room) {
                 Ok(more) => reading.extend(more),
                 Err(sqlite::SqliteError::NoSchemaYet) => {
                     tracing::debug!(database = %db.display(), "agent database has no schema yet; read once it does")

@@ -2,12 +2,13 @@
 //! (`agents/<id>/agent/openclaw-agent.sqlite`, WAL mode, schema 23).
 //! Opened read-only for one short read at a time: in WAL mode readers never
 //! block the gateway's writes, and no read transaction stays open long
-//! enough to hold back its checkpoints.
+//! enough to hold back its checkpoints. Opened as the database's owner
+//! ([`crate::openclaw::database`]).
 use std::io::Read;
 use std::path::Path;
 
 use clawplane_proto::v1::{sync_record, SessionMeta, SyncRecord, SyncSource};
-use rusqlite::{Connection, OpenFlags, OptionalExtension};
+use rusqlite::OptionalExtension;
 
 use super::cursors::{CursorKey, Cursors, Position};
 use super::event;
@@ -58,13 +59,13 @@ pub fn in_wal_mode(path: &Path) -> bool {
 /// Reads what is new in one agent database, at most `budget` records.
 pub fn read(
     path: &Path,
+    owner: Option<(u32, u32)>,
     tenant_id: &str,
     agent_id: &str,
     cursors: &Cursors,
     budget: usize,
 ) -> Result<Reading, SqliteError> {
-    let db = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
-    db.busy_timeout(std::time::Duration::from_secs(2))?;
+    let db = crate::openclaw::database::open_read_only(path, owner)?;
     let created: bool = db.query_row(
         "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'schema_meta'",
         [],
@@ -215,6 +216,8 @@ fn decompress(compressed: &[u8], expected: Option<i64>) -> Result<Vec<u8>, Strin
 mod tests {
     use clawplane_proto::v1::MessageRole;
 
+    use rusqlite::Connection;
+
     use super::*;
 
     /// Real OpenClaw 2026.9.6 output: three `openclaw agent` turns against
@@ -261,7 +264,7 @@ mod tests {
     fn reads_a_real_openclaw_database_including_zstd_events() {
         let (dir, path) = fixture();
         let mut cursors = Cursors::load(dir.path()).unwrap();
-        let reading = read(&path, "t1", "main", &cursors, 1000).unwrap();
+        let reading = read(&path, None, "t1", "main", &cursors, 1000).unwrap();
         assert!(!reading.more);
         assert_eq!(reading.parse_errors, 0);
         let Some(sync_record::Body::SessionMeta(meta)) = &reading.records[0].body else {
@@ -285,7 +288,7 @@ mod tests {
 
         // Nothing new: nothing read, nothing advanced.
         apply(&mut cursors, &reading);
-        let again = read(&path, "t1", "main", &cursors, 1000).unwrap();
+        let again = read(&path, None, "t1", "main", &cursors, 1000).unwrap();
         assert!(again.records.is_empty() && again.advanced.is_empty());
     }
 
@@ -295,7 +298,7 @@ mod tests {
         let mut cursors = Cursors::load(dir.path()).unwrap();
         let mut seqs = Vec::new();
         for _ in 0..10 {
-            let reading = read(&path, "t1", "main", &cursors, 4).unwrap();
+            let reading = read(&path, None, "t1", "main", &cursors, 4).unwrap();
             seqs.extend(events(&reading).into_iter().map(|(seq, _)| seq));
             apply(&mut cursors, &reading);
             if !reading.more {
@@ -309,15 +312,15 @@ mod tests {
     fn a_rewritten_session_is_read_again_and_unknown_schemas_are_refused() {
         let (dir, path) = fixture();
         let mut cursors = Cursors::load(dir.path()).unwrap();
-        let first = read(&path, "t1", "main", &cursors, 1000).unwrap();
+        let first = read(&path, None, "t1", "main", &cursors, 1000).unwrap();
         apply(&mut cursors, &first);
         let db = Connection::open(&path).unwrap();
         db.execute("UPDATE transcript_rewrite_watermarks SET generation = 'g2'", []).unwrap();
-        let again = read(&path, "t1", "main", &cursors, 1000).unwrap();
+        let again = read(&path, None, "t1", "main", &cursors, 1000).unwrap();
         assert_eq!(events(&again).len(), 13, "a new generation starts from seq 0");
 
         db.execute("UPDATE schema_meta SET schema_version = 24", []).unwrap();
-        let err = read(&path, "t1", "main", &cursors, 1000).unwrap_err();
+        let err = read(&path, None, "t1", "main", &cursors, 1000).unwrap_err();
         assert!(err.to_string().contains("schema version 24"), "{err}");
     }
 
@@ -328,9 +331,12 @@ mod tests {
         let db = Connection::open(&path).unwrap();
         db.execute_batch("PRAGMA journal_mode = WAL; CREATE TABLE early (x)").unwrap();
         let cursors = Cursors::load(dir.path()).unwrap();
-        assert!(matches!(read(&path, "t1", "main", &cursors, 10), Err(SqliteError::NoSchemaYet)));
+        assert!(matches!(read(&path, None, "t1", "main", &cursors, 10), Err(SqliteError::NoSchemaYet)));
         db.execute_batch("CREATE TABLE schema_meta (meta_key TEXT, role TEXT, schema_version INTEGER)").unwrap();
-        assert!(matches!(read(&path, "t1", "main", &cursors, 10), Err(SqliteError::NoSchemaMeta)), "not OpenClaw's");
+        assert!(
+            matches!(read(&path, None, "t1", "main", &cursors, 10), Err(SqliteError::NoSchemaMeta)),
+            "not OpenClaw's"
+        );
     }
 
     #[test]
@@ -344,12 +350,101 @@ mod tests {
         }
         use std::os::unix::fs::MetadataExt;
         let (dir, path) = fixture();
-        std::os::unix::fs::chown(&path, Some(65534), Some(65534)).unwrap();
+        given_to_nobody(dir.path(), &path);
         let cursors = Cursors::load(dir.path()).unwrap();
-        read(&path, "t1", "main", &cursors, 10).unwrap();
+        read(&path, None, "t1", "main", &cursors, 10).unwrap();
         for suffix in ["-wal", "-shm"] {
             let meta = std::fs::metadata(format!("{}{suffix}", path.display())).unwrap();
             assert_eq!((meta.uid(), meta.gid()), (65534, 65534), "{suffix}");
         }
+    }
+
+    /// The database and its directory as a tenant's are: the owner's.
+    fn given_to_nobody(dir: &Path, db: &Path) {
+        use std::os::unix::fs::PermissionsExt;
+        std::os::unix::fs::chown(dir, Some(65534), Some(65534)).unwrap();
+        for suffix in ["", "-wal", "-shm"] {
+            let file = std::path::PathBuf::from(format!("{}{suffix}", db.display()));
+            if file.exists() {
+                std::os::unix::fs::chown(&file, Some(65534), Some(65534)).unwrap();
+                std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+            }
+        }
+    }
+
+    #[test]
+    fn a_gateway_opening_its_database_during_a_read_can_still_write() {
+        // The gateway (its own uid) opens, writes and closes its database
+        // again and again, each close removing -wal/-shm, while root reads
+        // it: no open may find those files root's and fail its write with
+        // "attempt to write a readonly database" (one run in four after a
+        // gateway restart, before reads ran as the database's owner).
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: needs root");
+            return;
+        }
+        let (dir, path) = fixture();
+        Connection::open(&path).unwrap().execute_batch("CREATE TABLE race (x INTEGER)").unwrap();
+        given_to_nobody(dir.path(), &path);
+        const WRITER: &str = r#"
+import sqlite3, sys
+failures = []
+for i in range(1000):
+    try:
+        db = sqlite3.connect(sys.argv[1], timeout=5, isolation_level=None)
+        db.execute("PRAGMA journal_mode = WAL")
+        db.execute("BEGIN IMMEDIATE")
+        db.execute("INSERT INTO race VALUES (?)", (i,))
+        db.execute("COMMIT")
+        db.close()
+    except Exception as err:
+        failures.append(str(err))
+print(len(failures), sorted(set(failures)))
+"#;
+        let mut writer = std::process::Command::new("setpriv")
+            // Debian's python: the tenant's uid cannot reach root's own.
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--", "/usr/bin/python3", "-c", WRITER])
+            .arg(&path)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3 and setpriv");
+        let cursors = Cursors::load(dir.path()).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        let mut reads = 0;
+        while writer.try_wait().unwrap().is_none() && std::time::Instant::now() < deadline {
+            let _ = read(&path, None, "t1", "main", &cursors, 10);
+            reads += 1;
+        }
+        let _ = writer.kill();
+        let output = writer.wait_with_output().unwrap();
+        let report = String::from_utf8_lossy(&output.stdout);
+        let errors = String::from_utf8_lossy(&output.stderr);
+        assert!(report.starts_with("0 "), "the gateway's writes failed during {reads} reads: {report} {errors}");
+        assert!(reads > 10, "the reads ran alongside the writes ({reads})");
+    }
+
+    #[test]
+    fn a_link_to_another_tenants_database_is_not_read() {
+        // Tenant A (uid 65534) links its agent database to tenant B's
+        // (uid 65533, its 0700 tree): read as A, the link leads nowhere.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: needs root");
+            return;
+        }
+        use std::os::unix::fs::PermissionsExt;
+        let (b_dir, b_db) = fixture();
+        for path in [b_dir.path(), b_db.as_path()] {
+            std::os::unix::fs::chown(path, Some(65533), Some(65533)).unwrap();
+        }
+        std::fs::set_permissions(b_dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+        let a_dir = tempfile::tempdir().unwrap();
+        std::os::unix::fs::chown(a_dir.path(), Some(65534), Some(65534)).unwrap();
+        let a_db = a_dir.path().join("openclaw-agent.sqlite");
+        std::os::unix::fs::symlink(&b_db, &a_db).unwrap();
+        let cursors = Cursors::load(a_dir.path()).unwrap();
+        let err = read(&a_db, Some((65534, 65534)), "t-a", "main", &cursors, 10).err().expect("refused");
+        assert!(err.to_string().contains("unable to open") || err.to_string().contains("denied"), "{err}");
+        assert!(read(&b_db, Some((65533, 65533)), "t-b", "main", &cursors, 10).is_ok(), "B reads its own");
     }
 }

@@ -1,5 +1,5 @@
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 
 use super::{bin, text, ControlPlane};
 use crate::{auth, free_port, wait_for_port};
@@ -58,6 +58,17 @@ impl BridgeProcess {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// SIGTERM, the way an operator or a service manager stops the bridge.
+    pub fn terminate(&self) {
+        // SAFETY: kill(2) touches no memory of ours.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+    }
+
+    /// How the bridge exited, once it has; None while it runs.
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().unwrap()
     }
 }
 

@@ -56,6 +56,10 @@ impl ControlPlane {
             .args(["--agent-listen", &format!("127.0.0.1:{}", self.agent_port)])
             .env_remove("CLAWPLANE_ADMIN_TOKEN")
             .env("CLAWPLANE_SHARED_SECRET", auth::SHARED_SECRET)
+            // SSO as the bridge has it: test JWTs (auth::hs256) sign in.
+            .env("CLAWPLANE_JWT_HS256_SECRET", auth::HS_SECRET)
+            .env("CLAWPLANE_JWT_ISSUER", auth::ISSUER)
+            .env("CLAWPLANE_JWT_AUDIENCE", auth::AUDIENCE)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -83,6 +87,29 @@ impl ControlPlane {
 
     pub fn restart(&mut self) {
         self.kill9();
+        self.spawn();
+    }
+
+    /// SIGTERM, then up to `limit` for the process to exit; None if it is
+    /// still running then (it is killed when the harness drops).
+    pub fn terminate(&mut self, limit: std::time::Duration) -> Option<std::process::ExitStatus> {
+        let child = self.child.as_mut()?;
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+        let deadline = std::time::Instant::now() + limit;
+        while std::time::Instant::now() < deadline {
+            if let Some(status) = child.try_wait().unwrap() {
+                self.child = None;
+                return Some(status);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        None
+    }
+
+    /// Starts a stopped control plane again on the same data and ports.
+    pub fn start_again(&mut self) {
+        assert!(self.child.is_none(), "the control plane is still running");
         self.spawn();
     }
 

@@ -1,9 +1,9 @@
-//! Connections to host agents' tenant proxies: mutual TLS with the bridge's
-//! identity, the agent verified as the host the route names (its
-//! certificate carries `<host id>.hosts.clawplane.internal`). Requests are
-//! multiplexed over one HTTP/2 connection per host ([`AgentPool`]), not one
-//! handshake per request; WebSocket upgrades get an HTTP/1.1 connection of
-//! their own.
+//! Connections to host agents' tenant proxies, for the gateway bridge and
+//! the control plane alike: mutual TLS with a `bridge:<name>` identity, the
+//! agent verified as the host asked for (its certificate carries
+//! `<host id>.hosts.clawplane.internal`). Requests are multiplexed over one
+//! HTTP/2 connection per host ([`AgentPool`]), not one handshake per
+//! request; WebSocket upgrades get an HTTP/1.1 connection of their own.
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -20,7 +20,12 @@ use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
-use crate::routes::RouteTable;
+/// Where each host's tenant proxy listens (`ip:port`), as the caller knows
+/// it (the bridge from its route table, the control plane from the hosts'
+/// hellos).
+pub trait Endpoints: Send + Sync {
+    fn endpoint_of(&self, host_id: &str) -> Option<String>;
+}
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// After a failed connect, requests to that host fail at once for this long
@@ -33,22 +38,22 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// (a request sent again).
 pub type UpstreamBody = BoxBody<Bytes, BoxError>;
 
-/// Opens mutual-TLS connections to agents, at the endpoint the route table
+/// Opens mutual-TLS connections to agents, at the endpoint `endpoints`
 /// holds for the host.
 #[derive(Clone)]
 pub struct AgentConnector {
     tls: TlsConnector,
-    table: Arc<RouteTable>,
+    endpoints: Arc<dyn Endpoints>,
 }
 
 impl AgentConnector {
-    pub fn new(tls: rustls::ClientConfig, table: Arc<RouteTable>) -> Self {
-        AgentConnector { tls: TlsConnector::from(Arc::new(tls)), table }
+    pub fn new(tls: rustls::ClientConfig, endpoints: Arc<dyn Endpoints>) -> Self {
+        AgentConnector { tls: TlsConnector::from(Arc::new(tls)), endpoints }
     }
 
     /// A fresh connection to a host's proxy.
     pub async fn connect(&self, host_id: &str) -> Result<TlsStream<TcpStream>, BoxError> {
-        let endpoint = self.table.endpoint_of(host_id).ok_or_else(|| format!("host {host_id} has no endpoint"))?;
+        let endpoint = self.endpoints.endpoint_of(host_id).ok_or_else(|| format!("host {host_id} has no endpoint"))?;
         let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&endpoint))
             .await
             .map_err(|_| format!("connecting to {endpoint} timed out"))??;
@@ -148,7 +153,7 @@ impl AgentPool {
                 .timer(TokioTimer::new())
                 .keep_alive_interval(KEEP_ALIVE)
                 // What the agent lets through from gateways.
-                .max_header_list_size((clawplane_tls::edge::AGENT_MAX_HEADER_BYTES + 8 * 1024) as u32)
+                .max_header_list_size((crate::connections::AGENT_MAX_HEADER_BYTES + 8 * 1024) as u32)
                 .handshake(TokioIo::new(stream))
                 .await?;
             let host = host_id.to_string();
@@ -197,15 +202,14 @@ pub fn authority(host_id: &str) -> String {
     clawplane_tls::host_server_name(host_id)
 }
 
-/// TLS to agents: the CA as the only root, the bridge identity as client
-/// certificate, the given ALPN protocols.
+/// TLS to agents: the CA as the only root, a `bridge:<name>` identity as
+/// client certificate (replaceable while connections use it), the given
+/// ALPN protocols.
 pub fn client_config(
     ca_pem: &str,
-    cert_pem: &str,
-    key_pem: &str,
+    identity: Arc<clawplane_tls::ReloadableIdentity>,
     alpn: &[&[u8]],
 ) -> anyhow::Result<rustls::ClientConfig> {
-    let identity = clawplane_tls::ReloadableIdentity::from_pem(cert_pem, key_pem)?;
     let mut config = clawplane_tls::mtls_client_config(ca_pem, identity)?;
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(config)
@@ -215,22 +219,48 @@ pub fn client_config(
 mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    use clawplane::pki::{Pki, PkiConfig};
-    use clawplane_proto::v1::Route;
     use http::StatusCode;
     use http_body_util::Full;
+    use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair};
 
     use super::*;
+
+    /// A CA that issues what the control plane's would: a host's
+    /// certificate (client and server, named by the host's server name) and
+    /// a bridge's (client, subject `bridge:<name>`).
+    struct TestCa {
+        pem: String,
+        issuer: Issuer<'static, KeyPair>,
+    }
+
+    impl TestCa {
+        fn new() -> TestCa {
+            let key = KeyPair::generate().unwrap();
+            let mut params = CertificateParams::default();
+            params.distinguished_name.push(DnType::CommonName, "Test CA");
+            params.is_ca = IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+            let pem = params.self_signed(&key).unwrap().pem();
+            TestCa { issuer: Issuer::from_ca_cert_pem(&pem, key).unwrap(), pem }
+        }
+
+        /// (certificate PEM, key PEM).
+        fn issue(&self, name: &str, dns: Vec<String>, usages: Vec<ExtendedKeyUsagePurpose>) -> (String, String) {
+            let key = KeyPair::generate().unwrap();
+            let mut params = CertificateParams::new(dns).unwrap();
+            params.distinguished_name.push(DnType::CommonName, name);
+            params.extended_key_usages = usages;
+            (params.signed_by(&key, &self.issuer).unwrap().pem(), key.serialize_pem())
+        }
+    }
 
     /// An agent's tenant proxy stand-in on 127.0.0.1: mutual TLS with a
     /// host certificate from a test CA, HTTP/2. On its first connection it
     /// drops the connection while a request is in flight; later ones answer.
-    async fn flaky_agent(pki: &Pki, host_id: &str) -> (String, Arc<AtomicUsize>) {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let csr = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap().serialize_request(&key).unwrap();
-        let cert = pki.sign_host_csr(&csr.pem().unwrap(), host_id).unwrap();
-        let identity = clawplane_tls::ReloadableIdentity::from_pem(&cert.pem, &key.serialize_pem()).unwrap();
-        let mut tls = clawplane_tls::mtls_server_config(pki.ca_pem(), identity).unwrap();
+    async fn flaky_agent(ca: &TestCa, host_id: &str) -> (String, Arc<AtomicUsize>) {
+        let usages = vec![ExtendedKeyUsagePurpose::ClientAuth, ExtendedKeyUsagePurpose::ServerAuth];
+        let (cert, key) = ca.issue(host_id, vec![clawplane_tls::host_server_name(host_id)], usages);
+        let identity = clawplane_tls::ReloadableIdentity::from_pem(&cert, &key).unwrap();
+        let mut tls = clawplane_tls::mtls_server_config(&ca.pem, identity).unwrap();
         tls.alpn_protocols = vec![b"h2".to_vec()];
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -268,16 +298,23 @@ mod tests {
         (endpoint, connections)
     }
 
-    fn pool(pki: &Pki, host_id: &str, endpoint: &str) -> AgentPool {
-        let (key, cert) = pki.issue_bridge_identity("test", Duration::from_secs(3600)).unwrap();
-        let table = Arc::new(RouteTable::default());
-        table.replace(vec![Route {
-            hostname: "t.claw.test".into(),
-            host_id: host_id.into(),
-            agent_endpoint: endpoint.into(),
-            ..Default::default()
-        }]);
-        AgentPool::new(AgentConnector::new(client_config(pki.ca_pem(), &cert, &key, &[b"h2"]).unwrap(), table))
+    struct OneHost(String, String);
+
+    impl Endpoints for OneHost {
+        fn endpoint_of(&self, host_id: &str) -> Option<String> {
+            (host_id == self.0).then(|| self.1.clone())
+        }
+    }
+
+    fn pool(ca: &TestCa, host_id: &str, endpoint: &str) -> AgentPool {
+        let name = format!("{}test", clawplane_tls::BRIDGE_CN_PREFIX);
+        let (cert, key) = ca.issue(&name, vec![], vec![ExtendedKeyUsagePurpose::ClientAuth]);
+        let endpoints = Arc::new(OneHost(host_id.to_string(), endpoint.to_string()));
+        AgentPool::new(AgentConnector::new(
+            client_config(&ca.pem, clawplane_tls::ReloadableIdentity::from_pem(&cert, &key).unwrap(), &[b"h2"])
+                .unwrap(),
+            endpoints,
+        ))
     }
 
     fn request(method: Method, host_id: &str) -> Request<UpstreamBody> {
@@ -290,19 +327,11 @@ mod tests {
 
     #[tokio::test]
     async fn a_get_in_flight_when_the_connection_closes_is_sent_again_on_a_new_one() {
-        let dir = tempfile::tempdir().unwrap();
-        let pki = Pki::load_or_create(&PkiConfig {
-            dir: dir.path().join("pki"),
-            ca_cert_file: None,
-            ca_key_file: None,
-            server_names: vec!["localhost".into()],
-            host_cert_ttl: Duration::from_secs(3600),
-        })
-        .unwrap();
+        let ca = TestCa::new();
         for (method, retried) in [(Method::GET, true), (Method::POST, false)] {
             let host_id = format!("host-{}", method.as_str().to_ascii_lowercase());
-            let (endpoint, connections) = flaky_agent(&pki, &host_id).await;
-            let pool = pool(&pki, &host_id, &endpoint);
+            let (endpoint, connections) = flaky_agent(&ca, &host_id).await;
+            let pool = pool(&ca, &host_id, &endpoint);
             let answer = tokio::time::timeout(
                 Duration::from_secs(20),
                 pool.request(&host_id, request(method.clone(), &host_id)),

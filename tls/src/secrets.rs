@@ -1,6 +1,8 @@
-//! Tenant secrets at rest: sealed with ChaCha20-Poly1305 under a key kept
-//! in the data directory (0600), bound to the row they belong to (the AAD),
-//! so a ciphertext copied to another tenant's row does not open.
+//! Secrets at rest: sealed with ChaCha20-Poly1305 under a key kept in a
+//! 0600 file, bound to what they belong to (the AAD: a tenant's row, a
+//! bridge session's host name), so a ciphertext copied elsewhere does not
+//! open. The control plane seals tenant secrets with it, the bridge its
+//! session cookies.
 use std::path::Path;
 
 use anyhow::{bail, Context};
@@ -20,7 +22,7 @@ impl SecretBox {
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
                 let mut fresh = [0u8; 32];
                 SystemRandom::new().fill(&mut fresh).map_err(|_| anyhow::anyhow!("no randomness"))?;
-                clawplane_tls::files::write_private(path, &fresh)?;
+                crate::files::write_private(path, &fresh)?;
                 fresh.to_vec()
             }
             Err(err) => return Err(err).with_context(|| format!("{}: cannot read the secrets key", path.display())),

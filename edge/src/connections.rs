@@ -204,9 +204,17 @@ async fn no_request_within(activity: &Activity, timeout: Duration) {
 /// Serves one client connection (HTTP/1.1 with upgrades, or HTTP/2) until
 /// it ends; once no request has been in flight on it for the idle timeout
 /// it is asked to finish, and dropped after [`SHUTDOWN_GRACE`] if it does
-/// not (an HTTP/2 peer holding a half-sent stream open, say). Upgraded
-/// connections (WebSocket) leave this once switched.
-pub async fn serve<I, S, B>(limits: &ConnectionLimits, io: I, activity: &Activity, service: S) -> Result<(), String>
+/// not (an HTTP/2 peer holding a half-sent stream open, say). Once `stop`
+/// completes it is asked to finish too: requests in flight run to their
+/// end, no new one starts (the caller bounds how long that may take).
+/// Upgraded connections (WebSocket) leave this once switched.
+pub async fn serve<I, S, B>(
+    limits: &ConnectionLimits,
+    io: I,
+    activity: &Activity,
+    stop: impl std::future::Future<Output = ()>,
+    service: S,
+) -> Result<(), String>
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
     S: hyper::service::Service<http::Request<hyper::body::Incoming>, Response = http::Response<B>>,
@@ -230,6 +238,10 @@ where
                 ended = connection.as_mut() => ended,
                 _ = idle(activity, SHUTDOWN_GRACE, Instant::now()) => return Err("idle; dropped".into()),
             }
+        }
+        _ = stop => {
+            connection.as_mut().graceful_shutdown();
+            connection.as_mut().await
         }
     };
     ended.map_err(|err| err.to_string())

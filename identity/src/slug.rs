@@ -1,5 +1,8 @@
 //! Tenant slugs: one string is the subdomain label, the OpenClaw agent id and
 //! part of paths on the host, so the rules are the strictest of the three.
+//! The control plane checks [`validate`] when a slug is chosen; the host
+//! agent checks the [`check_form`] again where slugs reach paths and CLI
+//! arguments (defence in depth).
 use sha2::{Digest, Sha256};
 
 pub const MIN_LEN: usize = 3;
@@ -37,6 +40,16 @@ const RESERVED: &[&str] = &[
 
 /// Checks a requested slug; the error names the rule it breaks.
 pub fn validate(slug: &str) -> Result<(), String> {
+    check_form(slug)?;
+    if RESERVED.contains(&slug) {
+        return Err(format!("slug {slug:?} is reserved"));
+    }
+    Ok(())
+}
+
+/// The form of a slug, without the reserved names (which matter where a
+/// slug is chosen, not where an existing one is used).
+pub fn check_form(slug: &str) -> Result<(), String> {
     if slug.len() < MIN_LEN || slug.len() > MAX_LEN {
         return Err(format!("slug must be {MIN_LEN} to {MAX_LEN} characters long"));
     }
@@ -51,9 +64,6 @@ pub fn validate(slug: &str) -> Result<(), String> {
     }
     if slug.contains("--") {
         return Err("slug must not contain '--'".into());
-    }
-    if RESERVED.contains(&slug) {
-        return Err(format!("slug {slug:?} is reserved"));
     }
     Ok(())
 }

@@ -16,8 +16,8 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use super::{check_identity, check_teams, AuthError, Principal};
 use crate::config::{JwtConfig, JwtKeySource};
+use crate::principal::{check_identity, check_teams, AuthError, Principal};
 
 struct VerificationKey {
     kid: Option<String>,
