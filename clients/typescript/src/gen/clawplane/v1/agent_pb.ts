@@ -7,6 +7,8 @@
 
 import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
+import type { ModelApi } from "./config_pb.js";
+import { file_clawplane_v1_config } from "./config_pb.js";
 import type { ErrorReason } from "./errors_pb.js";
 import { file_clawplane_v1_errors } from "./errors_pb.js";
 import type { HostInventory, Runtime, TenantState } from "./host_pb.js";
@@ -21,7 +23,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file clawplane/v1/agent.proto.
  */
 export const file_clawplane_v1_agent: GenFile = /*@__PURE__*/
-  fileDesc("ChhjbGF3cGxhbmUvdjEvYWdlbnQucHJvdG8SDGNsYXdwbGFuZS52MSKEAgoMQWdlbnRNZXNzYWdlEikKBWhlbGxvGAEgASgLMhguY2xhd3BsYW5lLnYxLkFnZW50SGVsbG9IABIsCgloZWFydGJlYXQYAiABKAsyFy5jbGF3cGxhbmUudjEuSGVhcnRiZWF0SAASLwoLY29tbWFuZF9hY2sYAyABKAsyGC5jbGF3cGxhbmUudjEuQ29tbWFuZEFja0gAEjUKDmNvbW1hbmRfcmVzdWx0GAQgASgLMhsuY2xhd3BsYW5lLnYxLkNvbW1hbmRSZXN1bHRIABIrCglsb2dfY2h1bmsYBSABKAsyFi5jbGF3cGxhbmUudjEuTG9nQ2h1bmtIAEIGCgRraW5kIp8BCg5Db250cm9sTWVzc2FnZRIrCgloZWxsb19hY2sYASABKAsyFi5jbGF3cGxhbmUudjEuSGVsbG9BY2tIABIoCgdjb21tYW5kGAIgASgLMhUuY2xhd3BsYW5lLnYxLkNvbW1hbmRIABIuCgVjbG9zZRgDIAEoCzIdLmNsYXdwbGFuZS52MS5DbG9zZUNvbm5lY3Rpb25IAEIGCgRraW5kIocBCgpBZ2VudEhlbGxvEi4KCWludmVudG9yeRgBIAEoCzIbLmNsYXdwbGFuZS52MS5Ib3N0SW52ZW50b3J5EioKB3RlbmFudHMYAiADKAsyGS5jbGF3cGxhbmUudjEuVGVuYW50U3RhdGUSHQoVY29tcGxldGVkX2NvbW1hbmRfaWRzGAMgAygJIrYBCghIZWxsb0FjaxIPCgdob3N0X2lkGAEgASgJEjUKEmhlYXJ0YmVhdF9pbnRlcnZhbBgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIxCg5sZWFzZV9kdXJhdGlvbhgDIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIvCgtzZXJ2ZXJfdGltZRgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiVwoISG9zdExvYWQSFwoPbG9hZF9hdmVyYWdlXzFtGAEgASgBEhkKEW1lbW9yeV91c2VkX2J5dGVzGAIgASgEEhcKD2Rpc2tfdXNlZF9ieXRlcxgDIAEoBCKKAQoJSGVhcnRiZWF0EisKB3NlbnRfYXQYASABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiQKBGxvYWQYAiABKAsyFi5jbGF3cGxhbmUudjEuSG9zdExvYWQSKgoHdGVuYW50cxgDIAMoCzIZLmNsYXdwbGFuZS52MS5UZW5hbnRTdGF0ZSIgCgpDb21tYW5kQWNrEhIKCmNvbW1hbmRfaWQYASABKAkimgQKDUNvbW1hbmRSZXN1bHQSEgoKY29tbWFuZF9pZBgBIAEoCRItCgdvdXRjb21lGAIgASgOMhwuY2xhd3BsYW5lLnYxLkNvbW1hbmRPdXRjb21lEhIKCmVycm9yX2NvZGUYAyABKAkSFQoNZXJyb3JfbWVzc2FnZRgEIAEoCRIOCgZzdGRvdXQYBSABKAkSDgoGc3RkZXJyGAYgASgJEi8KC2ZpbmlzaGVkX2F0GAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgx0ZW5hbnRfc3RhdGUYCCABKAsyGS5jbGF3cGxhbmUudjEuVGVuYW50U3RhdGUSLwoMZXJyb3JfcmVhc29uGAkgASgOMhkuY2xhd3BsYW5lLnYxLkVycm9yUmVhc29uEigKBHBpbmcYFCABKAsyGC5jbGF3cGxhbmUudjEuUGluZ1Jlc3VsdEgAEj8KEHByb3Zpc2lvbl90ZW5hbnQYFSABKAsyIy5jbGF3cGxhbmUudjEuUHJvdmlzaW9uVGVuYW50UmVzdWx0SAASNwoMYXBwbHlfY29uZmlnGBYgASgLMh8uY2xhd3BsYW5lLnYxLkFwcGx5Q29uZmlnUmVzdWx0SAASOQoNZGVsZXRlX3RlbmFudBgXIAEoCzIgLmNsYXdwbGFuZS52MS5EZWxldGVUZW5hbnRSZXN1bHRIAEIJCgdwYXlsb2FkIlMKClBpbmdSZXN1bHQSLgoKYWdlbnRfdGltZRgBIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFQoNYWdlbnRfdmVyc2lvbhgCIAEoCSJAChVQcm92aXNpb25UZW5hbnRSZXN1bHQSFAoMZ2F0ZXdheV9wb3J0GAEgASgNEhEKCWFnZW50X2lkcxgCIAMoCSJXChFBcHBseUNvbmZpZ1Jlc3VsdBIaChJhcHBsaWVkX2dlbmVyYXRpb24YASABKAMSEwoLY29uZmlnX2hhc2gYAiABKAkSEQoJcmVzdGFydGVkGAMgASgIInkKEkRlbGV0ZVRlbmFudFJlc3VsdBIUCgxhcmNoaXZlX3BhdGgYASABKAkSFQoNYXJjaGl2ZV9ieXRlcxgCIAEoBBI2ChJhcmNoaXZlX2V4cGlyZXNfYXQYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIokBCghMb2dDaHVuaxISCgpyZXF1ZXN0X2lkGAEgASgJEhEKCXRlbmFudF9pZBgCIAEoCRINCgVsaW5lcxgDIAMoCRIrCgdyZWFkX2F0GAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBILCgNlb2YYBSABKAgSDQoFZXJyb3IYBiABKAki2AQKB0NvbW1hbmQSCgoCaWQYASABKAkSDwoHYXR0ZW1wdBgCIAEoDRIuCgpjcmVhdGVkX2F0GAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIsCghkZWFkbGluZRgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASKQoEcGluZxgKIAEoCzIZLmNsYXdwbGFuZS52MS5QaW5nQ29tbWFuZEgAEkAKEHByb3Zpc2lvbl90ZW5hbnQYCyABKAsyJC5jbGF3cGxhbmUudjEuUHJvdmlzaW9uVGVuYW50Q29tbWFuZEgAEjgKDGFwcGx5X2NvbmZpZxgMIAEoCzIgLmNsYXdwbGFuZS52MS5BcHBseUNvbmZpZ0NvbW1hbmRIABI8Cg5yZXN0YXJ0X3RlbmFudBgNIAEoCzIiLmNsYXdwbGFuZS52MS5SZXN0YXJ0VGVuYW50Q29tbWFuZEgAEjYKC3N0b3BfdGVuYW50GA4gASgLMh8uY2xhd3BsYW5lLnYxLlN0b3BUZW5hbnRDb21tYW5kSAASOgoNZGVsZXRlX3RlbmFudBgPIAEoCzIhLmNsYXdwbGFuZS52MS5EZWxldGVUZW5hbnRDb21tYW5kSAASNgoLc3RyZWFtX2xvZ3MYECABKAsyHy5jbGF3cGxhbmUudjEuU3RyZWFtTG9nc0NvbW1hbmRIABI2CgtjYW5jZWxfbG9ncxgRIAEoCzIfLmNsYXdwbGFuZS52MS5DYW5jZWxMb2dzQ29tbWFuZEgAQgkKB3BheWxvYWQiDQoLUGluZ0NvbW1hbmQiqAIKFlByb3Zpc2lvblRlbmFudENvbW1hbmQSEQoJdGVuYW50X2lkGAEgASgJEgwKBHNsdWcYAiABKAkSJgoHcnVudGltZRgDIAEoDjIVLmNsYXdwbGFuZS52MS5SdW50aW1lEhEKCWFnZW50X2lkcxgEIAMoCRIUCgxnYXRld2F5X3BvcnQYBSABKA0SDAoEY3B1cxgGIAEoARIUCgxtZW1vcnlfYnl0ZXMYByABKAQSFQoNcHVibGljX29yaWdpbhgIIAEoCRISCgpwaWRzX2xpbWl0GAkgASgNEhkKEW1lbW9yeV9zb2Z0X2J5dGVzGAogASgEEjIKD2hpYmVybmF0ZV9hZnRlchgLIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiJACg1Xb3Jrc3BhY2VGaWxlEhAKCGFnZW50X2lkGAEgASgJEgwKBG5hbWUYAiABKAkSDwoHY29udGVudBgDIAEoCSIvCgtDb25maWdTZXRPcBIMCgRwYXRoGAEgASgJEhIKCnZhbHVlX2pzb24YAiABKAkiKQoKU2VjcmV0RmlsZRIMCgRuYW1lGAEgASgJEg0KBXZhbHVlGAIgASgMIu8BChJBcHBseUNvbmZpZ0NvbW1hbmQSEQoJdGVuYW50X2lkGAEgASgJEhIKCmdlbmVyYXRpb24YAiABKAMSEwoLdW5zZXRfcGF0aHMYAyADKAkSJgoDb3BzGAQgAygLMhkuY2xhd3BsYW5lLnYxLkNvbmZpZ1NldE9wEikKB3NlY3JldHMYBSADKAsyGC5jbGF3cGxhbmUudjEuU2VjcmV0RmlsZRINCgVtZXJnZRgGIAEoCBIPCgdyZXN0YXJ0GAcgASgIEioKBWZpbGVzGAggAygLMhsuY2xhd3BsYW5lLnYxLldvcmtzcGFjZUZpbGUiOQoUUmVzdGFydFRlbmFudENvbW1hbmQSEQoJdGVuYW50X2lkGAEgASgJEg4KBnJlYXNvbhgCIAEoCSI2ChFTdG9wVGVuYW50Q29tbWFuZBIRCgl0ZW5hbnRfaWQYASABKAkSDgoGcmVhc29uGAIgASgJIm8KE0RlbGV0ZVRlbmFudENvbW1hbmQSEQoJdGVuYW50X2lkGAEgASgJEg8KB2FyY2hpdmUYAiABKAgSNAoRYXJjaGl2ZV9yZXRlbnRpb24YAyABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24iXgoRU3RyZWFtTG9nc0NvbW1hbmQSEgoKcmVxdWVzdF9pZBgBIAEoCRIRCgl0ZW5hbnRfaWQYAiABKAkSEgoKdGFpbF9saW5lcxgDIAEoDRIOCgZmb2xsb3cYBCABKAgiJwoRQ2FuY2VsTG9nc0NvbW1hbmQSEgoKcmVxdWVzdF9pZBgBIAEoCSJ/Cg9DbG9zZUNvbm5lY3Rpb24SDgoGcmVhc29uGAEgASgJEjIKD3JlY29ubmVjdF9hZnRlchgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIoCgVjYXVzZRgDIAEoDjIZLmNsYXdwbGFuZS52MS5FcnJvclJlYXNvbiI1CgtTeW5jUmVxdWVzdBImCgViYXRjaBgBIAEoCzIXLmNsYXdwbGFuZS52MS5TeW5jQmF0Y2giMgoMU3luY1Jlc3BvbnNlEiIKA2FjaxgBIAEoCzIVLmNsYXdwbGFuZS52MS5TeW5jQWNrIn0KBkN1cnNvchIRCgl0ZW5hbnRfaWQYASABKAkSEAoIYWdlbnRfaWQYAiABKAkSKAoGc291cmNlGAMgASgOMhguY2xhd3BsYW5lLnYxLlN5bmNTb3VyY2USEgoKc3RyZWFtX2tleRgEIAEoCRIQCghwb3NpdGlvbhgFIAEoAyKAAQoJU3luY0JhdGNoEhAKCGJhdGNoX2lkGAEgASgJEikKB3JlY29yZHMYAiADKAsyGC5jbGF3cGxhbmUudjEuU3luY1JlY29yZBI2ChhjdXJzb3JzX3RvX2Fja19vbl9jb21taXQYAyADKAsyFC5jbGF3cGxhbmUudjEuQ3Vyc29yIroCCgpTeW5jUmVjb3JkEhEKCXRlbmFudF9pZBgBIAEoCRIQCghhZ2VudF9pZBgCIAEoCRIoCgZzb3VyY2UYAyABKA4yGC5jbGF3cGxhbmUudjEuU3luY1NvdXJjZRITCgtzZXNzaW9uX2tleRgEIAEoCRISCgpzZXNzaW9uX2lkGAUgASgJEhAKCHBvc2l0aW9uGAYgASgDEi4KBWV2ZW50GAogASgLMh0uY2xhd3BsYW5lLnYxLlRyYW5zY3JpcHRFdmVudEgAEjEKDHNlc3Npb25fbWV0YRgLIAEoCzIZLmNsYXdwbGFuZS52MS5TZXNzaW9uTWV0YUgAEjcKD29ic2VydmVkX2NvbmZpZxgMIAEoCzIcLmNsYXdwbGFuZS52MS5PYnNlcnZlZENvbmZpZ0gAQgYKBGJvZHkirAIKD1RyYW5zY3JpcHRFdmVudBIQCghldmVudF9pZBgBIAEoCRIXCg9wYXJlbnRfZXZlbnRfaWQYAiABKAkSEgoKZXZlbnRfdHlwZRgDIAEoCRInCgRyb2xlGAQgASgOMhkuY2xhd3BsYW5lLnYxLk1lc3NhZ2VSb2xlEgwKBHRleHQYBSABKAkSDQoFbW9kZWwYBiABKAkSEAoIcHJvdmlkZXIYByABKAkSJwoFdXNhZ2UYCCABKAsyGC5jbGF3cGxhbmUudjEuVG9rZW5Vc2FnZRIsCghldmVudF9hdBgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFgoOcmF3X2V2ZW50X2pzb24YCiABKAkSEwoLc3RvcF9yZWFzb24YCyABKAkiuAEKC1Nlc3Npb25NZXRhEg8KB2NoYW5uZWwYASABKAkSEQoJY2hhdF90eXBlGAIgASgJEg0KBW1vZGVsGAMgASgJEhAKCHByb3ZpZGVyGAQgASgJEi4KCnN0YXJ0ZWRfYXQYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjQKEGxhc3RfYWN0aXZpdHlfYXQYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wImwKDk9ic2VydmVkQ29uZmlnEhMKC2NvbmZpZ19qc29uGAEgASgJEhQKDGNvbnRlbnRfaGFzaBgCIAEoCRIvCgtvYnNlcnZlZF9hdBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiQAoOUmVqZWN0ZWRSZWNvcmQSDQoFaW5kZXgYASABKAUSDgoGcmVhc29uGAIgASgJEg8KB21lc3NhZ2UYAyABKAkiogEKB1N5bmNBY2sSEAoIYmF0Y2hfaWQYASABKAkSLwoRY29tbWl0dGVkX2N1cnNvcnMYAiADKAsyFC5jbGF3cGxhbmUudjEuQ3Vyc29yEhAKCGFjY2VwdGVkGAMgASgFEhAKCHJlamVjdGVkGAQgASgFEjAKCnJlamVjdGlvbnMYBSADKAsyHC5jbGF3cGxhbmUudjEuUmVqZWN0ZWRSZWNvcmQquwEKDkNvbW1hbmRPdXRjb21lEh8KG0NPTU1BTkRfT1VUQ09NRV9VTlNQRUNJRklFRBAAEh0KGUNPTU1BTkRfT1VUQ09NRV9TVUNDRUVERUQQARIkCiBDT01NQU5EX09VVENPTUVfRkFJTEVEX1JFVFJZQUJMRRACEiQKIENPTU1BTkRfT1VUQ09NRV9GQUlMRURfUEVSTUFORU5UEAMSHQoZQ09NTUFORF9PVVRDT01FX0NBTkNFTExFRBAEKnAKClN5bmNTb3VyY2USGwoXU1lOQ19TT1VSQ0VfVU5TUEVDSUZJRUQQABIWChJTWU5DX1NPVVJDRV9TUUxJVEUQARIVChFTWU5DX1NPVVJDRV9KU09OTBACEhYKElNZTkNfU09VUkNFX0NPTkZJRxADMpoBCgxBZ2VudFNlcnZpY2USRwoHQ29ubmVjdBIaLmNsYXdwbGFuZS52MS5BZ2VudE1lc3NhZ2UaHC5jbGF3cGxhbmUudjEuQ29udHJvbE1lc3NhZ2UoATABEkEKBFN5bmMSGS5jbGF3cGxhbmUudjEuU3luY1JlcXVlc3QaGi5jbGF3cGxhbmUudjEuU3luY1Jlc3BvbnNlKAEwAWIGcHJvdG8z", [file_clawplane_v1_errors, file_clawplane_v1_host, file_clawplane_v1_session, file_google_protobuf_duration, file_google_protobuf_timestamp]);
+  fileDesc("ChhjbGF3cGxhbmUvdjEvYWdlbnQucHJvdG8SDGNsYXdwbGFuZS52MSKEAgoMQWdlbnRNZXNzYWdlEikKBWhlbGxvGAEgASgLMhguY2xhd3BsYW5lLnYxLkFnZW50SGVsbG9IABIsCgloZWFydGJlYXQYAiABKAsyFy5jbGF3cGxhbmUudjEuSGVhcnRiZWF0SAASLwoLY29tbWFuZF9hY2sYAyABKAsyGC5jbGF3cGxhbmUudjEuQ29tbWFuZEFja0gAEjUKDmNvbW1hbmRfcmVzdWx0GAQgASgLMhsuY2xhd3BsYW5lLnYxLkNvbW1hbmRSZXN1bHRIABIrCglsb2dfY2h1bmsYBSABKAsyFi5jbGF3cGxhbmUudjEuTG9nQ2h1bmtIAEIGCgRraW5kIp8BCg5Db250cm9sTWVzc2FnZRIrCgloZWxsb19hY2sYASABKAsyFi5jbGF3cGxhbmUudjEuSGVsbG9BY2tIABIoCgdjb21tYW5kGAIgASgLMhUuY2xhd3BsYW5lLnYxLkNvbW1hbmRIABIuCgVjbG9zZRgDIAEoCzIdLmNsYXdwbGFuZS52MS5DbG9zZUNvbm5lY3Rpb25IAEIGCgRraW5kIocBCgpBZ2VudEhlbGxvEi4KCWludmVudG9yeRgBIAEoCzIbLmNsYXdwbGFuZS52MS5Ib3N0SW52ZW50b3J5EioKB3RlbmFudHMYAiADKAsyGS5jbGF3cGxhbmUudjEuVGVuYW50U3RhdGUSHQoVY29tcGxldGVkX2NvbW1hbmRfaWRzGAMgAygJIrYBCghIZWxsb0FjaxIPCgdob3N0X2lkGAEgASgJEjUKEmhlYXJ0YmVhdF9pbnRlcnZhbBgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIxCg5sZWFzZV9kdXJhdGlvbhgDIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIvCgtzZXJ2ZXJfdGltZRgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiVwoISG9zdExvYWQSFwoPbG9hZF9hdmVyYWdlXzFtGAEgASgBEhkKEW1lbW9yeV91c2VkX2J5dGVzGAIgASgEEhcKD2Rpc2tfdXNlZF9ieXRlcxgDIAEoBCKKAQoJSGVhcnRiZWF0EisKB3NlbnRfYXQYASABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiQKBGxvYWQYAiABKAsyFi5jbGF3cGxhbmUudjEuSG9zdExvYWQSKgoHdGVuYW50cxgDIAMoCzIZLmNsYXdwbGFuZS52MS5UZW5hbnRTdGF0ZSIgCgpDb21tYW5kQWNrEhIKCmNvbW1hbmRfaWQYASABKAkimgQKDUNvbW1hbmRSZXN1bHQSEgoKY29tbWFuZF9pZBgBIAEoCRItCgdvdXRjb21lGAIgASgOMhwuY2xhd3BsYW5lLnYxLkNvbW1hbmRPdXRjb21lEhIKCmVycm9yX2NvZGUYAyABKAkSFQoNZXJyb3JfbWVzc2FnZRgEIAEoCRIOCgZzdGRvdXQYBSABKAkSDgoGc3RkZXJyGAYgASgJEi8KC2ZpbmlzaGVkX2F0GAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgx0ZW5hbnRfc3RhdGUYCCABKAsyGS5jbGF3cGxhbmUudjEuVGVuYW50U3RhdGUSLwoMZXJyb3JfcmVhc29uGAkgASgOMhkuY2xhd3BsYW5lLnYxLkVycm9yUmVhc29uEigKBHBpbmcYFCABKAsyGC5jbGF3cGxhbmUudjEuUGluZ1Jlc3VsdEgAEj8KEHByb3Zpc2lvbl90ZW5hbnQYFSABKAsyIy5jbGF3cGxhbmUudjEuUHJvdmlzaW9uVGVuYW50UmVzdWx0SAASNwoMYXBwbHlfY29uZmlnGBYgASgLMh8uY2xhd3BsYW5lLnYxLkFwcGx5Q29uZmlnUmVzdWx0SAASOQoNZGVsZXRlX3RlbmFudBgXIAEoCzIgLmNsYXdwbGFuZS52MS5EZWxldGVUZW5hbnRSZXN1bHRIAEIJCgdwYXlsb2FkIlMKClBpbmdSZXN1bHQSLgoKYWdlbnRfdGltZRgBIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFQoNYWdlbnRfdmVyc2lvbhgCIAEoCSJAChVQcm92aXNpb25UZW5hbnRSZXN1bHQSFAoMZ2F0ZXdheV9wb3J0GAEgASgNEhEKCWFnZW50X2lkcxgCIAMoCSJXChFBcHBseUNvbmZpZ1Jlc3VsdBIaChJhcHBsaWVkX2dlbmVyYXRpb24YASABKAMSEwoLY29uZmlnX2hhc2gYAiABKAkSEQoJcmVzdGFydGVkGAMgASgIInkKEkRlbGV0ZVRlbmFudFJlc3VsdBIUCgxhcmNoaXZlX3BhdGgYASABKAkSFQoNYXJjaGl2ZV9ieXRlcxgCIAEoBBI2ChJhcmNoaXZlX2V4cGlyZXNfYXQYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIokBCghMb2dDaHVuaxISCgpyZXF1ZXN0X2lkGAEgASgJEhEKCXRlbmFudF9pZBgCIAEoCRINCgVsaW5lcxgDIAMoCRIrCgdyZWFkX2F0GAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBILCgNlb2YYBSABKAgSDQoFZXJyb3IYBiABKAkilAUKB0NvbW1hbmQSCgoCaWQYASABKAkSDwoHYXR0ZW1wdBgCIAEoDRIuCgpjcmVhdGVkX2F0GAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIsCghkZWFkbGluZRgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASKQoEcGluZxgKIAEoCzIZLmNsYXdwbGFuZS52MS5QaW5nQ29tbWFuZEgAEkAKEHByb3Zpc2lvbl90ZW5hbnQYCyABKAsyJC5jbGF3cGxhbmUudjEuUHJvdmlzaW9uVGVuYW50Q29tbWFuZEgAEjgKDGFwcGx5X2NvbmZpZxgMIAEoCzIgLmNsYXdwbGFuZS52MS5BcHBseUNvbmZpZ0NvbW1hbmRIABI8Cg5yZXN0YXJ0X3RlbmFudBgNIAEoCzIiLmNsYXdwbGFuZS52MS5SZXN0YXJ0VGVuYW50Q29tbWFuZEgAEjYKC3N0b3BfdGVuYW50GA4gASgLMh8uY2xhd3BsYW5lLnYxLlN0b3BUZW5hbnRDb21tYW5kSAASOgoNZGVsZXRlX3RlbmFudBgPIAEoCzIhLmNsYXdwbGFuZS52MS5EZWxldGVUZW5hbnRDb21tYW5kSAASNgoLc3RyZWFtX2xvZ3MYECABKAsyHy5jbGF3cGxhbmUudjEuU3RyZWFtTG9nc0NvbW1hbmRIABI2CgtjYW5jZWxfbG9ncxgRIAEoCzIfLmNsYXdwbGFuZS52MS5DYW5jZWxMb2dzQ29tbWFuZEgAEjoKDXNldF9hbGxvd2FuY2UYEiABKAsyIS5jbGF3cGxhbmUudjEuU2V0QWxsb3dhbmNlQ29tbWFuZEgAQgkKB3BheWxvYWQiDQoLUGluZ0NvbW1hbmQiqAIKFlByb3Zpc2lvblRlbmFudENvbW1hbmQSEQoJdGVuYW50X2lkGAEgASgJEgwKBHNsdWcYAiABKAkSJgoHcnVudGltZRgDIAEoDjIVLmNsYXdwbGFuZS52MS5SdW50aW1lEhEKCWFnZW50X2lkcxgEIAMoCRIUCgxnYXRld2F5X3BvcnQYBSABKA0SDAoEY3B1cxgGIAEoARIUCgxtZW1vcnlfYnl0ZXMYByABKAQSFQoNcHVibGljX29yaWdpbhgIIAEoCRISCgpwaWRzX2xpbWl0GAkgASgNEhkKEW1lbW9yeV9zb2Z0X2J5dGVzGAogASgEEjIKD2hpYmVybmF0ZV9hZnRlchgLIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiJACg1Xb3Jrc3BhY2VGaWxlEhAKCGFnZW50X2lkGAEgASgJEgwKBG5hbWUYAiABKAkSDwoHY29udGVudBgDIAEoCSIvCgtDb25maWdTZXRPcBIMCgRwYXRoGAEgASgJEhIKCnZhbHVlX2pzb24YAiABKAkiKQoKU2VjcmV0RmlsZRIMCgRuYW1lGAEgASgJEg0KBXZhbHVlGAIgASgMIp4CChJBcHBseUNvbmZpZ0NvbW1hbmQSEQoJdGVuYW50X2lkGAEgASgJEhIKCmdlbmVyYXRpb24YAiABKAMSEwoLdW5zZXRfcGF0aHMYAyADKAkSJgoDb3BzGAQgAygLMhkuY2xhd3BsYW5lLnYxLkNvbmZpZ1NldE9wEikKB3NlY3JldHMYBSADKAsyGC5jbGF3cGxhbmUudjEuU2VjcmV0RmlsZRINCgVtZXJnZRgGIAEoCBIPCgdyZXN0YXJ0GAcgASgIEioKBWZpbGVzGAggAygLMhsuY2xhd3BsYW5lLnYxLldvcmtzcGFjZUZpbGUSLQoLbW9kZWxfcm91dGUYCSABKAsyGC5jbGF3cGxhbmUudjEuTW9kZWxSb3V0ZSKVAQoKTW9kZWxSb3V0ZRIQCghwcm92aWRlchgBIAEoCRIjCgNhcGkYAiABKA4yFi5jbGF3cGxhbmUudjEuTW9kZWxBcGkSGQoRdXBzdHJlYW1fYmFzZV91cmwYAyABKAkSDwoHYXBpX2tleRgEIAEoDBIOCgZtb2RlbHMYBSADKAkSFAoMcGxhdGZvcm1fa2V5GAYgASgIItwCChNTZXRBbGxvd2FuY2VDb21tYW5kEhEKCXRlbmFudF9pZBgBIAEoCRIwCgxwZXJpb2Rfc3RhcnQYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnBlcmlvZF9lbmQYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhUKDW1lc3NhZ2VfbGltaXQYBCABKAMSFQoNbWVzc2FnZXNfdXNlZBgFIAEoAxITCgt0b2tlbl9saW1pdBgGIAEoAxITCgt0b2tlbnNfdXNlZBgHIAEoAxIbChNyZXF1ZXN0c19wZXJfbWludXRlGAggASgNEg8KB2Jsb2NrZWQYCSABKAgSFgoOYmxvY2tlZF9yZWFzb24YCiABKAkSFwoPY291bnRlZF90aHJvdWdoGAsgASgDEhkKEXBsYXRmb3JtX2tleV9vbmx5GAwgASgIIjkKFFJlc3RhcnRUZW5hbnRDb21tYW5kEhEKCXRlbmFudF9pZBgBIAEoCRIOCgZyZWFzb24YAiABKAkiNgoRU3RvcFRlbmFudENvbW1hbmQSEQoJdGVuYW50X2lkGAEgASgJEg4KBnJlYXNvbhgCIAEoCSJvChNEZWxldGVUZW5hbnRDb21tYW5kEhEKCXRlbmFudF9pZBgBIAEoCRIPCgdhcmNoaXZlGAIgASgIEjQKEWFyY2hpdmVfcmV0ZW50aW9uGAMgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIl4KEVN0cmVhbUxvZ3NDb21tYW5kEhIKCnJlcXVlc3RfaWQYASABKAkSEQoJdGVuYW50X2lkGAIgASgJEhIKCnRhaWxfbGluZXMYAyABKA0SDgoGZm9sbG93GAQgASgIIicKEUNhbmNlbExvZ3NDb21tYW5kEhIKCnJlcXVlc3RfaWQYASABKAkifwoPQ2xvc2VDb25uZWN0aW9uEg4KBnJlYXNvbhgBIAEoCRIyCg9yZWNvbm5lY3RfYWZ0ZXIYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SKAoFY2F1c2UYAyABKA4yGS5jbGF3cGxhbmUudjEuRXJyb3JSZWFzb24iNQoLU3luY1JlcXVlc3QSJgoFYmF0Y2gYASABKAsyFy5jbGF3cGxhbmUudjEuU3luY0JhdGNoIjIKDFN5bmNSZXNwb25zZRIiCgNhY2sYASABKAsyFS5jbGF3cGxhbmUudjEuU3luY0FjayJ9CgZDdXJzb3ISEQoJdGVuYW50X2lkGAEgASgJEhAKCGFnZW50X2lkGAIgASgJEigKBnNvdXJjZRgDIAEoDjIYLmNsYXdwbGFuZS52MS5TeW5jU291cmNlEhIKCnN0cmVhbV9rZXkYBCABKAkSEAoIcG9zaXRpb24YBSABKAMigAEKCVN5bmNCYXRjaBIQCghiYXRjaF9pZBgBIAEoCRIpCgdyZWNvcmRzGAIgAygLMhguY2xhd3BsYW5lLnYxLlN5bmNSZWNvcmQSNgoYY3Vyc29yc190b19hY2tfb25fY29tbWl0GAMgAygLMhQuY2xhd3BsYW5lLnYxLkN1cnNvciLpAgoKU3luY1JlY29yZBIRCgl0ZW5hbnRfaWQYASABKAkSEAoIYWdlbnRfaWQYAiABKAkSKAoGc291cmNlGAMgASgOMhguY2xhd3BsYW5lLnYxLlN5bmNTb3VyY2USEwoLc2Vzc2lvbl9rZXkYBCABKAkSEgoKc2Vzc2lvbl9pZBgFIAEoCRIQCghwb3NpdGlvbhgGIAEoAxIuCgVldmVudBgKIAEoCzIdLmNsYXdwbGFuZS52MS5UcmFuc2NyaXB0RXZlbnRIABIxCgxzZXNzaW9uX21ldGEYCyABKAsyGS5jbGF3cGxhbmUudjEuU2Vzc2lvbk1ldGFIABI3Cg9vYnNlcnZlZF9jb25maWcYDCABKAsyHC5jbGF3cGxhbmUudjEuT2JzZXJ2ZWRDb25maWdIABItCgptb2RlbF9jYWxsGA0gASgLMhcuY2xhd3BsYW5lLnYxLk1vZGVsQ2FsbEgAQgYKBGJvZHkijQMKCU1vZGVsQ2FsbBIPCgdjYWxsX2lkGAEgASgJEhAKCHByb3ZpZGVyGAIgASgJEg0KBW1vZGVsGAMgASgJEiMKA2FwaRgEIAEoDjIWLmNsYXdwbGFuZS52MS5Nb2RlbEFwaRIUCgxpbnB1dF90b2tlbnMYBSABKAMSFQoNb3V0cHV0X3Rva2VucxgGIAEoAxIZChFjYWNoZV9yZWFkX3Rva2VucxgHIAEoAxIaChJjYWNoZV93cml0ZV90b2tlbnMYCCABKAMSLgoKc3RhcnRlZF9hdBgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFQoNZmlyc3RfYnl0ZV9tcxgKIAEoAxIQCgh0b3RhbF9tcxgLIAEoAxITCgtodHRwX3N0YXR1cxgMIAEoDRIvCgdvdXRjb21lGA0gASgOMh4uY2xhd3BsYW5lLnYxLk1vZGVsQ2FsbE91dGNvbWUSEAoIc3RyZWFtZWQYDiABKAgSFAoMcGxhdGZvcm1fa2V5GA8gASgIIqwCCg9UcmFuc2NyaXB0RXZlbnQSEAoIZXZlbnRfaWQYASABKAkSFwoPcGFyZW50X2V2ZW50X2lkGAIgASgJEhIKCmV2ZW50X3R5cGUYAyABKAkSJwoEcm9sZRgEIAEoDjIZLmNsYXdwbGFuZS52MS5NZXNzYWdlUm9sZRIMCgR0ZXh0GAUgASgJEg0KBW1vZGVsGAYgASgJEhAKCHByb3ZpZGVyGAcgASgJEicKBXVzYWdlGAggASgLMhguY2xhd3BsYW5lLnYxLlRva2VuVXNhZ2USLAoIZXZlbnRfYXQYCSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhYKDnJhd19ldmVudF9qc29uGAogASgJEhMKC3N0b3BfcmVhc29uGAsgASgJIrgBCgtTZXNzaW9uTWV0YRIPCgdjaGFubmVsGAEgASgJEhEKCWNoYXRfdHlwZRgCIAEoCRINCgVtb2RlbBgDIAEoCRIQCghwcm92aWRlchgEIAEoCRIuCgpzdGFydGVkX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBI0ChBsYXN0X2FjdGl2aXR5X2F0GAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJsCg5PYnNlcnZlZENvbmZpZxITCgtjb25maWdfanNvbhgBIAEoCRIUCgxjb250ZW50X2hhc2gYAiABKAkSLwoLb2JzZXJ2ZWRfYXQYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIkAKDlJlamVjdGVkUmVjb3JkEg0KBWluZGV4GAEgASgFEg4KBnJlYXNvbhgCIAEoCRIPCgdtZXNzYWdlGAMgASgJIqIBCgdTeW5jQWNrEhAKCGJhdGNoX2lkGAEgASgJEi8KEWNvbW1pdHRlZF9jdXJzb3JzGAIgAygLMhQuY2xhd3BsYW5lLnYxLkN1cnNvchIQCghhY2NlcHRlZBgDIAEoBRIQCghyZWplY3RlZBgEIAEoBRIwCgpyZWplY3Rpb25zGAUgAygLMhwuY2xhd3BsYW5lLnYxLlJlamVjdGVkUmVjb3JkKrsBCg5Db21tYW5kT3V0Y29tZRIfChtDT01NQU5EX09VVENPTUVfVU5TUEVDSUZJRUQQABIdChlDT01NQU5EX09VVENPTUVfU1VDQ0VFREVEEAESJAogQ09NTUFORF9PVVRDT01FX0ZBSUxFRF9SRVRSWUFCTEUQAhIkCiBDT01NQU5EX09VVENPTUVfRkFJTEVEX1BFUk1BTkVOVBADEh0KGUNPTU1BTkRfT1VUQ09NRV9DQU5DRUxMRUQQBCqHAQoKU3luY1NvdXJjZRIbChdTWU5DX1NPVVJDRV9VTlNQRUNJRklFRBAAEhYKElNZTkNfU09VUkNFX1NRTElURRABEhUKEVNZTkNfU09VUkNFX0pTT05MEAISFgoSU1lOQ19TT1VSQ0VfQ09ORklHEAMSFQoRU1lOQ19TT1VSQ0VfTUVURVIQBCq3AgoQTW9kZWxDYWxsT3V0Y29tZRIiCh5NT0RFTF9DQUxMX09VVENPTUVfVU5TUEVDSUZJRUQQABIgChxNT0RFTF9DQUxMX09VVENPTUVfQ09NUExFVEVEEAESJAogTU9ERUxfQ0FMTF9PVVRDT01FX1JFRlVTRURfUVVPVEEQAhIjCh9NT0RFTF9DQUxMX09VVENPTUVfUkVGVVNFRF9SQVRFEAMSJgoiTU9ERUxfQ0FMTF9PVVRDT01FX1JFRlVTRURfSU5WQUxJRBAEEiYKIk1PREVMX0NBTExfT1VUQ09NRV9VUFNUUkVBTV9GQUlMRUQQBRIeChpNT0RFTF9DQUxMX09VVENPTUVfU1RBTExFRBAGEiIKHk1PREVMX0NBTExfT1VUQ09NRV9DTElFTlRfR09ORRAHMpoBCgxBZ2VudFNlcnZpY2USRwoHQ29ubmVjdBIaLmNsYXdwbGFuZS52MS5BZ2VudE1lc3NhZ2UaHC5jbGF3cGxhbmUudjEuQ29udHJvbE1lc3NhZ2UoATABEkEKBFN5bmMSGS5jbGF3cGxhbmUudjEuU3luY1JlcXVlc3QaGi5jbGF3cGxhbmUudjEuU3luY1Jlc3BvbnNlKAEwAWIGcHJvdG8z", [file_clawplane_v1_config, file_clawplane_v1_errors, file_clawplane_v1_host, file_clawplane_v1_session, file_google_protobuf_duration, file_google_protobuf_timestamp]);
 
 /**
  * A message from agent to control plane on the Connect stream.
@@ -709,6 +711,15 @@ export type Command = Message<"clawplane.v1.Command"> & {
      */
     value: CancelLogsCommand;
     case: "cancelLogs";
+  } | {
+    /**
+     * Replace a tenant's model allowance (what the metering proxy lets
+     * through until the next one).
+     *
+     * @generated from field: clawplane.v1.SetAllowanceCommand set_allowance = 18;
+     */
+    value: SetAllowanceCommand;
+    case: "setAllowance";
   } | { case: undefined; value?: undefined };
 };
 
@@ -995,6 +1006,17 @@ export type ApplyConfigCommand = Message<"clawplane.v1.ApplyConfigCommand"> & {
    * @generated from field: repeated clawplane.v1.WorkspaceFile files = 8;
    */
   files: WorkspaceFile[];
+
+  /**
+   * The tenant's model, reached through the host's metering proxy: the
+   * agent keeps the upstream and its key in its own 0600 state (never in the
+   * tenant's tree) and writes `models.providers.<provider>` itself, with the
+   * proxy's loopback URL and a credential that identifies only this tenant.
+   * Unset: the tenant has no model; the agent forgets any earlier route.
+   *
+   * @generated from field: clawplane.v1.ModelRoute model_route = 9;
+   */
+  modelRoute?: ModelRoute | undefined;
 };
 
 /**
@@ -1003,6 +1025,162 @@ export type ApplyConfigCommand = Message<"clawplane.v1.ApplyConfigCommand"> & {
  */
 export const ApplyConfigCommandSchema: GenMessage<ApplyConfigCommand> = /*@__PURE__*/
   messageDesc(file_clawplane_v1_agent, 19);
+
+/**
+ * Where a tenant's model calls go, and with which key.
+ *
+ * @generated from message clawplane.v1.ModelRoute
+ */
+export type ModelRoute = Message<"clawplane.v1.ModelRoute"> & {
+  /**
+   * Provider id in the tenant's openclaw.json, e.g. "openai".
+   *
+   * @generated from field: string provider = 1;
+   */
+  provider: string;
+
+  /**
+   * Wire format.
+   *
+   * @generated from field: clawplane.v1.ModelApi api = 2;
+   */
+  api: ModelApi;
+
+  /**
+   * The upstream's base URL, e.g. "https://api.openai.com/v1" (the path of
+   * a call is appended to it).
+   *
+   * @generated from field: string upstream_base_url = 3;
+   */
+  upstreamBaseUrl: string;
+
+  /**
+   * The key the proxy adds upstream (platform key or the tenant's own);
+   * empty: none. Never logged, never written into the tenant's tree.
+   *
+   * @generated from field: bytes api_key = 4;
+   */
+  apiKey: Uint8Array;
+
+  /**
+   * Model ids the tenant may call; others are refused by the proxy.
+   *
+   * @generated from field: repeated string models = 5;
+   */
+  models: string[];
+
+  /**
+   * The key is the platform's (the SaaS pays; the plan's allowance
+   * applies) rather than the tenant's own.
+   *
+   * @generated from field: bool platform_key = 6;
+   */
+  platformKey: boolean;
+};
+
+/**
+ * Describes the message clawplane.v1.ModelRoute.
+ * Use `create(ModelRouteSchema)` to create a new message.
+ */
+export const ModelRouteSchema: GenMessage<ModelRoute> = /*@__PURE__*/
+  messageDesc(file_clawplane_v1_agent, 20);
+
+/**
+ * A tenant's allowance for model calls in the current period, as the
+ * control plane counts it. The agent adds what its proxy metered after
+ * `counted_through` and refuses calls once a limit is reached; it keeps the
+ * last allowance across restarts and while the control plane is away.
+ *
+ * @generated from message clawplane.v1.SetAllowanceCommand
+ */
+export type SetAllowanceCommand = Message<"clawplane.v1.SetAllowanceCommand"> & {
+  /**
+   * Tenant id.
+   *
+   * @generated from field: string tenant_id = 1;
+   */
+  tenantId: string;
+
+  /**
+   * Current billing period [start, end).
+   *
+   * @generated from field: google.protobuf.Timestamp period_start = 2;
+   */
+  periodStart?: Timestamp | undefined;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp period_end = 3;
+   */
+  periodEnd?: Timestamp | undefined;
+
+  /**
+   * Messages allowed in the period (0 = unlimited) and counted so far.
+   *
+   * @generated from field: int64 message_limit = 4;
+   */
+  messageLimit: bigint;
+
+  /**
+   * @generated from field: int64 messages_used = 5;
+   */
+  messagesUsed: bigint;
+
+  /**
+   * Tokens (input + output) allowed in the period (0 = unlimited) and
+   * counted so far.
+   *
+   * @generated from field: int64 token_limit = 6;
+   */
+  tokenLimit: bigint;
+
+  /**
+   * @generated from field: int64 tokens_used = 7;
+   */
+  tokensUsed: bigint;
+
+  /**
+   * Model calls per minute (0 = unlimited).
+   *
+   * @generated from field: uint32 requests_per_minute = 8;
+   */
+  requestsPerMinute: number;
+
+  /**
+   * Refuse every call (quota exceeded under a `block` policy, or the
+   * subscription ended); `blocked_reason` is what the user is shown.
+   *
+   * @generated from field: bool blocked = 9;
+   */
+  blocked: boolean;
+
+  /**
+   * @generated from field: string blocked_reason = 10;
+   */
+  blockedReason: string;
+
+  /**
+   * The proxy journal position (SyncRecord.position of METER records) the
+   * counts above include; later records are the agent's to add.
+   *
+   * @generated from field: int64 counted_through = 11;
+   */
+  countedThrough: bigint;
+
+  /**
+   * Limits apply to calls with the platform's key only (bring-your-own-key
+   * calls are metered, never refused for quota).
+   *
+   * @generated from field: bool platform_key_only = 12;
+   */
+  platformKeyOnly: boolean;
+};
+
+/**
+ * Describes the message clawplane.v1.SetAllowanceCommand.
+ * Use `create(SetAllowanceCommandSchema)` to create a new message.
+ */
+export const SetAllowanceCommandSchema: GenMessage<SetAllowanceCommand> = /*@__PURE__*/
+  messageDesc(file_clawplane_v1_agent, 21);
 
 /**
  * Restarts a tenant's gateway (with readiness wait). Idempotent.
@@ -1030,7 +1208,7 @@ export type RestartTenantCommand = Message<"clawplane.v1.RestartTenantCommand"> 
  * Use `create(RestartTenantCommandSchema)` to create a new message.
  */
 export const RestartTenantCommandSchema: GenMessage<RestartTenantCommand> = /*@__PURE__*/
-  messageDesc(file_clawplane_v1_agent, 20);
+  messageDesc(file_clawplane_v1_agent, 22);
 
 /**
  * Stops a tenant's gateway without deleting state (e.g. suspension).
@@ -1059,7 +1237,7 @@ export type StopTenantCommand = Message<"clawplane.v1.StopTenantCommand"> & {
  * Use `create(StopTenantCommandSchema)` to create a new message.
  */
 export const StopTenantCommandSchema: GenMessage<StopTenantCommand> = /*@__PURE__*/
-  messageDesc(file_clawplane_v1_agent, 21);
+  messageDesc(file_clawplane_v1_agent, 23);
 
 /**
  * Stops a tenant, archives its state (unless `archive` is false) and removes
@@ -1095,7 +1273,7 @@ export type DeleteTenantCommand = Message<"clawplane.v1.DeleteTenantCommand"> & 
  * Use `create(DeleteTenantCommandSchema)` to create a new message.
  */
 export const DeleteTenantCommandSchema: GenMessage<DeleteTenantCommand> = /*@__PURE__*/
-  messageDesc(file_clawplane_v1_agent, 22);
+  messageDesc(file_clawplane_v1_agent, 24);
 
 /**
  * Starts sending a tenant's gateway log as LogChunks with `request_id`.
@@ -1137,7 +1315,7 @@ export type StreamLogsCommand = Message<"clawplane.v1.StreamLogsCommand"> & {
  * Use `create(StreamLogsCommandSchema)` to create a new message.
  */
 export const StreamLogsCommandSchema: GenMessage<StreamLogsCommand> = /*@__PURE__*/
-  messageDesc(file_clawplane_v1_agent, 23);
+  messageDesc(file_clawplane_v1_agent, 25);
 
 /**
  * Stops a log stream (the agent sends a final LogChunk with eof).
@@ -1158,7 +1336,7 @@ export type CancelLogsCommand = Message<"clawplane.v1.CancelLogsCommand"> & {
  * Use `create(CancelLogsCommandSchema)` to create a new message.
  */
 export const CancelLogsCommandSchema: GenMessage<CancelLogsCommand> = /*@__PURE__*/
-  messageDesc(file_clawplane_v1_agent, 24);
+  messageDesc(file_clawplane_v1_agent, 26);
 
 /**
  * The server closes the Connect stream.
@@ -1197,7 +1375,7 @@ export type CloseConnection = Message<"clawplane.v1.CloseConnection"> & {
  * Use `create(CloseConnectionSchema)` to create a new message.
  */
 export const CloseConnectionSchema: GenMessage<CloseConnection> = /*@__PURE__*/
-  messageDesc(file_clawplane_v1_agent, 25);
+  messageDesc(file_clawplane_v1_agent, 27);
 
 /**
  * A message from agent to control plane on the Sync stream.
@@ -1218,7 +1396,7 @@ export type SyncRequest = Message<"clawplane.v1.SyncRequest"> & {
  * Use `create(SyncRequestSchema)` to create a new message.
  */
 export const SyncRequestSchema: GenMessage<SyncRequest> = /*@__PURE__*/
-  messageDesc(file_clawplane_v1_agent, 26);
+  messageDesc(file_clawplane_v1_agent, 28);
 
 /**
  * A message from control plane to agent on the Sync stream.
@@ -1239,7 +1417,7 @@ export type SyncResponse = Message<"clawplane.v1.SyncResponse"> & {
  * Use `create(SyncResponseSchema)` to create a new message.
  */
 export const SyncResponseSchema: GenMessage<SyncResponse> = /*@__PURE__*/
-  messageDesc(file_clawplane_v1_agent, 27);
+  messageDesc(file_clawplane_v1_agent, 29);
 
 /**
  * A resumable read position in one stream of a tenant's OpenClaw state.
@@ -1293,7 +1471,7 @@ export type Cursor = Message<"clawplane.v1.Cursor"> & {
  * Use `create(CursorSchema)` to create a new message.
  */
 export const CursorSchema: GenMessage<Cursor> = /*@__PURE__*/
-  messageDesc(file_clawplane_v1_agent, 28);
+  messageDesc(file_clawplane_v1_agent, 30);
 
 /**
  * A batch of records plus the cursors to commit with them.
@@ -1329,7 +1507,7 @@ export type SyncBatch = Message<"clawplane.v1.SyncBatch"> & {
  * Use `create(SyncBatchSchema)` to create a new message.
  */
 export const SyncBatchSchema: GenMessage<SyncBatch> = /*@__PURE__*/
-  messageDesc(file_clawplane_v1_agent, 29);
+  messageDesc(file_clawplane_v1_agent, 31);
 
 /**
  * One item read from a tenant's OpenClaw state. The identity
@@ -1412,6 +1590,15 @@ export type SyncRecord = Message<"clawplane.v1.SyncRecord"> & {
      */
     value: ObservedConfig;
     case: "observedConfig";
+  } | {
+    /**
+     * One model call through the host's metering proxy (source METER;
+     * position = the call's journal offset).
+     *
+     * @generated from field: clawplane.v1.ModelCall model_call = 13;
+     */
+    value: ModelCall;
+    case: "modelCall";
   } | { case: undefined; value?: undefined };
 };
 
@@ -1420,7 +1607,116 @@ export type SyncRecord = Message<"clawplane.v1.SyncRecord"> & {
  * Use `create(SyncRecordSchema)` to create a new message.
  */
 export const SyncRecordSchema: GenMessage<SyncRecord> = /*@__PURE__*/
-  messageDesc(file_clawplane_v1_agent, 30);
+  messageDesc(file_clawplane_v1_agent, 32);
+
+/**
+ * One call through the metering proxy, with the upstream's own counts.
+ *
+ * @generated from message clawplane.v1.ModelCall
+ */
+export type ModelCall = Message<"clawplane.v1.ModelCall"> & {
+  /**
+   * Unique id of the call (UUID).
+   *
+   * @generated from field: string call_id = 1;
+   */
+  callId: string;
+
+  /**
+   * Provider id and model id as the tenant called them.
+   *
+   * @generated from field: string provider = 2;
+   */
+  provider: string;
+
+  /**
+   * @generated from field: string model = 3;
+   */
+  model: string;
+
+  /**
+   * Wire format.
+   *
+   * @generated from field: clawplane.v1.ModelApi api = 4;
+   */
+  api: ModelApi;
+
+  /**
+   * Token counts from the upstream's usage block (0 when it sent none).
+   *
+   * @generated from field: int64 input_tokens = 5;
+   */
+  inputTokens: bigint;
+
+  /**
+   * @generated from field: int64 output_tokens = 6;
+   */
+  outputTokens: bigint;
+
+  /**
+   * @generated from field: int64 cache_read_tokens = 7;
+   */
+  cacheReadTokens: bigint;
+
+  /**
+   * @generated from field: int64 cache_write_tokens = 8;
+   */
+  cacheWriteTokens: bigint;
+
+  /**
+   * When the call arrived at the proxy.
+   *
+   * @generated from field: google.protobuf.Timestamp started_at = 9;
+   */
+  startedAt?: Timestamp | undefined;
+
+  /**
+   * Time to the upstream's first response byte, and to the end, in ms.
+   *
+   * @generated from field: int64 first_byte_ms = 10;
+   */
+  firstByteMs: bigint;
+
+  /**
+   * @generated from field: int64 total_ms = 11;
+   */
+  totalMs: bigint;
+
+  /**
+   * The upstream's HTTP status (0 if none), or the proxy's own refusal.
+   *
+   * @generated from field: uint32 http_status = 12;
+   */
+  httpStatus: number;
+
+  /**
+   * How it ended.
+   *
+   * @generated from field: clawplane.v1.ModelCallOutcome outcome = 13;
+   */
+  outcome: ModelCallOutcome;
+
+  /**
+   * A streamed (SSE) answer.
+   *
+   * @generated from field: bool streamed = 14;
+   */
+  streamed: boolean;
+
+  /**
+   * The platform's key was used (else the tenant's own).
+   *
+   * @generated from field: bool platform_key = 15;
+   */
+  platformKey: boolean;
+};
+
+/**
+ * Describes the message clawplane.v1.ModelCall.
+ * Use `create(ModelCallSchema)` to create a new message.
+ */
+export const ModelCallSchema: GenMessage<ModelCall> = /*@__PURE__*/
+  messageDesc(file_clawplane_v1_agent, 33);
 
 /**
  * One OpenClaw transcript event, with message fields pre-extracted by the
@@ -1513,7 +1809,7 @@ export type TranscriptEvent = Message<"clawplane.v1.TranscriptEvent"> & {
  * Use `create(TranscriptEventSchema)` to create a new message.
  */
 export const TranscriptEventSchema: GenMessage<TranscriptEvent> = /*@__PURE__*/
-  messageDesc(file_clawplane_v1_agent, 31);
+  messageDesc(file_clawplane_v1_agent, 34);
 
 /**
  * Metadata of one session.
@@ -1569,7 +1865,7 @@ export type SessionMeta = Message<"clawplane.v1.SessionMeta"> & {
  * Use `create(SessionMetaSchema)` to create a new message.
  */
 export const SessionMetaSchema: GenMessage<SessionMeta> = /*@__PURE__*/
-  messageDesc(file_clawplane_v1_agent, 32);
+  messageDesc(file_clawplane_v1_agent, 35);
 
 /**
  * The tenant's config after a change made outside Clawplane (Clawplane's
@@ -1606,7 +1902,7 @@ export type ObservedConfig = Message<"clawplane.v1.ObservedConfig"> & {
  * Use `create(ObservedConfigSchema)` to create a new message.
  */
 export const ObservedConfigSchema: GenMessage<ObservedConfig> = /*@__PURE__*/
-  messageDesc(file_clawplane_v1_agent, 33);
+  messageDesc(file_clawplane_v1_agent, 36);
 
 /**
  * Why one record was rejected.
@@ -1641,7 +1937,7 @@ export type RejectedRecord = Message<"clawplane.v1.RejectedRecord"> & {
  * Use `create(RejectedRecordSchema)` to create a new message.
  */
 export const RejectedRecordSchema: GenMessage<RejectedRecord> = /*@__PURE__*/
-  messageDesc(file_clawplane_v1_agent, 34);
+  messageDesc(file_clawplane_v1_agent, 37);
 
 /**
  * Server's acknowledgement of one batch, sent after it is durably committed.
@@ -1691,7 +1987,7 @@ export type SyncAck = Message<"clawplane.v1.SyncAck"> & {
  * Use `create(SyncAckSchema)` to create a new message.
  */
 export const SyncAckSchema: GenMessage<SyncAck> = /*@__PURE__*/
-  messageDesc(file_clawplane_v1_agent, 35);
+  messageDesc(file_clawplane_v1_agent, 38);
 
 /**
  * Outcome of a command.
@@ -1775,6 +2071,13 @@ export enum SyncSource {
    * @generated from enum value: SYNC_SOURCE_CONFIG = 3;
    */
   CONFIG = 3,
+
+  /**
+   * The host's metering model proxy: one record per model call.
+   *
+   * @generated from enum value: SYNC_SOURCE_METER = 4;
+   */
+  METER = 4,
 }
 
 /**
@@ -1782,6 +2085,74 @@ export enum SyncSource {
  */
 export const SyncSourceSchema: GenEnum<SyncSource> = /*@__PURE__*/
   enumDesc(file_clawplane_v1_agent, 1);
+
+/**
+ * How a metered model call ended.
+ *
+ * @generated from enum clawplane.v1.ModelCallOutcome
+ */
+export enum ModelCallOutcome {
+  /**
+   * @generated from enum value: MODEL_CALL_OUTCOME_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * The upstream answered (any HTTP status; see `http_status`).
+   *
+   * @generated from enum value: MODEL_CALL_OUTCOME_COMPLETED = 1;
+   */
+  COMPLETED = 1,
+
+  /**
+   * Refused by the proxy: the period's allowance is used up or blocked.
+   *
+   * @generated from enum value: MODEL_CALL_OUTCOME_REFUSED_QUOTA = 2;
+   */
+  REFUSED_QUOTA = 2,
+
+  /**
+   * Refused by the proxy: requests per minute.
+   *
+   * @generated from enum value: MODEL_CALL_OUTCOME_REFUSED_RATE = 3;
+   */
+  REFUSED_RATE = 3,
+
+  /**
+   * Refused by the proxy: unknown model, bad request or no route.
+   *
+   * @generated from enum value: MODEL_CALL_OUTCOME_REFUSED_INVALID = 4;
+   */
+  REFUSED_INVALID = 4,
+
+  /**
+   * The upstream could not be reached or failed before answering.
+   *
+   * @generated from enum value: MODEL_CALL_OUTCOME_UPSTREAM_FAILED = 5;
+   */
+  UPSTREAM_FAILED = 5,
+
+  /**
+   * The upstream stalled mid-answer and the proxy cut it; usage is what
+   * had arrived.
+   *
+   * @generated from enum value: MODEL_CALL_OUTCOME_STALLED = 6;
+   */
+  STALLED = 6,
+
+  /**
+   * The gateway went away mid-answer; usage is what had arrived.
+   *
+   * @generated from enum value: MODEL_CALL_OUTCOME_CLIENT_GONE = 7;
+   */
+  CLIENT_GONE = 7,
+}
+
+/**
+ * Describes the enum clawplane.v1.ModelCallOutcome.
+ */
+export const ModelCallOutcomeSchema: GenEnum<ModelCallOutcome> = /*@__PURE__*/
+  enumDesc(file_clawplane_v1_agent, 2);
 
 /**
  * AgentService is served on the agent listener only, over mTLS.

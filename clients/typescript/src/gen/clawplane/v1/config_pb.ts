@@ -4,8 +4,8 @@
 
 // A tenant's OpenClaw configuration: channels, model, tools, agent profile.
 
-import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
-import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
+import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
+import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
 import type { Timestamp } from "@bufbuild/protobuf/wkt";
 import { file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
 import type { Message } from "@bufbuild/protobuf";
@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file clawplane/v1/config.proto.
  */
 export const file_clawplane_v1_config: GenFile = /*@__PURE__*/
-  fileDesc("ChljbGF3cGxhbmUvdjEvY29uZmlnLnByb3RvEgxjbGF3cGxhbmUudjEixwIKDUNoYW5uZWxDb25maWcSDwoHY2hhbm5lbBgBIAEoCRIPCgdlbmFibGVkGAIgASgIEjsKCHNldHRpbmdzGAMgAygLMikuY2xhd3BsYW5lLnYxLkNoYW5uZWxDb25maWcuU2V0dGluZ3NFbnRyeRJCCgxzZWNyZXRfaGludHMYBCADKAsyLC5jbGF3cGxhbmUudjEuQ2hhbm5lbENvbmZpZy5TZWNyZXRIaW50c0VudHJ5Ei4KCnVwZGF0ZWRfYXQYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wGi8KDVNldHRpbmdzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ARoyChBTZWNyZXRIaW50c0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiVgoLTW9kZWxDb25maWcSEAoIcHJvdmlkZXIYASABKAkSDQoFbW9kZWwYAiABKAkSEAoIYmFzZV91cmwYAyABKAkSFAoMYXBpX2tleV9oaW50GAQgASgJIioKC1Rvb2xzQ29uZmlnEg0KBWFsbG93GAEgAygJEgwKBGRlbnkYAiADKAkiQgoMQWdlbnRQcm9maWxlEgwKBG5hbWUYASABKAkSFQoNc3lzdGVtX3Byb21wdBgCIAEoCRINCgVzdHlsZRgDIAEoCSLYAwoMVGVuYW50Q29uZmlnEhEKCXRlbmFudF9pZBgBIAEoCRItCghjaGFubmVscxgCIAMoCzIbLmNsYXdwbGFuZS52MS5DaGFubmVsQ29uZmlnEigKBW1vZGVsGAMgASgLMhkuY2xhd3BsYW5lLnYxLk1vZGVsQ29uZmlnEigKBXRvb2xzGAQgASgLMhkuY2xhd3BsYW5lLnYxLlRvb2xzQ29uZmlnEjEKDWFnZW50X3Byb2ZpbGUYBSABKAsyGi5jbGF3cGxhbmUudjEuQWdlbnRQcm9maWxlEhoKEmRlc2lyZWRfZ2VuZXJhdGlvbhgGIAEoAxIaChJhcHBsaWVkX2dlbmVyYXRpb24YByABKAMSGAoQbGFzdF9hcHBseV9lcnJvchgIIAEoCRIuCgp1cGRhdGVkX2F0GAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgphcHBsaWVkX2F0GAogASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIcChRvYnNlcnZlZF9jb25maWdfanNvbhgLIAEoCRIvCgtvYnNlcnZlZF9hdBgMIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiJQoQR2V0Q29uZmlnUmVxdWVzdBIRCgl0ZW5hbnRfaWQYASABKAkiPwoRR2V0Q29uZmlnUmVzcG9uc2USKgoGY29uZmlnGAEgASgLMhouY2xhd3BsYW5lLnYxLlRlbmFudENvbmZpZyLjAgoRU2V0Q2hhbm5lbFJlcXVlc3QSEQoJdGVuYW50X2lkGAEgASgJEg8KB2NoYW5uZWwYAiABKAkSPwoIc2V0dGluZ3MYAyADKAsyLS5jbGF3cGxhbmUudjEuU2V0Q2hhbm5lbFJlcXVlc3QuU2V0dGluZ3NFbnRyeRI9CgdzZWNyZXRzGAQgAygLMiwuY2xhd3BsYW5lLnYxLlNldENoYW5uZWxSZXF1ZXN0LlNlY3JldHNFbnRyeRIPCgdlbmFibGVkGAUgASgIEiAKE2V4cGVjdGVkX2dlbmVyYXRpb24YBiABKANIAIgBARovCg1TZXR0aW5nc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEaLgoMU2VjcmV0c0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAFCFgoUX2V4cGVjdGVkX2dlbmVyYXRpb24iQAoSU2V0Q2hhbm5lbFJlc3BvbnNlEioKBmNvbmZpZxgBIAEoCzIaLmNsYXdwbGFuZS52MS5UZW5hbnRDb25maWcidAoUUmVtb3ZlQ2hhbm5lbFJlcXVlc3QSEQoJdGVuYW50X2lkGAEgASgJEg8KB2NoYW5uZWwYAiABKAkSIAoTZXhwZWN0ZWRfZ2VuZXJhdGlvbhgDIAEoA0gAiAEBQhYKFF9leHBlY3RlZF9nZW5lcmF0aW9uIkMKFVJlbW92ZUNoYW5uZWxSZXNwb25zZRIqCgZjb25maWcYASABKAsyGi5jbGF3cGxhbmUudjEuVGVuYW50Q29uZmlnIsUBCg9TZXRNb2RlbFJlcXVlc3QSEQoJdGVuYW50X2lkGAEgASgJEhAKCHByb3ZpZGVyGAIgASgJEg0KBW1vZGVsGAMgASgJEhQKB2FwaV9rZXkYBCABKAlIAIgBARIVCghiYXNlX3VybBgFIAEoCUgBiAEBEiAKE2V4cGVjdGVkX2dlbmVyYXRpb24YBiABKANIAogBAUIKCghfYXBpX2tleUILCglfYmFzZV91cmxCFgoUX2V4cGVjdGVkX2dlbmVyYXRpb24iPgoQU2V0TW9kZWxSZXNwb25zZRIqCgZjb25maWcYASABKAsyGi5jbGF3cGxhbmUudjEuVGVuYW50Q29uZmlnInsKD1NldFRvb2xzUmVxdWVzdBIRCgl0ZW5hbnRfaWQYASABKAkSDQoFYWxsb3cYAiADKAkSDAoEZGVueRgDIAMoCRIgChNleHBlY3RlZF9nZW5lcmF0aW9uGAQgASgDSACIAQFCFgoUX2V4cGVjdGVkX2dlbmVyYXRpb24iPgoQU2V0VG9vbHNSZXNwb25zZRIqCgZjb25maWcYASABKAsyGi5jbGF3cGxhbmUudjEuVGVuYW50Q29uZmlnIs0BChZTZXRBZ2VudFByb2ZpbGVSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRIRCgRuYW1lGAIgASgJSACIAQESGgoNc3lzdGVtX3Byb21wdBgDIAEoCUgBiAEBEhIKBXN0eWxlGAQgASgJSAKIAQESIAoTZXhwZWN0ZWRfZ2VuZXJhdGlvbhgFIAEoA0gDiAEBQgcKBV9uYW1lQhAKDl9zeXN0ZW1fcHJvbXB0QggKBl9zdHlsZUIWChRfZXhwZWN0ZWRfZ2VuZXJhdGlvbiJFChdTZXRBZ2VudFByb2ZpbGVSZXNwb25zZRIqCgZjb25maWcYASABKAsyGi5jbGF3cGxhbmUudjEuVGVuYW50Q29uZmlnMv4DCg1Db25maWdTZXJ2aWNlEkwKCUdldENvbmZpZxIeLmNsYXdwbGFuZS52MS5HZXRDb25maWdSZXF1ZXN0Gh8uY2xhd3BsYW5lLnYxLkdldENvbmZpZ1Jlc3BvbnNlEk8KClNldENoYW5uZWwSHy5jbGF3cGxhbmUudjEuU2V0Q2hhbm5lbFJlcXVlc3QaIC5jbGF3cGxhbmUudjEuU2V0Q2hhbm5lbFJlc3BvbnNlElgKDVJlbW92ZUNoYW5uZWwSIi5jbGF3cGxhbmUudjEuUmVtb3ZlQ2hhbm5lbFJlcXVlc3QaIy5jbGF3cGxhbmUudjEuUmVtb3ZlQ2hhbm5lbFJlc3BvbnNlEkkKCFNldE1vZGVsEh0uY2xhd3BsYW5lLnYxLlNldE1vZGVsUmVxdWVzdBoeLmNsYXdwbGFuZS52MS5TZXRNb2RlbFJlc3BvbnNlEkkKCFNldFRvb2xzEh0uY2xhd3BsYW5lLnYxLlNldFRvb2xzUmVxdWVzdBoeLmNsYXdwbGFuZS52MS5TZXRUb29sc1Jlc3BvbnNlEl4KD1NldEFnZW50UHJvZmlsZRIkLmNsYXdwbGFuZS52MS5TZXRBZ2VudFByb2ZpbGVSZXF1ZXN0GiUuY2xhd3BsYW5lLnYxLlNldEFnZW50UHJvZmlsZVJlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_timestamp]);
+  fileDesc("ChljbGF3cGxhbmUvdjEvY29uZmlnLnByb3RvEgxjbGF3cGxhbmUudjEixwIKDUNoYW5uZWxDb25maWcSDwoHY2hhbm5lbBgBIAEoCRIPCgdlbmFibGVkGAIgASgIEjsKCHNldHRpbmdzGAMgAygLMikuY2xhd3BsYW5lLnYxLkNoYW5uZWxDb25maWcuU2V0dGluZ3NFbnRyeRJCCgxzZWNyZXRfaGludHMYBCADKAsyLC5jbGF3cGxhbmUudjEuQ2hhbm5lbENvbmZpZy5TZWNyZXRIaW50c0VudHJ5Ei4KCnVwZGF0ZWRfYXQYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wGi8KDVNldHRpbmdzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ARoyChBTZWNyZXRIaW50c0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEijQEKC01vZGVsQ29uZmlnEhAKCHByb3ZpZGVyGAEgASgJEg0KBW1vZGVsGAIgASgJEhAKCGJhc2VfdXJsGAMgASgJEhQKDGFwaV9rZXlfaGludBgEIAEoCRIjCgNhcGkYBSABKA4yFi5jbGF3cGxhbmUudjEuTW9kZWxBcGkSEAoIcGxhdGZvcm0YBiABKAgiKgoLVG9vbHNDb25maWcSDQoFYWxsb3cYASADKAkSDAoEZGVueRgCIAMoCSJCCgxBZ2VudFByb2ZpbGUSDAoEbmFtZRgBIAEoCRIVCg1zeXN0ZW1fcHJvbXB0GAIgASgJEg0KBXN0eWxlGAMgASgJItgDCgxUZW5hbnRDb25maWcSEQoJdGVuYW50X2lkGAEgASgJEi0KCGNoYW5uZWxzGAIgAygLMhsuY2xhd3BsYW5lLnYxLkNoYW5uZWxDb25maWcSKAoFbW9kZWwYAyABKAsyGS5jbGF3cGxhbmUudjEuTW9kZWxDb25maWcSKAoFdG9vbHMYBCABKAsyGS5jbGF3cGxhbmUudjEuVG9vbHNDb25maWcSMQoNYWdlbnRfcHJvZmlsZRgFIAEoCzIaLmNsYXdwbGFuZS52MS5BZ2VudFByb2ZpbGUSGgoSZGVzaXJlZF9nZW5lcmF0aW9uGAYgASgDEhoKEmFwcGxpZWRfZ2VuZXJhdGlvbhgHIAEoAxIYChBsYXN0X2FwcGx5X2Vycm9yGAggASgJEi4KCnVwZGF0ZWRfYXQYCSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCmFwcGxpZWRfYXQYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhwKFG9ic2VydmVkX2NvbmZpZ19qc29uGAsgASgJEi8KC29ic2VydmVkX2F0GAwgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCIlChBHZXRDb25maWdSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCSI/ChFHZXRDb25maWdSZXNwb25zZRIqCgZjb25maWcYASABKAsyGi5jbGF3cGxhbmUudjEuVGVuYW50Q29uZmlnIuMCChFTZXRDaGFubmVsUmVxdWVzdBIRCgl0ZW5hbnRfaWQYASABKAkSDwoHY2hhbm5lbBgCIAEoCRI/CghzZXR0aW5ncxgDIAMoCzItLmNsYXdwbGFuZS52MS5TZXRDaGFubmVsUmVxdWVzdC5TZXR0aW5nc0VudHJ5Ej0KB3NlY3JldHMYBCADKAsyLC5jbGF3cGxhbmUudjEuU2V0Q2hhbm5lbFJlcXVlc3QuU2VjcmV0c0VudHJ5Eg8KB2VuYWJsZWQYBSABKAgSIAoTZXhwZWN0ZWRfZ2VuZXJhdGlvbhgGIAEoA0gAiAEBGi8KDVNldHRpbmdzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ARouCgxTZWNyZXRzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4AUIWChRfZXhwZWN0ZWRfZ2VuZXJhdGlvbiJAChJTZXRDaGFubmVsUmVzcG9uc2USKgoGY29uZmlnGAEgASgLMhouY2xhd3BsYW5lLnYxLlRlbmFudENvbmZpZyJ0ChRSZW1vdmVDaGFubmVsUmVxdWVzdBIRCgl0ZW5hbnRfaWQYASABKAkSDwoHY2hhbm5lbBgCIAEoCRIgChNleHBlY3RlZF9nZW5lcmF0aW9uGAMgASgDSACIAQFCFgoUX2V4cGVjdGVkX2dlbmVyYXRpb24iQwoVUmVtb3ZlQ2hhbm5lbFJlc3BvbnNlEioKBmNvbmZpZxgBIAEoCzIaLmNsYXdwbGFuZS52MS5UZW5hbnRDb25maWci6gEKD1NldE1vZGVsUmVxdWVzdBIRCgl0ZW5hbnRfaWQYASABKAkSEAoIcHJvdmlkZXIYAiABKAkSDQoFbW9kZWwYAyABKAkSFAoHYXBpX2tleRgEIAEoCUgAiAEBEhUKCGJhc2VfdXJsGAUgASgJSAGIAQESIAoTZXhwZWN0ZWRfZ2VuZXJhdGlvbhgGIAEoA0gCiAEBEiMKA2FwaRgHIAEoDjIWLmNsYXdwbGFuZS52MS5Nb2RlbEFwaUIKCghfYXBpX2tleUILCglfYmFzZV91cmxCFgoUX2V4cGVjdGVkX2dlbmVyYXRpb24iPgoQU2V0TW9kZWxSZXNwb25zZRIqCgZjb25maWcYASABKAsyGi5jbGF3cGxhbmUudjEuVGVuYW50Q29uZmlnInsKD1NldFRvb2xzUmVxdWVzdBIRCgl0ZW5hbnRfaWQYASABKAkSDQoFYWxsb3cYAiADKAkSDAoEZGVueRgDIAMoCRIgChNleHBlY3RlZF9nZW5lcmF0aW9uGAQgASgDSACIAQFCFgoUX2V4cGVjdGVkX2dlbmVyYXRpb24iPgoQU2V0VG9vbHNSZXNwb25zZRIqCgZjb25maWcYASABKAsyGi5jbGF3cGxhbmUudjEuVGVuYW50Q29uZmlnIs0BChZTZXRBZ2VudFByb2ZpbGVSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRIRCgRuYW1lGAIgASgJSACIAQESGgoNc3lzdGVtX3Byb21wdBgDIAEoCUgBiAEBEhIKBXN0eWxlGAQgASgJSAKIAQESIAoTZXhwZWN0ZWRfZ2VuZXJhdGlvbhgFIAEoA0gDiAEBQgcKBV9uYW1lQhAKDl9zeXN0ZW1fcHJvbXB0QggKBl9zdHlsZUIWChRfZXhwZWN0ZWRfZ2VuZXJhdGlvbiJFChdTZXRBZ2VudFByb2ZpbGVSZXNwb25zZRIqCgZjb25maWcYASABKAsyGi5jbGF3cGxhbmUudjEuVGVuYW50Q29uZmlnKokBCghNb2RlbEFwaRIZChVNT0RFTF9BUElfVU5TUEVDSUZJRUQQABIgChxNT0RFTF9BUElfT1BFTkFJX0NPTVBMRVRJT05TEAESHgoaTU9ERUxfQVBJX09QRU5BSV9SRVNQT05TRVMQAhIgChxNT0RFTF9BUElfQU5USFJPUElDX01FU1NBR0VTEAMy/gMKDUNvbmZpZ1NlcnZpY2USTAoJR2V0Q29uZmlnEh4uY2xhd3BsYW5lLnYxLkdldENvbmZpZ1JlcXVlc3QaHy5jbGF3cGxhbmUudjEuR2V0Q29uZmlnUmVzcG9uc2USTwoKU2V0Q2hhbm5lbBIfLmNsYXdwbGFuZS52MS5TZXRDaGFubmVsUmVxdWVzdBogLmNsYXdwbGFuZS52MS5TZXRDaGFubmVsUmVzcG9uc2USWAoNUmVtb3ZlQ2hhbm5lbBIiLmNsYXdwbGFuZS52MS5SZW1vdmVDaGFubmVsUmVxdWVzdBojLmNsYXdwbGFuZS52MS5SZW1vdmVDaGFubmVsUmVzcG9uc2USSQoIU2V0TW9kZWwSHS5jbGF3cGxhbmUudjEuU2V0TW9kZWxSZXF1ZXN0Gh4uY2xhd3BsYW5lLnYxLlNldE1vZGVsUmVzcG9uc2USSQoIU2V0VG9vbHMSHS5jbGF3cGxhbmUudjEuU2V0VG9vbHNSZXF1ZXN0Gh4uY2xhd3BsYW5lLnYxLlNldFRvb2xzUmVzcG9uc2USXgoPU2V0QWdlbnRQcm9maWxlEiQuY2xhd3BsYW5lLnYxLlNldEFnZW50UHJvZmlsZVJlcXVlc3QaJS5jbGF3cGxhbmUudjEuU2V0QWdlbnRQcm9maWxlUmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_timestamp]);
 
 /**
  * One configured channel.
@@ -99,6 +99,21 @@ export type ModelConfig = Message<"clawplane.v1.ModelConfig"> & {
    * @generated from field: string api_key_hint = 4;
    */
   apiKeyHint: string;
+
+  /**
+   * Wire format of the provider's API.
+   *
+   * @generated from field: clawplane.v1.ModelApi api = 5;
+   */
+  api: ModelApi;
+
+  /**
+   * The platform's model (the operator's key and upstream; the plan's
+   * allowance applies) rather than the tenant's own key.
+   *
+   * @generated from field: bool platform = 6;
+   */
+  platform: boolean;
 };
 
 /**
@@ -513,6 +528,14 @@ export type SetModelRequest = Message<"clawplane.v1.SetModelRequest"> & {
    * @generated from field: optional int64 expected_generation = 6;
    */
   expectedGeneration?: bigint | undefined;
+
+  /**
+   * Wire format of the provider's API; unset means
+   * MODEL_API_OPENAI_COMPLETIONS. The platform's provider has its own.
+   *
+   * @generated from field: clawplane.v1.ModelApi api = 7;
+   */
+  api: ModelApi;
 };
 
 /**
@@ -681,6 +704,48 @@ export const SetAgentProfileResponseSchema: GenMessage<SetAgentProfileResponse> 
   messageDesc(file_clawplane_v1_config, 16);
 
 /**
+ * The wire format of a model API, as OpenClaw names it (`api` of a
+ * provider entry).
+ *
+ * @generated from enum clawplane.v1.ModelApi
+ */
+export enum ModelApi {
+  /**
+   * Not set (refused).
+   *
+   * @generated from enum value: MODEL_API_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * OpenAI chat completions (`POST /chat/completions`).
+   *
+   * @generated from enum value: MODEL_API_OPENAI_COMPLETIONS = 1;
+   */
+  OPENAI_COMPLETIONS = 1,
+
+  /**
+   * OpenAI responses (`POST /responses`).
+   *
+   * @generated from enum value: MODEL_API_OPENAI_RESPONSES = 2;
+   */
+  OPENAI_RESPONSES = 2,
+
+  /**
+   * Anthropic messages (`POST /messages`).
+   *
+   * @generated from enum value: MODEL_API_ANTHROPIC_MESSAGES = 3;
+   */
+  ANTHROPIC_MESSAGES = 3,
+}
+
+/**
+ * Describes the enum clawplane.v1.ModelApi.
+ */
+export const ModelApiSchema: GenEnum<ModelApi> = /*@__PURE__*/
+  enumDesc(file_clawplane_v1_config, 0);
+
+/**
  * ConfigService edits the desired configuration of a tenant's OpenClaw.
  * Every successful Set*\/Remove* call bumps `desired_generation`; the host
  * agent applies the generation in one `openclaw config set --batch-json`
@@ -749,6 +814,11 @@ export const ConfigService: GenService<{
   },
   /**
    * Sets the model the tenant's agents use (provider, model, API key).
+   * Every model call goes through the host's metering proxy, which holds the
+   * key: a key never reaches the tenant's tree. The operator's platform
+   * provider (`models.platform.provider`) takes no api_key or base_url: its
+   * key is the operator's and the plan's allowance applies; any other
+   * provider needs the tenant's own api_key (stored sealed).
    * Errors: NOT_FOUND, INVALID_ARGUMENT (empty or malformed provider/model,
    * oversized api_key, refused base_url: see SetModelRequest.base_url),
    * RESOURCE_EXHAUSTED (the server is resolving too many base_url hosts at

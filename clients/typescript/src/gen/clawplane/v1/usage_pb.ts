@@ -16,7 +16,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file clawplane/v1/usage.proto.
  */
 export const file_clawplane_v1_usage: GenFile = /*@__PURE__*/
-  fileDesc("ChhjbGF3cGxhbmUvdjEvdXNhZ2UucHJvdG8SDGNsYXdwbGFuZS52MSJ6CgpVc2FnZVBvaW50EjAKDHBlcmlvZF9zdGFydBgBIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEAoIbWVzc2FnZXMYAiABKAMSKAoGdG9rZW5zGAMgASgLMhguY2xhd3BsYW5lLnYxLlRva2VuVXNhZ2UigwEKCkRhaWx5UG9pbnQSJwoDZGF5GAEgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIQCghtZXNzYWdlcxgCIAEoAxIQCghzZXNzaW9ucxgDIAEoAxIoCgZ0b2tlbnMYBCABKAsyGC5jbGF3cGxhbmUudjEuVG9rZW5Vc2FnZSJhCgxDaGFubmVsU2hhcmUSDwoHY2hhbm5lbBgBIAEoCRIQCghzZXNzaW9ucxgCIAEoAxIQCghtZXNzYWdlcxgDIAEoAxIcChRhdmdfcmVzcG9uc2VfdGltZV9tcxgEIAEoASKwAgoEUGxhbhIKCgJpZBgBIAEoCRIMCgRuYW1lGAIgASgJEhQKDGRpc3BsYXlfbmFtZRgDIAEoCRIbChNwcmljZV9tb250aGx5X2NlbnRzGAQgASgDEhAKCGN1cnJlbmN5GAUgASgJEh0KFW1vbnRobHlfbWVzc2FnZV9saW1pdBgGIAEoAxIVCg1jaGFubmVsX2xpbWl0GAcgASgFEjIKCGZlYXR1cmVzGAggAygLMiAuY2xhd3BsYW5lLnYxLlBsYW4uRmVhdHVyZXNFbnRyeRIuCglyZXNvdXJjZXMYCSABKAsyGy5jbGF3cGxhbmUudjEuUGxhblJlc291cmNlcxovCg1GZWF0dXJlc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiogEKDVBsYW5SZXNvdXJjZXMSGgoSbWVtb3J5X2xpbWl0X2J5dGVzGAEgASgEEh8KF21lbW9yeV9zb2Z0X2xpbWl0X2J5dGVzGAIgASgEEgwKBGNwdXMYAyABKAESEgoKcGlkc19saW1pdBgEIAEoDRIyCg9oaWJlcm5hdGVfYWZ0ZXIYBSABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24i5wEKDFN1YnNjcmlwdGlvbhIRCgl0ZW5hbnRfaWQYASABKAkSIAoEcGxhbhgCIAEoCzISLmNsYXdwbGFuZS52MS5QbGFuEjAKBnN0YXR1cxgDIAEoDjIgLmNsYXdwbGFuZS52MS5TdWJzY3JpcHRpb25TdGF0dXMSOAoUY3VycmVudF9wZXJpb2Rfc3RhcnQYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjYKEmN1cnJlbnRfcGVyaW9kX2VuZBgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAioQEKD0dldFVzYWdlUmVxdWVzdBIRCgl0ZW5hbnRfaWQYASABKAkSKQoGcGVyaW9kGAIgASgOMhkuY2xhd3BsYW5lLnYxLlVzYWdlUGVyaW9kEigKBGZyb20YAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiYKAnRvGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJlChBHZXRVc2FnZVJlc3BvbnNlEigKBnBvaW50cxgBIAMoCzIYLmNsYXdwbGFuZS52MS5Vc2FnZVBvaW50EicKBXRvdGFsGAIgASgLMhguY2xhd3BsYW5lLnYxLlVzYWdlUG9pbnQiJwoSR2V0T3ZlcnZpZXdSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCSLUAQoTR2V0T3ZlcnZpZXdSZXNwb25zZRIWCg50b2RheV9tZXNzYWdlcxgBIAEoAxIXCg9hY3RpdmVfc2Vzc2lvbnMYAiABKAMSFgoObW9udGhfbWVzc2FnZXMYAyABKAMSHQoVbW9udGhseV9tZXNzYWdlX2xpbWl0GAQgASgDEicKBWRhaWx5GAUgAygLMhguY2xhd3BsYW5lLnYxLkRhaWx5UG9pbnQSLAoIY2hhbm5lbHMYBiADKAsyGi5jbGF3cGxhbmUudjEuQ2hhbm5lbFNoYXJlIhIKEExpc3RQbGFuc1JlcXVlc3QiNgoRTGlzdFBsYW5zUmVzcG9uc2USIQoFcGxhbnMYASADKAsyEi5jbGF3cGxhbmUudjEuUGxhbiIrChZHZXRTdWJzY3JpcHRpb25SZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCSJLChdHZXRTdWJzY3JpcHRpb25SZXNwb25zZRIwCgxzdWJzY3JpcHRpb24YASABKAsyGi5jbGF3cGxhbmUudjEuU3Vic2NyaXB0aW9uIjQKEUNoYW5nZVBsYW5SZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRIMCgRwbGFuGAIgASgJIkYKEkNoYW5nZVBsYW5SZXNwb25zZRIwCgxzdWJzY3JpcHRpb24YASABKAsyGi5jbGF3cGxhbmUudjEuU3Vic2NyaXB0aW9uKlkKC1VzYWdlUGVyaW9kEhwKGFVTQUdFX1BFUklPRF9VTlNQRUNJRklFRBAAEhQKEFVTQUdFX1BFUklPRF9EQVkQARIWChJVU0FHRV9QRVJJT0RfTU9OVEgQAiq/AQoSU3Vic2NyaXB0aW9uU3RhdHVzEiMKH1NVQlNDUklQVElPTl9TVEFUVVNfVU5TUEVDSUZJRUQQABIeChpTVUJTQ1JJUFRJT05fU1RBVFVTX0FDVElWRRABEiAKHFNVQlNDUklQVElPTl9TVEFUVVNfVFJJQUxJTkcQAhIgChxTVUJTQ1JJUFRJT05fU1RBVFVTX1BBU1RfRFVFEAMSIAocU1VCU0NSSVBUSU9OX1NUQVRVU19DQU5DRUxFRBAEMqwDCgxVc2FnZVNlcnZpY2USSQoIR2V0VXNhZ2USHS5jbGF3cGxhbmUudjEuR2V0VXNhZ2VSZXF1ZXN0Gh4uY2xhd3BsYW5lLnYxLkdldFVzYWdlUmVzcG9uc2USUgoLR2V0T3ZlcnZpZXcSIC5jbGF3cGxhbmUudjEuR2V0T3ZlcnZpZXdSZXF1ZXN0GiEuY2xhd3BsYW5lLnYxLkdldE92ZXJ2aWV3UmVzcG9uc2USTAoJTGlzdFBsYW5zEh4uY2xhd3BsYW5lLnYxLkxpc3RQbGFuc1JlcXVlc3QaHy5jbGF3cGxhbmUudjEuTGlzdFBsYW5zUmVzcG9uc2USXgoPR2V0U3Vic2NyaXB0aW9uEiQuY2xhd3BsYW5lLnYxLkdldFN1YnNjcmlwdGlvblJlcXVlc3QaJS5jbGF3cGxhbmUudjEuR2V0U3Vic2NyaXB0aW9uUmVzcG9uc2USTwoKQ2hhbmdlUGxhbhIfLmNsYXdwbGFuZS52MS5DaGFuZ2VQbGFuUmVxdWVzdBogLmNsYXdwbGFuZS52MS5DaGFuZ2VQbGFuUmVzcG9uc2ViBnByb3RvMw", [file_clawplane_v1_session, file_google_protobuf_duration, file_google_protobuf_timestamp]);
+  fileDesc("ChhjbGF3cGxhbmUvdjEvdXNhZ2UucHJvdG8SDGNsYXdwbGFuZS52MSJ6CgpVc2FnZVBvaW50EjAKDHBlcmlvZF9zdGFydBgBIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEAoIbWVzc2FnZXMYAiABKAMSKAoGdG9rZW5zGAMgASgLMhguY2xhd3BsYW5lLnYxLlRva2VuVXNhZ2UigwEKCkRhaWx5UG9pbnQSJwoDZGF5GAEgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIQCghtZXNzYWdlcxgCIAEoAxIQCghzZXNzaW9ucxgDIAEoAxIoCgZ0b2tlbnMYBCABKAsyGC5jbGF3cGxhbmUudjEuVG9rZW5Vc2FnZSJhCgxDaGFubmVsU2hhcmUSDwoHY2hhbm5lbBgBIAEoCRIQCghzZXNzaW9ucxgCIAEoAxIQCghtZXNzYWdlcxgDIAEoAxIcChRhdmdfcmVzcG9uc2VfdGltZV9tcxgEIAEoASLnAwoEUGxhbhIKCgJpZBgBIAEoCRIMCgRuYW1lGAIgASgJEhQKDGRpc3BsYXlfbmFtZRgDIAEoCRIbChNwcmljZV9tb250aGx5X2NlbnRzGAQgASgDEhAKCGN1cnJlbmN5GAUgASgJEh0KFW1vbnRobHlfbWVzc2FnZV9saW1pdBgGIAEoAxIVCg1jaGFubmVsX2xpbWl0GAcgASgFEjIKCGZlYXR1cmVzGAggAygLMiAuY2xhd3BsYW5lLnYxLlBsYW4uRmVhdHVyZXNFbnRyeRIuCglyZXNvdXJjZXMYCSABKAsyGy5jbGF3cGxhbmUudjEuUGxhblJlc291cmNlcxIbChNtb250aGx5X3Rva2VuX2xpbWl0GAogASgDEhsKE3JlcXVlc3RzX3Blcl9taW51dGUYCyABKA0SMwoOb3ZlcmFnZV9wb2xpY3kYDCABKA4yGy5jbGF3cGxhbmUudjEuT3ZlcmFnZVBvbGljeRIjChtvdmVyYWdlX3Blcl8xa190b2tlbnNfbWlub3IYDSABKAMSIQoZb3ZlcmFnZV9wZXJfbWVzc2FnZV9taW5vchgOIAEoAxovCg1GZWF0dXJlc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiogEKDVBsYW5SZXNvdXJjZXMSGgoSbWVtb3J5X2xpbWl0X2J5dGVzGAEgASgEEh8KF21lbW9yeV9zb2Z0X2xpbWl0X2J5dGVzGAIgASgEEgwKBGNwdXMYAyABKAESEgoKcGlkc19saW1pdBgEIAEoDRIyCg9oaWJlcm5hdGVfYWZ0ZXIYBSABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24i9wIKDFN1YnNjcmlwdGlvbhIRCgl0ZW5hbnRfaWQYASABKAkSIAoEcGxhbhgCIAEoCzISLmNsYXdwbGFuZS52MS5QbGFuEjAKBnN0YXR1cxgDIAEoDjIgLmNsYXdwbGFuZS52MS5TdWJzY3JpcHRpb25TdGF0dXMSOAoUY3VycmVudF9wZXJpb2Rfc3RhcnQYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjYKEmN1cnJlbnRfcGVyaW9kX2VuZBgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFQoNbWVzc2FnZXNfdXNlZBgGIAEoAxITCgt0b2tlbnNfdXNlZBgHIAEoAxIaChJtZXNzYWdlc19yZW1haW5pbmcYCCABKAMSGAoQdG9rZW5zX3JlbWFpbmluZxgJIAEoAxIWCg5xdW90YV9leGNlZWRlZBgKIAEoCBIUCgxxdW90YV9yZWFzb24YCyABKAki0gEKClVzYWdlRXZlbnQSCgoCaWQYASABKAMSEQoJdGVuYW50X2lkGAIgASgJEioKBGtpbmQYAyABKA4yHC5jbGF3cGxhbmUudjEuVXNhZ2VFdmVudEtpbmQSDgoGbWV0cmljGAQgASgJEjAKDHBlcmlvZF9zdGFydBgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASJgoCYXQYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg8KB21lc3NhZ2UYByABKAkicgoLQmlsbGluZ0xpbmUSDAoEa2luZBgBIAEoCRITCgtkZXNjcmlwdGlvbhgCIAEoCRIQCghxdWFudGl0eRgDIAEoAxIYChB1bml0X3ByaWNlX21pbm9yGAQgASgDEhQKDGFtb3VudF9taW5vchgFIAEoAyKcAgoKVGVuYW50QmlsbBIRCgl0ZW5hbnRfaWQYASABKAkSDAoEcGxhbhgCIAEoCRIwCgxwZXJpb2Rfc3RhcnQYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnBlcmlvZF9lbmQYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg4KBmNsb3NlZBgFIAEoCBIQCghjdXJyZW5jeRgGIAEoCRIoCgVsaW5lcxgHIAMoCzIZLmNsYXdwbGFuZS52MS5CaWxsaW5nTGluZRITCgt0b3RhbF9taW5vchgIIAEoAxIVCg1tZXNzYWdlc191c2VkGAkgASgDEhMKC3Rva2Vuc191c2VkGAogASgDIqEBCg9HZXRVc2FnZVJlcXVlc3QSEQoJdGVuYW50X2lkGAEgASgJEikKBnBlcmlvZBgCIAEoDjIZLmNsYXdwbGFuZS52MS5Vc2FnZVBlcmlvZBIoCgRmcm9tGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBImCgJ0bxgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiZQoQR2V0VXNhZ2VSZXNwb25zZRIoCgZwb2ludHMYASADKAsyGC5jbGF3cGxhbmUudjEuVXNhZ2VQb2ludBInCgV0b3RhbBgCIAEoCzIYLmNsYXdwbGFuZS52MS5Vc2FnZVBvaW50IicKEkdldE92ZXJ2aWV3UmVxdWVzdBIRCgl0ZW5hbnRfaWQYASABKAkiggIKE0dldE92ZXJ2aWV3UmVzcG9uc2USFgoOdG9kYXlfbWVzc2FnZXMYASABKAMSFwoPYWN0aXZlX3Nlc3Npb25zGAIgASgDEhYKDm1vbnRoX21lc3NhZ2VzGAMgASgDEh0KFW1vbnRobHlfbWVzc2FnZV9saW1pdBgEIAEoAxInCgVkYWlseRgFIAMoCzIYLmNsYXdwbGFuZS52MS5EYWlseVBvaW50EiwKCGNoYW5uZWxzGAYgAygLMhouY2xhd3BsYW5lLnYxLkNoYW5uZWxTaGFyZRIWCg5xdW90YV9leGNlZWRlZBgHIAEoCBIUCgxxdW90YV9yZWFzb24YCCABKAkiEgoQTGlzdFBsYW5zUmVxdWVzdCI2ChFMaXN0UGxhbnNSZXNwb25zZRIhCgVwbGFucxgBIAMoCzISLmNsYXdwbGFuZS52MS5QbGFuIisKFkdldFN1YnNjcmlwdGlvblJlcXVlc3QSEQoJdGVuYW50X2lkGAEgASgJIksKF0dldFN1YnNjcmlwdGlvblJlc3BvbnNlEjAKDHN1YnNjcmlwdGlvbhgBIAEoCzIaLmNsYXdwbGFuZS52MS5TdWJzY3JpcHRpb24iNAoRQ2hhbmdlUGxhblJlcXVlc3QSEQoJdGVuYW50X2lkGAEgASgJEgwKBHBsYW4YAiABKAkiRgoSQ2hhbmdlUGxhblJlc3BvbnNlEjAKDHN1YnNjcmlwdGlvbhgBIAEoCzIaLmNsYXdwbGFuZS52MS5TdWJzY3JpcHRpb24iawoWU2V0U3Vic2NyaXB0aW9uUmVxdWVzdBIRCgl0ZW5hbnRfaWQYASABKAkSDAoEcGxhbhgCIAEoCRIwCgZzdGF0dXMYAyABKA4yIC5jbGF3cGxhbmUudjEuU3Vic2NyaXB0aW9uU3RhdHVzIksKF1NldFN1YnNjcmlwdGlvblJlc3BvbnNlEjAKDHN1YnNjcmlwdGlvbhgBIAEoCzIaLmNsYXdwbGFuZS52MS5TdWJzY3JpcHRpb24iewoXTGlzdEJpbGxpbmdMaW5lc1JlcXVlc3QSJgoCYXQYASABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhEKCXRlbmFudF9pZBgCIAEoCRIRCglwYWdlX3NpemUYAyABKAUSEgoKcGFnZV90b2tlbhgEIAEoCSJcChhMaXN0QmlsbGluZ0xpbmVzUmVzcG9uc2USJwoFYmlsbHMYASADKAsyGC5jbGF3cGxhbmUudjEuVGVuYW50QmlsbBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiPgoXV2F0Y2hVc2FnZUV2ZW50c1JlcXVlc3QSEQoJdGVuYW50X2lkGAEgASgJEhAKCGFmdGVyX2lkGAIgASgDKmIKDU92ZXJhZ2VQb2xpY3kSHgoaT1ZFUkFHRV9QT0xJQ1lfVU5TUEVDSUZJRUQQABIYChRPVkVSQUdFX1BPTElDWV9CTE9DSxABEhcKE09WRVJBR0VfUE9MSUNZX0JJTEwQAipZCgtVc2FnZVBlcmlvZBIcChhVU0FHRV9QRVJJT0RfVU5TUEVDSUZJRUQQABIUChBVU0FHRV9QRVJJT0RfREFZEAESFgoSVVNBR0VfUEVSSU9EX01PTlRIEAIqvwEKElN1YnNjcmlwdGlvblN0YXR1cxIjCh9TVUJTQ1JJUFRJT05fU1RBVFVTX1VOU1BFQ0lGSUVEEAASHgoaU1VCU0NSSVBUSU9OX1NUQVRVU19BQ1RJVkUQARIgChxTVUJTQ1JJUFRJT05fU1RBVFVTX1RSSUFMSU5HEAISIAocU1VCU0NSSVBUSU9OX1NUQVRVU19QQVNUX0RVRRADEiAKHFNVQlNDUklQVElPTl9TVEFUVVNfQ0FOQ0VMRUQQBCrAAQoOVXNhZ2VFdmVudEtpbmQSIAocVVNBR0VfRVZFTlRfS0lORF9VTlNQRUNJRklFRBAAEiEKHVVTQUdFX0VWRU5UX0tJTkRfVEhSRVNIT0xEXzgwEAESIgoeVVNBR0VfRVZFTlRfS0lORF9USFJFU0hPTERfMTAwEAISIQodVVNBR0VfRVZFTlRfS0lORF9RVU9UQV9MSUZURUQQAxIiCh5VU0FHRV9FVkVOVF9LSU5EX1BFUklPRF9DTE9TRUQQBDLGBQoMVXNhZ2VTZXJ2aWNlEkkKCEdldFVzYWdlEh0uY2xhd3BsYW5lLnYxLkdldFVzYWdlUmVxdWVzdBoeLmNsYXdwbGFuZS52MS5HZXRVc2FnZVJlc3BvbnNlElIKC0dldE92ZXJ2aWV3EiAuY2xhd3BsYW5lLnYxLkdldE92ZXJ2aWV3UmVxdWVzdBohLmNsYXdwbGFuZS52MS5HZXRPdmVydmlld1Jlc3BvbnNlEkwKCUxpc3RQbGFucxIeLmNsYXdwbGFuZS52MS5MaXN0UGxhbnNSZXF1ZXN0Gh8uY2xhd3BsYW5lLnYxLkxpc3RQbGFuc1Jlc3BvbnNlEl4KD0dldFN1YnNjcmlwdGlvbhIkLmNsYXdwbGFuZS52MS5HZXRTdWJzY3JpcHRpb25SZXF1ZXN0GiUuY2xhd3BsYW5lLnYxLkdldFN1YnNjcmlwdGlvblJlc3BvbnNlEk8KCkNoYW5nZVBsYW4SHy5jbGF3cGxhbmUudjEuQ2hhbmdlUGxhblJlcXVlc3QaIC5jbGF3cGxhbmUudjEuQ2hhbmdlUGxhblJlc3BvbnNlEl4KD1NldFN1YnNjcmlwdGlvbhIkLmNsYXdwbGFuZS52MS5TZXRTdWJzY3JpcHRpb25SZXF1ZXN0GiUuY2xhd3BsYW5lLnYxLlNldFN1YnNjcmlwdGlvblJlc3BvbnNlEmEKEExpc3RCaWxsaW5nTGluZXMSJS5jbGF3cGxhbmUudjEuTGlzdEJpbGxpbmdMaW5lc1JlcXVlc3QaJi5jbGF3cGxhbmUudjEuTGlzdEJpbGxpbmdMaW5lc1Jlc3BvbnNlElUKEFdhdGNoVXNhZ2VFdmVudHMSJS5jbGF3cGxhbmUudjEuV2F0Y2hVc2FnZUV2ZW50c1JlcXVlc3QaGC5jbGF3cGxhbmUudjEuVXNhZ2VFdmVudDABYgZwcm90bzM", [file_clawplane_v1_session, file_google_protobuf_duration, file_google_protobuf_timestamp]);
 
 /**
  * Usage in one period.
@@ -207,6 +207,42 @@ export type Plan = Message<"clawplane.v1.Plan"> & {
    * @generated from field: clawplane.v1.PlanResources resources = 9;
    */
   resources?: PlanResources | undefined;
+
+  /**
+   * Tokens (input + output) through the platform's model per period; 0
+   * means unlimited.
+   *
+   * @generated from field: int64 monthly_token_limit = 10;
+   */
+  monthlyTokenLimit: bigint;
+
+  /**
+   * Model calls per minute; 0 means unlimited.
+   *
+   * @generated from field: uint32 requests_per_minute = 11;
+   */
+  requestsPerMinute: number;
+
+  /**
+   * What happens past the monthly allowance.
+   *
+   * @generated from field: clawplane.v1.OveragePolicy overage_policy = 12;
+   */
+  overagePolicy: OveragePolicy;
+
+  /**
+   * BILL: price per 1,000 tokens past the token limit, in minor units.
+   *
+   * @generated from field: int64 overage_per_1k_tokens_minor = 13;
+   */
+  overagePer1kTokensMinor: bigint;
+
+  /**
+   * BILL: price per message past the message limit, in minor units.
+   *
+   * @generated from field: int64 overage_per_message_minor = 14;
+   */
+  overagePerMessageMinor: bigint;
 };
 
 /**
@@ -307,6 +343,43 @@ export type Subscription = Message<"clawplane.v1.Subscription"> & {
    * @generated from field: google.protobuf.Timestamp current_period_end = 5;
    */
   currentPeriodEnd?: Timestamp | undefined;
+
+  /**
+   * Counted so far in the current period.
+   *
+   * @generated from field: int64 messages_used = 6;
+   */
+  messagesUsed: bigint;
+
+  /**
+   * @generated from field: int64 tokens_used = 7;
+   */
+  tokensUsed: bigint;
+
+  /**
+   * What remains (-1: unlimited; 0 when used up).
+   *
+   * @generated from field: int64 messages_remaining = 8;
+   */
+  messagesRemaining: bigint;
+
+  /**
+   * @generated from field: int64 tokens_remaining = 9;
+   */
+  tokensRemaining: bigint;
+
+  /**
+   * Platform model calls are refused (allowance used up under BLOCK, or the
+   * subscription ended); `quota_reason` says why, as the user is told.
+   *
+   * @generated from field: bool quota_exceeded = 10;
+   */
+  quotaExceeded: boolean;
+
+  /**
+   * @generated from field: string quota_reason = 11;
+   */
+  quotaReason: string;
 };
 
 /**
@@ -315,6 +388,176 @@ export type Subscription = Message<"clawplane.v1.Subscription"> & {
  */
 export const SubscriptionSchema: GenMessage<Subscription> = /*@__PURE__*/
   messageDesc(file_clawplane_v1_usage, 5);
+
+/**
+ * One usage event.
+ *
+ * @generated from message clawplane.v1.UsageEvent
+ */
+export type UsageEvent = Message<"clawplane.v1.UsageEvent"> & {
+  /**
+   * Increasing id (resume with WatchUsageEventsRequest.after_id).
+   *
+   * @generated from field: int64 id = 1;
+   */
+  id: bigint;
+
+  /**
+   * @generated from field: string tenant_id = 2;
+   */
+  tenantId: string;
+
+  /**
+   * @generated from field: clawplane.v1.UsageEventKind kind = 3;
+   */
+  kind: UsageEventKind;
+
+  /**
+   * "messages" or "tokens" for thresholds; empty otherwise.
+   *
+   * @generated from field: string metric = 4;
+   */
+  metric: string;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp period_start = 5;
+   */
+  periodStart?: Timestamp | undefined;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp at = 6;
+   */
+  at?: Timestamp | undefined;
+
+  /**
+   * For people, e.g. "tokens: 80% of 1,000,000 used".
+   *
+   * @generated from field: string message = 7;
+   */
+  message: string;
+};
+
+/**
+ * Describes the message clawplane.v1.UsageEvent.
+ * Use `create(UsageEventSchema)` to create a new message.
+ */
+export const UsageEventSchema: GenMessage<UsageEvent> = /*@__PURE__*/
+  messageDesc(file_clawplane_v1_usage, 6);
+
+/**
+ * One line of a bill, in integer minor units.
+ *
+ * @generated from message clawplane.v1.BillingLine
+ */
+export type BillingLine = Message<"clawplane.v1.BillingLine"> & {
+  /**
+   * "base", "overage_tokens" or "overage_messages".
+   *
+   * @generated from field: string kind = 1;
+   */
+  kind: string;
+
+  /**
+   * @generated from field: string description = 2;
+   */
+  description: string;
+
+  /**
+   * Units billed (1 for base; tokens or messages past the limit).
+   *
+   * @generated from field: int64 quantity = 3;
+   */
+  quantity: bigint;
+
+  /**
+   * Price per unit (per 1,000 for tokens), minor units.
+   *
+   * @generated from field: int64 unit_price_minor = 4;
+   */
+  unitPriceMinor: bigint;
+
+  /**
+   * Line amount, minor units (tokens rounded up to whole thousands).
+   *
+   * @generated from field: int64 amount_minor = 5;
+   */
+  amountMinor: bigint;
+};
+
+/**
+ * Describes the message clawplane.v1.BillingLine.
+ * Use `create(BillingLineSchema)` to create a new message.
+ */
+export const BillingLineSchema: GenMessage<BillingLine> = /*@__PURE__*/
+  messageDesc(file_clawplane_v1_usage, 7);
+
+/**
+ * A tenant's bill for one period.
+ *
+ * @generated from message clawplane.v1.TenantBill
+ */
+export type TenantBill = Message<"clawplane.v1.TenantBill"> & {
+  /**
+   * @generated from field: string tenant_id = 1;
+   */
+  tenantId: string;
+
+  /**
+   * @generated from field: string plan = 2;
+   */
+  plan: string;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp period_start = 3;
+   */
+  periodStart?: Timestamp | undefined;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp period_end = 4;
+   */
+  periodEnd?: Timestamp | undefined;
+
+  /**
+   * The period has ended: the lines no longer change.
+   *
+   * @generated from field: bool closed = 5;
+   */
+  closed: boolean;
+
+  /**
+   * @generated from field: string currency = 6;
+   */
+  currency: string;
+
+  /**
+   * @generated from field: repeated clawplane.v1.BillingLine lines = 7;
+   */
+  lines: BillingLine[];
+
+  /**
+   * Sum of the lines, minor units.
+   *
+   * @generated from field: int64 total_minor = 8;
+   */
+  totalMinor: bigint;
+
+  /**
+   * @generated from field: int64 messages_used = 9;
+   */
+  messagesUsed: bigint;
+
+  /**
+   * @generated from field: int64 tokens_used = 10;
+   */
+  tokensUsed: bigint;
+};
+
+/**
+ * Describes the message clawplane.v1.TenantBill.
+ * Use `create(TenantBillSchema)` to create a new message.
+ */
+export const TenantBillSchema: GenMessage<TenantBill> = /*@__PURE__*/
+  messageDesc(file_clawplane_v1_usage, 8);
 
 /**
  * Request for UsageService.GetUsage.
@@ -357,7 +600,7 @@ export type GetUsageRequest = Message<"clawplane.v1.GetUsageRequest"> & {
  * Use `create(GetUsageRequestSchema)` to create a new message.
  */
 export const GetUsageRequestSchema: GenMessage<GetUsageRequest> = /*@__PURE__*/
-  messageDesc(file_clawplane_v1_usage, 6);
+  messageDesc(file_clawplane_v1_usage, 9);
 
 /**
  * Response for UsageService.GetUsage.
@@ -385,7 +628,7 @@ export type GetUsageResponse = Message<"clawplane.v1.GetUsageResponse"> & {
  * Use `create(GetUsageResponseSchema)` to create a new message.
  */
 export const GetUsageResponseSchema: GenMessage<GetUsageResponse> = /*@__PURE__*/
-  messageDesc(file_clawplane_v1_usage, 7);
+  messageDesc(file_clawplane_v1_usage, 10);
 
 /**
  * Request for UsageService.GetOverview.
@@ -406,7 +649,7 @@ export type GetOverviewRequest = Message<"clawplane.v1.GetOverviewRequest"> & {
  * Use `create(GetOverviewRequestSchema)` to create a new message.
  */
 export const GetOverviewRequestSchema: GenMessage<GetOverviewRequest> = /*@__PURE__*/
-  messageDesc(file_clawplane_v1_usage, 8);
+  messageDesc(file_clawplane_v1_usage, 11);
 
 /**
  * Response for UsageService.GetOverview.
@@ -455,6 +698,18 @@ export type GetOverviewResponse = Message<"clawplane.v1.GetOverviewResponse"> & 
    * @generated from field: repeated clawplane.v1.ChannelShare channels = 6;
    */
   channels: ChannelShare[];
+
+  /**
+   * Platform model calls are refused (see Subscription.quota_exceeded).
+   *
+   * @generated from field: bool quota_exceeded = 7;
+   */
+  quotaExceeded: boolean;
+
+  /**
+   * @generated from field: string quota_reason = 8;
+   */
+  quotaReason: string;
 };
 
 /**
@@ -462,7 +717,7 @@ export type GetOverviewResponse = Message<"clawplane.v1.GetOverviewResponse"> & 
  * Use `create(GetOverviewResponseSchema)` to create a new message.
  */
 export const GetOverviewResponseSchema: GenMessage<GetOverviewResponse> = /*@__PURE__*/
-  messageDesc(file_clawplane_v1_usage, 9);
+  messageDesc(file_clawplane_v1_usage, 12);
 
 /**
  * Request for UsageService.ListPlans.
@@ -477,7 +732,7 @@ export type ListPlansRequest = Message<"clawplane.v1.ListPlansRequest"> & {
  * Use `create(ListPlansRequestSchema)` to create a new message.
  */
 export const ListPlansRequestSchema: GenMessage<ListPlansRequest> = /*@__PURE__*/
-  messageDesc(file_clawplane_v1_usage, 10);
+  messageDesc(file_clawplane_v1_usage, 13);
 
 /**
  * Response for UsageService.ListPlans.
@@ -498,7 +753,7 @@ export type ListPlansResponse = Message<"clawplane.v1.ListPlansResponse"> & {
  * Use `create(ListPlansResponseSchema)` to create a new message.
  */
 export const ListPlansResponseSchema: GenMessage<ListPlansResponse> = /*@__PURE__*/
-  messageDesc(file_clawplane_v1_usage, 11);
+  messageDesc(file_clawplane_v1_usage, 14);
 
 /**
  * Request for UsageService.GetSubscription.
@@ -519,7 +774,7 @@ export type GetSubscriptionRequest = Message<"clawplane.v1.GetSubscriptionReques
  * Use `create(GetSubscriptionRequestSchema)` to create a new message.
  */
 export const GetSubscriptionRequestSchema: GenMessage<GetSubscriptionRequest> = /*@__PURE__*/
-  messageDesc(file_clawplane_v1_usage, 12);
+  messageDesc(file_clawplane_v1_usage, 15);
 
 /**
  * Response for UsageService.GetSubscription.
@@ -540,7 +795,7 @@ export type GetSubscriptionResponse = Message<"clawplane.v1.GetSubscriptionRespo
  * Use `create(GetSubscriptionResponseSchema)` to create a new message.
  */
 export const GetSubscriptionResponseSchema: GenMessage<GetSubscriptionResponse> = /*@__PURE__*/
-  messageDesc(file_clawplane_v1_usage, 13);
+  messageDesc(file_clawplane_v1_usage, 16);
 
 /**
  * Request for UsageService.ChangePlan.
@@ -568,7 +823,7 @@ export type ChangePlanRequest = Message<"clawplane.v1.ChangePlanRequest"> & {
  * Use `create(ChangePlanRequestSchema)` to create a new message.
  */
 export const ChangePlanRequestSchema: GenMessage<ChangePlanRequest> = /*@__PURE__*/
-  messageDesc(file_clawplane_v1_usage, 14);
+  messageDesc(file_clawplane_v1_usage, 17);
 
 /**
  * Response for UsageService.ChangePlan.
@@ -589,7 +844,192 @@ export type ChangePlanResponse = Message<"clawplane.v1.ChangePlanResponse"> & {
  * Use `create(ChangePlanResponseSchema)` to create a new message.
  */
 export const ChangePlanResponseSchema: GenMessage<ChangePlanResponse> = /*@__PURE__*/
-  messageDesc(file_clawplane_v1_usage, 15);
+  messageDesc(file_clawplane_v1_usage, 18);
+
+/**
+ * Request for UsageService.SetSubscription.
+ *
+ * @generated from message clawplane.v1.SetSubscriptionRequest
+ */
+export type SetSubscriptionRequest = Message<"clawplane.v1.SetSubscriptionRequest"> & {
+  /**
+   * Tenant id or slug.
+   *
+   * @generated from field: string tenant_id = 1;
+   */
+  tenantId: string;
+
+  /**
+   * New plan name; empty keeps the plan.
+   *
+   * @generated from field: string plan = 2;
+   */
+  plan: string;
+
+  /**
+   * New status; UNSPECIFIED keeps it.
+   *
+   * @generated from field: clawplane.v1.SubscriptionStatus status = 3;
+   */
+  status: SubscriptionStatus;
+};
+
+/**
+ * Describes the message clawplane.v1.SetSubscriptionRequest.
+ * Use `create(SetSubscriptionRequestSchema)` to create a new message.
+ */
+export const SetSubscriptionRequestSchema: GenMessage<SetSubscriptionRequest> = /*@__PURE__*/
+  messageDesc(file_clawplane_v1_usage, 19);
+
+/**
+ * Response for UsageService.SetSubscription.
+ *
+ * @generated from message clawplane.v1.SetSubscriptionResponse
+ */
+export type SetSubscriptionResponse = Message<"clawplane.v1.SetSubscriptionResponse"> & {
+  /**
+   * @generated from field: clawplane.v1.Subscription subscription = 1;
+   */
+  subscription?: Subscription | undefined;
+};
+
+/**
+ * Describes the message clawplane.v1.SetSubscriptionResponse.
+ * Use `create(SetSubscriptionResponseSchema)` to create a new message.
+ */
+export const SetSubscriptionResponseSchema: GenMessage<SetSubscriptionResponse> = /*@__PURE__*/
+  messageDesc(file_clawplane_v1_usage, 20);
+
+/**
+ * Request for UsageService.ListBillingLines.
+ *
+ * @generated from message clawplane.v1.ListBillingLinesRequest
+ */
+export type ListBillingLinesRequest = Message<"clawplane.v1.ListBillingLinesRequest"> & {
+  /**
+   * Each tenant's bill for its period containing this instant (periods
+   * restart at a plan change); unset means now.
+   *
+   * @generated from field: google.protobuf.Timestamp at = 1;
+   */
+  at?: Timestamp | undefined;
+
+  /**
+   * One tenant (id or slug); empty: every tenant (admin) or the caller's.
+   *
+   * @generated from field: string tenant_id = 2;
+   */
+  tenantId: string;
+
+  /**
+   * 1-500; 0 means 100.
+   *
+   * @generated from field: int32 page_size = 3;
+   */
+  pageSize: number;
+
+  /**
+   * From a previous response.
+   *
+   * @generated from field: string page_token = 4;
+   */
+  pageToken: string;
+};
+
+/**
+ * Describes the message clawplane.v1.ListBillingLinesRequest.
+ * Use `create(ListBillingLinesRequestSchema)` to create a new message.
+ */
+export const ListBillingLinesRequestSchema: GenMessage<ListBillingLinesRequest> = /*@__PURE__*/
+  messageDesc(file_clawplane_v1_usage, 21);
+
+/**
+ * Response for UsageService.ListBillingLines.
+ *
+ * @generated from message clawplane.v1.ListBillingLinesResponse
+ */
+export type ListBillingLinesResponse = Message<"clawplane.v1.ListBillingLinesResponse"> & {
+  /**
+   * @generated from field: repeated clawplane.v1.TenantBill bills = 1;
+   */
+  bills: TenantBill[];
+
+  /**
+   * Empty on the last page.
+   *
+   * @generated from field: string next_page_token = 2;
+   */
+  nextPageToken: string;
+};
+
+/**
+ * Describes the message clawplane.v1.ListBillingLinesResponse.
+ * Use `create(ListBillingLinesResponseSchema)` to create a new message.
+ */
+export const ListBillingLinesResponseSchema: GenMessage<ListBillingLinesResponse> = /*@__PURE__*/
+  messageDesc(file_clawplane_v1_usage, 22);
+
+/**
+ * Request for UsageService.WatchUsageEvents.
+ *
+ * @generated from message clawplane.v1.WatchUsageEventsRequest
+ */
+export type WatchUsageEventsRequest = Message<"clawplane.v1.WatchUsageEventsRequest"> & {
+  /**
+   * One tenant (id or slug); empty: every tenant (admin) or the caller's.
+   *
+   * @generated from field: string tenant_id = 1;
+   */
+  tenantId: string;
+
+  /**
+   * Replay events with a larger id first; 0: only new events.
+   *
+   * @generated from field: int64 after_id = 2;
+   */
+  afterId: bigint;
+};
+
+/**
+ * Describes the message clawplane.v1.WatchUsageEventsRequest.
+ * Use `create(WatchUsageEventsRequestSchema)` to create a new message.
+ */
+export const WatchUsageEventsRequestSchema: GenMessage<WatchUsageEventsRequest> = /*@__PURE__*/
+  messageDesc(file_clawplane_v1_usage, 23);
+
+/**
+ * What happens when a tenant's monthly allowance is used up.
+ *
+ * @generated from enum clawplane.v1.OveragePolicy
+ */
+export enum OveragePolicy {
+  /**
+   * Not set: BLOCK.
+   *
+   * @generated from enum value: OVERAGE_POLICY_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * Platform model calls are refused until the next period or a plan change.
+   *
+   * @generated from enum value: OVERAGE_POLICY_BLOCK = 1;
+   */
+  BLOCK = 1,
+
+  /**
+   * Calls go on and the excess is billed at the plan's overage prices.
+   *
+   * @generated from enum value: OVERAGE_POLICY_BILL = 2;
+   */
+  BILL = 2,
+}
+
+/**
+ * Describes the enum clawplane.v1.OveragePolicy.
+ */
+export const OveragePolicySchema: GenEnum<OveragePolicy> = /*@__PURE__*/
+  enumDesc(file_clawplane_v1_usage, 0);
 
 /**
  * Bucket size of a usage series.
@@ -623,7 +1063,7 @@ export enum UsagePeriod {
  * Describes the enum clawplane.v1.UsagePeriod.
  */
 export const UsagePeriodSchema: GenEnum<UsagePeriod> = /*@__PURE__*/
-  enumDesc(file_clawplane_v1_usage, 0);
+  enumDesc(file_clawplane_v1_usage, 1);
 
 /**
  * State of a subscription.
@@ -671,11 +1111,59 @@ export enum SubscriptionStatus {
  * Describes the enum clawplane.v1.SubscriptionStatus.
  */
 export const SubscriptionStatusSchema: GenEnum<SubscriptionStatus> = /*@__PURE__*/
-  enumDesc(file_clawplane_v1_usage, 1);
+  enumDesc(file_clawplane_v1_usage, 2);
 
 /**
- * UsageService reports a tenant's usage (from synced transcripts) and
- * manages its plan. All periods are calendar periods in UTC.
+ * A kind of usage event.
+ *
+ * @generated from enum clawplane.v1.UsageEventKind
+ */
+export enum UsageEventKind {
+  /**
+   * @generated from enum value: USAGE_EVENT_KIND_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * 80% of the message or token allowance used.
+   *
+   * @generated from enum value: USAGE_EVENT_KIND_THRESHOLD_80 = 1;
+   */
+  THRESHOLD_80 = 1,
+
+  /**
+   * The allowance is used up (BLOCK: calls are now refused).
+   *
+   * @generated from enum value: USAGE_EVENT_KIND_THRESHOLD_100 = 2;
+   */
+  THRESHOLD_100 = 2,
+
+  /**
+   * Calls are allowed again (plan changed, period rolled over).
+   *
+   * @generated from enum value: USAGE_EVENT_KIND_QUOTA_LIFTED = 3;
+   */
+  QUOTA_LIFTED = 3,
+
+  /**
+   * A period ended; its billing lines are final.
+   *
+   * @generated from enum value: USAGE_EVENT_KIND_PERIOD_CLOSED = 4;
+   */
+  PERIOD_CLOSED = 4,
+}
+
+/**
+ * Describes the enum clawplane.v1.UsageEventKind.
+ */
+export const UsageEventKindSchema: GenEnum<UsageEventKind> = /*@__PURE__*/
+  enumDesc(file_clawplane_v1_usage, 3);
+
+/**
+ * UsageService reports a tenant's usage (messages from synced transcripts,
+ * tokens from the hosts' metering model proxies) and manages its plan and
+ * subscription. All periods are calendar periods in UTC unless a
+ * subscription's period says otherwise.
  *
  * Caller: the tenant's owner (the user, or a member of the owning team),
  * identified by SSO; admins may act on any tenant. A tenant that exists but
@@ -725,9 +1213,8 @@ export const UsageService: GenService<{
     output: typeof ListPlansResponseSchema;
   },
   /**
-   * Returns the tenant's subscription.
-   * Not implemented yet: answers UNIMPLEMENTED (the plan is set at
-   * CreateTenant).
+   * Returns the tenant's subscription: plan, status, current period, the
+   * usage counted so far in it and what remains.
    * Errors: NOT_FOUND, INVALID_ARGUMENT (empty tenant_id).
    *
    * @generated from rpc clawplane.v1.UsageService.GetSubscription
@@ -739,12 +1226,13 @@ export const UsageService: GenService<{
   },
   /**
    * Moves the tenant to another plan, effective immediately (the new period
-   * starts now). Clawplane records the plan and enforces its limits; taking
-   * payment is the web product's job. Changing to the current plan succeeds
-   * without changes. Not implemented yet: answers UNIMPLEMENTED.
+   * starts now, so a tenant over its allowance can call its model again).
+   * Clawplane records the plan and enforces its limits; taking payment is
+   * the web product's job. Changing to the current plan succeeds without
+   * changes.
    * Errors: NOT_FOUND (tenant), INVALID_ARGUMENT (unknown plan name),
    * FAILED_PRECONDITION (the tenant has more channels than the new plan
-   * allows; remove some first).
+   * allows, naming both counts; remove some first).
    *
    * @generated from rpc clawplane.v1.UsageService.ChangePlan
    */
@@ -752,6 +1240,49 @@ export const UsageService: GenService<{
     methodKind: "unary";
     input: typeof ChangePlanRequestSchema;
     output: typeof ChangePlanResponseSchema;
+  },
+  /**
+   * Admin: sets any tenant's plan and/or subscription status, as the web
+   * product's payment system decides (PAST_DUE keeps the tenant running;
+   * CANCELED blocks its platform model calls at the period's end).
+   * Errors: PERMISSION_DENIED (not an admin), NOT_FOUND, INVALID_ARGUMENT
+   * (unknown plan, status UNSPECIFIED with no plan), FAILED_PRECONDITION
+   * (as ChangePlan).
+   *
+   * @generated from rpc clawplane.v1.UsageService.SetSubscription
+   */
+  setSubscription: {
+    methodKind: "unary";
+    input: typeof SetSubscriptionRequestSchema;
+    output: typeof SetSubscriptionResponseSchema;
+  },
+  /**
+   * Billing export: per tenant and closed or current period, the plan's
+   * base price and the overage lines, in integer minor units. Admins list
+   * every tenant (or one with tenant_id); an owner lists its own tenant.
+   * Errors: INVALID_ARGUMENT (`at` outside the Timestamp range, page_size
+   * above 500, bad page_token), NOT_FOUND.
+   *
+   * @generated from rpc clawplane.v1.UsageService.ListBillingLines
+   */
+  listBillingLines: {
+    methodKind: "unary";
+    input: typeof ListBillingLinesRequestSchema;
+    output: typeof ListBillingLinesResponseSchema;
+  },
+  /**
+   * Streams usage events as they happen: 80% and 100% of an allowance
+   * crossed, quota lifted, period closed. Admins watch every tenant (or one
+   * with tenant_id); an owner watches its own. Events since `after_id` are
+   * replayed first (kept 35 days), so a watcher that reconnects misses none.
+   * Errors: NOT_FOUND, INVALID_ARGUMENT (bad after_id).
+   *
+   * @generated from rpc clawplane.v1.UsageService.WatchUsageEvents
+   */
+  watchUsageEvents: {
+    methodKind: "server_streaming";
+    input: typeof WatchUsageEventsRequestSchema;
+    output: typeof UsageEventSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_clawplane_v1_usage, 0);
