@@ -18,6 +18,7 @@ mod cpu;
 mod db;
 mod dir;
 pub mod harness;
+pub mod model_upstream;
 mod net;
 mod openclaw;
 mod processes;

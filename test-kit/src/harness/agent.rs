@@ -18,11 +18,21 @@ pub struct Agent {
     /// Every --tenants-dir the agent ran with (the default lies under the
     /// state dir).
     tenants_dirs: Vec<PathBuf>,
+    /// The metering model proxy's port: one per agent, kept across its
+    /// restarts (tenants' configs name it), so agents of parallel tests
+    /// never share one.
+    pub model_proxy_port: u16,
 }
 
 impl Agent {
     pub fn new(dir: &Path, name: &str) -> Agent {
-        Agent { state_dir: dir.join(name), child: None, log: dir.join(format!("{name}.log")), tenants_dirs: Vec::new() }
+        Agent {
+            state_dir: dir.join(name),
+            child: None,
+            log: dir.join(format!("{name}.log")),
+            tenants_dirs: Vec::new(),
+            model_proxy_port: crate::free_port(),
+        }
     }
 
     pub fn join(&self, url: &str, token: &str, pin: &str) -> Output {
@@ -60,6 +70,7 @@ impl Agent {
             .args(extra)
             // OpenClaw only where a test asks for it with --openclaw-bin.
             .env_remove("CLAWPLANE_OPENCLAW_BIN")
+            .env("CLAWPLANE_MODEL_PROXY_LISTEN", format!("127.0.0.1:{}", self.model_proxy_port))
             .envs(env.iter().copied())
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
