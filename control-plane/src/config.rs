@@ -110,6 +110,8 @@ struct FileConfig {
     pki: PkiFileConfig,
     #[serde(default)]
     models: ModelsFileConfig,
+    /// `[[plans]]`: the plans catalogue (absent: the plans table as seeded).
+    plans: Option<Vec<PlanFileConfig>>,
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -223,6 +225,9 @@ pub struct Config {
     /// Ranges SetModel.base_url may reach although they are not public
     /// (see [`crate::model_url`]).
     pub models_allowed_cidrs: Vec<ipnet::IpNet>,
+    /// The plans catalogue of `[[plans]]`, upserted into the plans table
+    /// at start; None keeps the table as it is (the seeded plans).
+    pub plans: Option<Vec<crate::store::PlanSpec>>,
 }
 
 impl Config {
@@ -361,7 +366,10 @@ impl Config {
             _ => parse_cidrs(&file.models.allowed_cidrs.unwrap_or_default())?,
         };
 
+        let plans = file.plans.map(plans_catalogue).transpose()?;
+
         Ok(Config {
+            plans,
             rate_per_caller,
             rate_per_address,
             max_turns_per_tenant,
@@ -398,6 +406,115 @@ impl Config {
     pub fn is_sqlite(&self) -> bool {
         self.database_url.starts_with("sqlite:")
     }
+}
+
+// ---------------------------------------------------------------- plans
+
+/// One `[[plans]]` entry as written. Amounts are integer minor units
+/// (cents); limits of 0 (or left out) mean unlimited.
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct PlanFileConfig {
+    name: String,
+    display_name: Option<String>,
+    #[serde(default)]
+    price_monthly_minor: i64,
+    currency: Option<String>,
+    #[serde(default)]
+    monthly_message_limit: i64,
+    #[serde(default)]
+    channel_limit: i64,
+    #[serde(default)]
+    features: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    monthly_token_limit: i64,
+    #[serde(default)]
+    requests_per_minute: i64,
+    overage_policy: Option<String>,
+    #[serde(default)]
+    overage_per_1k_tokens_minor: i64,
+    #[serde(default)]
+    overage_per_message_minor: i64,
+    #[serde(default)]
+    memory_limit_mib: i64,
+    #[serde(default)]
+    memory_soft_limit_mib: i64,
+    #[serde(default)]
+    cpu_millis: i64,
+    #[serde(default)]
+    pids_limit: i64,
+    #[serde(default)]
+    hibernate_after_secs: i64,
+}
+
+/// Most plans a catalogue may hold.
+const MAX_PLANS: usize = 100;
+
+/// `[[plans]]`, checked whole; every error names its key, e.g.
+/// `plans[1].overage_policy`.
+fn plans_catalogue(plans: Vec<PlanFileConfig>) -> anyhow::Result<Vec<crate::store::PlanSpec>> {
+    use crate::store::{OveragePolicy, PlanSpec};
+    if plans.is_empty() || plans.len() > MAX_PLANS {
+        bail!("plans: list 1-{MAX_PLANS} plans (leave [[plans]] out to keep the seeded free, pro and enterprise)");
+    }
+    let mut names = std::collections::HashSet::new();
+    let mut out = Vec::with_capacity(plans.len());
+    for (i, plan) in plans.into_iter().enumerate() {
+        let key = |field: &str| format!("plans[{i}].{field}");
+        let name_ok = (1..=64).contains(&plan.name.len())
+            && plan.name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if !name_ok {
+            bail!("{}: {:?} must be 1-64 characters of a-z, 0-9 and '-'", key("name"), plan.name);
+        }
+        if !names.insert(plan.name.clone()) {
+            bail!("{}: {:?} is the name of an earlier plan", key("name"), plan.name);
+        }
+        let display_name = plan.display_name.unwrap_or_else(|| plan.name.clone());
+        if display_name.is_empty() || display_name.chars().count() > 128 || display_name.chars().any(char::is_control) {
+            bail!("{}: must be 1-128 characters without control characters", key("display_name"));
+        }
+        let currency = plan.currency.unwrap_or_else(|| "USD".into());
+        if currency.len() != 3 || !currency.bytes().all(|b| b.is_ascii_uppercase()) {
+            bail!("{}: {currency:?} is not 3 uppercase letters (ISO 4217, e.g. \"USD\")", key("currency"));
+        }
+        let policy = match plan.overage_policy.as_deref() {
+            None | Some("block") => OveragePolicy::Block,
+            Some("bill") => OveragePolicy::Bill,
+            Some(other) => bail!("{}: {other:?} is not \"block\" or \"bill\"", key("overage_policy")),
+        };
+        if plan.features.len() > 64 || plan.features.iter().any(|(k, v)| k.is_empty() || k.len() > 64 || v.len() > 1024)
+        {
+            bail!("{}: at most 64 entries, names 1-64 and values up to 1024 characters", key("features"));
+        }
+        let number = |field: &str, value: i64, max: i64| -> anyhow::Result<i64> {
+            if !(0..=max).contains(&value) {
+                bail!("{}: {value} must be between 0 and {max}", key(field));
+            }
+            Ok(value)
+        };
+        const BIG: i64 = i64::MAX / 4;
+        const SMALL: i64 = i32::MAX as i64;
+        out.push(PlanSpec {
+            price_monthly_minor: number("price_monthly_minor", plan.price_monthly_minor, BIG)?,
+            monthly_message_limit: number("monthly_message_limit", plan.monthly_message_limit, BIG)?,
+            channel_limit: number("channel_limit", plan.channel_limit, SMALL)? as i32,
+            monthly_token_limit: number("monthly_token_limit", plan.monthly_token_limit, BIG)?,
+            requests_per_minute: number("requests_per_minute", plan.requests_per_minute, SMALL)? as i32,
+            overage_per_1k_tokens_minor: number("overage_per_1k_tokens_minor", plan.overage_per_1k_tokens_minor, BIG)?,
+            overage_per_message_minor: number("overage_per_message_minor", plan.overage_per_message_minor, BIG)?,
+            memory_limit_mib: number("memory_limit_mib", plan.memory_limit_mib, 1 << 30)?,
+            memory_soft_limit_mib: number("memory_soft_limit_mib", plan.memory_soft_limit_mib, 1 << 30)?,
+            cpu_millis: number("cpu_millis", plan.cpu_millis, SMALL)? as i32,
+            pids_limit: number("pids_limit", plan.pids_limit, SMALL)? as i32,
+            hibernate_after_secs: number("hibernate_after_secs", plan.hibernate_after_secs, BIG)?,
+            overage_policy: policy,
+            features: plan.features,
+            currency,
+            display_name,
+            name: plan.name,
+        });
+    }
+    Ok(out)
 }
 
 /// This machine's host name, for default certificate names and URLs.
@@ -557,6 +674,46 @@ mod tests {
         let config = load(args, "[models]\nallowed_cidrs = [\"127.0.0.0/8\"]").unwrap();
         assert_eq!(config.models_allowed_cidrs, vec!["10.0.0.0/8".parse::<ipnet::IpNet>().unwrap()]);
         assert!(load(ServeArgs::default(), "").unwrap().models_allowed_cidrs.is_empty());
+    }
+
+    #[test]
+    fn the_plans_catalogue_is_checked_and_names_the_key() {
+        use crate::store::OveragePolicy;
+        assert!(load(ServeArgs::default(), "").unwrap().plans.is_none(), "no [[plans]]: the seeded table stays");
+        let good = "[[plans]]\nname = \"free\"\nmonthly_token_limit = 1000\n\n[[plans]]\nname = \"team-2\"\n\
+                    display_name = \"Team\"\nprice_monthly_minor = 4900\ncurrency = \"EUR\"\n\
+                    overage_policy = \"bill\"\noverage_per_1k_tokens_minor = 2\nfeatures = { agents = \"5\" }";
+        let plans = load(ServeArgs::default(), good).unwrap().plans.unwrap();
+        assert_eq!(plans.len(), 2);
+        assert_eq!((plans[0].currency.as_str(), plans[0].overage_policy), ("USD", OveragePolicy::Block));
+        assert_eq!((plans[1].price_monthly_minor, plans[1].overage_policy), (4900, OveragePolicy::Bill));
+        assert_eq!(plans[1].features.get("agents").map(String::as_str), Some("5"));
+        let plan = |body: &str| format!("[[plans]]\nname = \"free\"\n\n[[plans]]\n{body}");
+        let cases: Vec<(String, &str)> = vec![
+            (
+                plan("name = \"pro\"\noverage_policy = \"charge\""),
+                "plans[1].overage_policy: \"charge\" is not \"block\" or \"bill\"",
+            ),
+            (plan("name = \"free\""), "plans[1].name: \"free\" is the name of an earlier plan"),
+            (plan("name = \"Pro\""), "plans[1].name"),
+            (plan("name = \"pro plan\""), "plans[1].name"),
+            (plan("name = \"\""), "plans[1].name"),
+            (plan("name = \"pro\"\nprice_monthly_minor = -1"), "plans[1].price_monthly_minor: -1"),
+            (plan("name = \"pro\"\nmonthly_token_limit = -5"), "plans[1].monthly_token_limit"),
+            (plan("name = \"pro\"\nrequests_per_minute = -1"), "plans[1].requests_per_minute"),
+            (plan("name = \"pro\"\nchannel_limit = -1"), "plans[1].channel_limit"),
+            (plan("name = \"pro\"\noverage_per_message_minor = -1"), "plans[1].overage_per_message_minor"),
+            (plan("name = \"pro\"\nmemory_limit_mib = -1"), "plans[1].memory_limit_mib"),
+            (plan("name = \"pro\"\ncurrency = \"usd\""), "plans[1].currency"),
+            (plan("name = \"pro\"\ncurrency = \"EURO\""), "plans[1].currency"),
+            (plan("name = \"pro\"\ndisplay_name = \"\""), "plans[1].display_name"),
+        ];
+        for (text, expected) in cases {
+            let err = load(ServeArgs::default(), &text).unwrap_err();
+            assert!(format!("{err:#}").contains(expected), "{text}: {err:#}");
+        }
+        let unknown = toml::from_str::<FileConfig>("[[plans]]\nname = \"x\"\nprice = 5").unwrap_err();
+        assert!(unknown.to_string().contains("price"), "{unknown}");
     }
 
     #[test]

@@ -9,7 +9,8 @@
 //!   calling; tokens are verified by the identity crate);
 //! - `fleet` enrolls hosts, runs their command streams, places tenants and
 //!   pushes their config; `ingest` stores what agents sync;
-//! - `desired` is each tenant's desired OpenClaw config;
+//! - `desired` is each tenant's desired OpenClaw config; `quota` is where
+//!   a tenant stands against its plan (allowance, billing arithmetic);
 //! - `store` owns every query; `pki` is the CA; `model_url` checks model
 //!   base URLs;
 //! - `service_error` classifies every service's errors once, `wire` holds
@@ -29,6 +30,7 @@ pub mod ingest;
 pub mod model_url;
 pub mod net;
 pub mod pki;
+pub mod quota;
 pub mod server;
 pub mod service_error;
 pub mod store;

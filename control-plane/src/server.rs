@@ -111,6 +111,9 @@ impl Server {
             .context("database: cannot connect")?
             .with_owner_cache(config.tenant_cache_ttl);
         store.migrate().await.context("database: migrations failed")?;
+        if let Some(catalogue) = &config.plans {
+            store.sync_catalogue(catalogue).await.context("plans: cannot store the catalogue")?;
+        }
         let pki = Pki::load_or_create(&PkiConfig {
             dir: config.data_dir.join("pki"),
             ca_cert_file: config.ca_cert_file.clone(),
@@ -199,6 +202,7 @@ impl Server {
         tasks.spawn(refresh_owner_cache(store.clone(), tasks.clone()));
         tasks.spawn(fleet.clone().keep_leases());
         tasks.spawn(place_pending_tenants(fleet.clone(), tasks.clone()));
+        tasks.spawn(sweep_periods(fleet.clone(), tasks.clone()));
         let agents = tasks.spawn(serve_agents(
             agent_listener,
             pki.agent_server_config()?,
@@ -227,14 +231,16 @@ impl Server {
         let tenants = Arc::new(TenantApi::new(store.clone(), fleet.clone(), config.base_domain.clone()));
         let hosts = Arc::new(HostApi::new(store.clone(), fleet.clone()));
         let sessions = Arc::new(SessionApi::new(store.clone(), turns, tasks.clone()));
-        let rest = Arc::new(RestApi::new(store.clone(), tenants.clone(), hosts.clone(), sessions.clone()));
+        let usage = Arc::new(UsageApi::new(store.clone(), fleet.clone(), tasks.clone()));
+        let rest =
+            Arc::new(RestApi::new(store.clone(), tenants.clone(), hosts.clone(), sessions.clone(), usage.clone()));
         let mut routes = tonic::service::Routes::builder();
         routes
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(TenantServiceServer::from_arc(tenants))
-            .add_service(UsageServiceServer::new(UsageApi::new(store.clone())))
+            .add_service(UsageServiceServer::from_arc(usage))
             .add_service(SessionServiceServer::from_arc(sessions))
             .add_service(RouteServiceServer::new(RouteApi::new(
                 store.clone(),
@@ -376,6 +382,23 @@ async fn place_pending_tenants(fleet: Arc<Fleet>, shutdown: ShutdownSignal) {
         }
         if let Err(err) = fleet.place_pending().await {
             tracing::warn!(error = %err, "placing pending tenants failed");
+        }
+    }
+}
+
+/// How often subscription periods are checked for their end.
+const PERIOD_SWEEP_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Rolls subscription periods over at their end, pushes the allowances
+/// that follow, and drops old usage events.
+async fn sweep_periods(fleet: Arc<Fleet>, shutdown: ShutdownSignal) {
+    loop {
+        if let Err(err) = fleet.sweep_periods(chrono::Utc::now()).await {
+            tracing::warn!(error = %err, "sweeping subscription periods failed");
+        }
+        tokio::select! {
+            _ = shutdown.requested() => return,
+            _ = tokio::time::sleep(PERIOD_SWEEP_INTERVAL) => {}
         }
     }
 }

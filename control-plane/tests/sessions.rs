@@ -192,7 +192,9 @@ async fn synced_conversations_through_the_api(db: TestDb) {
     assert_eq!(day.points.len(), 30, "zero-filled");
     let total = day.total.unwrap();
     assert_eq!(total.messages, 5, "{}", db.backend);
-    assert_eq!(total.tokens.unwrap().total_tokens, 195);
+    // Tokens come from the hosts' meters (OpenClaw's own totals are known
+    // to be wrong); these transcripts feed none. Sessions keep OpenClaw's.
+    assert_eq!(total.tokens.unwrap().total_tokens, 0);
     let months = usage
         .get_usage(alice.request(GetUsageRequest {
             tenant_id: tenant.id.clone(),

@@ -17,9 +17,10 @@ use bytes::Bytes;
 use clawplane_proto::v1::host_service_server::HostService;
 use clawplane_proto::v1::session_service_server::SessionService;
 use clawplane_proto::v1::tenant_service_server::TenantService;
+use clawplane_proto::v1::usage_service_server::UsageService;
 use clawplane_proto::v1::{
-    CreateTenantRequest, DeleteTenantRequest, GetMyTenantRequest, ListHostsRequest, RestartTenantRequest,
-    SendMessageRequest, StreamTenantLogsRequest, StreamTenantLogsResponse,
+    ChangePlanRequest, CreateTenantRequest, DeleteTenantRequest, GetMyTenantRequest, GetSubscriptionRequest,
+    ListHostsRequest, RestartTenantRequest, SendMessageRequest, StreamTenantLogsRequest, StreamTenantLogsResponse,
 };
 use futures::{Stream, StreamExt};
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
@@ -29,6 +30,7 @@ use tonic::Status;
 use super::hosts::HostApi;
 use super::sessions::SessionApi;
 use super::tenants::TenantApi;
+use super::usage::UsageApi;
 use crate::service_error::ServiceErrorCode;
 use crate::store::Store;
 
@@ -43,12 +45,19 @@ pub struct RestApi {
     tenants: Arc<TenantApi>,
     hosts: Arc<HostApi>,
     sessions: Arc<SessionApi>,
+    usage: Arc<UsageApi>,
     json: ProtoJson,
 }
 
 impl RestApi {
-    pub fn new(store: Store, tenants: Arc<TenantApi>, hosts: Arc<HostApi>, sessions: Arc<SessionApi>) -> Self {
-        RestApi { store, tenants, hosts, sessions, json: ProtoJson::new() }
+    pub fn new(
+        store: Store,
+        tenants: Arc<TenantApi>,
+        hosts: Arc<HostApi>,
+        sessions: Arc<SessionApi>,
+        usage: Arc<UsageApi>,
+    ) -> Self {
+        RestApi { store, tenants, hosts, sessions, usage, json: ProtoJson::new() }
     }
 
     /// The routes, to merge with the gRPC services' router.
@@ -61,6 +70,8 @@ impl RestApi {
             .route("/api/tenants/me/restart", post(restart_my_tenant))
             .route("/api/tenants/me/logs", get(my_tenant_logs))
             .route("/api/tenants/me/messages", post(send_message))
+            .route("/api/tenants/me/subscription", get(my_subscription))
+            .route("/api/tenants/me/plan", post(change_my_plan))
             .route("/api/hosts", get(list_hosts))
             .route("/api", any(no_such_route))
             .route("/api/{*rest}", any(no_such_route))
@@ -345,6 +356,43 @@ async fn restart_my_tenant(State(api): State<Arc<RestApi>>, request: Request<Bod
     reply_with(result)
 }
 
+/// `GET /api/tenants/me/subscription`: GetSubscription of the caller's tenant.
+async fn my_subscription(State(api): State<Arc<RestApi>>, request: Request<Body>) -> Reply {
+    let (parts, _) = request.into_parts();
+    let result = async {
+        let pairs = query(&parts, &["team_id"])?;
+        let tenant_id = my_tenant_id(&api, &parts, param(&pairs, "team_id").unwrap_or_default()).await?;
+        let request = grpc_request(&parts, GetSubscriptionRequest { tenant_id });
+        let response = api.usage.get_subscription(request).await?.into_inner();
+        Ok(api.json.to_json("clawplane.v1.GetSubscriptionResponse", &response))
+    }
+    .await;
+    reply_with(result)
+}
+
+/// `POST /api/tenants/me/plan` with `{"plan": "pro"}`: ChangePlan of the
+/// caller's tenant.
+async fn change_my_plan(State(api): State<Arc<RestApi>>, request: Request<Body>) -> Reply {
+    let (parts, body) = request.into_parts();
+    let result = async {
+        let pairs = query(&parts, &["team_id"])?;
+        let mut body = json_body(body).await?;
+        let plan = match body.remove("plan") {
+            Some(serde_json::Value::String(plan)) => plan,
+            _ => return Err(Status::invalid_argument("the request body must be {\"plan\": \"<plan name>\"}")),
+        };
+        if let Some(other) = body.keys().next() {
+            return Err(Status::invalid_argument(format!("unknown field {other:?} in the request body")));
+        }
+        let tenant_id = my_tenant_id(&api, &parts, param(&pairs, "team_id").unwrap_or_default()).await?;
+        let response =
+            api.usage.change_plan(grpc_request(&parts, ChangePlanRequest { tenant_id, plan })).await?.into_inner();
+        Ok(api.json.to_json("clawplane.v1.ChangePlanResponse", &response))
+    }
+    .await;
+    reply_with(result)
+}
+
 /// A stream as Server-Sent Events: each message is a `data:` event named
 /// `event`; a failure is an `error` event with `{code, message}`, then
 /// the end.
@@ -499,10 +547,12 @@ mod tests {
             ("/api/tenants/me/logs", "get"),
             ("/api/tenants/me/messages", "post"),
             ("/api/hosts", "get"),
+            ("/api/tenants/me/subscription", "get"),
+            ("/api/tenants/me/plan", "post"),
         ];
         for (path, method) in routes {
             assert!(paths.get(path).and_then(|p| p.get(method)).is_some(), "{method} {path} is not documented");
         }
-        assert_eq!(paths.len(), 8, "a documented path that is not routed: {:?}", paths.keys());
+        assert_eq!(paths.len(), 10, "a documented path that is not routed: {:?}", paths.keys());
     }
 }

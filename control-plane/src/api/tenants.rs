@@ -123,7 +123,7 @@ impl TenantApi {
         }
         // Looked up only once the request itself is known to be well-formed.
         let plan =
-            self.store.plan_by_name(&req.plan).await?.ok_or_else(|| {
+            self.store.plan_by_name(&req.plan).await?.filter(|p| p.offered).ok_or_else(|| {
                 ApiError::invalid(format!("unknown plan {:?} (see UsageService.ListPlans)", req.plan))
             })?;
         let display_name = if !req.display_name.is_empty() {

@@ -112,8 +112,13 @@ impl AgentService for AgentApi {
     async fn sync(&self, request: Request<Streaming<SyncRequest>>) -> Result<Response<SyncStream>, Status> {
         let peer = request.extensions().get::<AgentConnectInfo>().and_then(|info| info.peer.clone());
         let host = self.fleet.authorize(peer.as_ref()).await?;
-        let stream =
-            crate::ingest::serve(self.fleet.store.clone(), host.id, request.into_inner(), self.fleet.shutdown.clone());
+        let stream = crate::ingest::serve(
+            self.fleet.store.clone(),
+            host.id,
+            request.into_inner(),
+            self.fleet.shutdown.clone(),
+            self.fleet.clone(),
+        );
         Ok(Response::new(Box::pin(stream)))
     }
 }

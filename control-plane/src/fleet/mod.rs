@@ -5,10 +5,12 @@
 //! `streams` holds the [`Fleet`] itself (sessions, queue, leases, log
 //! routes); `listener` accepts agents' TLS connections (`peer`: what a
 //! connection proves); `enrollment` and `agent` are the two gRPC services
-//! on it; `placement` and `config` decide what hosts run and how; `turns`
+//! on it; `placement` and `config` decide what hosts run and how,
+//! `allowance` what their metering proxies let tenants call; `turns`
 //! relays a conversation turn to a tenant's gateway through its host's
 //! tenant proxy.
 mod agent;
+mod allowance;
 mod config;
 mod enrollment;
 mod error;
@@ -20,6 +22,7 @@ mod streams;
 mod turns;
 
 pub use agent::AgentApi;
+pub use allowance::allowance_command;
 pub use enrollment::{hash_secret, parse_join_token, EnrollmentApi};
 pub use error::{FleetError, FleetResult};
 pub use listener::serve_agents;

@@ -300,6 +300,8 @@ impl Fleet {
                     }
                     if let Some(tenant) = self.store.live_tenant(tenant_id).await? {
                         self.push_config(&tenant).await?;
+                        // And what its metering proxy may let through.
+                        self.push_allowance(&tenant).await?;
                     }
                 }
             }

@@ -3,16 +3,21 @@
 //! the tenants placed on the sending host, its transcript items stored in
 //! one transaction, observed configs written after it (each an idempotent
 //! upsert, so a retried batch repeats them harmlessly), and only then
-//! acknowledged with the cursors the agent may persist. Batches
+//! acknowledged with the cursors the agent may persist. Metered model calls
+//! (source METER) take the same path: checked here, stored idempotently by
+//! call id with their counters, and the tenants whose usage moved are
+//! handed to a [`UsageObserver`] (the fleet, which re-checks allowances)
+//! before the ack. Batches
 //! are handled one at a time per stream, in order, so a slow database slows
 //! the agent down (its in-flight window fills) instead of growing memory.
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
+use std::sync::Arc;
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
 use clawplane_proto::v1::{
-    sync_record, Cursor, MessageRole, ObservedConfig, RejectedRecord, SessionMeta, SyncAck, SyncBatch, SyncRecord,
-    SyncResponse, SyncSource, TokenUsage, TranscriptEvent,
+    sync_record, Cursor, MessageRole, ModelApi, ModelCall, ModelCallOutcome, ObservedConfig, RejectedRecord,
+    SessionMeta, SyncAck, SyncBatch, SyncRecord, SyncResponse, SyncSource, TokenUsage, TranscriptEvent,
 };
 use futures::Stream;
 use tokio::sync::mpsc;
@@ -22,7 +27,7 @@ use tonic::{Status, Streaming};
 use clawplane_edge::shutdown::ShutdownSignal;
 
 use crate::service_error::{into_status, ServiceError, ServiceErrorCode};
-use crate::store::{IngestItem, NewMessage, SessionUpdate, Store, StoreError, Tokens};
+use crate::store::{IngestItem, NewMessage, NewModelCall, SessionUpdate, Store, StoreError, Tokens};
 
 /// Largest batch accepted; agents send at most this many records.
 pub const MAX_BATCH_RECORDS: usize = 2_000;
@@ -50,6 +55,13 @@ impl ServiceError for IngestError {
 
 into_status!(IngestError);
 
+/// Told, after a batch is stored and before it is acked, which tenants'
+/// counted usage (messages or metered calls) moved.
+#[tonic::async_trait]
+pub trait UsageObserver: Send + Sync + 'static {
+    async fn usage_changed(&self, tenant_ids: BTreeSet<String>);
+}
+
 /// Serves one host's Sync stream until the agent closes it or shutdown is
 /// requested (between batches: the batches already read are stored and
 /// acked first).
@@ -65,6 +77,7 @@ pub fn serve(
     host_id: String,
     mut inbound: Streaming<clawplane_proto::v1::SyncRequest>,
     shutdown: ShutdownSignal,
+    observer: Arc<dyn UsageObserver>,
 ) -> impl Stream<Item = Result<SyncResponse, Status>> {
     let (tx, rx) = mpsc::channel(4);
     let (prepared_tx, mut prepared_rx) = mpsc::channel::<Result<Prepared, IngestError>>(1);
@@ -97,7 +110,7 @@ pub fn serve(
     shutdown.spawn(async move {
         while let Some(prepared) = prepared_rx.recv().await {
             let reply = match prepared {
-                Ok(prepared) => store_batch(&store, &host_id, prepared).await,
+                Ok(prepared) => store_batch(&store, &host_id, prepared, observer.as_ref()).await,
                 Err(err) => Err(err),
             };
             let reply = reply.map(|ack| SyncResponse { ack: Some(ack) }).map_err(Status::from);
@@ -122,6 +135,7 @@ struct Prepared {
     batch_id: String,
     received: usize,
     items: Vec<IngestItem>,
+    calls: Vec<NewModelCall>,
     observed: Vec<(String, ObservedConfig)>,
     rejections: Vec<RejectedRecord>,
     committed_cursors: Vec<Cursor>,
@@ -150,6 +164,7 @@ impl Reader {
         let received = batch.records.len();
         let mut items = Vec::with_capacity(received);
         let mut observed = Vec::new();
+        let mut calls = Vec::new();
         let mut rejections = Vec::new();
         for (index, record) in batch.records.into_iter().enumerate() {
             let reject = |reason: &str, message: String| RejectedRecord {
@@ -167,21 +182,52 @@ impl Reader {
             match convert(record) {
                 Ok(Converted::Item(item)) => items.push(item),
                 Ok(Converted::Config(tenant_id, config)) => observed.push((tenant_id, config)),
+                Ok(Converted::Call(call)) => calls.push(call),
                 Ok(Converted::Nothing) => {}
                 Err(message) => rejections.push(reject("invalid_record", message)),
             }
         }
         let committed_cursors =
             batch.cursors_to_ack_on_commit.into_iter().filter(|c| self.placed.contains(&c.tenant_id)).collect();
-        Ok(Prepared { batch_id: batch.batch_id, received, items, observed, rejections, committed_cursors, started })
+        Ok(Prepared {
+            batch_id: batch.batch_id,
+            received,
+            items,
+            calls,
+            observed,
+            rejections,
+            committed_cursors,
+            started,
+        })
     }
 }
 
 /// Stores one checked batch in one transaction; the ack follows its commit.
-async fn store_batch(store: &Store, host_id: &str, prepared: Prepared) -> Result<SyncAck, IngestError> {
-    let Prepared { batch_id, received, items, observed, rejections, committed_cursors, started } = prepared;
+async fn store_batch(
+    store: &Store,
+    host_id: &str,
+    prepared: Prepared,
+    observer: &dyn UsageObserver,
+) -> Result<SyncAck, IngestError> {
+    let Prepared { batch_id, received, items, calls, observed, rejections, committed_cursors, started } = prepared;
     let total = items.len();
+    // Tenants with messages in the batch: their message counts may have moved.
+    let messaged: BTreeSet<String> = items
+        .iter()
+        .filter_map(|item| match item {
+            IngestItem::Message(m) => Some(m.tenant_id.clone()),
+            IngestItem::Session(_) => None,
+        })
+        .collect();
     let outcome = store.ingest(items).await?;
+    let metered = store.ingest_model_calls(host_id, calls).await?;
+    let mut changed = metered.tenants;
+    if outcome.inserted > 0 {
+        changed.extend(messaged);
+    }
+    if !changed.is_empty() {
+        observer.usage_changed(changed).await;
+    }
     for (tenant_id, config) in observed {
         store.record_observed_config(&tenant_id, observed_json(&config)).await?;
     }
@@ -194,6 +240,8 @@ async fn store_batch(store: &Store, host_id: &str, prepared: Prepared) -> Result
         items = total,
         inserted = outcome.inserted,
         duplicates = outcome.duplicates,
+        calls = metered.inserted,
+        duplicate_calls = metered.duplicates,
         elapsed_ms = started.elapsed().as_millis() as u64,
         "sync batch committed"
     );
@@ -203,6 +251,7 @@ async fn store_batch(store: &Store, host_id: &str, prepared: Prepared) -> Result
 
 enum Converted {
     Item(IngestItem),
+    Call(NewModelCall),
     Config(String, ObservedConfig),
     /// A valid event that fills no table (session header, custom events).
     Nothing,
@@ -231,12 +280,16 @@ fn source_name(source: i32) -> Result<&'static str, String> {
         Ok(SyncSource::Sqlite) => Ok("sqlite"),
         Ok(SyncSource::Jsonl) => Ok("jsonl"),
         Ok(SyncSource::Config) => Ok("config"),
+        Ok(SyncSource::Meter) => Ok("meter"),
         _ => Err(format!("unknown source {source}")),
     }
 }
 
 fn convert(record: SyncRecord) -> Result<Converted, String> {
     let source = source_name(record.source)?;
+    if source == "meter" && !matches!(record.body, Some(sync_record::Body::ModelCall(_))) {
+        return Err("a METER record must carry a model call".into());
+    }
     if record.position < 0 {
         return Err(format!("position {} is negative", record.position));
     }
@@ -266,8 +319,96 @@ fn convert(record: SyncRecord) -> Result<Converted, String> {
                 event,
             )
         }
+        Some(sync_record::Body::ModelCall(call)) => {
+            if source != "meter" {
+                return Err(format!("a model call must come from source METER, not {source}"));
+            }
+            model_call(record.tenant_id, record.position, call).map(Converted::Call)
+        }
         None => Err("record has no body".into()),
     }
+}
+
+/// Most tokens of one kind a single call may report: far above any
+/// model's context, so only nonsense is refused.
+const MAX_CALL_TOKENS: i64 = 100_000_000;
+/// Longest plausible call (a day), in ms.
+const MAX_CALL_MS: i64 = 86_400_000;
+/// Earliest plausible call: 2020-01-01T00:00:00Z.
+const MIN_CALL_SECONDS: i64 = 1_577_836_800;
+/// How far ahead of this clock a call may start (hosts' clocks drift).
+const MAX_CLOCK_AHEAD_SECS: i64 = 3_600;
+
+fn model_call(tenant_id: String, position: i64, call: ModelCall) -> Result<NewModelCall, String> {
+    let call_id = uuid::Uuid::parse_str(&call.call_id)
+        .map_err(|_| format!("call_id {:?} is not a UUID", call.call_id.chars().take(64).collect::<String>()))?;
+    for (what, value) in [("provider", &call.provider), ("model", &call.model)] {
+        if value.len() > MAX_ID_LEN || value.chars().any(|c| c.is_control()) {
+            return Err(format!("{what} is longer than {MAX_ID_LEN} bytes or holds control characters"));
+        }
+    }
+    for (what, value) in [
+        ("input_tokens", call.input_tokens),
+        ("output_tokens", call.output_tokens),
+        ("cache_read_tokens", call.cache_read_tokens),
+        ("cache_write_tokens", call.cache_write_tokens),
+    ] {
+        if !(0..=MAX_CALL_TOKENS).contains(&value) {
+            return Err(format!("{what} {value} is outside 0..={MAX_CALL_TOKENS}"));
+        }
+    }
+    for (what, value) in [("first_byte_ms", call.first_byte_ms), ("total_ms", call.total_ms)] {
+        if !(0..=MAX_CALL_MS).contains(&value) {
+            return Err(format!("{what} {value} is outside 0..={MAX_CALL_MS}"));
+        }
+    }
+    if call.http_status > 999 {
+        return Err(format!("http_status {} is not an HTTP status", call.http_status));
+    }
+    let outcome = match ModelCallOutcome::try_from(call.outcome) {
+        Ok(ModelCallOutcome::Completed) => "completed",
+        Ok(ModelCallOutcome::RefusedQuota) => "refused_quota",
+        Ok(ModelCallOutcome::RefusedRate) => "refused_rate",
+        Ok(ModelCallOutcome::RefusedInvalid) => "refused_invalid",
+        Ok(ModelCallOutcome::UpstreamFailed) => "upstream_failed",
+        Ok(ModelCallOutcome::Stalled) => "stalled",
+        Ok(ModelCallOutcome::ClientGone) => "client_gone",
+        _ => return Err(format!("unknown outcome {}", call.outcome)),
+    };
+    let api = match ModelApi::try_from(call.api) {
+        Ok(ModelApi::OpenaiCompletions) => "openai-completions",
+        Ok(ModelApi::OpenaiResponses) => "openai-responses",
+        Ok(ModelApi::AnthropicMessages) => "anthropic-messages",
+        // A call refused before its route was known may have none.
+        _ => "",
+    };
+    let latest = Utc::now().timestamp() + MAX_CLOCK_AHEAD_SECS;
+    let started_at = match call.started_at {
+        None => return Err("started_at is missing".into()),
+        Some(t) if t.seconds < MIN_CALL_SECONDS || t.seconds > latest => {
+            return Err(format!("started_at {}s is not a plausible time for a call", t.seconds))
+        }
+        t => at(t).ok_or("started_at is not a valid time")?,
+    };
+    Ok(NewModelCall {
+        tenant_id,
+        call_id: call_id.hyphenated().to_string(),
+        position,
+        provider: call.provider,
+        model: call.model,
+        api,
+        input_tokens: call.input_tokens,
+        output_tokens: call.output_tokens,
+        cache_read_tokens: call.cache_read_tokens,
+        cache_write_tokens: call.cache_write_tokens,
+        started_at,
+        first_byte_ms: call.first_byte_ms,
+        total_ms: call.total_ms,
+        http_status: call.http_status as i32,
+        outcome,
+        streamed: call.streamed,
+        platform_key: call.platform_key,
+    })
 }
 
 fn session_update(

@@ -66,6 +66,16 @@ pub mod plan {
         pub cpu_millis: Option<i32>,
         pub pids_limit: Option<i32>,
         pub hibernate_after_secs: Option<i64>,
+        /// Tokens (input + output, platform key) per period; NULL: unlimited.
+        pub monthly_token_limit: Option<i64>,
+        /// Model calls per minute; NULL: unlimited.
+        pub requests_per_minute: Option<i32>,
+        /// "block" or "bill".
+        pub overage_policy: String,
+        pub overage_per_1k_tokens_minor: i64,
+        pub overage_per_message_minor: i64,
+        /// In the configured catalogue (false: kept for the tenants on it).
+        pub offered: bool,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -226,6 +236,8 @@ pub enum CommandKind {
     StreamLogs,
     #[sea_orm(string_value = "cancel_logs")]
     CancelLogs,
+    #[sea_orm(string_value = "set_allowance")]
+    SetAllowance,
 }
 
 pub mod host {
@@ -491,6 +503,154 @@ pub mod session_stat {
         pub messages: i64,
         pub response_time_total_ms: i64,
         pub response_count: i64,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod model_call {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "model_calls")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub tenant_id: String,
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub call_id: String,
+        pub host_id: String,
+        pub position: i64,
+        pub provider: String,
+        pub model: String,
+        pub api: String,
+        pub input_tokens: i64,
+        pub output_tokens: i64,
+        pub cache_read_tokens: i64,
+        pub cache_write_tokens: i64,
+        pub started_at: DateTimeUtc,
+        pub first_byte_ms: i64,
+        pub total_ms: i64,
+        pub http_status: i32,
+        pub outcome: String,
+        pub streamed: bool,
+        pub platform_key: bool,
+        pub received_at: DateTimeUtc,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod meter_usage {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "meter_usage")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub tenant_id: String,
+        /// "day" or "month".
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub period_kind: String,
+        /// First day of the period, `YYYY-MM-DD` (UTC).
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub period_start: String,
+        pub calls: i64,
+        pub input_tokens: i64,
+        pub output_tokens: i64,
+        pub cache_read_tokens: i64,
+        pub cache_write_tokens: i64,
+        pub platform_calls: i64,
+        pub platform_tokens: i64,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod meter_position {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "meter_positions")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub tenant_id: String,
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub host_id: String,
+        pub position: i64,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod subscription_period {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "subscription_periods")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: String,
+        pub tenant_id: String,
+        pub plan_id: String,
+        pub period_start: DateTimeUtc,
+        /// Exclusive; the time of a plan change for a period it cut short.
+        pub period_end: DateTimeUtc,
+        pub closed_at: Option<DateTimeUtc>,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod usage_event {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "usage_events")]
+    pub struct Model {
+        #[sea_orm(primary_key)]
+        pub id: i64,
+        pub tenant_id: String,
+        pub kind: String,
+        pub metric: String,
+        pub period_start: DateTimeUtc,
+        pub at: DateTimeUtc,
+        pub message: String,
+        pub dedupe_key: Option<String>,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod allowance_state {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "allowance_state")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub tenant_id: String,
+        pub host_id: String,
+        pub signature: String,
+        pub blocked: bool,
+        pub pushed_at: DateTimeUtc,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -2,11 +2,16 @@
 //! Each submodule owns the queries of one area; callers get records (the
 //! rows as plain data under domain names, typed states included) and
 //! [`StoreError`], never the ORM's query types or raw database errors.
+mod allowances;
 mod configs;
 mod entities;
 mod hosts;
+mod meter;
+mod plans;
+mod subscriptions;
 mod tenants;
 mod transcripts;
+mod usage_events;
 
 use std::time::Duration;
 
@@ -26,7 +31,16 @@ pub use entities::tenant_config::Model as ConfigRow;
 pub use entities::tenant_config_state::Model as ConfigState;
 pub use entities::usage::Model as Usage;
 pub use entities::{CommandKind, CommandState, HostState};
+pub use allowances::AllowanceState;
+pub use entities::meter_usage::Model as MeterUsage;
+pub use entities::model_call::Model as ModelCallRow;
 pub use hosts::{HostLoad, JoinTokenError, NewHostCert};
+pub use meter::{MeterOutcome, NewModelCall};
+pub use plans::{OveragePolicy, PlanSpec};
+pub use subscriptions::{
+    month_start, next_month_start, BillingPeriod, SubscriptionChange, SubscriptionRecord, SubscriptionStatus,
+};
+pub use usage_events::{NewUsageEvent, UsageEventKind, UsageEventRow, USAGE_EVENT_RETENTION_DAYS};
 pub use tenants::{NewTenant, TenantRecord, TenantStatus};
 pub use transcripts::{
     day_start, IngestItem, IngestOutcome, NewMessage, SessionFilter, SessionUpdate, Tokens, UNKNOWN_CHANNEL,
@@ -66,6 +80,8 @@ pub type StoreResult<T> = Result<T, StoreError>;
 pub struct Store {
     db: DatabaseConnection,
     owner_cache: std::sync::Arc<tenants::OwnerCache>,
+    /// The latest usage event id recorded by this process (wakes watchers).
+    usage_events: std::sync::Arc<tokio::sync::watch::Sender<i64>>,
 }
 
 impl Store {
@@ -83,7 +99,11 @@ impl Store {
         if db.get_database_backend() == DbBackend::Sqlite {
             db.execute_unprepared("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;").await?;
         }
-        Ok(Store { db, owner_cache: Default::default() })
+        Ok(Store {
+            db,
+            owner_cache: Default::default(),
+            usage_events: std::sync::Arc::new(tokio::sync::watch::Sender::new(0)),
+        })
     }
 
     /// Serves "the owner's live tenant" (GetMyTenant, the dashboard's hot

@@ -1,12 +1,12 @@
 //! Tenants, their owners (users, teams), subscriptions and audit entries.
-use chrono::{DateTime, Months, Utc};
+use chrono::{DateTime, Utc};
 use clawplane_identity::Owner;
 use sea_orm::sea_query::{Expr, OnConflict};
 use sea_orm::{ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, TransactionTrait};
 use serde_json::json;
 use uuid::Uuid;
 
-use super::entities::{audit_log, plan, subscription, team, team_membership, tenant, user};
+use super::entities::{audit_log, plan, team, team_membership, tenant, user};
 use super::{is_unique_violation, Store, StoreError, StoreResult};
 
 /// Lifecycle of a tenant as stored.
@@ -293,18 +293,7 @@ impl Store {
                 .collect::<Vec<_>>())),
         };
         tenant::Entity::insert(tenant::ActiveModel::from(model.clone())).exec(&txn).await?;
-        subscription::Entity::insert(subscription::ActiveModel {
-            id: Set(Uuid::now_v7().to_string()),
-            tenant_id: Set(model.id.clone()),
-            plan_id: Set(plan.id.clone()),
-            status: Set("active".into()),
-            current_period_start: Set(now),
-            current_period_end: Set(now.checked_add_months(Months::new(1)).unwrap_or(now)),
-            created_at: Set(now),
-            updated_at: Set(now),
-        })
-        .exec(&txn)
-        .await?;
+        super::subscriptions::insert_subscription(&txn, &model.id, &plan.id, now).await?;
         audit(&txn, &new.actor_user_id, "tenant.create", &model.id, json!({"slug": slug, "plan": plan.name})).await?;
         txn.commit().await?;
         Ok(TenantRecord { tenant: model, plan: plan.name.clone() })
@@ -437,7 +426,7 @@ fn record((tenant, plan): (tenant::Model, Option<plan::Model>)) -> TenantRecord 
     TenantRecord { tenant, plan: plan.map(|p| p.name).unwrap_or_default() }
 }
 
-async fn audit<C: sea_orm::ConnectionTrait>(
+pub(super) async fn audit<C: sea_orm::ConnectionTrait>(
     db: &C,
     actor: &str,
     action: &str,
@@ -593,6 +582,11 @@ impl Store {
             .exec(&self.db)
             .await?;
         self.forget_tenant(tenant_id).await
+    }
+
+    /// Drops an owner's cached tenant (its plan changed).
+    pub(super) fn forget_owner(&self, owner_key: &str) {
+        self.owner_cache.forget(owner_key);
     }
 
     async fn forget_tenant(&self, tenant_id: &str) -> StoreResult<()> {

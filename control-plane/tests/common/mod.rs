@@ -60,6 +60,9 @@ pub fn serve_args(db: &TestDb) -> ServeArgs {
 /// A control plane running in this process on an ephemeral loopback port.
 pub struct TestServer {
     pub addr: SocketAddr,
+    /// The agent listener (mutual TLS) and the CA pin hosts join with.
+    pub agent_addr: SocketAddr,
+    pub ca_pin: String,
     pub store: Store,
     stop: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
@@ -75,12 +78,13 @@ impl TestServer {
         adjust(&mut config);
         let server = Server::bind(config).await.expect("server binds");
         let addr = server.local_addr();
+        let (agent_addr, ca_pin) = (server.agent_addr(), server.ca_pin());
         let store = server.store();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(server.run(async move {
             let _ = stopped.await;
         }));
-        TestServer { addr, store, stop: Some(stop), task }
+        TestServer { addr, agent_addr, ca_pin, store, stop: Some(stop), task }
     }
 
     pub async fn channel(&self) -> Channel {
