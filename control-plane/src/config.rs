@@ -15,7 +15,11 @@ use clap::Args;
 use clawplane_identity::config::{AuthArgs, AuthConfig, AuthFile, JwtFileConfig};
 use serde::Deserialize;
 
+use crate::desired::{api_by_name, default_api, valid_model, valid_provider, PlatformModel};
 use clawplane_edge::rate::Rate;
+
+/// The platform model's key, instead of `models.platform.api_key_file`.
+const PLATFORM_KEY_ENV: &str = "CLAWPLANE_MODELS_PLATFORM_API_KEY";
 
 /// `clawplane serve` flags. Every flag is also `CLAWPLANE_<FLAG>` and a key
 /// of the TOML file.
@@ -118,6 +122,20 @@ struct FileConfig {
 #[serde(deny_unknown_fields)]
 struct ModelsFileConfig {
     allowed_cidrs: Option<Vec<String>>,
+    platform: Option<PlatformFileConfig>,
+}
+
+/// `[models.platform]`: the model the SaaS provides, with its own key.
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct PlatformFileConfig {
+    provider: Option<String>,
+    api: Option<String>,
+    base_url: Option<String>,
+    /// A file holding the key (the key itself never goes in this file).
+    api_key_file: Option<PathBuf>,
+    models: Option<Vec<String>>,
+    default_model: Option<String>,
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -225,6 +243,8 @@ pub struct Config {
     /// Ranges SetModel.base_url may reach although they are not public
     /// (see [`crate::model_url`]).
     pub models_allowed_cidrs: Vec<ipnet::IpNet>,
+    /// The platform's model, if the SaaS provides one.
+    pub platform_model: Option<PlatformModel>,
     /// The plans catalogue of `[[plans]]`, upserted into the plans table
     /// at start; None keeps the table as it is (the seeded plans).
     pub plans: Option<Vec<crate::store::PlanSpec>>,
@@ -366,10 +386,22 @@ impl Config {
             _ => parse_cidrs(&file.models.allowed_cidrs.unwrap_or_default())?,
         };
 
+        // The key comes from a file or the environment, never a flag: a
+        // flag would show in every process listing.
+        let key_from_env = std::env::var(PLATFORM_KEY_ENV).ok().filter(|key| !key.is_empty());
+        let platform_model = match file.models.platform {
+            Some(platform) => Some(platform_model(platform, key_from_env)?),
+            None if key_from_env.is_some() => {
+                bail!("{PLATFORM_KEY_ENV} is set but the config file has no [models.platform]")
+            }
+            None => None,
+        };
+
         let plans = file.plans.map(plans_catalogue).transpose()?;
 
         Ok(Config {
             plans,
+            platform_model,
             rate_per_caller,
             rate_per_address,
             max_turns_per_tenant,
@@ -546,6 +578,50 @@ fn validate_database_url(url: &str) -> anyhow::Result<()> {
     }
 }
 
+/// `[models.platform]`, checked whole: every model call of a tenant on it
+/// goes to `base_url` with the operator's key, added by the host's metering
+/// proxy.
+fn platform_model(file: PlatformFileConfig, key_from_env: Option<String>) -> anyhow::Result<PlatformModel> {
+    let provider = file.provider.unwrap_or_else(|| "platform".into());
+    if !valid_provider(&provider) {
+        bail!("models.platform.provider: {provider:?} must be 1-40 letters, digits, '-' or '_'");
+    }
+    let api = match file.api.as_deref() {
+        None => default_api(&provider),
+        Some(name) => api_by_name(name).with_context(|| {
+            format!("models.platform.api: {name:?} is not openai-completions, openai-responses or anthropic-messages")
+        })?,
+    };
+    let base_url =
+        file.base_url.context("models.platform.base_url: required (the upstream, e.g. https://api.openai.com/v1)")?;
+    if !(base_url.starts_with("https://") || base_url.starts_with("http://")) || base_url.len() > 512 {
+        bail!("models.platform.base_url: {base_url:?} must be an http(s) URL of at most 512 characters");
+    }
+    let api_key = match (key_from_env, file.api_key_file) {
+        (Some(key), _) => key,
+        (None, Some(path)) => std::fs::read_to_string(&path)
+            .with_context(|| format!("models.platform.api_key_file: cannot read {}", path.display()))?
+            .trim()
+            .to_string(),
+        (None, None) => bail!("models.platform: api_key_file (or {PLATFORM_KEY_ENV}) is required"),
+    };
+    if api_key.is_empty() || api_key.len() > 4096 || api_key.chars().any(char::is_control) {
+        bail!("models.platform: the API key must be 1-4096 characters without control characters");
+    }
+    let models = file.models.unwrap_or_default();
+    if models.is_empty() || models.len() > 64 {
+        bail!("models.platform.models: list 1-64 model ids the tenants may use");
+    }
+    if let Some(bad) = models.iter().find(|m| !valid_model(m)) {
+        bail!("models.platform.models: {bad:?} must be 1-128 letters, digits, '-', '_', '.', ':' or '/'");
+    }
+    let default_model = file.default_model.unwrap_or_else(|| models[0].clone());
+    if !models.contains(&default_model) {
+        bail!("models.platform.default_model: {default_model:?} is not in models.platform.models");
+    }
+    Ok(PlatformModel { provider, api, base_url, api_key, models, default_model })
+}
+
 /// `models.allowed_cidrs`: CIDRs, or single addresses meaning just that one.
 fn parse_cidrs(values: &[String]) -> anyhow::Result<Vec<ipnet::IpNet>> {
     values
@@ -648,6 +724,36 @@ mod tests {
             ("[pki]\nca_cert_file = \"/x\"", "together"),
             ("[models]\nallowed_cidrs = [\"10.0.0.0/33\"]", "models.allowed_cidrs"),
             ("[models]\nallowed_cidrs = [\"intranet\"]", "models.allowed_cidrs"),
+        ];
+        for (text, expected) in cases {
+            let err = load(ServeArgs::default(), text).unwrap_err();
+            assert!(format!("{err:#}").contains(expected), "{text}: {err:#}");
+        }
+    }
+
+    #[test]
+    fn the_platform_model_is_checked_and_its_key_never_shown() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("platform.key");
+        std::fs::write(&key, "sk-platform-secret-0123\n").unwrap();
+        let section = |extra: &str| {
+            format!("[models.platform]\nbase_url = \"https://llm.example.com/v1\"\nmodels = [\"m1\", \"m2\"]\n{extra}")
+        };
+        let with_key = |extra: &str| section(&format!("api_key_file = {:?}\n{extra}", key.display().to_string()));
+        let config = load(ServeArgs::default(), &with_key("default_model = \"m2\"")).unwrap();
+        let platform = config.platform_model.unwrap();
+        assert_eq!((platform.provider.as_str(), platform.default_model.as_str()), ("platform", "m2"));
+        assert_eq!(platform.api_key, "sk-platform-secret-0123", "read from the file, trimmed");
+        assert!(!format!("{platform:?}").contains("sk-platform"), "Debug hides the key");
+        let cases: &[(String, &str)] = &[
+            (section(""), "api_key_file"),
+            (with_key("provider = \"a.b\""), "models.platform.provider"),
+            (with_key("api = \"grpc\""), "models.platform.api"),
+            (with_key("default_model = \"m3\""), "models.platform.default_model"),
+            (with_key("").replace("https://llm.example.com/v1", "ftp://x"), "models.platform.base_url"),
+            (with_key("").replace("[\"m1\", \"m2\"]", "[]"), "models.platform.models"),
+            (with_key("").replace("[\"m1\", \"m2\"]", "[\"m 1\"]"), "models.platform.models"),
+            (section("api_key_file = \"/no/such/key\""), "models.platform.api_key_file"),
         ];
         for (text, expected) in cases {
             let err = load(ServeArgs::default(), text).unwrap_err();

@@ -143,7 +143,7 @@ impl Server {
                 .context("secrets key")?,
         );
         let shutdown = ShutdownSignal::default();
-        let desired = DesiredConfigs::new(store.clone(), secrets);
+        let desired = DesiredConfigs::new(store.clone(), secrets).with_platform_model(config.platform_model.clone());
         let fleet = Fleet::new(store.clone(), pki.clone(), desired, fleet_config, shutdown.clone());
         Ok(Server {
             config,

@@ -403,7 +403,15 @@ fn every_rpc_answers_arbitrary_input_with_an_expected_status() {
         ),
         |(w, tenant_id, provider, model, api_key, base_url, expected_generation)| {
             let mut client = config.clone();
-            let request = SetModelRequest { tenant_id, provider, model, api_key, base_url, expected_generation };
+            let request = SetModelRequest {
+                tenant_id,
+                provider,
+                model,
+                api_key,
+                base_url,
+                expected_generation,
+                ..Default::default()
+            };
             let request = c.pick(w).request(request);
             async move { client.set_model(request).await.map(drop) }
         },

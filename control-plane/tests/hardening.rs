@@ -581,6 +581,7 @@ fn set_model(tenant_id: &str, base_url: &str) -> SetModelRequest {
         api_key: Some("sk-0123456789abcdefghijklmn".into()),
         base_url: Some(base_url.into()),
         expected_generation: None,
+        ..Default::default()
     }
 }
 
@@ -634,7 +635,13 @@ async fn model_base_urls_cannot_reach_internal_addresses(db: TestDb) {
     let keep = SetModelRequest { base_url: None, api_key: None, ..set_model(&tenant.id, "") };
     let kept = ok("keep", c.config.set_model(alice.request(keep)).await).config.unwrap().model.unwrap();
     assert_eq!((kept.base_url.as_str(), kept.api_key_hint.as_str()), ("https://93.184.215.14/v1", "sk-...klmn"), "{b}");
+    // The host's proxy needs an upstream: only providers whose public
+    // upstream Clawplane knows go without a base_url.
     let clear = SetModelRequest { api_key: Some(String::new()), ..set_model(&tenant.id, "") };
+    let refused = c.config.set_model(alice.request(clear)).await;
+    expect(&format!("{b}: no upstream"), refused, Code::InvalidArgument, "base_url is required for provider \"local\"");
+    let clear =
+        SetModelRequest { provider: "openai".into(), api_key: Some(String::new()), ..set_model(&tenant.id, "") };
     let cleared = ok("clear", c.config.set_model(alice.request(clear)).await).config.unwrap().model.unwrap();
     assert_eq!((cleared.base_url.as_str(), cleared.api_key_hint.as_str()), ("", ""), "{b}");
     assert_serving(&server).await;

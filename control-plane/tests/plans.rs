@@ -689,3 +689,102 @@ async fn billing_lines_in_integer_minor_units(db: TestDb) {
     expect_code("no credential", anonymous_call, Code::Unauthenticated, "");
     server.shutdown().await;
 }
+
+each_backend!(
+    #[tokio::test]
+    the_platform_model_reaches_hosts_as_a_route_with_its_key
+);
+/// The platform's model: a tenant that chose none has it, applied on its
+/// host as a route for the host's metering proxy with the platform key in
+/// the route alone (never in the config operations or the tenant's secrets
+/// file); SetModel picks among its models and refuses a key, a base URL or
+/// a model it does not offer.
+async fn the_platform_model_reaches_hosts_as_a_route_with_its_key(db: TestDb) {
+    use clawplane::desired::PlatformModel;
+    use clawplane_proto::v1::{GetConfigRequest, SetModelRequest};
+    let b = db.backend;
+    let key = "sk-platform-route-0123456789";
+    let platform = PlatformModel {
+        provider: "saas".into(),
+        api: ModelApi::OpenaiResponses,
+        base_url: "https://llm.example.com/v1".into(),
+        api_key: key.into(),
+        models: vec!["small".into(), "large".into()],
+        default_model: "small".into(),
+    };
+    let server = TestServer::start_with(serve_args(&db), |config| config.platform_model = Some(platform)).await;
+    let channel = server.channel().await;
+    let mut agent = FakeAgent::join(&server).await;
+    let alice = Cred::user("alice", &[]);
+    let tenant = create(&channel, &alice, "free").await;
+    let route = loop {
+        let command = tokio::time::timeout(WAIT, agent.commands.recv()).await.expect("a command").expect("stream");
+        if let Some(command::Payload::ApplyConfig(apply)) = command.payload {
+            assert_eq!(apply.tenant_id, tenant, "{b}");
+            let ops = format!("{:?} {:?}", apply.ops, apply.secrets);
+            assert!(!ops.contains(key), "{b}: the key only travels in the route: {ops}");
+            assert!(ops.contains("saas/small"), "{b}: the default model is the agents' primary: {ops}");
+            break apply.model_route.expect("a route");
+        }
+    };
+    assert_eq!((route.provider.as_str(), route.api), ("saas", ModelApi::OpenaiResponses as i32), "{b}");
+    assert_eq!((route.upstream_base_url.as_str(), route.api_key.as_slice()), (platform_url(), key.as_bytes()), "{b}");
+    assert_eq!(route.models, ["small", "large"], "{b}");
+    assert!(route.platform_key, "{b}");
+
+    let mut config = ConfigServiceClient::new(channel.clone());
+    let shown = config.get_config(alice.request(GetConfigRequest { tenant_id: tenant.clone() })).await.unwrap();
+    let model = shown.into_inner().config.unwrap().model.unwrap();
+    assert_eq!((model.provider.as_str(), model.model.as_str(), model.platform), ("saas", "small", true), "{b}");
+    let set = |model: &str, f: fn(&mut SetModelRequest)| {
+        let mut request = SetModelRequest {
+            tenant_id: tenant.clone(),
+            provider: "saas".into(),
+            model: model.into(),
+            ..Default::default()
+        };
+        f(&mut request);
+        request
+    };
+    for (what, request, needle) in [
+        ("a key", set("large", |r| r.api_key = Some("sk-mine-0123456789".into())), "takes no api_key or base_url"),
+        ("a base url", set("large", |r| r.base_url = Some("https://x.example.com".into())), "takes no api_key"),
+        ("another model", set("huge", |_| {}), "choose one of small, large"),
+        ("another api", set("large", |r| r.api = ModelApi::AnthropicMessages as i32), "speaks openai-responses"),
+        ("an unknown api", set("large", |r| r.api = 99), "api: 99"),
+    ] {
+        let answer = config.set_model(alice.request(request)).await;
+        expect_code(&format!("{b}: {what}"), answer, Code::InvalidArgument, needle);
+    }
+    let picked = config.set_model(alice.request(set("large", |_| {}))).await.unwrap();
+    let model = picked.into_inner().config.unwrap().model.unwrap();
+    assert_eq!((model.model.as_str(), model.platform, model.api_key_hint.as_str()), ("large", true, ""), "{b}");
+    // A tenant's own key goes to the proxy too, never into the tenant's tree.
+    let own = SetModelRequest {
+        tenant_id: tenant.clone(),
+        provider: "anthropic".into(),
+        model: "claude-x".into(),
+        api_key: Some("sk-ant-own-0123456789".into()),
+        ..Default::default()
+    };
+    config.set_model(alice.request(own)).await.unwrap();
+    let route = loop {
+        let command = tokio::time::timeout(WAIT, agent.commands.recv()).await.expect("a command").expect("stream");
+        if let Some(command::Payload::ApplyConfig(apply)) = command.payload {
+            if apply.model_route.as_ref().is_some_and(|r| r.provider == "anthropic") {
+                assert!(!format!("{:?} {:?}", apply.ops, apply.secrets).contains("sk-ant-own"), "{b}");
+                break apply.model_route.unwrap();
+            }
+        }
+    };
+    assert_eq!(
+        (route.api, route.upstream_base_url.as_str()),
+        (ModelApi::AnthropicMessages as i32, "https://api.anthropic.com")
+    );
+    assert_eq!((route.api_key.as_slice(), route.platform_key), (b"sk-ant-own-0123456789".as_slice(), false), "{b}");
+    server.shutdown().await;
+}
+
+fn platform_url() -> &'static str {
+    "https://llm.example.com/v1"
+}

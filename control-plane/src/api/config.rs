@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use clawplane_proto::v1::config_service_server::ConfigService;
 use clawplane_proto::v1::{
-    self as pb, GetConfigRequest, GetConfigResponse, RemoveChannelRequest, RemoveChannelResponse,
+    self as pb, GetConfigRequest, GetConfigResponse, ModelApi, RemoveChannelRequest, RemoveChannelResponse,
     SetAgentProfileRequest, SetAgentProfileResponse, SetChannelRequest, SetChannelResponse, SetModelRequest,
     SetModelResponse, SetToolsRequest, SetToolsResponse,
 };
@@ -27,8 +27,8 @@ use super::deadline::wait_within;
 use super::error::{ApiError, ApiResult};
 use super::request::{caller, check_text, required_id, shown, timestamp, visible_tenant};
 use crate::desired::{
-    find, has_channel, secret_hints, settings, ChannelSettings, DesiredConfigs, ModelSettings, ProfileSettings,
-    ToolSettings, CHANNEL, DEFAULT_KEY, MODEL, PROFILE, TOOLS,
+    api_by_name, api_name, default_api, find, has_channel, known_upstream, secret_hints, settings, ChannelSettings,
+    DesiredConfigs, ModelSettings, ProfileSettings, ToolSettings, CHANNEL, DEFAULT_KEY, MODEL, PROFILE, TOOLS,
 };
 use crate::fleet::Fleet;
 use crate::model_url::{self, UrlError};
@@ -122,11 +122,18 @@ impl ConfigApi {
             match row.config_type.as_str() {
                 MODEL => {
                     let model: ModelSettings = settings(row);
+                    let platform = self.desired().platform_model().filter(|p| p.provider == model.provider);
+                    let api = match platform {
+                        Some(platform) => platform.api,
+                        None => api_by_name(&model.api).unwrap_or_else(|| default_api(&model.provider)),
+                    };
                     config.model = Some(pb::ModelConfig {
+                        api_key_hint: secret_hints(row).remove("api_key").unwrap_or_default(),
+                        api: api as i32,
+                        platform: platform.is_some(),
                         provider: model.provider,
                         model: model.model,
                         base_url: model.base_url,
-                        api_key_hint: secret_hints(row).remove("api_key").unwrap_or_default(),
                     });
                 }
                 PROFILE => {
@@ -154,6 +161,18 @@ impl ConfigApi {
                     }
                 }
                 _ => {}
+            }
+        }
+        // A tenant that chose no model (or cleared it) uses the platform's.
+        if config.model.as_ref().is_none_or(|m| m.provider.is_empty()) {
+            if let Some(platform) = self.desired().platform_model() {
+                config.model = Some(pb::ModelConfig {
+                    provider: platform.provider.clone(),
+                    model: platform.default_model.clone(),
+                    api: platform.api as i32,
+                    platform: true,
+                    ..Default::default()
+                });
             }
         }
         if let Some(state) = state {
@@ -213,6 +232,41 @@ impl ConfigService for ConfigApi {
         if let Some(key) = req.api_key.as_deref().filter(|k| !k.is_empty()) {
             check_secret("api_key", key)?;
         }
+        let requested_api = match ModelApi::try_from(req.api) {
+            Ok(ModelApi::Unspecified) => None,
+            Ok(api) => Some(api),
+            Err(_) => return Err(ApiError::invalid(format!("api: {} is not a ModelApi value", req.api)).into()),
+        };
+        let platform = self.desired().platform_model().filter(|p| p.provider == req.provider);
+        let api = match platform {
+            Some(platform) => {
+                let set = |value: &Option<String>| value.as_deref().is_some_and(|v| !v.is_empty());
+                if set(&req.api_key) || set(&req.base_url) {
+                    return Err(ApiError::invalid(format!(
+                        "provider {:?} is the platform's model: it takes no api_key or base_url",
+                        req.provider
+                    ))
+                    .into());
+                }
+                if !platform.models.contains(&req.model) {
+                    return Err(ApiError::invalid(format!(
+                        "model {:?} is not offered on the platform's provider; choose one of {}",
+                        req.model,
+                        platform.models.join(", ")
+                    ))
+                    .into());
+                }
+                if requested_api.is_some_and(|api| api != platform.api) {
+                    return Err(ApiError::invalid(format!(
+                        "api: the platform's provider speaks {}",
+                        api_name(platform.api)
+                    ))
+                    .into());
+                }
+                platform.api
+            }
+            None => requested_api.unwrap_or_else(|| default_api(&req.provider)),
+        };
         if let Some(base_url) = req.base_url.as_deref().filter(|u| !u.is_empty()) {
             check_text("base_url", base_url, MAX_BASE_URL)?;
             match model_url::check(base_url, &self.allowed_model_cidrs).await {
@@ -239,6 +293,19 @@ impl ConfigService for ConfigApi {
                 find(&existing, MODEL, DEFAULT_KEY).map(|r| settings::<ModelSettings>(r).base_url).unwrap_or_default()
             }
         };
+        // The host's proxy needs an upstream to send the calls to.
+        if platform.is_none() && base_url.is_empty() && known_upstream(&req.provider, api).is_none() {
+            return Err(ApiError::invalid(format!(
+                "base_url is required for provider {:?} with {} (Clawplane knows the upstreams of openai and \
+                 anthropic only)",
+                req.provider,
+                api_name(api)
+            ))
+            .into());
+        }
+        if platform.is_some() {
+            secrets.clear();
+        }
         match req.api_key.as_deref() {
             None => {}
             Some("") => {
@@ -248,7 +315,8 @@ impl ConfigService for ConfigApi {
                 secrets.insert("api_key".into(), key.to_string());
             }
         }
-        let settings = json!(ModelSettings { provider: req.provider, model: req.model, base_url });
+        let api = api_name(api).to_string();
+        let settings = json!(ModelSettings { provider: req.provider, model: req.model, base_url, api });
         let row = self.desired().row(&tenant.tenant.id, MODEL, DEFAULT_KEY, settings, &secrets, true)?;
         let config = self.change(&tenant, vec![row], req.expected_generation, wait).await?;
         Ok(Response::new(SetModelResponse { config: Some(config) }))

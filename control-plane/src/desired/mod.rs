@@ -3,6 +3,7 @@
 //! rules a change must follow, and the whole document a host applies
 //! ([`openclaw`]). Pushing it to the host is the fleet's job
 //! (`fleet/config.rs`); turning it into messages is the API's.
+mod model;
 mod openclaw;
 
 use std::collections::BTreeMap;
@@ -11,10 +12,12 @@ use std::sync::Arc;
 use chrono::Utc;
 use serde_json::{json, Value};
 
+pub use model::{api_name, default_api, known_upstream, valid_model, valid_provider, ModelRoute, PlatformModel};
 pub use openclaw::{build, Apply, ChannelSettings, Desired, ModelSettings, ProfileSettings, ToolSettings};
 
 use crate::service_error::{into_status, ServiceError, ServiceErrorCode};
 use crate::store::{ConfigRow, Store, StoreError, TenantRecord};
+use clawplane_proto::v1::ModelApi;
 use clawplane_tls::secrets::{hint, SecretBox};
 
 /// Kinds of config rows.
@@ -62,6 +65,7 @@ pub type DesiredResult<T> = Result<T, DesiredError>;
 pub struct DesiredConfigs {
     store: Store,
     secrets: Arc<SecretBox>,
+    platform: Option<Arc<PlatformModel>>,
 }
 
 /// The secrets of a row are bound to it: a ciphertext copied to another
@@ -96,7 +100,17 @@ pub fn has_channel(rows: &[ConfigRow], channel: &str) -> bool {
 
 impl DesiredConfigs {
     pub fn new(store: Store, secrets: Arc<SecretBox>) -> Self {
-        DesiredConfigs { store, secrets }
+        DesiredConfigs { store, secrets, platform: None }
+    }
+
+    /// Tenants without a model of their own use the platform's.
+    pub fn with_platform_model(mut self, platform: Option<PlatformModel>) -> Self {
+        self.platform = platform.map(Arc::new);
+        self
+    }
+
+    pub fn platform_model(&self) -> Option<&PlatformModel> {
+        self.platform.as_deref()
     }
 
     pub async fn rows(&self, tenant_id: &str) -> DesiredResult<Vec<ConfigRow>> {
@@ -154,13 +168,15 @@ impl DesiredConfigs {
     /// the way to the host).
     pub fn document(&self, rows: &[ConfigRow]) -> DesiredResult<Desired> {
         let mut desired = Desired::default();
+        let mut chose_model = false;
         for row in rows {
             match row.config_type.as_str() {
                 MODEL => {
                     let model: ModelSettings = settings(row);
                     // A model row without a provider configures nothing.
                     if !model.provider.is_empty() {
-                        desired.model = Some((model, self.unseal(row)?.remove("api_key")));
+                        chose_model = true;
+                        desired.model = self.route(model, self.unseal(row)?.remove("api_key"));
                     }
                 }
                 PROFILE => desired.profile = settings(row),
@@ -171,7 +187,34 @@ impl DesiredConfigs {
                 _ => {}
             }
         }
+        if !chose_model {
+            desired.model = self.platform.as_ref().map(|platform| platform.route(&platform.default_model));
+        }
         Ok(desired)
+    }
+
+    /// Where a chosen model's calls go: the platform's upstream for its
+    /// provider, else the tenant's base URL (or the provider's known one)
+    /// with the tenant's own key. A model with nowhere to go (a provider
+    /// whose platform is no longer configured) configures no model.
+    fn route(&self, model: ModelSettings, api_key: Option<String>) -> Option<ModelRoute> {
+        if let Some(platform) = self.platform.as_ref().filter(|p| p.provider == model.provider) {
+            return Some(platform.route(&model.model));
+        }
+        let api = api_by_name(&model.api).unwrap_or_else(|| default_api(&model.provider));
+        let upstream = match model.base_url.as_str() {
+            "" => known_upstream(&model.provider, api)?.to_string(),
+            url => url.to_string(),
+        };
+        Some(ModelRoute {
+            models: vec![model.model.clone()],
+            provider: model.provider,
+            api,
+            model: model.model,
+            upstream_base_url: upstream,
+            api_key,
+            platform: false,
+        })
     }
 
     /// A new channel must fit the plan's channel limit, [`MAX_CHANNELS`]
@@ -223,6 +266,13 @@ impl DesiredConfigs {
             .collect();
         self.save(tenant_id, restored, None).await
     }
+}
+
+/// The API of OpenClaw's name for it; `None` for an empty or unknown one.
+pub fn api_by_name(name: &str) -> Option<ModelApi> {
+    [ModelApi::OpenaiCompletions, ModelApi::OpenaiResponses, ModelApi::AnthropicMessages]
+        .into_iter()
+        .find(|api| api_name(*api) == name)
 }
 
 /// A row that configures nothing, for rolling back a first-time setting.

@@ -2,11 +2,16 @@
 //! (openclaw.json), in one place. The result is a complete list of
 //! `config set` operations for one `--batch-json` call, the secret values
 //! for the tenant's 0600 secrets file (referenced as SecretRefs, never
-//! written into openclaw.json), and the paths to unset.
+//! written into openclaw.json), the paths to unset, and the model route:
+//! the provider entry itself is written by the host agent, which points it
+//! at its metering proxy and keeps the upstream key out of the tenant's
+//! tree.
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+
+use super::model::ModelRoute;
 
 /// The secrets provider name inside each tenant's openclaw.json; the host
 /// agent points it at the tenant's secrets file.
@@ -18,6 +23,10 @@ pub struct ModelSettings {
     pub model: String,
     #[serde(default)]
     pub base_url: String,
+    /// OpenClaw's API name (`openai-completions`, ...); empty: the
+    /// provider's default.
+    #[serde(default)]
+    pub api: String,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -52,7 +61,7 @@ pub struct ChannelSettings {
 /// (in memory only, on the way to the host).
 #[derive(Debug, Clone, Default)]
 pub struct Desired {
-    pub model: Option<(ModelSettings, Option<String>)>,
+    pub model: Option<ModelRoute>,
     pub profile: ProfileSettings,
     pub tools: ToolSettings,
     pub channels: BTreeMap<String, (ChannelSettings, BTreeMap<String, String>)>,
@@ -67,6 +76,8 @@ pub struct Apply {
     pub unset: Vec<String>,
     /// (agent id, file name, content) for the agent's workspace.
     pub files: Vec<(String, String, String)>,
+    /// The model the host's proxy serves the tenant; none: no model.
+    pub route: Option<ModelRoute>,
 }
 
 /// The workspace file OpenClaw reads an agent's persona from.
@@ -82,23 +93,9 @@ pub fn build(agent_id: &str, desired: &Desired) -> Apply {
     let mut secrets = Vec::new();
     let unset = Vec::new();
 
-    if let Some((model, api_key)) = &desired.model {
-        let provider = &model.provider;
-        let mut entry = json!({
-            "api": "openai-completions",
-            "models": [{"id": model.model, "name": model.model}],
-        });
-        if !model.base_url.is_empty() {
-            entry["baseUrl"] = json!(model.base_url);
-        }
-        if let Some(key) = api_key {
-            let pointer = format!("/models/{provider}/apiKey");
-            entry["apiKey"] = secret_ref(&pointer);
-            secrets.push((pointer, key.clone()));
-        }
+    if let Some(route) = &desired.model {
         ops.push(("models.mode".into(), json!("merge")));
-        ops.push((format!("models.providers.{provider}"), entry));
-        ops.push(("agents.defaults.model.primary".into(), json!(format!("{provider}/{}", model.model))));
+        ops.push(("agents.defaults.model.primary".into(), json!(format!("{}/{}", route.provider, route.model))));
     }
 
     let profile = &desired.profile;
@@ -168,7 +165,7 @@ pub fn build(agent_id: &str, desired: &Desired) -> Apply {
         ops.push(("channels".into(), Value::Object(channels)));
         ops.push(("bindings".into(), Value::Array(bindings)));
     }
-    Apply { ops, secrets, unset, files }
+    Apply { ops, secrets, unset, files, route: desired.model.clone() }
 }
 
 /// Settings arrive as strings; booleans and numbers go to OpenClaw typed.
@@ -187,14 +184,15 @@ mod tests {
     #[test]
     fn secrets_become_refs_and_never_values() {
         let mut desired = Desired {
-            model: Some((
-                ModelSettings {
-                    provider: "local".into(),
-                    model: "fake-model".into(),
-                    base_url: "http://127.0.0.1:9/v1".into(),
-                },
-                Some("sk-very-secret".into()),
-            )),
+            model: Some(ModelRoute {
+                provider: "local".into(),
+                api: clawplane_proto::v1::ModelApi::OpenaiCompletions,
+                model: "fake-model".into(),
+                models: vec!["fake-model".into()],
+                upstream_base_url: "http://127.0.0.1:9/v1".into(),
+                api_key: Some("sk-very-secret".into()),
+                platform: false,
+            }),
             ..Default::default()
         };
         let mut bot = BTreeMap::new();
@@ -205,8 +203,11 @@ mod tests {
             serde_json::to_string(&apply.ops.iter().map(|(p, v)| json!({"path": p, "value": v})).collect::<Vec<_>>())
                 .unwrap();
         assert!(!rendered.contains("sk-very-secret") && !rendered.contains("123:abc"), "{rendered}");
-        assert!(rendered.contains("/models/local/apiKey") && rendered.contains("/channels/telegram/botToken"));
-        assert_eq!(apply.secrets.len(), 2);
+        // The model key goes to the host's proxy in the route, not into the
+        // tenant's secrets file.
+        assert!(rendered.contains("/channels/telegram/botToken") && rendered.contains("local/fake-model"));
+        assert_eq!(apply.secrets.len(), 1);
+        assert_eq!(apply.route.as_ref().and_then(|r| r.api_key.as_deref()), Some("sk-very-secret"));
     }
 
     #[test]

@@ -24,10 +24,10 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::enrollment::inventory_json;
 use super::error::FleetError;
 use super::peer::AgentConnectInfo;
 use super::streams::{command_message, result_json, Closing, Fleet, Outbound, SessionHandles};
+use crate::store::inventory_json;
 use crate::store::StoreError;
 use crate::wire::timestamp;
 

@@ -45,6 +45,14 @@ impl Fleet {
                 .into_iter()
                 .map(|(agent_id, name, content)| pb::WorkspaceFile { agent_id, name, content })
                 .collect(),
+            model_route: apply.route.map(|route| pb::ModelRoute {
+                provider: route.provider,
+                api: route.api as i32,
+                upstream_base_url: route.upstream_base_url,
+                api_key: route.api_key.map(String::into_bytes).unwrap_or_default(),
+                models: route.models,
+                platform_key: route.platform,
+            }),
         });
         Ok(Some(self.enqueue(host_id, Some(&tenant.tenant.id), payload).await?))
     }

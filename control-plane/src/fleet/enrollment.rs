@@ -3,12 +3,9 @@
 use std::sync::Arc;
 use std::time::UNIX_EPOCH;
 
-use base64::engine::general_purpose::STANDARD;
-use base64::Engine;
 use chrono::{DateTime, Utc};
 use clawplane_proto::v1::enrollment_service_server::EnrollmentService;
 use clawplane_proto::v1::{JoinRequest, JoinResponse, RenewCertificateRequest, RenewCertificateResponse};
-use prost::Message;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -19,7 +16,7 @@ use super::error::{FleetError, FleetResult};
 use super::peer::{AgentConnectInfo, PeerCertificate};
 use super::streams::Fleet;
 use crate::pki::IssuedCert;
-use crate::store::{Host, HostState, NewHostCert};
+use crate::store::{inventory_json, Host, HostState, NewHostCert};
 use crate::wire::{check_text, timestamp};
 
 pub struct EnrollmentApi {
@@ -139,22 +136,6 @@ impl EnrollmentApi {
             renew_after: Some(timestamp(renew_after(&issued))),
         })
     }
-}
-
-/// Inventory as stored: the exact message plus readable fields.
-pub fn inventory_json(inventory: &clawplane_proto::v1::HostInventory) -> serde_json::Value {
-    json!({
-        "hostname": inventory.hostname,
-        "agent_version": inventory.agent_version,
-        "openclaw_version": inventory.openclaw_version,
-        "b64": STANDARD.encode(inventory.encode_to_vec()),
-    })
-}
-
-/// The inventory a host last reported, from its stored form.
-pub fn stored_inventory(host: &crate::store::Host) -> Option<clawplane_proto::v1::HostInventory> {
-    let b64 = host.inventory.as_ref()?.get("b64")?.as_str()?;
-    clawplane_proto::v1::HostInventory::decode(STANDARD.decode(b64).ok()?.as_slice()).ok()
 }
 
 #[tonic::async_trait]

@@ -4,9 +4,9 @@ use clawplane_proto::v1::{
     self as pb, command, command_result, CommandOutcome, DeleteTenantCommand, ProvisionTenantCommand,
 };
 
-use super::enrollment::stored_inventory;
 use super::error::FleetResult;
 use super::streams::{command_message, Fleet};
+use crate::store::stored_inventory;
 use crate::store::{CommandKind, Host, HostCommand, Plan, TenantRecord, TenantStatus};
 
 /// Tenants a host takes when its inventory does not say.
@@ -297,6 +297,11 @@ impl Fleet {
                         if !reported.is_empty() && known.as_ref() != Some(reported) {
                             self.store.set_tenant_agents(tenant_id, reported).await?;
                         }
+                    }
+                    // A tenant that configured nothing yet still gets the
+                    // platform's model: its first generation is that.
+                    if self.desired.platform_model().is_some() && self.store.config_state(tenant_id).await?.is_none() {
+                        self.desired.save(tenant_id, Vec::new(), None).await?;
                     }
                     if let Some(tenant) = self.store.live_tenant(tenant_id).await? {
                         self.push_config(&tenant).await?;

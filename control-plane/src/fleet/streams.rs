@@ -23,11 +23,11 @@ use serde_json::json;
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tonic::Status;
 
-use super::enrollment::stored_inventory;
 use super::error::{FleetError, FleetResult};
 use super::peer::PeerCertificate;
 use crate::desired::DesiredConfigs;
 use crate::pki::Pki;
+use crate::store::stored_inventory;
 use crate::store::{CommandKind, Host, HostCommand, HostState, Store};
 use crate::wire::timestamp;
 
@@ -477,6 +477,7 @@ fn command_kind(payload: &command::Payload) -> CommandKind {
         command::Payload::DeleteTenant(_) => CommandKind::DeleteTenant,
         command::Payload::StreamLogs(_) => CommandKind::StreamLogs,
         command::Payload::CancelLogs(_) => CommandKind::CancelLogs,
+        command::Payload::SetAllowance(_) => CommandKind::SetAllowance,
     }
 }
 

@@ -1,12 +1,15 @@
 //! Hosts, their join tokens and certificates, and the durable per-host
 //! command queue.
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
 use chrono::{DateTime, Utc};
+use prost::Message as _;
 use sea_orm::sea_query::Expr;
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, Condition, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect,
     TransactionTrait,
 };
-use serde_json::Value;
+use serde_json::{json, Value};
 use uuid::Uuid;
 
 use super::entities::{host, host_certificate, host_command, join_token, tenant, CommandKind, CommandState, HostState};
@@ -405,4 +408,20 @@ async fn insert_cert<C: sea_orm::ConnectionTrait>(db: &C, host_id: &str, cert: N
     .exec(db)
     .await?;
     Ok(())
+}
+
+/// Inventory as stored: the exact message plus readable fields.
+pub fn inventory_json(inventory: &clawplane_proto::v1::HostInventory) -> serde_json::Value {
+    json!({
+        "hostname": inventory.hostname,
+        "agent_version": inventory.agent_version,
+        "openclaw_version": inventory.openclaw_version,
+        "b64": STANDARD.encode(inventory.encode_to_vec()),
+    })
+}
+
+/// The inventory a host last reported, from its stored form.
+pub fn stored_inventory(host: &super::Host) -> Option<clawplane_proto::v1::HostInventory> {
+    let b64 = host.inventory.as_ref()?.get("b64")?.as_str()?;
+    clawplane_proto::v1::HostInventory::decode(STANDARD.decode(b64).ok()?.as_slice()).ok()
 }

@@ -19,11 +19,14 @@ use crate::service_error::{into_status, ServiceError, ServiceErrorCode};
 use clawplane_migrations::{Migrator, MigratorTrait};
 use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr};
 
+pub use allowances::AllowanceState;
 pub use entities::host::Model as Host;
 pub use entities::host_certificate::Model as HostCertificate;
 pub use entities::host_command::Model as HostCommand;
 pub use entities::join_token::Model as JoinToken;
 pub use entities::message::Model as Message;
+pub use entities::meter_usage::Model as MeterUsage;
+pub use entities::model_call::Model as ModelCallRow;
 pub use entities::plan::Model as Plan;
 pub use entities::session::Model as Session;
 pub use entities::tenant::Model as Tenant;
@@ -31,20 +34,17 @@ pub use entities::tenant_config::Model as ConfigRow;
 pub use entities::tenant_config_state::Model as ConfigState;
 pub use entities::usage::Model as Usage;
 pub use entities::{CommandKind, CommandState, HostState};
-pub use allowances::AllowanceState;
-pub use entities::meter_usage::Model as MeterUsage;
-pub use entities::model_call::Model as ModelCallRow;
-pub use hosts::{HostLoad, JoinTokenError, NewHostCert};
+pub use hosts::{inventory_json, stored_inventory, HostLoad, JoinTokenError, NewHostCert};
 pub use meter::{MeterOutcome, NewModelCall};
 pub use plans::{OveragePolicy, PlanSpec};
 pub use subscriptions::{
     month_start, next_month_start, BillingPeriod, SubscriptionChange, SubscriptionRecord, SubscriptionStatus,
 };
-pub use usage_events::{NewUsageEvent, UsageEventKind, UsageEventRow, USAGE_EVENT_RETENTION_DAYS};
 pub use tenants::{NewTenant, TenantRecord, TenantStatus};
 pub use transcripts::{
     day_start, IngestItem, IngestOutcome, NewMessage, SessionFilter, SessionUpdate, Tokens, UNKNOWN_CHANNEL,
 };
+pub use usage_events::{NewUsageEvent, UsageEventKind, UsageEventRow, USAGE_EVENT_RETENTION_DAYS};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
