@@ -242,3 +242,69 @@ impl Tenant {
         (sums.tokens, sums.messages)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HOUR: i64 = 3_600_000;
+
+    fn allowance(now_ms: i64) -> SetAllowanceCommand {
+        let at = |ms: i64| Some(prost_types::Timestamp { seconds: ms / 1000, nanos: 0 });
+        SetAllowanceCommand {
+            tenant_id: "t".into(),
+            period_start: at(now_ms - HOUR),
+            period_end: at(now_ms + HOUR),
+            token_limit: 100,
+            ..Default::default()
+        }
+    }
+
+    fn call(tokens: i64, started_ms: i64) -> Counted {
+        Counted { tokens, message: true, platform_key: true, started_ms }
+    }
+
+    #[test]
+    fn calls_in_flight_are_capped_per_tenant() {
+        let allowances = Allowances::default();
+        let held: Vec<_> = (0..MAX_IN_FLIGHT).map(|_| allowances.admit("t", true, 0).unwrap()).collect();
+        assert!(matches!(allowances.admit("t", true, 0), Err(Refusal::Busy)));
+        assert!(allowances.admit("u", true, 0).is_ok(), "another tenant has its own");
+        drop(held);
+        assert!(allowances.admit("t", true, 0).is_ok());
+        assert_eq!(allowances.active.load(Ordering::Acquire), 0);
+    }
+
+    #[test]
+    fn usage_counts_pending_and_durable_calls_after_counted_through() {
+        let now = 1_800_000_000_000;
+        let allowances = Allowances::default();
+        allowances.set(allowance(now));
+        allowances.ended("t", "a", call(60, now));
+        assert!(allowances.admit("t", true, now).is_ok(), "60 < 100");
+        allowances.durable("t", "a", 30, call(60, now));
+        allowances.ended("t", "b", call(40, now));
+        assert!(matches!(allowances.admit("t", true, now), Err(Refusal::Quota(_))), "pending counts at once");
+        allowances.durable("t", "b", 90, call(40, now));
+        // The control plane counted the first (60); the second is still ours.
+        let mut counted = allowance(now);
+        counted.tokens_used = 60;
+        counted.counted_through = 30;
+        allowances.set(counted.clone());
+        assert!(matches!(allowances.admit("t", true, now), Err(Refusal::Quota(_))), "60 + 40");
+        counted.tokens_used = 50;
+        allowances.set(counted.clone());
+        assert!(allowances.admit("t", true, now).is_ok(), "50 + 40");
+        // A tenant's own key is not limited under platform_key_only.
+        counted.tokens_used = 500;
+        counted.platform_key_only = true;
+        allowances.set(counted.clone());
+        assert!(allowances.admit("t", false, now).is_ok());
+        assert!(allowances.admit("t", true, now).is_err());
+        // After the period: only calls since its end count.
+        let later = now + 2 * HOUR;
+        assert!(allowances.admit("t", true, later).is_ok(), "the old period's counts do not apply");
+        allowances.ended("t", "c", call(100, later));
+        assert!(allowances.admit("t", true, later).is_err(), "the new period's own calls do");
+    }
+}

@@ -30,6 +30,9 @@ const MAX_FIELD: usize = 256;
 /// Records written with one fdatasync at most.
 const MAX_BATCH: usize = 1024;
 
+/// Told of each record once it is on disk: tenant, position, record.
+pub(crate) type OnDurable = Box<dyn Fn(&str, i64, &ModelCall) + Send>;
+
 /// The journal's readers' side (the agent's sync). Clones share it.
 #[derive(Clone)]
 pub struct Journal {
@@ -216,7 +219,7 @@ impl Journal {
     /// or once shutdown is asked for and no call is in flight (`active`).
     pub(crate) fn start_writer(
         &self,
-        on_durable: Box<dyn Fn(&str, i64, &ModelCall) + Send>,
+        on_durable: OnDurable,
         active: Arc<AtomicUsize>,
         shutdown: Shutdown,
     ) -> anyhow::Result<Appender> {
@@ -254,7 +257,7 @@ impl Appender {
 struct Writer {
     journal: Journal,
     files: HashMap<String, File>,
-    on_durable: Box<dyn Fn(&str, i64, &ModelCall) + Send>,
+    on_durable: OnDurable,
 }
 
 impl Writer {

@@ -111,7 +111,7 @@ impl Proxy {
             .map_err(|_| CallError::BadRequest("the request body is not a JSON object"))?;
         let model = probe.model.ok_or(CallError::BadRequest("the request names no model"))?;
         log.call.model = model.clone();
-        if !route.models.iter().any(|allowed| *allowed == model) {
+        if !route.models.contains(&model) {
             return Err(CallError::UnknownModel { model, allowed: route.models.clone() });
         }
         let stream = probe.stream == Some(true);
@@ -411,6 +411,9 @@ impl Body for MeteredBody {
 }
 
 /// What the proxy answers with: its own short answers, or an upstream's.
+/// Not boxed: a call's body is moved once, and a box would cost every call
+/// an allocation.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum ProxyBody {
     Full(Full<Bytes>),
     Metered(MeteredBody),

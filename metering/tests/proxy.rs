@@ -174,7 +174,9 @@ async fn bad_calls_are_refused_in_the_formats_own_shape_and_recorded() {
     unknown["model"] = "gpt-9".into();
     let mut no_model = body(anthropic, false);
     no_model.as_object_mut().unwrap().remove("model");
-    let cases: Vec<(&str, &str, ModelApi, Vec<u8>, StatusCode, &str)> = vec![
+    // (case, tenant, format called, body, status, message)
+    type Case = (&'static str, &'static str, ModelApi, Vec<u8>, StatusCode, &'static str);
+    let cases: Vec<Case> = vec![
         (
             "unknown model",
             "t",
