@@ -122,14 +122,17 @@ async fn bench() {
     // runtime of its own, apart from the clients and the upstream here.
     let (started_tx, started_rx) = tokio::sync::oneshot::channel();
     let (handle, stop) = (signal.handle(), signal.clone());
-    std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        runtime.block_on(async move {
-            let meter = Meter::start(settings, handle).await.expect("the meter starts");
-            let _ = started_tx.send(meter);
-            stop.requested().await;
-        });
-    });
+    let meter_thread = std::thread::Builder::new().name("meter".into());
+    meter_thread
+        .spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            runtime.block_on(async move {
+                let meter = Meter::start(settings, handle).await.expect("the meter starts");
+                let _ = started_tx.send(meter);
+                stop.requested().await;
+            });
+        })
+        .unwrap();
     let meter = started_rx.await.expect("the meter thread");
     let route = ModelRoute {
         provider: "bench".into(),
