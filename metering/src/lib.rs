@@ -34,7 +34,6 @@ mod upstream;
 mod usage;
 
 pub use journal::Journal;
-pub use usage::Usage;
 
 use allowance::{Allowances, Counted};
 use proxy::Proxy;
