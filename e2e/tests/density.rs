@@ -122,6 +122,7 @@ async fn idle_tenants_hibernate_and_the_next_request_wakes_them() {
         api_key: Some("sk-ant-test-0123456789".into()),
         base_url: None,
         expected_generation: None,
+        ..Default::default()
     };
     config.set_model(alice.request(set)).await.unwrap();
     let current =

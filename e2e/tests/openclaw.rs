@@ -208,13 +208,21 @@ async fn turn(
     owner: &Cred,
     request: SendMessageRequest,
 ) -> (Vec<String>, TurnDone) {
+    try_turn(sessions, owner, request).await.expect("the turn streams")
+}
+
+async fn try_turn(
+    sessions: &mut SessionServiceClient<Channel>,
+    owner: &Cred,
+    request: SendMessageRequest,
+) -> Result<(Vec<String>, TurnDone), tonic::Status> {
     use clawplane_proto::v1::send_message_response::Event;
-    let mut stream = sessions.send_message(owner.request(request)).await.expect("SendMessage").into_inner();
+    let mut stream = sessions.send_message(owner.request(request)).await?.into_inner();
     let mut deltas = Vec::new();
     loop {
-        match stream.message().await.expect("the turn streams").expect("done before the end") {
+        match stream.message().await?.expect("done before the end") {
             SendMessageResponse { event: Some(Event::Delta(delta)) } => deltas.push(delta.text),
-            SendMessageResponse { event: Some(Event::Done(done)) } => return (deltas, done),
+            SendMessageResponse { event: Some(Event::Done(done)) } => return Ok((deltas, done)),
             other => panic!("unexpected {other:?}"),
         }
     }
@@ -554,6 +562,7 @@ async fn tenants_run_isolated_on_real_openclaw() {
             api_key: Some(secret.into()),
             base_url: Some(format!("http://127.0.0.1:{model_port}/v1")),
             expected_generation: None,
+            ..Default::default()
         })))
         .await
         .expect("set model")
@@ -867,6 +876,7 @@ async fn tenants_run_as_openclaw_fleet_cells() {
             api_key: Some(secret.into()),
             base_url: Some("http://127.0.0.1:9/v1".into()),
             expected_generation: None,
+            ..Default::default()
         })))
         .await
         .expect("set model on a cell")
@@ -1054,4 +1064,238 @@ async fn tenants_are_limited_and_hibernate_on_real_openclaw() {
     let woken = tenant_in(&mut client, &alice, TenantStatus::Running, Duration::from_secs(30)).await;
     assert!(woken.status_message.contains("gateway ready"), "{}", woken.status_message);
     drop(bridge);
+}
+
+/// Everything a tenant's OS user can see of a secret: files in its tree
+/// (read as that user), and the environment and command lines of its
+/// processes.
+fn tenant_can_see(uid: u64, gid: u64, tree: &Path, secret: &str) -> Vec<String> {
+    let mut seen = Vec::new();
+    let grep = as_user(uid, gid, "grep", &["-r", "-l", "-F", secret, tree.to_str().unwrap()]);
+    seen.extend(String::from_utf8_lossy(&grep.stdout).lines().map(String::from));
+    for entry in std::fs::read_dir("/proc").unwrap().filter_map(Result::ok) {
+        let Ok(meta) = entry.metadata() else { continue };
+        if u64::from(meta.uid()) != uid || !entry.file_name().to_string_lossy().chars().all(|c| c.is_ascii_digit()) {
+            continue;
+        }
+        for what in ["environ", "cmdline"] {
+            let bytes = std::fs::read(entry.path().join(what)).unwrap_or_default();
+            if String::from_utf8_lossy(&bytes).contains(secret) {
+                seen.push(format!("{}/{what}", entry.path().display()));
+            }
+        }
+    }
+    seen
+}
+
+/// Plans that hold, on the real OpenClaw: the tenant's model is the
+/// platform's, reached through the host's metering proxy, which adds the
+/// platform key (never in the tenant's tree, environment or command
+/// lines); the upstream's token counts reach GetUsage and GetSubscription;
+/// a free tenant past its token allowance is refused on its next turn with
+/// a message it sees, and ChangePlan lifts it.
+#[tokio::test(flavor = "multi_thread")]
+async fn plans_hold_on_real_openclaw() {
+    use clawplane_proto::v1::{ChangePlanRequest, GetSubscriptionRequest};
+    let Some(openclaw) = openclaw_bin() else { return };
+    let db = sqlite_db();
+    std::fs::set_permissions(db.data_dir(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    let model = fake_model("metered pong").await;
+    let platform_key = "sk-platform-key-0123456789abcdef";
+    let key_file = db.data_dir().join("platform.key");
+    std::fs::write(&key_file, platform_key).unwrap();
+    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    // Each turn costs 42 + 7 tokens at the fake model: the free plan's 60
+    // allow two turns (the second crosses the limit) and refuse the third.
+    let config = format!(
+        r#"{MODELS_ON_LOOPBACK}
+[models.platform]
+provider = "saas"
+base_url = "http://127.0.0.1:{port}/v1"
+api_key_file = "{key}"
+models = ["fake-model"]
+
+[[plans]]
+name = "free"
+display_name = "Free"
+monthly_token_limit = 60
+overage_policy = "block"
+
+[[plans]]
+name = "pro"
+display_name = "Pro"
+price_monthly_minor = 2000
+overage_policy = "bill"
+overage_per_1k_tokens_minor = 2
+"#,
+        port = model.port,
+        key = key_file.display()
+    );
+    let cp = ControlPlane::start(&db, &config);
+    let (token, pin) = cp.join_token(600, 1).await;
+    let mut agent = Agent::new(&db.data_dir(), "agent");
+    assert!(agent.join(&cp.url(), &token, &pin).status.success());
+    let tenants_dir = db.data_dir().join("tenants");
+    let base_port = (free_port() / 1000 * 1000).clamp(21000, 60000).to_string();
+    agent.run_with(&[
+        "--openclaw-bin",
+        openclaw.to_str().unwrap(),
+        "--tenants-dir",
+        tenants_dir.to_str().unwrap(),
+        "--gateway-base-port",
+        &base_port,
+        "--proxy-listen",
+        "127.0.0.1:0",
+    ]);
+
+    let mut client = TenantServiceClient::new(cp.channel().await);
+    let alice = Cred::shared("alice");
+    let request = CreateTenantRequest { plan: "free".into(), ..Default::default() };
+    client.create_tenant(alice.request(request)).await.unwrap();
+    let a = wait_running(&mut client, &alice).await;
+
+    // Without choosing a model, alice has the platform's, applied on her host.
+    let mut configs = ConfigServiceClient::new(cp.channel().await);
+    let applied = std::sync::Arc::new(std::sync::Mutex::new(None));
+    eventually(Duration::from_secs(120), "the platform model applied on the host", || {
+        let (mut configs, request, applied) =
+            (configs.clone(), alice.request(GetConfigRequest { tenant_id: a.id.clone() }), applied.clone());
+        async move {
+            let config = configs.get_config(request).await.unwrap().into_inner().config.unwrap();
+            let done = config.applied_generation >= 1 && config.applied_generation == config.desired_generation;
+            *applied.lock().unwrap() = Some(config);
+            done
+        }
+    })
+    .await;
+    let shown = applied.lock().unwrap().take().unwrap().model.unwrap();
+    assert_eq!((shown.provider.as_str(), shown.model.as_str(), shown.platform), ("saas", "fake-model", true));
+    // The gateway picks the written config up on its own, a moment later.
+    eventually(Duration::from_secs(120), "the gateway reloaded its model config", || {
+        let (mut client, alice, id) = (client.clone(), alice.clone(), a.id.clone());
+        async move {
+            let log = log_lines(&mut client, &alice, &id, 200).await;
+            log.iter().any(|line| line.contains("config hot reload applied") && line.contains("models"))
+        }
+    })
+    .await;
+    let set_other_key = configs
+        .set_model(alice.request(SetModelRequest {
+            tenant_id: a.id.clone(),
+            provider: "saas".into(),
+            model: "fake-model".into(),
+            api_key: Some("sk-mine-0123456789".into()),
+            ..Default::default()
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(set_other_key.code(), tonic::Code::InvalidArgument, "{set_other_key:?}");
+
+    let mut sessions = SessionServiceClient::new(cp.channel().await);
+    let ask = |text: &str| SendMessageRequest { tenant_id: a.id.clone(), text: text.into(), ..Default::default() };
+    let (_, first) = match try_turn(&mut sessions, &alice, ask("first")).await {
+        Ok(answer) => answer,
+        Err(status) => {
+            let log = log_lines(&mut client, &alice, &a.id, 80).await;
+            panic!("first turn: {status:?}\ngateway log:\n{}\nagent log:\n{}", log.join("\n"), agent.log());
+        }
+    };
+    assert_eq!(first.text, "metered pong");
+    // The upstream got the platform's key; alice's tree, environment and
+    // command lines never hold it.
+    let record = record(&agent.state_dir, &a.id);
+    let (uid, gid) = (record["uid"].as_u64().unwrap(), record["gid"].as_u64().unwrap());
+    let seen = tenant_can_see(uid, gid, &tenants_dir.join(&a.slug), platform_key);
+    assert!(seen.is_empty(), "the tenant can read the platform key at {seen:?}");
+    assert!(!cp.log().contains(platform_key) && !agent.log().contains(platform_key), "the key reached a log");
+
+    // The upstream's own counts, metered by the proxy, in GetUsage and the
+    // subscription.
+    let mut usage = UsageServiceClient::new(cp.channel().await);
+    let tokens_used = |usage: &UsageServiceClient<Channel>| {
+        let (mut usage, request) = (usage.clone(), alice.request(GetSubscriptionRequest { tenant_id: a.id.clone() }));
+        async move { usage.get_subscription(request).await.unwrap().into_inner().subscription.unwrap() }
+    };
+    eventually(Duration::from_secs(30), "the first turn's 49 tokens in the subscription", || {
+        let subscription = tokens_used(&usage);
+        async move { subscription.await.tokens_used == 49 }
+    })
+    .await;
+    let day = usage
+        .get_usage(alice.request(GetUsageRequest {
+            tenant_id: a.id.clone(),
+            period: UsagePeriod::Day as i32,
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    let tokens = day.total.unwrap().tokens.unwrap();
+    assert_eq!((tokens.input_tokens, tokens.output_tokens), (42, 7));
+
+    // The second turn crosses the limit; the third is refused before it
+    // reaches the model, with a message alice sees.
+    let (_, second) = turn(&mut sessions, &alice, ask("second")).await;
+    assert_eq!(second.text, "metered pong");
+    let subscription = tokens_used(&usage).await;
+    eventually(Duration::from_secs(30), "quota exceeded in the subscription", || {
+        let subscription = tokens_used(&usage);
+        async move { subscription.await.quota_exceeded }
+    })
+    .await;
+    assert!(subscription.tokens_used >= 49);
+    let asked = model.requests.lock().unwrap().len();
+    let refused = sessions.send_message(alice.request(ask("third"))).await;
+    let said = match refused {
+        Ok(stream) => {
+            let mut stream = stream.into_inner();
+            let mut said = String::new();
+            loop {
+                match stream.message().await {
+                    Ok(Some(event)) => said.push_str(&format!("{event:?}")),
+                    Ok(None) => break said,
+                    Err(status) => break format!("{said} {status:?}"),
+                }
+            }
+        }
+        Err(status) => status.message().to_string(),
+    };
+    eprintln!("the refused turn said: {said}");
+    assert!(said.contains("allowance"), "the refusal says why: {said}");
+    assert_eq!(model.requests.lock().unwrap().len(), asked, "the refused turn never reached the model");
+    // The transcript shows the refusal as the turn's answer.
+    let transcript = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    eventually(Duration::from_secs(30), "the refused turn in the transcript", || {
+        let (mut sessions, alice, id, transcript) = (sessions.clone(), alice.clone(), a.id.clone(), transcript.clone());
+        async move {
+            let list = ListSessionsRequest { tenant_id: id.clone(), ..Default::default() };
+            let Ok(list) = sessions.list_sessions(alice.request(list)).await else { return false };
+            let mut texts = Vec::new();
+            for session in list.into_inner().sessions {
+                let request =
+                    ListMessagesRequest { tenant_id: id.clone(), session_id: session.id, ..Default::default() };
+                let messages = sessions.list_messages(alice.request(request)).await.unwrap().into_inner().messages;
+                texts.extend(messages.into_iter().map(|m| (m.role, m.text)));
+            }
+            let found = texts
+                .iter()
+                .skip_while(|(_, text)| text != "third")
+                .any(|(role, text)| *role == MessageRole::Assistant as i32 && text.contains("allowance"));
+            *transcript.lock().unwrap() = texts;
+            found
+        }
+    })
+    .await;
+
+    // A bigger plan lifts it at once.
+    usage.change_plan(alice.request(ChangePlanRequest { tenant_id: a.id.clone(), plan: "pro".into() })).await.unwrap();
+    let lifted = std::time::Instant::now();
+    let answer = loop {
+        let (_, done) = turn(&mut sessions, &alice, ask("after the upgrade")).await;
+        if done.text == "metered pong" || lifted.elapsed() > Duration::from_secs(60) {
+            break done.text;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert_eq!(answer, "metered pong");
 }

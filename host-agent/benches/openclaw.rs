@@ -169,6 +169,7 @@ fn main() {
                     api_key: Some("sk-bench-0123456789".into()),
                     base_url: Some("http://127.0.0.1:9/v1".into()),
                     expected_generation: None,
+                    ..Default::default()
                 },
             ))
             .await

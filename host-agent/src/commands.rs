@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use clawplane_metering::Meter;
 use clawplane_proto::v1::{
     command, command_result, ApplyConfigResult, Command, CommandOutcome, CommandResult, DeleteTenantResult,
     ErrorReason, PingResult, ProvisionTenantResult,
@@ -17,6 +18,8 @@ use crate::state::{valid_command_id, StateDir};
 pub struct Executor {
     pub state: StateDir,
     pub runtime: Option<Arc<dyn Runtime>>,
+    /// The metering model proxy (with the runtime).
+    pub meter: Option<Meter>,
 }
 
 impl Executor {
@@ -55,6 +58,12 @@ impl Executor {
             .ok_or_else(|| RuntimeError::Invalid("OpenClaw is not configured on this host (--openclaw-bin)".into()))
     }
 
+    fn meter(&self) -> Result<&Meter, RuntimeError> {
+        self.meter
+            .as_ref()
+            .ok_or_else(|| RuntimeError::Invalid("OpenClaw is not configured on this host (--openclaw-bin)".into()))
+    }
+
     async fn run(&self, id: &str, payload: command::Payload) -> CommandResult {
         let outcome: Result<Option<command_result::Payload>, RuntimeError> = match payload {
             command::Payload::Ping(_) => Ok(Some(command_result::Payload::Ping(PingResult {
@@ -76,10 +85,27 @@ impl Executor {
                 },
                 Err(err) => Err(err),
             },
-            command::Payload::ApplyConfig(c) => match self.runtime() {
-                Ok(runtime) => {
-                    let ops: Vec<(String, String)> = c.ops.into_iter().map(|op| (op.path, op.value_json)).collect();
-                    let secrets: Vec<(String, Vec<u8>)> = c.secrets.into_iter().map(|s| (s.name, s.value)).collect();
+            command::Payload::ApplyConfig(c) => match self.runtime().and_then(|r| Ok((r, self.meter()?))) {
+                Ok((runtime, meter)) => {
+                    let mut ops: Vec<(String, String)> = c.ops.into_iter().map(|op| (op.path, op.value_json)).collect();
+                    let mut secrets: Vec<(String, Vec<u8>)> =
+                        c.secrets.into_iter().map(|s| (s.name, s.value)).collect();
+                    // The route reaches the proxy before the gateway can
+                    // use the entry that names it.
+                    match c.model_route {
+                        Some(route) => match crate::metered::install(meter, &c.tenant_id, route) {
+                            Ok((op, secret)) => {
+                                ops.push(op);
+                                secrets.push(secret);
+                            }
+                            Err(err) => return failure(id, err),
+                        },
+                        None => {
+                            if let Err(err) = meter.remove_route(&c.tenant_id) {
+                                return failure(id, RuntimeError::Other(err));
+                            }
+                        }
+                    }
                     let files: Vec<(String, String, String)> =
                         c.files.into_iter().map(|f| (f.agent_id, f.name, f.content)).collect();
                     let change =
@@ -98,15 +124,28 @@ impl Executor {
                 Ok(runtime) => runtime.restart(&r.tenant_id).await.map(|()| None),
                 Err(err) => Err(err),
             },
+            command::Payload::SetAllowance(allowance) => match self.meter() {
+                Ok(meter) => meter.set_allowance(allowance).map(|()| None).map_err(RuntimeError::Other),
+                Err(err) => Err(err),
+            },
             command::Payload::DeleteTenant(d) => match self.runtime() {
-                Ok(runtime) => runtime.delete(&d.tenant_id, d.archive).await.map(|archived| {
-                    let (path, bytes) = archived.unwrap_or_default();
-                    Some(command_result::Payload::DeleteTenant(DeleteTenantResult {
-                        archive_path: path.display().to_string(),
-                        archive_bytes: bytes,
-                        archive_expires_at: None,
-                    }))
-                }),
+                Ok(runtime) => runtime
+                    .delete(&d.tenant_id, d.archive)
+                    .await
+                    .and_then(|archived| {
+                        if let Some(meter) = &self.meter {
+                            meter.forget_tenant(&d.tenant_id).map_err(RuntimeError::Other)?;
+                        }
+                        Ok(archived)
+                    })
+                    .map(|archived| {
+                        let (path, bytes) = archived.unwrap_or_default();
+                        Some(command_result::Payload::DeleteTenant(DeleteTenantResult {
+                            archive_path: path.display().to_string(),
+                            archive_bytes: bytes,
+                            archive_expires_at: None,
+                        }))
+                    }),
                 Err(err) => Err(err),
             },
             _ => Err(RuntimeError::Invalid("this agent does not support that command".into())),

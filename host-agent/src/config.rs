@@ -116,6 +116,15 @@ pub struct RunArgs {
     /// file: wake_timeout).
     #[arg(long, env = "CLAWPLANE_WAKE_TIMEOUT", value_parser = humantime::parse_duration)]
     wake_timeout: Option<Duration>,
+    /// Loopback address of the metering model proxy every tenant's model
+    /// calls go through (default 127.0.0.1:18700; config file:
+    /// model_proxy_listen). Tenants' configs name its port: keep it fixed.
+    #[arg(long, env = "CLAWPLANE_MODEL_PROXY_LISTEN")]
+    model_proxy_listen: Option<std::net::SocketAddr>,
+    /// How long a model answer may stall mid-stream before the proxy cuts
+    /// it, e.g. 120s (default; config file: model_stall_timeout).
+    #[arg(long, env = "CLAWPLANE_MODEL_STALL_TIMEOUT", value_parser = humantime::parse_duration)]
+    model_stall_timeout: Option<Duration>,
 }
 
 /// How tenants run on this host.
@@ -156,6 +165,11 @@ pub struct HostConfig {
     /// As `--wake-timeout`, which wins over it.
     #[serde(default, with = "humantime_serde_opt")]
     pub wake_timeout: Option<Duration>,
+    /// As `--model-proxy-listen`, which wins over it.
+    pub model_proxy_listen: Option<std::net::SocketAddr>,
+    /// As `--model-stall-timeout`, which wins over it.
+    #[serde(default, with = "humantime_serde_opt")]
+    pub model_stall_timeout: Option<Duration>,
 }
 
 /// A humantime duration string in the config file.
@@ -190,7 +204,19 @@ pub struct RunSettings {
     pub proxy_listen: Option<String>,
     pub proxy_advertise: Option<String>,
     pub hibernation: HibernationSettings,
+    /// The metering model proxy.
+    pub model_proxy: ModelProxySettings,
 }
+
+/// Where the metering model proxy listens and when it cuts a stalled answer.
+#[derive(Debug, Clone, Copy)]
+pub struct ModelProxySettings {
+    pub listen: std::net::SocketAddr,
+    pub stall_timeout: Duration,
+}
+
+/// The model proxy's default address: fixed, since tenants' configs name it.
+pub const DEFAULT_MODEL_PROXY_LISTEN: &str = "127.0.0.1:18700";
 
 /// When idle tenants are looked for, and how long a request waits for a
 /// hibernated one to wake.
@@ -257,6 +283,21 @@ impl RunArgs {
         if hibernation.wake_timeout > Duration::from_secs(600) {
             anyhow::bail!("the wake timeout must be at most 10 minutes (a held request holds a connection)");
         }
+        let model_proxy = ModelProxySettings {
+            listen: self
+                .model_proxy_listen
+                .or(config.model_proxy_listen)
+                .unwrap_or_else(|| DEFAULT_MODEL_PROXY_LISTEN.parse().expect("a socket address")),
+            stall_timeout: self.model_stall_timeout.or(config.model_stall_timeout).unwrap_or(Duration::from_secs(120)),
+        };
+        // Tenants reach it over loopback only; the credential in each
+        // tenant's config is all that tells them apart.
+        if !model_proxy.listen.ip().is_loopback() {
+            anyhow::bail!("the model proxy must listen on a loopback address (got {})", model_proxy.listen);
+        }
+        if model_proxy.stall_timeout.is_zero() || model_proxy.stall_timeout > Duration::from_secs(3600) {
+            anyhow::bail!("the model stall timeout must be between 1 s and 1 h");
+        }
         let state_dir = self.state_dir;
         let tenants = self.openclaw_bin.map(|openclaw_bin| TenantSettings {
             kind: self.runtime,
@@ -280,6 +321,7 @@ impl RunArgs {
             proxy_listen: self.proxy_listen,
             proxy_advertise: self.proxy_advertise,
             hibernation,
+            model_proxy,
         })
     }
 }

@@ -11,6 +11,7 @@ mod commands;
 mod config;
 mod inventory;
 mod join;
+mod metered;
 mod openclaw;
 mod proxy;
 mod retry;

@@ -50,12 +50,14 @@ impl CallError {
             CallError::Unauthenticated => StatusCode::UNAUTHORIZED,
             CallError::NoRoute | CallError::WrongApi { .. } | CallError::BadRequest(_) => StatusCode::BAD_REQUEST,
             CallError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            // 403, not 402: OpenClaw reads a 402 as the key's billing
-            // failure and shows its own "top up your API key" text instead
-            // of this message, and disables the credential for ten minutes;
-            // a 403 ends the turn with this message shown (after trying any
-            // fallback model the tenant configured).
-            CallError::Refused(Refusal::Quota(_)) => StatusCode::FORBIDDEN,
+            // 400, neither 402 nor 403: OpenClaw reads a 402 as the key's
+            // billing failure (its own "top up" text instead of this one)
+            // and a 401/403 as an auth failure, and after either it
+            // disables the credential for minutes, so a lifted allowance
+            // would stay refused. A 400 it classes as a request-format
+            // failure: no cooldown, no retry, and the turn ends with this
+            // message shown (after any fallback model the tenant has).
+            CallError::Refused(Refusal::Quota(_)) => StatusCode::BAD_REQUEST,
             CallError::Refused(_) => StatusCode::TOO_MANY_REQUESTS,
             CallError::Unreachable => StatusCode::BAD_GATEWAY,
             CallError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
@@ -85,7 +87,9 @@ impl CallError {
             (CallError::UnknownModel { .. }, _) => "model_not_found",
             (CallError::Unauthenticated, _) => "authentication_error",
             (CallError::TooLarge { .. }, Api::Anthropic) => "request_too_large",
-            (CallError::Refused(Refusal::Quota(_)), Api::Anthropic) => "permission_error",
+            // Not "permission_error": OpenClaw would read it as an auth
+            // failure (see `status`).
+            (CallError::Refused(Refusal::Quota(_)), Api::Anthropic) => "invalid_request_error",
             (CallError::Refused(Refusal::Quota(_)), _) => "allowance_exhausted",
             (CallError::Refused(_), _) => "rate_limit_error",
             (CallError::Unreachable | CallError::UpstreamTimeout, _) => "api_error",

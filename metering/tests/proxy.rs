@@ -268,7 +268,7 @@ async fn allowances_refuse_before_forwarding_once_used_up() {
     blocked.blocked_reason = "the subscription has ended".into();
     meter.set_allowance(blocked.clone()).unwrap();
     let (status, message, outcome) = outcome_of_next(meter, "t", &mut seen).await;
-    assert_eq!((status, outcome), (StatusCode::FORBIDDEN, ModelCallOutcome::RefusedQuota));
+    assert_eq!((status, outcome), (StatusCode::BAD_REQUEST, ModelCallOutcome::RefusedQuota));
     assert!(message.contains("the subscription has ended"), "{message}");
     // Blocked for the platform's key only: a tenant's own key goes through.
     blocked.platform_key_only = true;
@@ -290,7 +290,7 @@ async fn allowances_refuse_before_forwarding_once_used_up() {
     assert_eq!(outcome_of_next(meter, "t", &mut seen).await.2, ModelCallOutcome::Completed);
     assert_eq!(outcome_of_next(meter, "t", &mut seen).await.2, ModelCallOutcome::Completed);
     let (status, message, outcome) = outcome_of_next(meter, "t", &mut seen).await;
-    assert_eq!((status, outcome), (StatusCode::FORBIDDEN, ModelCallOutcome::RefusedQuota));
+    assert_eq!((status, outcome), (StatusCode::BAD_REQUEST, ModelCallOutcome::RefusedQuota));
     assert!(message.contains("180 of 180 tokens"), "{message}");
     let calls_so_far = upstream.requests().len();
 
@@ -316,7 +316,7 @@ async fn allowances_refuse_before_forwarding_once_used_up() {
     assert_eq!(outcome_of_next(meter, "t", &mut seen).await.2, ModelCallOutcome::Completed);
     assert_eq!(outcome_of_next(meter, "t", &mut seen).await.2, ModelCallOutcome::Completed);
     let (status, message, outcome) = outcome_of_next(meter, "t", &mut seen).await;
-    assert_eq!((status, outcome), (StatusCode::FORBIDDEN, ModelCallOutcome::RefusedQuota));
+    assert_eq!((status, outcome), (StatusCode::BAD_REQUEST, ModelCallOutcome::RefusedQuota));
     assert!(message.contains("2 of 2 messages"), "{message}");
     assert_eq!(upstream.requests().len(), calls_so_far + 4, "refused calls never reached the upstream");
     running.stop().await;
@@ -474,7 +474,7 @@ async fn a_restart_keeps_routes_allowances_credentials_and_the_journal() {
     // The route works, the allowance remembers its two messages: one more.
     assert_eq!(call(&running.meter, "t", api, &body(api, false)).await.0, StatusCode::OK);
     let (status, _, _) = call(&running.meter, "t", api, &body(api, false)).await;
-    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(call(&running.meter, "gone", api, &body(api, false)).await.0, StatusCode::BAD_REQUEST, "forgotten");
     let after = records(&running.meter, "t", 4).await;
     assert_eq!(&after[..2], &before[..]);

@@ -17,6 +17,7 @@ mod session;
 use std::sync::Arc;
 
 use anyhow::{anyhow, Context};
+use clawplane_metering::{Meter, MeterSettings};
 use clawplane_tls::ReloadableIdentity;
 
 use crate::commands::Executor;
@@ -43,7 +44,21 @@ pub async fn run(settings: RunSettings) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let executor = Arc::new(Executor { state: state.clone(), runtime: runtime.clone() });
+    // Every model call of the tenants goes through the metering proxy.
+    let meter = match &runtime {
+        Some(_) => {
+            let settings = MeterSettings {
+                listen: settings.model_proxy.listen,
+                stall_timeout: settings.model_proxy.stall_timeout,
+                ..MeterSettings::new(settings.state_dir.join("meter"))
+            };
+            let meter = Meter::start(settings, signal.handle()).await.context("model proxy")?;
+            tracing::info!(listen = %meter.local_addr(), "model proxy listening");
+            Some(meter)
+        }
+        None => None,
+    };
+    let executor = Arc::new(Executor { state: state.clone(), runtime: runtime.clone(), meter: meter.clone() });
     let identity = state.identity()?.ok_or_else(|| {
         anyhow!("{} holds no enrollment; run `clawplane-agent join` first", settings.state_dir.display())
     })?;
@@ -76,7 +91,8 @@ pub async fn run(settings: RunSettings) -> anyhow::Result<()> {
     if let Some(runtime) = &runtime {
         let every = settings.hibernation.check_interval;
         tokio::spawn(crate::runtime::hibernation::watch(runtime.clone(), every, signal.handle()));
-        let syncer = Syncer::new(state.root(), Arc::new(RuntimeTenants(runtime.clone())))?;
+        let journal = meter.as_ref().map(Meter::journal);
+        let syncer = Syncer::new(state.root(), Arc::new(RuntimeTenants(runtime.clone())), journal)?;
         let (link, shutdown) = (link.clone(), signal.handle());
         tokio::spawn(async move { syncer.run(|| link.channel(), shutdown).await });
     }

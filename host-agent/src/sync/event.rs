@@ -46,6 +46,12 @@ pub fn parse(bytes: &[u8], fallback_ms: Option<i64>) -> Result<TranscriptEvent, 
             event.provider = str_at(message, "provider");
             event.stop_reason = str_at(message, "stopReason");
             event.usage = message.get("usage").map(usage);
+            // A turn that failed (the model refused or was unreachable) is
+            // an assistant message with no content and the error beside
+            // it: the transcript shows the error as the answer.
+            if event.text.is_empty() && event.role == MessageRole::Assistant as i32 {
+                event.text = str_at(message, "errorMessage");
+            }
         }
         "model_change" => {
             event.model = str_at(&value, "modelId");
@@ -102,6 +108,18 @@ mod tests {
     // Shapes as OpenClaw 2026.9.6 writes them (see OPENCLAW.md).
     const USER: &str = r#"{"type":"message","id":"30ed23d0","parentId":"d2576f29","timestamp":"2026-11-24T09:55:41.854Z","message":{"role":"user","content":"hello there","timestamp":1795514136355}}"#;
     const ASSISTANT: &str = r#"{"type":"message","id":"a2f41fdc","parentId":"30ed23d0","timestamp":"2026-11-24T09:55:41.942Z","message":{"role":"assistant","content":[{"type":"text","text":"pong"},{"type":"toolCall","name":"x"},{"type":"text","text":"from fake"}],"api":"openai-completions","provider":"local","model":"fake-model","usage":{"input":42,"output":7,"cacheRead":1,"cacheWrite":2,"totalTokens":49,"cost":{"input":0,"output":0,"total":0.0125}},"stopReason":"stop"}}"#;
+
+    #[test]
+    fn a_failed_turn_shows_its_error_as_the_answer() {
+        let failed = r#"{"type":"message","id":"e1","timestamp":"2026-12-03T04:30:00.000Z","message":{"role":"assistant","content":[],"provider":"saas","model":"m","stopReason":"error","errorMessage":"400 Clawplane: the allowance is used up"}}"#;
+        let event = parse(failed.as_bytes(), None).unwrap();
+        assert_eq!(
+            (event.text.as_str(), event.stop_reason.as_str()),
+            ("400 Clawplane: the allowance is used up", "error")
+        );
+        let answered = failed.replace(r#""content":[]"#, r#""content":[{"type":"text","text":"partial"}]"#);
+        assert_eq!(parse(answered.as_bytes(), None).unwrap().text, "partial", "content wins");
+    }
 
     #[test]
     fn user_and_assistant_messages_carry_text_usage_and_time() {

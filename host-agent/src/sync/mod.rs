@@ -12,6 +12,7 @@ pub mod config;
 pub mod cursors;
 pub mod event;
 pub mod jsonl;
+pub mod meter;
 pub mod reading;
 pub mod sqlite;
 
@@ -20,6 +21,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+use clawplane_metering::Journal;
 use clawplane_proto::v1::agent_service_client::AgentServiceClient;
 use clawplane_proto::v1::{SyncBatch, SyncRecord, SyncRequest};
 use notify::{RecursiveMode, Watcher};
@@ -96,9 +98,25 @@ fn agent_ids(state_dir: &Path) -> Vec<String> {
     ids
 }
 
-/// Reads everything new of one tenant, up to `budget` records.
-fn read_tenant(tenant: &SyncTenant, own_hash: &str, cursors: &Cursors, budget: usize) -> Reading {
+/// Reads everything new of one tenant, up to `budget` records: its model
+/// calls first (they are what it is billed by), then its OpenClaw state.
+fn read_tenant(
+    tenant: &SyncTenant,
+    journal: Option<&Journal>,
+    own_hash: &str,
+    cursors: &Cursors,
+    budget: usize,
+) -> Reading {
     let mut reading = Reading::default();
+    if let Some(journal) = journal {
+        match meter::read(journal, &tenant.tenant_id, cursors, budget) {
+            Ok(calls) => reading.extend(calls),
+            Err(err) => tracing::warn!(tenant = %tenant.tenant_id, error = %err, "cannot read the model call journal"),
+        }
+        if reading.more {
+            return reading;
+        }
+    }
     match config::observe(&tenant.state_dir, &tenant.tenant_id, own_hash, cursors) {
         Ok(Some(observed)) => reading.extend(observed),
         Ok(None) => {}
@@ -168,6 +186,8 @@ impl Dirty {
 
 pub struct Syncer {
     source: Arc<dyn TenantSource>,
+    /// The metering proxy's journal, when this host runs one.
+    journal: Option<Journal>,
     cursors: Arc<Mutex<Cursors>>,
     dirty: Arc<Dirty>,
     /// State dirs being watched, by tenant id (shared with the watcher).
@@ -203,9 +223,10 @@ fn relevant(relative: &Path) -> bool {
 }
 
 impl Syncer {
-    pub fn new(state_dir: &Path, source: Arc<dyn TenantSource>) -> anyhow::Result<Syncer> {
+    pub fn new(state_dir: &Path, source: Arc<dyn TenantSource>, journal: Option<Journal>) -> anyhow::Result<Syncer> {
         Ok(Syncer {
             source,
+            journal,
             cursors: Arc::new(Mutex::new(Cursors::load(state_dir)?)),
             dirty: Default::default(),
             roots: Default::default(),
@@ -239,6 +260,21 @@ impl Syncer {
                 }
             }
         });
+        // A model call ends: its tenant has a record to send.
+        if let Some(journal) = self.journal.clone() {
+            let (dirty, mut changes, mut stop) = (self.dirty.clone(), journal.changes(), shutdown.clone());
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        changed = changes.changed() => if changed.is_err() { return },
+                        _ = stop.requested() => return,
+                    }
+                    for tenant_id in journal.tenants() {
+                        dirty.mark(&tenant_id);
+                    }
+                }
+            });
+        }
         let mut watcher = match watcher {
             Ok(watcher) => Some(watcher),
             Err(err) => {
@@ -386,10 +422,11 @@ impl Syncer {
                     recheck_at.get_or_insert(tokio::time::Instant::now() + BUSY_RETRY);
                     continue;
                 };
-                let cursors = self.cursors.clone();
+                let (cursors, journal) = (self.cursors.clone(), self.journal.clone());
                 let reading = tokio::task::spawn_blocking(move || {
                     let cursors = cursors.lock().unwrap();
-                    let reading = read_tenant(&tenant, &permit.own_config_hash, &cursors, BATCH_RECORDS);
+                    let reading =
+                        read_tenant(&tenant, journal.as_ref(), &permit.own_config_hash, &cursors, BATCH_RECORDS);
                     drop(permit);
                     reading
                 })
