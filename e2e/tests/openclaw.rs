@@ -616,6 +616,10 @@ async fn tenants_run_isolated_on_real_openclaw() {
     let secrets_mode = std::fs::metadata(a_root.join("secrets.json")).unwrap().permissions().mode() & 0o777;
     assert_eq!(secrets_mode, 0o600);
     assert!(!cp.log().contains(secret) && !agent.log().contains(secret), "a secret reached a log");
+    // The key itself stays with the host's model proxy: alice's user finds
+    // it nowhere in her tree, environment or command lines.
+    let seen = tenant_can_see(ra["uid"].as_u64().unwrap(), ra["gid"].as_u64().unwrap(), &a_root, secret);
+    assert!(seen.is_empty(), "the tenant can read its model key at {seen:?}");
 
     // A value OpenClaw's own validation rejects: INVALID_ARGUMENT with its
     // message, and the desired config rolls back.
@@ -906,7 +910,10 @@ async fn tenants_run_as_openclaw_fleet_cells() {
     assert!(!calls.contains(secret), "a secret on a command line");
     let cell = agent.state_dir.join("fleet/state/fleet/cells").join(&t.slug);
     let secrets_file = cell.join("clawplane-secrets.json");
-    assert!(std::fs::read_to_string(&secrets_file).unwrap().contains(secret));
+    // The cell holds its credential for the host's model proxy; the key
+    // stays with the proxy.
+    let cell_secrets = std::fs::read_to_string(&secrets_file).unwrap();
+    assert!(cell_secrets.contains("cpm1.") && !cell_secrets.contains(secret), "{cell_secrets}");
     assert_eq!(std::fs::metadata(&secrets_file).unwrap().permissions().mode() & 0o777, 0o600);
     assert!(std::fs::read_to_string(cell.join("workspace/SOUL.md")).unwrap().contains("You help Dora."));
     assert!(!agent.log().contains(secret) && !cp.log().contains(secret));
