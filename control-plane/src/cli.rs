@@ -252,6 +252,61 @@ pub async fn hosts(connection: &Connection, command: HostsCommand) -> anyhow::Re
     Ok(())
 }
 
+#[derive(Subcommand, Debug)]
+pub enum SecretsCommand {
+    /// Write a new secrets key (32 random bytes, mode 0600) for
+    /// `[secrets] key_file`; an existing file is never replaced.
+    NewKey {
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+pub fn secrets(command: SecretsCommand) -> anyhow::Result<()> {
+    match command {
+        SecretsCommand::NewKey { out } => {
+            clawplane_tls::secrets::create_key_file(&out)?;
+            let key = clawplane_tls::secrets::SecretBox::from_files(&out, &[])?;
+            println!("wrote a secrets key to {} (key id {})", out.display(), key.key_id());
+        }
+    }
+    Ok(())
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ClusterCommand {
+    /// Delete the cluster record, so the next replica to start writes its
+    /// own: how the CA, admin token, shared secret or JWT settings change
+    /// for the whole cluster. Stop every replica first.
+    Forget {
+        #[arg(long, env = "CLAWPLANE_DATABASE_URL", hide_env_values = true)]
+        database_url: Option<String>,
+        #[arg(long, env = "CLAWPLANE_DATA_DIR", default_value = "./clawplane-data")]
+        data_dir: PathBuf,
+    },
+}
+
+pub async fn cluster(command: ClusterCommand) -> anyhow::Result<()> {
+    match command {
+        ClusterCommand::Forget { database_url, data_dir } => {
+            let url = database_url.unwrap_or_else(|| crate::config::default_sqlite_url(&data_dir));
+            let store = crate::store::Store::connect(&url, 1).await.context("database: cannot connect")?;
+            store.migrate().await.context("database: migrations failed")?;
+            let forgotten = store.forget_cluster().await.context("cluster: cannot delete the record")?;
+            store.close().await;
+            println!(
+                "{}",
+                if forgotten {
+                    "forgot the cluster record; the next replica to start writes its own"
+                } else {
+                    "no cluster record to forget"
+                }
+            );
+        }
+    }
+    Ok(())
+}
+
 /// `clawplane ca show`: the pin of the CA in a data directory.
 pub fn ca_show(data_dir: &std::path::Path, ca_cert_file: Option<PathBuf>) -> anyhow::Result<()> {
     let path = ca_cert_file.unwrap_or_else(|| data_dir.join("pki").join("ca.pem"));

@@ -82,6 +82,15 @@ pub struct ServeArgs {
     /// SendMessage turns one tenant may have in flight at once; `limits.max_turns_per_tenant`.
     #[arg(long, env = "CLAWPLANE_LIMITS_MAX_TURNS_PER_TENANT")]
     pub limits_max_turns_per_tenant: Option<usize>,
+    /// The key tenant secrets are sealed with (32 bytes, 0600), the same on
+    /// every replica; `secrets.key_file` (default `<data_dir>/secrets.key`,
+    /// created there if absent).
+    #[arg(long, env = "CLAWPLANE_SECRETS_KEY_FILE")]
+    pub secrets_key_file: Option<PathBuf>,
+    /// Earlier keys, which still open what they sealed (comma-separated);
+    /// `secrets.previous_key_files`.
+    #[arg(long, env = "CLAWPLANE_SECRETS_PREVIOUS_KEY_FILES", value_delimiter = ',')]
+    pub secrets_previous_key_files: Vec<PathBuf>,
     #[command(flatten)]
     pub auth: AuthArgs,
 }
@@ -112,6 +121,8 @@ struct FileConfig {
     hosts: HostsFileConfig,
     #[serde(default)]
     pki: PkiFileConfig,
+    #[serde(default)]
+    secrets: SecretsFileConfig,
     #[serde(default)]
     models: ModelsFileConfig,
     /// `[[plans]]`: the plans catalogue (absent: the plans table as seeded).
@@ -154,6 +165,14 @@ struct HostsFileConfig {
 struct PkiFileConfig {
     ca_cert_file: Option<PathBuf>,
     ca_key_file: Option<PathBuf>,
+}
+
+/// `[secrets]`: the key tenant secrets are sealed with, and earlier ones.
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct SecretsFileConfig {
+    key_file: Option<PathBuf>,
+    previous_key_files: Option<Vec<PathBuf>>,
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -240,6 +259,14 @@ pub struct Config {
     pub max_agent_connections: usize,
     pub ca_cert_file: Option<PathBuf>,
     pub ca_key_file: Option<PathBuf>,
+    /// The secrets key; every replica on one database needs the same.
+    pub secrets_key_file: PathBuf,
+    /// Whether `secrets_key_file` is the default `<data_dir>/secrets.key`,
+    /// created if absent; a configured file must exist (a typo must not
+    /// make a fresh key that opens nothing).
+    pub secrets_key_is_default: bool,
+    /// Keys the secrets key replaced, to open what they sealed.
+    pub secrets_previous_key_files: Vec<PathBuf>,
     /// Ranges SetModel.base_url may reach although they are not public
     /// (see [`crate::model_url`]).
     pub models_allowed_cidrs: Vec<ipnet::IpNet>,
@@ -381,6 +408,18 @@ impl Config {
             bail!("pki: ca_cert_file and ca_key_file must be given together");
         }
 
+        let (secrets_key_file, secrets_key_is_default) = match args.secrets_key_file.or(file.secrets.key_file) {
+            Some(path) => (path, false),
+            None => (data_dir.join("secrets.key"), true),
+        };
+        let secrets_previous_key_files = match args.secrets_previous_key_files {
+            flags if !flags.is_empty() => flags,
+            _ => file.secrets.previous_key_files.unwrap_or_default(),
+        };
+        if secrets_previous_key_files.contains(&secrets_key_file) {
+            bail!("secrets.previous_key_files: lists secrets.key_file ({}) itself", secrets_key_file.display());
+        }
+
         let models_allowed_cidrs = match args.models_allowed_cidrs {
             flags if !flags.is_empty() => parse_cidrs(&flags)?,
             _ => parse_cidrs(&file.models.allowed_cidrs.unwrap_or_default())?,
@@ -416,6 +455,9 @@ impl Config {
             max_agent_connections,
             ca_cert_file: file.pki.ca_cert_file,
             ca_key_file: file.pki.ca_key_file,
+            secrets_key_file,
+            secrets_key_is_default,
+            secrets_previous_key_files,
             data_dir,
             database_url,
             api_listen,
@@ -676,6 +718,26 @@ mod tests {
     }
 
     #[test]
+    fn the_secrets_keys_come_from_the_flag_or_the_file() {
+        let config = load(ServeArgs { data_dir: Some("/d".into()), ..Default::default() }, "").unwrap();
+        assert_eq!(config.secrets_key_file, PathBuf::from("/d/secrets.key"));
+        assert!(config.secrets_key_is_default && config.secrets_previous_key_files.is_empty());
+        let file = "[secrets]\nkey_file = \"/k/new.key\"\nprevious_key_files = [\"/k/old.key\"]";
+        let config = load(ServeArgs::default(), file).unwrap();
+        assert_eq!(config.secrets_key_file, PathBuf::from("/k/new.key"));
+        assert!(!config.secrets_key_is_default, "a configured key is never created");
+        assert_eq!(config.secrets_previous_key_files, [PathBuf::from("/k/old.key")]);
+        let args = ServeArgs {
+            secrets_key_file: Some("/f/a.key".into()),
+            secrets_previous_key_files: vec!["/f/b.key".into(), "/f/c.key".into()],
+            ..Default::default()
+        };
+        let config = load(args, file).unwrap();
+        assert_eq!(config.secrets_key_file, PathBuf::from("/f/a.key"), "a flag wins over the file");
+        assert_eq!(config.secrets_previous_key_files, [PathBuf::from("/f/b.key"), PathBuf::from("/f/c.key")]);
+    }
+
+    #[test]
     fn cors_origins_come_from_the_flag_or_the_file() {
         let file = "[cors]\nallowed_origins = [\"https://file.example\"]";
         assert_eq!(
@@ -722,6 +784,7 @@ mod tests {
             ("[hosts]\ncert_ttl = \"1s\"", "hosts.cert_ttl"),
             ("agent_public_url = \"http://x:1\"", "agent_public_url"),
             ("[pki]\nca_cert_file = \"/x\"", "together"),
+            ("[secrets]\nkey_file = \"/k\"\nprevious_key_files = [\"/k\"]", "secrets.previous_key_files"),
             ("[models]\nallowed_cidrs = [\"10.0.0.0/33\"]", "models.allowed_cidrs"),
             ("[models]\nallowed_cidrs = [\"intranet\"]", "models.allowed_cidrs"),
         ];

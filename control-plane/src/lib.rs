@@ -23,6 +23,7 @@
 pub mod api;
 pub mod auth;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod desired;
 pub mod fleet;

@@ -74,6 +74,16 @@ enum Command {
         #[command(subcommand)]
         command: CaCommand,
     },
+    /// The key tenant secrets are sealed with.
+    Secrets {
+        #[command(subcommand)]
+        command: cli::SecretsCommand,
+    },
+    /// The record of what every replica on one database shares.
+    Cluster {
+        #[command(subcommand)]
+        command: cli::ClusterCommand,
+    },
     /// Worker hosts.
     Hosts {
         #[command(flatten)]
@@ -126,6 +136,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Token { connection, command } => cli::token(&connection, command).await,
+        Command::Secrets { command } => cli::secrets(command),
+        Command::Cluster { command } => cli::cluster(command).await,
         Command::Hosts { connection, command } => cli::hosts(&connection, command).await,
         Command::Ca { command: CaCommand::Show { data_dir, ca_cert } } => cli::ca_show(&data_dir, ca_cert),
         Command::Ca { command: CaCommand::IssueBridge { data_dir, name, out, ttl, ca_cert, ca_key } } => {

@@ -121,6 +121,18 @@ impl Server {
             server_names: config.agent_server_names.clone(),
             host_cert_ttl: config.host_cert_ttl,
         })?;
+        let secrets = Arc::new(load_secrets(&config)?);
+        crate::cluster::join(
+            &store,
+            &crate::cluster::Replica {
+                ca_sha256: pki.ca_sha256(),
+                secrets: &secrets,
+                secrets_key_file: &config.secrets_key_file,
+                auth: &config.auth,
+                single: config.is_sqlite(),
+            },
+        )
+        .await?;
         let listener = TcpListener::bind(config.api_listen)
             .await
             .with_context(|| format!("api_listen {}: cannot bind", config.api_listen))?;
@@ -138,10 +150,6 @@ impl Server {
         if config.agent_listen.port() == 0 {
             fleet_config.public_url = format!("https://{}", agent_listener.local_addr()?);
         }
-        let secrets = Arc::new(
-            clawplane_tls::secrets::SecretBox::load_or_create(&config.data_dir.join("secrets.key"))
-                .context("secrets key")?,
-        );
         let shutdown = ShutdownSignal::default();
         let desired = DesiredConfigs::new(store.clone(), secrets).with_platform_model(config.platform_model.clone());
         let fleet = Fleet::new(store.clone(), pki.clone(), desired, fleet_config, shutdown.clone());
@@ -291,6 +299,25 @@ impl Server {
         store.close().await;
         result.context("API listener failed")
     }
+}
+
+/// The secrets key and the keys it replaced. Only the default file is
+/// created if absent: a configured one that is missing is a mistake (a
+/// fresh key would open nothing sealed before).
+fn load_secrets(config: &Config) -> anyhow::Result<clawplane_tls::secrets::SecretBox> {
+    let path = &config.secrets_key_file;
+    if config.secrets_key_is_default && !path.exists() {
+        clawplane_tls::secrets::create_key_file(path).context("secrets.key_file")?;
+        tracing::info!(path = %path.display(), "generated a secrets key");
+    }
+    use clawplane_tls::secrets::{read_key_file, SecretBox};
+    let current = read_key_file(path).context("secrets.key_file")?;
+    let previous = config
+        .secrets_previous_key_files
+        .iter()
+        .map(|path| read_key_file(path).context("secrets.previous_key_files"))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    SecretBox::from_keys(&current, &previous)
 }
 
 /// The operator's admin token: from config, or generated once into the data

@@ -7,6 +7,7 @@ mod m20261124_000002_tenant_placement;
 mod m20261124_000003_sync;
 mod m20261202_000004_plan_resources;
 mod m20261210_000005_plans_billing;
+mod m20261220_000006_cluster;
 
 pub struct Migrator;
 
@@ -19,6 +20,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261124_000003_sync::Migration),
             Box::new(m20261202_000004_plan_resources::Migration),
             Box::new(m20261210_000005_plans_billing::Migration),
+            Box::new(m20261220_000006_cluster::Migration),
         ]
     }
 }

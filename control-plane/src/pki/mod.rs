@@ -91,6 +91,13 @@ impl Pki {
         &self.pin
     }
 
+    /// `sha256:<hex>` of the CA certificate's DER: the same CA on every
+    /// replica of a cluster (see [`crate::cluster`]).
+    pub fn ca_sha256(&self) -> String {
+        use sha2::{Digest, Sha256};
+        format!("sha256:{}", hex::encode(Sha256::digest(self.ca_der.as_ref())))
+    }
+
     pub fn ca_pem(&self) -> &str {
         &self.ca_pem
     }

@@ -3,6 +3,7 @@
 //! rows as plain data under domain names, typed states included) and
 //! [`StoreError`], never the ORM's query types or raw database errors.
 mod allowances;
+mod cluster;
 mod configs;
 mod entities;
 mod hosts;
@@ -20,6 +21,7 @@ use clawplane_migrations::{Migrator, MigratorTrait};
 use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr};
 
 pub use allowances::AllowanceState;
+pub use cluster::ClusterRecord;
 pub use entities::host::Model as Host;
 pub use entities::host_certificate::Model as HostCertificate;
 pub use entities::host_command::Model as HostCommand;
