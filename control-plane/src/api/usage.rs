@@ -541,8 +541,10 @@ impl UsageApi {
                 }
             }
         }
-        let change =
-            self.store.change_subscription(tenant, plan.as_ref(), status, &principal.user_id, Utc::now()).await?;
+        let change = self
+            .store
+            .change_subscription(&tenant.tenant, plan.as_ref(), status, &principal.user_id, Utc::now())
+            .await?;
         if change.changed {
             if let Some(closed) = &change.closed {
                 self.fleet.period_closed(closed).await?;

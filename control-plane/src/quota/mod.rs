@@ -93,7 +93,7 @@ pub fn grouped(value: i64) -> String {
 
 /// The standing of `tenant` at `now`.
 pub async fn standing(store: &Store, tenant: &TenantRecord, now: DateTime<Utc>) -> StoreResult<Standing> {
-    let subscription = store.subscription(tenant).await?;
+    let subscription = store.subscription(&tenant.tenant).await?;
     let tenant_id = &tenant.tenant.id;
     // Usage up to now (or the period's end, for an ended cancelled one).
     let until = now.min(subscription.period_end).max(subscription.period_start);

@@ -3,6 +3,7 @@
 //! rows as plain data under domain names, typed states included) and
 //! [`StoreError`], never the ORM's query types or raw database errors.
 mod allowances;
+mod audit;
 mod cluster;
 mod configs;
 mod entities;

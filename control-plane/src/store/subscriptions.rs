@@ -12,9 +12,9 @@ use sea_orm::{
 use serde_json::json;
 use uuid::Uuid;
 
+use super::audit::audit;
 use super::entities::{allowance_state, plan, subscription, subscription_period, tenant};
-use super::tenants::audit;
-use super::{Store, StoreError, StoreResult, TenantRecord};
+use super::{Store, StoreError, StoreResult, Tenant};
 
 /// State of a subscription, stored as its lowercase name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,14 +92,14 @@ const MAX_ROLLED_PERIODS: usize = 240;
 impl Store {
     /// The tenant's subscription; one is created (the current calendar
     /// month, the tenant's plan, active) for a tenant that has none.
-    pub async fn subscription(&self, tenant: &TenantRecord) -> StoreResult<SubscriptionRecord> {
+    pub async fn subscription(&self, tenant: &Tenant) -> StoreResult<SubscriptionRecord> {
         let row = match subscription::Entity::find()
-            .filter(subscription::Column::TenantId.eq(&tenant.tenant.id))
+            .filter(subscription::Column::TenantId.eq(&tenant.id))
             .one(&self.db)
             .await?
         {
             Some(row) => row,
-            None => self.create_subscription(&tenant.tenant.id, &tenant.tenant.plan_id).await?,
+            None => self.create_subscription(&tenant.id, &tenant.plan_id).await?,
         };
         let plan = plan::Entity::find_by_id(&row.plan_id).one(&self.db).await?.ok_or(StoreError::NotFound("plan"))?;
         Ok(SubscriptionRecord {
@@ -138,7 +138,7 @@ impl Store {
     /// The same plan, or the same status, changes nothing.
     pub async fn change_subscription(
         &self,
-        tenant: &TenantRecord,
+        tenant: &Tenant,
         plan: Option<&plan::Model>,
         status: Option<SubscriptionStatus>,
         actor: &str,
@@ -150,7 +150,7 @@ impl Store {
         if new_plan.is_none() && new_status.is_none() {
             return Ok(SubscriptionChange { subscription: current, closed: None, changed: false });
         }
-        let tenant_id = &tenant.tenant.id;
+        let tenant_id = &tenant.id;
         let txn = self.db.begin().await?;
         let mut update = subscription::Entity::update_many()
             .col_expr(subscription::Column::UpdatedAt, Expr::value(now))
@@ -206,7 +206,7 @@ impl Store {
         });
         audit(&txn, actor, "subscription.change", tenant_id, detail).await?;
         txn.commit().await?;
-        self.forget_owner(&tenant.tenant.owner_key);
+        self.forget_owner(&tenant.owner_key);
         Ok(SubscriptionChange { subscription: record, closed, changed: true })
     }
 

@@ -6,7 +6,8 @@ use sea_orm::{ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, QueryOrde
 use serde_json::json;
 use uuid::Uuid;
 
-use super::entities::{audit_log, plan, team, team_membership, tenant, user};
+use super::audit::audit;
+use super::entities::{plan, team, team_membership, tenant, user};
 use super::{is_unique_violation, Store, StoreError, StoreResult};
 
 /// Lifecycle of a tenant as stored.
@@ -424,27 +425,6 @@ impl Store {
 
 fn record((tenant, plan): (tenant::Model, Option<plan::Model>)) -> TenantRecord {
     TenantRecord { tenant, plan: plan.map(|p| p.name).unwrap_or_default() }
-}
-
-pub(super) async fn audit<C: sea_orm::ConnectionTrait>(
-    db: &C,
-    actor: &str,
-    action: &str,
-    target_id: &str,
-    detail: serde_json::Value,
-) -> StoreResult<()> {
-    audit_log::Entity::insert(audit_log::ActiveModel {
-        id: Set(Uuid::now_v7().to_string()),
-        at: Set(Utc::now()),
-        actor: Set(actor.to_owned()),
-        action: Set(action.to_owned()),
-        target_kind: Set("tenant".into()),
-        target_id: Set(target_id.to_owned()),
-        detail: Set(detail),
-    })
-    .exec(db)
-    .await?;
-    Ok(())
 }
 
 /// Placement and lifecycle updates driven by the fleet.
