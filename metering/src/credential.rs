@@ -3,12 +3,11 @@
 //! that only the agent can read. The proxy finds the tenant from the
 //! credential alone, it is stable across restarts, and a tenant cannot make
 //! one for another tenant.
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use base64::Engine;
+use clawplane_tls::files::write_private;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
@@ -40,18 +39,7 @@ impl Credentials {
                 rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut key);
                 // Written aside and renamed: a crash never leaves a short key
                 // that would change every tenant's credential.
-                let aside = path.with_extension("key.new");
-                let mut file = std::fs::OpenOptions::new()
-                    .write(true)
-                    .create(true)
-                    .truncate(true)
-                    .mode(0o600)
-                    .open(&aside)
-                    .map_err(|e| anyhow::anyhow!("{}: {e}", aside.display()))?;
-                file.write_all(&key)?;
-                file.sync_all()?;
-                std::fs::rename(&aside, path)?;
-                crate::store::sync_dir(path)?;
+                write_private(path, &key)?;
                 Ok(Credentials { key })
             }
             Err(err) => Err(anyhow::anyhow!("{}: {err}", path.display())),

@@ -2,12 +2,11 @@
 //! message (routes, allowances), written whole, aside and renamed, so a
 //! crash leaves the old map or the new one.
 use std::collections::HashMap;
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
+use clawplane_tls::files::write_private;
 
 pub(crate) struct MessageFile {
     path: PathBuf,
@@ -40,26 +39,8 @@ impl MessageFile {
     pub(crate) fn save<M: prost::Message>(&self, messages: &HashMap<String, M>) -> anyhow::Result<()> {
         let encoded: HashMap<&String, String> =
             messages.iter().map(|(tenant, message)| (tenant, B64.encode(message.encode_to_vec()))).collect();
-        let aside = self.path.with_extension("new");
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&aside)
-            .map_err(|e| anyhow::anyhow!("{}: {e}", aside.display()))?;
-        file.write_all(&serde_json::to_vec(&encoded)?)?;
-        file.sync_all()?;
-        std::fs::rename(&aside, &self.path).map_err(|e| anyhow::anyhow!("{}: {e}", self.path.display()))?;
-        sync_dir(&self.path)
+        write_private(&self.path, &serde_json::to_vec(&encoded)?)
     }
-}
-
-/// Makes a rename or a new file in `path`'s directory durable.
-pub(crate) fn sync_dir(path: &Path) -> anyhow::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::File::open(dir)?.sync_all()?;
-    Ok(())
 }
 
 /// Tenant ids name journal files: a short, plain charset only.

@@ -15,7 +15,8 @@ pub fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
 }
 
 /// Writes a file only its owner can read, replacing any previous one
-/// atomically (write to a temporary name, then rename).
+/// atomically and durably (write to a temporary name, fsync, rename, fsync
+/// the directory), so a crash leaves the old file or the new one, whole.
 pub fn write_private(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
     use std::io::Write;
     #[cfg(unix)]
@@ -30,5 +31,7 @@ pub fn write_private(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
     file.write_all(contents)?;
     file.sync_all()?;
     std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::File::open(dir).and_then(|d| d.sync_all()).with_context(|| format!("cannot sync {}", dir.display()))?;
     Ok(())
 }

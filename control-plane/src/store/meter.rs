@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Datelike, Duration, NaiveDate, Utc};
-use sea_orm::sea_query::{Alias, Expr, OnConflict, Query};
+use sea_orm::sea_query::{Expr, OnConflict, Query};
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseTransaction, EntityTrait, Order, QueryFilter, QueryOrder, QuerySelect,
     TransactionTrait,
@@ -309,23 +309,9 @@ async fn add_meter_usage(
         (C::PlatformCalls, delta.platform_calls),
         (C::PlatformTokens, delta.platform_tokens),
     ];
-    let mut insert = Query::insert();
-    insert
-        .into_table(meter_usage::Entity)
-        .columns([C::TenantId, C::PeriodKind, C::PeriodStart].into_iter().chain(counters.iter().map(|(c, _)| *c)))
-        .values_panic(
-            [tenant_id.into(), kind.into(), start.to_string().into()]
-                .into_iter()
-                .chain(counters.iter().map(|(_, v)| (*v).into())),
-        );
-    let mut on_conflict = OnConflict::columns([C::TenantId, C::PeriodKind, C::PeriodStart]);
-    for (column, _) in counters {
-        on_conflict
-            .value(column, Expr::col((meter_usage::Entity, column)).add(Expr::col((Alias::new("excluded"), column))));
-    }
-    insert.on_conflict(on_conflict);
-    txn.execute(txn.get_database_backend().build(&insert)).await?;
-    Ok(())
+    let keys =
+        [(C::TenantId, tenant_id.into()), (C::PeriodKind, kind.into()), (C::PeriodStart, start.to_string().into())];
+    super::counters::add(txn, meter_usage::Entity, keys, &counters).await
 }
 
 /// Raises the stored position to `position` if it is higher (CASE works

@@ -6,6 +6,7 @@ mod allowances;
 mod audit;
 mod cluster;
 mod configs;
+mod counters;
 mod entities;
 mod hosts;
 mod meter;

@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use chrono::{DateTime, Datelike, NaiveDate, TimeZone, Utc};
-use sea_orm::sea_query::{Alias, Expr, OnConflict, Query, SimpleExpr};
+use sea_orm::sea_query::{Expr, OnConflict, Query, SimpleExpr};
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseTransaction, EntityTrait, Order, QueryFilter, QueryOrder, QuerySelect,
     Statement, TransactionTrait,
@@ -711,22 +711,9 @@ async fn add_usage(
         (C::TotalTokens, tokens.total),
         (C::CostMicros, tokens.cost_micros),
     ];
-    let mut insert = Query::insert();
-    insert
-        .into_table(usage::Entity)
-        .columns([C::TenantId, C::PeriodKind, C::PeriodStart].into_iter().chain(counters.iter().map(|(c, _)| *c)))
-        .values_panic(
-            [tenant_id.into(), kind.into(), start.to_string().into()]
-                .into_iter()
-                .chain(counters.iter().map(|(_, v)| (*v).into())),
-        );
-    let mut on_conflict = OnConflict::columns([C::TenantId, C::PeriodKind, C::PeriodStart]);
-    for (column, _) in counters {
-        on_conflict.value(column, Expr::col((usage::Entity, column)).add(Expr::col((Alias::new("excluded"), column))));
-    }
-    insert.on_conflict(on_conflict);
-    txn.execute(txn.get_database_backend().build(&insert)).await?;
-    Ok(())
+    let keys =
+        [(C::TenantId, tenant_id.into()), (C::PeriodKind, kind.into()), (C::PeriodStart, start.to_string().into())];
+    super::counters::add(txn, usage::Entity, keys, &counters).await
 }
 
 async fn add_stats(
@@ -743,21 +730,6 @@ async fn add_stats(
         (C::ResponseTimeTotalMs, stat.response_ms),
         (C::ResponseCount, stat.responses),
     ];
-    let mut insert = Query::insert();
-    insert
-        .into_table(session_stat::Entity)
-        .columns([C::TenantId, C::Day, C::Channel].into_iter().chain(counters.iter().map(|(c, _)| *c)))
-        .values_panic(
-            [tenant_id.into(), date.to_string().into(), channel.into()]
-                .into_iter()
-                .chain(counters.iter().map(|(_, v)| (*v).into())),
-        );
-    let mut on_conflict = OnConflict::columns([C::TenantId, C::Day, C::Channel]);
-    for (column, _) in counters {
-        on_conflict
-            .value(column, Expr::col((session_stat::Entity, column)).add(Expr::col((Alias::new("excluded"), column))));
-    }
-    insert.on_conflict(on_conflict);
-    txn.execute(txn.get_database_backend().build(&insert)).await?;
-    Ok(())
+    let keys = [(C::TenantId, tenant_id.into()), (C::Day, date.to_string().into()), (C::Channel, channel.into())];
+    super::counters::add(txn, session_stat::Entity, keys, &counters).await
 }
