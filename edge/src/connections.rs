@@ -369,3 +369,31 @@ mod tests {
         assert!(bridge.max_headers + 5 <= agent.max_headers);
     }
 }
+
+/// The next client connection with its slot of `permits`, until shutdown.
+/// A failed accept (e.g. out of file descriptors) is logged and retried
+/// after a pause instead of ending the listener or spinning.
+pub async fn next_connection(
+    listener: &tokio::net::TcpListener,
+    permits: &Arc<tokio::sync::Semaphore>,
+    shutdown: &mut crate::shutdown::Shutdown,
+    name: &str,
+) -> Option<(tokio::net::TcpStream, std::net::SocketAddr, tokio::sync::OwnedSemaphorePermit)> {
+    loop {
+        let permit = tokio::select! {
+            permit = permits.clone().acquire_owned() => permit.ok()?,
+            _ = shutdown.requested() => return None,
+        };
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = shutdown.requested() => return None,
+        };
+        match accepted {
+            Ok((tcp, peer)) => return Some((tcp, peer, permit)),
+            Err(err) => {
+                tracing::warn!(listener = name, error = %err, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}

@@ -1,7 +1,6 @@
 //! The proxy's loopback listener: bounded connections served through the
 //! edge crate's connection rules, stopped by the process's shutdown.
 use std::sync::Arc;
-use std::time::Duration;
 
 use clawplane_edge::connections::{self as edge, Activity, ConnectionLimits};
 use clawplane_edge::shutdown::Shutdown;
@@ -17,24 +16,8 @@ const MAX_CONNECTIONS: usize = 2048;
 pub(crate) async fn serve(listener: TcpListener, proxy: Arc<Proxy>, mut shutdown: Shutdown) {
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let limits = ConnectionLimits::agent();
-    loop {
-        let permit = tokio::select! {
-            permit = permits.clone().acquire_owned() => permit,
-            _ = shutdown.requested() => break,
-        };
-        let Ok(permit) = permit else { break };
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            _ = shutdown.requested() => break,
-        };
-        let (tcp, peer) = match accepted {
-            Ok(accepted) => accepted,
-            Err(err) => {
-                tracing::warn!(error = %err, "model proxy accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
+    while let Some((tcp, peer, permit)) = edge::next_connection(&listener, &permits, &mut shutdown, "model proxy").await
+    {
         let proxy = proxy.clone();
         // Each connection holds a handle: shutdown lets calls in flight end.
         let mut stop = shutdown.clone();

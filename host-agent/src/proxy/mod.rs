@@ -145,24 +145,9 @@ async fn serve(
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let per_address = AddressCaps::new(MAX_CONNECTIONS_PER_ADDRESS);
     let limits = ConnectionLimits::agent();
-    loop {
-        let permit = tokio::select! {
-            permit = permits.clone().acquire_owned() => permit,
-            _ = shutdown.requested() => break,
-        };
-        let Ok(permit) = permit else { return };
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            _ = shutdown.requested() => break,
-        };
-        let (tcp, peer) = match accepted {
-            Ok(accepted) => accepted,
-            Err(err) => {
-                tracing::warn!(error = %err, "tenant proxy accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
+    while let Some((tcp, peer, permit)) =
+        edge::next_connection(&listener, &permits, &mut shutdown, "tenant proxy").await
+    {
         let Some(address_permit) = per_address.try_acquire(peer.ip()) else {
             tracing::debug!(%peer, "tenant proxy: refused a connection, the address holds its share");
             continue;
