@@ -54,7 +54,7 @@ enum CaCommand {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the control plane (embedded SQLite unless --database-url is given).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Apply database migrations and exit.
     Migrate {
         #[arg(long, env = "CLAWPLANE_DATABASE_URL", hide_env_values = true)]
