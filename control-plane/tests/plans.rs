@@ -788,3 +788,34 @@ async fn the_platform_model_reaches_hosts_as_a_route_with_its_key(db: TestDb) {
 fn platform_url() -> &'static str {
     "https://llm.example.com/v1"
 }
+
+each_backend!(
+    #[tokio::test]
+    a_new_period_lifts_a_used_up_allowance
+);
+/// A tenant blocked at 100% of its token allowance is let through again
+/// when its period rolls over: the sweep closes the period and pushes the
+/// new one's allowance, counted from zero.
+async fn a_new_period_lifts_a_used_up_allowance(db: TestDb) {
+    let b = db.backend;
+    let server = start(&db).await;
+    let channel = server.channel().await;
+    let mut usage = UsageServiceClient::new(channel.clone());
+    let mut agent = FakeAgent::join(&server).await;
+    let alice = Cred::user("alice", &[]);
+    let tenant = create(&channel, &alice, "tiny").await;
+    let first = agent.next_allowance(&tenant).await;
+    let ack = agent.sync(vec![meter(&tenant, 10, call("0190c0de-0000-7000-8000-0000000000a1", 700, 300))]).await;
+    assert_eq!(ack.accepted, 1, "{b}: {:?}", ack.rejections);
+    let blocked = agent.next_allowance(&tenant).await;
+    assert!(blocked.blocked && blocked.blocked_reason.contains("used up"), "{b}: {blocked:?}");
+    assert!(subscription(&mut usage, &alice, &tenant).await.quota_exceeded, "{b}");
+
+    let end = first.period_end.clone().unwrap();
+    let after_end = chrono::DateTime::from_timestamp(end.seconds + 1, 0).unwrap();
+    assert_eq!(server.fleet.sweep_periods(after_end).await.unwrap(), 1, "{b}: one period rolled");
+    let lifted = agent.next_allowance(&tenant).await;
+    assert_eq!((lifted.blocked, lifted.tokens_used), (false, 0), "{b}: {lifted:?}");
+    assert_eq!(lifted.period_start, Some(end), "{b}: the new period starts where the old one ended");
+    server.shutdown().await;
+}

@@ -64,6 +64,9 @@ pub struct TestServer {
     pub agent_addr: SocketAddr,
     pub ca_pin: String,
     pub store: Store,
+    /// The fleet, for driving its periodic work (e.g. the period sweep) at
+    /// a chosen time.
+    pub fleet: std::sync::Arc<clawplane::fleet::Fleet>,
     stop: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
@@ -80,11 +83,12 @@ impl TestServer {
         let addr = server.local_addr();
         let (agent_addr, ca_pin) = (server.agent_addr(), server.ca_pin());
         let store = server.store();
+        let fleet = server.fleet();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(server.run(async move {
             let _ = stopped.await;
         }));
-        TestServer { addr, agent_addr, ca_pin, store, stop: Some(stop), task }
+        TestServer { addr, agent_addr, ca_pin, store, fleet, stop: Some(stop), task }
     }
 
     pub async fn channel(&self) -> Channel {
