@@ -135,7 +135,7 @@ pub(crate) fn started_ms(call: &ModelCall) -> i64 {
 impl Journal {
     /// Opens the journal in `dir` (created 0700), cutting any torn tail.
     pub(crate) fn open(dir: &Path) -> anyhow::Result<Journal> {
-        crate::ensure_private_dir(dir)?;
+        clawplane_tls::files::create_private_dir(dir)?;
         let mut durable = HashMap::new();
         for entry in std::fs::read_dir(dir)? {
             let path = entry?.path();

@@ -13,13 +13,13 @@
 //! `server` (the listener).
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use clawplane_edge::shutdown::Shutdown;
 use clawplane_proto::v1::{ModelApi, ModelCall, ModelCallOutcome, ModelRoute, SetAllowanceCommand};
+use clawplane_tls::files::create_private_dir;
 
 mod allowance;
 mod api;
@@ -90,14 +90,6 @@ impl std::fmt::Debug for Meter {
     }
 }
 
-/// Creates `dir` owner-only (or makes it so).
-pub(crate) fn ensure_private_dir(dir: &Path) -> anyhow::Result<()> {
-    std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-        .map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
-    Ok(())
-}
-
 fn counted(call: &ModelCall) -> Counted {
     Counted {
         tokens: call.input_tokens.saturating_add(call.output_tokens),
@@ -114,7 +106,7 @@ impl Meter {
             anyhow::bail!("model proxy: {} is not a loopback address", settings.listen);
         }
         let dir = &settings.state_dir;
-        ensure_private_dir(dir)?;
+        create_private_dir(dir)?;
         let credentials = credential::Credentials::load_or_create(&dir.join("meter.key"))?;
         let routes_file = MessageFile::new(dir.join("routes.json"));
         let allowances_file = MessageFile::new(dir.join("allowances.json"));
