@@ -46,14 +46,16 @@ pub enum Command {
     /// Enroll this host with a control plane using a join token.
     Join(JoinArgs),
     /// Connect to the control plane and run tenants.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
 }
 
 #[derive(Args, Debug)]
 pub struct JoinArgs {
-    /// Agent listener of the control plane, e.g. https://cp.example.com:7701.
-    #[arg(long, env = "CLAWPLANE_CONTROL_PLANE")]
-    pub control_plane: String,
+    /// Agent listener of the control plane, e.g. https://cp.example.com:7701;
+    /// repeat it (or separate with commas) for several replicas: the host
+    /// joins through the first that answers and stores them all.
+    #[arg(long, env = "CLAWPLANE_CONTROL_PLANE", required = true)]
+    pub control_plane: Vec<String>,
     /// Join token `<id>.<secret>` from `clawplane token create`.
     #[arg(long, env = "CLAWPLANE_TOKEN", hide_env_values = true)]
     pub token: String,
@@ -71,6 +73,11 @@ pub struct RunArgs {
     state_dir: PathBuf,
     #[arg(long, env = "CLAWPLANE_CONFIG")]
     config: Option<PathBuf>,
+    /// Control plane replicas to connect to, in order of preference
+    /// (repeat it or separate with commas); default: the ones given at
+    /// join (config file: control_planes).
+    #[arg(long, env = "CLAWPLANE_CONTROL_PLANE")]
+    control_plane: Vec<String>,
     /// The `openclaw` executable (scripts/install-openclaw prints it).
     #[arg(long, env = "CLAWPLANE_OPENCLAW_BIN")]
     openclaw_bin: Option<PathBuf>,
@@ -154,6 +161,8 @@ pub struct HostConfig {
     #[serde(default)]
     pub labels: HashMap<String, String>,
     pub max_tenants: Option<u32>,
+    /// As `--control-plane`, which wins over it.
+    pub control_planes: Option<Vec<String>>,
     /// As `--cgroup-parent`, which wins over it.
     pub cgroup_parent: Option<String>,
     /// As `--memory-soft-window` (e.g. "60s"), which wins over it.
@@ -196,6 +205,9 @@ impl HostConfig {
 #[derive(Debug)]
 pub struct RunSettings {
     pub state_dir: PathBuf,
+    /// Control plane replicas in order of preference; empty: the ones
+    /// stored at join.
+    pub control_planes: Vec<ControlPlaneUrl>,
     /// The `--config` file, read.
     pub config: HostConfig,
     /// Unset when no `--openclaw-bin` was given: the host runs no tenants.
@@ -256,6 +268,19 @@ impl RunArgs {
     /// then the defaults.
     pub fn settings(self) -> anyhow::Result<RunSettings> {
         let config = HostConfig::load(self.config.as_deref())?;
+        let control_planes = match (&self.control_plane[..], &config.control_planes) {
+            ([], None) => Vec::new(),
+            ([], Some(file)) => {
+                let setting =
+                    format!("control_planes (in {})", self.config.as_deref().unwrap_or(Path::new("")).display());
+                let urls = control_plane_urls(&setting, file)?;
+                if urls.is_empty() {
+                    anyhow::bail!("{setting}: names no control plane");
+                }
+                urls
+            }
+            (flags, _) => control_plane_urls("--control-plane", flags)?,
+        };
         let limits = LimitSettings {
             cgroup_parent: Some(
                 self.cgroup_parent
@@ -316,6 +341,7 @@ impl RunArgs {
         });
         Ok(RunSettings {
             state_dir,
+            control_planes,
             config,
             tenants,
             proxy_listen: self.proxy_listen,
@@ -324,6 +350,97 @@ impl RunArgs {
             model_proxy,
         })
     }
+}
+
+/// A control plane's agent listener, checked when the setting is read:
+/// `https://host:port` and nothing more.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ControlPlaneUrl {
+    /// Without the brackets of an IPv6 literal; TLS checks this name.
+    host: String,
+    port: u16,
+}
+
+impl ControlPlaneUrl {
+    /// A URL from a flag, the environment or the config file; the reason
+    /// it is unusable otherwise.
+    pub fn parse(value: &str) -> Result<Self, String> {
+        Self::parse_with(value, None)
+    }
+
+    /// A URL stored at join by an agent that did not require the port
+    /// (the TLS default, 443, then applied): such hosts keep working.
+    pub fn stored(value: &str) -> Result<Self, String> {
+        Self::parse_with(value, Some(443))
+    }
+
+    fn parse_with(value: &str, default_port: Option<u16>) -> Result<Self, String> {
+        let value = value.trim();
+        if value.is_empty() {
+            return Err("an empty URL".into());
+        }
+        let uri: http::Uri = value.parse().map_err(|_| "is not a URL like https://cp.example.com:7701".to_string())?;
+        match uri.scheme_str() {
+            Some("https") => {}
+            Some(other) => return Err(format!("must be https:// (the agent channel is mutual TLS), not {other}://")),
+            None => return Err("must start with https://".into()),
+        }
+        let authority = uri.authority().ok_or("has no host")?;
+        if authority.as_str().contains('@') {
+            return Err("must not carry a user name".into());
+        }
+        let host = authority.host().trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() {
+            return Err("has no host".into());
+        }
+        // After an IPv6 literal's bracket; http's own port() hides a port
+        // that is out of range.
+        let tail = authority.as_str().rsplit(']').next().unwrap_or_default();
+        let port = match (tail.rsplit_once(':'), default_port) {
+            (Some((_, port)), _) => match port.parse::<u16>() {
+                Ok(0) | Err(_) => return Err(format!("port {port} is not a port (1-65535)")),
+                Ok(port) => port,
+            },
+            (None, Some(port)) => port,
+            (None, None) => return Err("has no port (e.g. https://cp.example.com:7701)".into()),
+        };
+        if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+            return Err("must be https://host:port alone, without a path".into());
+        }
+        Ok(ControlPlaneUrl { host: host.to_ascii_lowercase(), port })
+    }
+
+    /// The host name (or address) the control plane's certificate names.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+}
+
+impl std::fmt::Display for ControlPlaneUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.host.contains(':') {
+            true => write!(f, "https://[{}]:{}", self.host, self.port),
+            false => write!(f, "https://{}:{}", self.host, self.port),
+        }
+    }
+}
+
+/// The control plane URLs of one setting (each value may hold several,
+/// separated by commas), in order, without repeats. An error names the
+/// setting and the value.
+pub fn control_plane_urls(setting: &str, values: &[String]) -> anyhow::Result<Vec<ControlPlaneUrl>> {
+    let mut urls = Vec::new();
+    for value in values.iter().flat_map(|value| value.split(',')) {
+        let url = ControlPlaneUrl::parse(value).map_err(|reason| anyhow::anyhow!("{setting} {value:?}: {reason}"))?;
+        if !urls.contains(&url) {
+            urls.push(url);
+        }
+    }
+    Ok(urls)
 }
 
 /// Where tenant cgroups go by default, under each hierarchy's root.
@@ -386,6 +503,84 @@ impl TenantSettings {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn control_plane_urls_are_https_with_host_and_port() {
+        let cases: &[(&str, Result<&str, &str>)] = &[
+            ("https://cp.example.com:7701", Ok("https://cp.example.com:7701")),
+            (" https://CP.Example.com:7701/ ", Ok("https://cp.example.com:7701")),
+            ("https://10.0.0.7:7701", Ok("https://10.0.0.7:7701")),
+            ("https://[::1]:7701", Ok("https://[::1]:7701")),
+            ("http://cp.example.com:7701", Err("must be https://")),
+            ("cp.example.com:7701", Err("must start with https://")),
+            ("https://cp.example.com", Err("has no port")),
+            ("https://cp.example.com:0", Err("port 0 is not a port")),
+            ("https://cp.example.com:99999", Err("port 99999 is not a port")),
+            ("https://:7701", Err("")),
+            ("https://admin@cp.example.com:7701", Err("user name")),
+            ("https://cp.example.com:7701/api", Err("without a path")),
+            ("https://cp.example.com:7701?x=1", Err("without a path")),
+            ("", Err("an empty URL")),
+            ("not a url", Err("is not a URL")),
+        ];
+        for (input, expected) in cases {
+            let parsed = ControlPlaneUrl::parse(input).map(|url| url.to_string());
+            match (parsed, expected) {
+                (Ok(url), Ok(want)) => assert_eq!(&url, want, "{input:?}"),
+                (Err(reason), Err(want)) => assert!(reason.contains(want), "{input:?}: {reason:?} lacks {want:?}"),
+                (got, want) => panic!("{input:?}: got {got:?}, want {want:?}"),
+            }
+        }
+        // What older agents stored at join may leave the port out.
+        assert_eq!(ControlPlaneUrl::stored("https://cp.example.com").unwrap().port(), 443);
+        assert!(ControlPlaneUrl::stored("http://cp.example.com").is_err());
+    }
+
+    #[test]
+    fn control_plane_settings_split_on_commas_keep_order_and_name_bad_input() {
+        let values = |list: &[&str]| list.iter().map(|v| v.to_string()).collect::<Vec<_>>();
+        let urls = control_plane_urls("--control-plane", &values(&["https://b:2,https://a:1", "https://b:2"])).unwrap();
+        let urls: Vec<String> = urls.iter().map(ToString::to_string).collect();
+        assert_eq!(urls, ["https://b:2", "https://a:1"]);
+        let cases: &[(&[&str], &str)] = &[
+            (&["https://a:1,http://b:2"], "--control-plane \"http://b:2\": must be https://"),
+            (&["https://a:1,,https://b:2"], "--control-plane \"\": an empty URL"),
+            (&["https://a"], "--control-plane \"https://a\": has no port"),
+        ];
+        for (input, message) in cases {
+            let err = control_plane_urls("--control-plane", &values(input)).unwrap_err().to_string();
+            assert!(err.starts_with(message), "{input:?}: {err:?}");
+        }
+    }
+
+    #[test]
+    fn control_planes_come_from_flags_then_the_config_file_then_the_join() {
+        let unset = |name: &str| std::env::var_os(name).is_none();
+        if !(unset("CLAWPLANE_CONTROL_PLANE") && unset("CLAWPLANE_CONFIG")) {
+            return;
+        }
+        let run = |args: &[&str]| {
+            let cli = Cli::try_parse_from([&["clawplane-agent", "run", "--state-dir", "/s"], args].concat()).unwrap();
+            let Command::Run(args) = cli.command else { panic!("run") };
+            args.settings().map(|s| s.control_planes.iter().map(ToString::to_string).collect::<Vec<_>>())
+        };
+        assert_eq!(run(&[]).unwrap(), Vec::<String>::new(), "none given: the ones stored at join");
+        let flags = run(&["--control-plane", "https://a:1", "--control-plane", "https://b:2,https://c:3"]).unwrap();
+        assert_eq!(flags, ["https://a:1", "https://b:2", "https://c:3"]);
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("agent.toml");
+        std::fs::write(&file, "control_planes = [\"https://f:1\", \"https://g:2\"]\n").unwrap();
+        let file = file.to_str().unwrap();
+        assert_eq!(run(&["--config", file]).unwrap(), ["https://f:1", "https://g:2"]);
+        assert_eq!(run(&["--config", file, "--control-plane", "https://a:1"]).unwrap(), ["https://a:1"]);
+        std::fs::write(file, "control_planes = [\"https://f\"]\n").unwrap();
+        let err = run(&["--config", file]).unwrap_err().to_string();
+        assert!(err.starts_with("control_planes (in ") && err.contains("\"https://f\": has no port"), "{err}");
+        std::fs::write(file, "control_planes = []\n").unwrap();
+        assert!(run(&["--config", file]).unwrap_err().to_string().contains("names no control plane"));
+        let err = run(&["--control-plane", "ftp://x:1"]).unwrap_err().to_string();
+        assert!(err.starts_with("--control-plane \"ftp://x:1\""), "{err}");
+    }
 
     #[test]
     fn run_flags_keep_their_names_and_defaults() {

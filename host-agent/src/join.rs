@@ -2,7 +2,8 @@
 //!
 //! The key pair is generated here and only a CSR leaves the host. The
 //! control plane is trusted through the CA pin the operator pasted, not
-//! through system roots.
+//! through system roots. Given several replicas, the host joins through
+//! the first that answers and stores them all for `run`.
 use std::path::Path;
 use std::time::Duration;
 
@@ -12,7 +13,8 @@ use clawplane_proto::v1::JoinRequest;
 use clawplane_tls::PinnedServerVerifier;
 use tonic::Code;
 
-use crate::config::HostConfig;
+use crate::agent::endpoints::resolve;
+use crate::config::{control_plane_urls, HostConfig};
 use crate::inventory::collect;
 use crate::rpc::transport_detail;
 use crate::state::{Identity, StateDir};
@@ -27,7 +29,9 @@ pub fn key_and_csr() -> anyhow::Result<(String, String)> {
     Ok((key.serialize_pem(), csr))
 }
 
-pub async fn run(control_plane: &str, token: &str, ca_pin: &str, state_dir: &Path) -> anyhow::Result<()> {
+pub async fn run(control_planes: &[String], token: &str, ca_pin: &str, state_dir: &Path) -> anyhow::Result<()> {
+    let urls = control_plane_urls("--control-plane", control_planes)?;
+    anyhow::ensure!(!urls.is_empty(), "--control-plane names no control plane");
     let state = StateDir::new(state_dir);
     if let Some(identity) = state.identity()? {
         bail!(
@@ -37,7 +41,6 @@ pub async fn run(control_plane: &str, token: &str, ca_pin: &str, state_dir: &Pat
         );
     }
     let verifier = PinnedServerVerifier::new(ca_pin)?;
-    let channel = clawplane_tls::channel(control_plane, clawplane_tls::pinned_client_config(verifier.clone())?)?;
     let (key_pem, csr_pem) = key_and_csr()?;
     let inventory = collect(
         &HostConfig::default(),
@@ -46,14 +49,34 @@ pub async fn run(control_plane: &str, token: &str, ca_pin: &str, state_dir: &Pat
         clawplane_proto::v1::Runtime::Process,
     );
     let request = JoinRequest { token: token.to_string(), csr_pem, inventory: Some(inventory) };
-    let response = tokio::time::timeout(Duration::from_secs(30), EnrollmentServiceClient::new(channel).join(request))
-        .await
-        .map_err(|_| anyhow!("control plane at {control_plane} did not answer within 30s"))?;
-    let response = match response {
-        Ok(response) => response.into_inner(),
-        Err(status) => return Err(explain(status, &verifier, control_plane, ca_pin)),
+    let (endpoints, mut unreachable) = resolve(&urls).await;
+    let mut joined = None;
+    for endpoint in &endpoints {
+        let channel = endpoint.channel(clawplane_tls::pinned_client_config(verifier.clone())?)?;
+        let mut client = EnrollmentServiceClient::new(channel);
+        // No other replica is tried after this: the request may have landed.
+        let answer = tokio::time::timeout(Duration::from_secs(30), client.join(request.clone()))
+            .await
+            .map_err(|_| anyhow!("control plane at {endpoint} did not answer within 30s"))?;
+        match answer {
+            Ok(response) => {
+                joined = Some((endpoint, response.into_inner()));
+                break;
+            }
+            Err(status) if not_reached(&status) && verifier.mismatch().is_none() => {
+                unreachable.push(format!("{endpoint}: {}", transport_detail(&status)));
+            }
+            Err(status) => return Err(explain(status, &verifier, &endpoint.to_string(), ca_pin)),
+        }
+    }
+    let Some((endpoint, response)) = joined else {
+        bail!("cannot reach the control plane at {}", unreachable.join("; "));
     };
-    let identity = Identity { host_id: response.host_id.clone(), control_plane: control_plane.to_string() };
+    let identity = Identity {
+        host_id: response.host_id.clone(),
+        control_plane: endpoint.url.to_string(),
+        control_planes: urls.iter().map(ToString::to_string).collect(),
+    };
     state
         .save_enrollment(&identity, &key_pem, &response.certificate_pem, &response.ca_chain_pem)
         .context("cannot store the enrollment")?;
@@ -63,6 +86,11 @@ pub async fn run(control_plane: &str, token: &str, ca_pin: &str, state_dir: &Pat
         state_dir.display()
     );
     Ok(())
+}
+
+/// The call failed before reaching a control plane: another may answer.
+fn not_reached(status: &tonic::Status) -> bool {
+    matches!(status.code(), Code::Unavailable | Code::Unknown | Code::Cancelled)
 }
 
 /// One distinct, actionable message per way a join fails.

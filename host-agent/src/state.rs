@@ -1,7 +1,7 @@
 //! The agent's state directory: identity, key material and the journal of
 //! executed commands.
 //!
-//!     identity.json   host id and control plane URL
+//!     identity.json   host id and control plane URLs
 //!     key.pem         private key (0600; generated here, never sent)
 //!     cert.pem        current client certificate
 //!     ca.pem          the control plane's CA
@@ -17,7 +17,23 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Identity {
     pub host_id: String,
+    /// The control plane the host joined through (the one URL agents
+    /// before replicas read).
     pub control_plane: String,
+    /// Every control plane given at join, in order; absent from
+    /// identities written before.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub control_planes: Vec<String>,
+}
+
+impl Identity {
+    /// The control planes to connect to when no setting names them.
+    pub fn stored_control_planes(&self) -> Vec<&str> {
+        match self.control_planes.is_empty() {
+            true => vec![self.control_plane.as_str()],
+            false => self.control_planes.iter().map(String::as_str).collect(),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]

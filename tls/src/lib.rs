@@ -300,6 +300,18 @@ pub fn host_port(url: &str) -> anyhow::Result<(String, u16)> {
 /// swappable client identity).
 pub fn channel(url: &str, config: rustls::ClientConfig) -> anyhow::Result<Channel> {
     let (host, port) = host_port(url)?;
+    lazy_channel(host.clone(), port, authority(&host, port), config)
+}
+
+/// As [`channel`], but dialling `address`, one of the URL host's
+/// addresses, while TLS still checks the certificate against the host
+/// name: a name with several addresses is several endpoints to the agent.
+pub fn channel_at(url: &str, address: std::net::SocketAddr, config: rustls::ClientConfig) -> anyhow::Result<Channel> {
+    let (host, port) = host_port(url)?;
+    lazy_channel(host, port, address.to_string(), config)
+}
+
+fn lazy_channel(host: String, port: u16, address: String, config: rustls::ClientConfig) -> anyhow::Result<Channel> {
     let server_name = ServerName::try_from(host.clone()).with_context(|| format!("invalid server name {host:?}"))?;
     let connector = TlsConnector::from(Arc::new(config));
     let endpoint = Endpoint::from_shared(format!("http://{}", authority(&host, port)))?
@@ -307,7 +319,6 @@ pub fn channel(url: &str, config: rustls::ClientConfig) -> anyhow::Result<Channe
         .http2_keep_alive_interval(Duration::from_secs(15))
         .keep_alive_timeout(Duration::from_secs(10))
         .keep_alive_while_idle(true);
-    let address = authority(&host, port);
     let make = tower::service_fn(move |_uri: http::Uri| {
         let connector = connector.clone();
         let server_name = server_name.clone();

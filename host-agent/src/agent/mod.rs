@@ -2,12 +2,13 @@
 //! SIGTERM/SIGINT or until the control plane refuses the host.
 //!
 //! Tasks: the [`reconnect`] loop with one [`session`] at a time (commands,
-//! heartbeats, [`logs`]), certificate [`renewal`], the syncer, the tenant
-//! proxy. Each holds a [`clawplane_edge::shutdown::Shutdown`]; at shutdown the session ends, the
+//! heartbeats, [`logs`]) on one of the control plane's [`endpoints`],
+//! certificate [`renewal`], the syncer, the tenant proxy. Each holds a [`clawplane_edge::shutdown::Shutdown`]; at shutdown the session ends, the
 //! syncer stops after the acks of its batches in flight, the proxy stops
 //! accepting, running commands finish, and the agent waits for all of them
 //! (at most [`SHUTDOWN_GRACE`]). Tenant gateways are left running, as they
 //! would be if the agent were killed: the next run adopts them.
+pub mod endpoints;
 mod link;
 mod logs;
 mod reconnect;
@@ -21,7 +22,7 @@ use clawplane_metering::{Meter, MeterSettings};
 use clawplane_tls::ReloadableIdentity;
 
 use crate::commands::Executor;
-use crate::config::{RunSettings, RuntimeKind, TenantSettings, SHUTDOWN_GRACE};
+use crate::config::{ControlPlaneUrl, RunSettings, RuntimeKind, TenantSettings, SHUTDOWN_GRACE};
 use crate::runtime::cells::CellsRuntime;
 use crate::runtime::process::ProcessRuntime;
 use crate::runtime::Runtime;
@@ -62,6 +63,10 @@ pub async fn run(settings: RunSettings) -> anyhow::Result<()> {
     let identity = state.identity()?.ok_or_else(|| {
         anyhow!("{} holds no enrollment; run `clawplane-agent join` first", settings.state_dir.display())
     })?;
+    let control_planes = match settings.control_planes {
+        urls if urls.is_empty() => stored_control_planes(&identity)?,
+        urls => urls,
+    };
     let config = settings.config;
     let tls_identity = ReloadableIdentity::from_pem(&state.read("cert.pem")?, &state.read("key.pem")?)
         .context("stored certificate or key is unusable")?;
@@ -83,8 +88,9 @@ pub async fn run(settings: RunSettings) -> anyhow::Result<()> {
         (Some(_), None) => anyhow::bail!("--proxy-listen needs --openclaw-bin: there are no tenants to proxy to"),
         (None, _) => String::new(),
     };
-    let link = Arc::new(Link::new(identity, tls_identity, state.read("ca.pem")?));
-    tracing::info!(host = %link.identity.host_id, control_plane = %link.identity.control_plane, "agent starting");
+    let link = Arc::new(Link::new(identity, tls_identity, state.read("ca.pem")?, control_planes)?);
+    let control_planes: Vec<String> = link.control_planes.iter().map(ToString::to_string).collect();
+    tracing::info!(host = %link.identity.host_id, control_planes = %control_planes.join(","), "agent starting");
 
     let renewal = Renewal::new(link.clone(), state.clone(), !proxy_endpoint.is_empty());
     tokio::spawn(renewal.run(signal.handle()));
@@ -132,6 +138,15 @@ async fn until_signal(
             reconnecting.await
         }
     }
+}
+
+/// The control planes stored at join, when no setting names any.
+fn stored_control_planes(identity: &crate::state::Identity) -> anyhow::Result<Vec<ControlPlaneUrl>> {
+    let stored = identity.stored_control_planes();
+    let urls = stored.iter().map(|url| {
+        ControlPlaneUrl::stored(url).map_err(|reason| anyhow!("identity.json: control plane {url:?}: {reason}"))
+    });
+    urls.collect()
 }
 
 /// The runtime the settings ask for: the one place its kind is looked at.

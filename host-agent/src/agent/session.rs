@@ -13,6 +13,7 @@ use clawplane_proto::v1::{
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
+use super::endpoints::Endpoint;
 use super::link::Link;
 use super::logs::{is_log_command, LogStreams};
 use crate::commands::Executor;
@@ -25,8 +26,10 @@ use clawplane_edge::shutdown::Shutdown;
 
 /// How a session ended.
 pub enum Ended {
-    /// Worth reconnecting.
-    Retry(String),
+    /// The endpoint did not take the session: worth trying the next.
+    Unreachable(String),
+    /// The session was up and ended: worth reconnecting.
+    Lost(String),
     /// The control plane refuses this host for good.
     Refused(String),
     /// The agent is shutting down.
@@ -50,9 +53,9 @@ pub struct Sessions {
 }
 
 impl Sessions {
-    /// Connects and serves one session until it ends.
-    pub async fn run_one(&self, shutdown: &mut Shutdown) -> Ended {
-        let channel = match self.link.channel() {
+    /// Connects to `endpoint` and serves one session until it ends.
+    pub async fn run_one(&self, endpoint: &Endpoint, shutdown: &mut Shutdown) -> Ended {
+        let channel = match self.link.channel_to(endpoint) {
             Ok(channel) => channel,
             Err(err) => return Ended::Refused(format!("invalid agent state: {err:#}")),
         };
@@ -75,8 +78,9 @@ impl Sessions {
             Err(status) if is_refusal(&status) => {
                 return Ended::Refused(format!("control plane refused this host: {}", status.message()))
             }
-            Err(status) => return Ended::Retry(transport_detail(&status)),
+            Err(status) => return Ended::Unreachable(transport_detail(&status)),
         };
+        self.link.follow(endpoint);
         let mut heartbeat = tokio::time::interval(HEARTBEAT_EVERY);
         // For the tasks this session starts.
         let tasks = shutdown.clone();
@@ -85,13 +89,13 @@ impl Sessions {
                 message = inbound.message() => {
                     let kind = match message {
                         Ok(Some(message)) => message.kind,
-                        Ok(None) => return Ended::Retry("control plane closed the stream".into()),
+                        Ok(None) => return Ended::Lost("control plane closed the stream".into()),
                         Err(status) if is_refusal(&status) => return Ended::Refused(status.message().to_string()),
-                        Err(status) => return Ended::Retry(transport_detail(&status)),
+                        Err(status) => return Ended::Lost(transport_detail(&status)),
                     };
                     match kind {
                         Some(control_message::Kind::HelloAck(ack)) => {
-                            tracing::info!(host = %ack.host_id, "connected to the control plane");
+                            tracing::info!(host = %ack.host_id, %endpoint, "connected to the control plane");
                             if let Some(every) = ack.heartbeat_interval.and_then(|d| Duration::try_from(d).ok()) {
                                 if !every.is_zero() {
                                     heartbeat = tokio::time::interval(every);
@@ -124,7 +128,7 @@ impl Sessions {
                             if close_is_revocation(&close) {
                                 return Ended::Refused(format!("control plane removed this host: {}", close.reason));
                             }
-                            return Ended::Retry(format!("control plane closed the stream: {}", close.reason));
+                            return Ended::Lost(format!("control plane closed the stream: {}", close.reason));
                         }
                         None => {}
                     }
@@ -132,7 +136,7 @@ impl Sessions {
                 _ = heartbeat.tick() => {
                     let beat = Heartbeat { sent_at: Some(SystemTime::now().into()), tenants: self.tenant_states(), ..Default::default() };
                     if out.send(AgentMessage { kind: Some(agent_message::Kind::Heartbeat(beat)) }).await.is_err() {
-                        return Ended::Retry("outbound stream closed".into());
+                        return Ended::Lost("outbound stream closed".into());
                     }
                 }
                 _ = shutdown.requested() => return Ended::Stopped,

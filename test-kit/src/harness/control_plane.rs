@@ -25,12 +25,23 @@ pub const FAST_HOSTS: &str = "[hosts]\nheartbeat_interval = \"1s\"\nlease = \"4s
 
 impl ControlPlane {
     pub fn start(db: &TestDb, extra_toml: &str) -> ControlPlane {
-        let data_dir = db.data_dir().join("cp");
+        ControlPlane::start_in(db, "cp", "clawplane.toml", extra_toml)
+    }
+
+    /// One of several control planes on the same database (PostgreSQL:
+    /// SQLite serves one), each with its own data directory, config file,
+    /// log (`<name>.log`), ports and admin token.
+    pub fn start_replica(db: &TestDb, name: &str, extra_toml: &str) -> ControlPlane {
+        ControlPlane::start_in(db, name, &format!("{name}.toml"), extra_toml)
+    }
+
+    fn start_in(db: &TestDb, name: &str, config_file: &str, extra_toml: &str) -> ControlPlane {
+        let data_dir = db.data_dir().join(name);
         std::fs::create_dir_all(&data_dir).unwrap();
-        let config = db.data_dir().join("clawplane.toml");
+        let config = db.data_dir().join(config_file);
         std::fs::write(&config, format!("{FAST_HOSTS}{extra_toml}")).unwrap();
         let mut cp = ControlPlane {
-            log: db.data_dir().join("cp.log"),
+            log: db.data_dir().join(format!("{name}.log")),
             data_dir,
             database_url: db.url.clone(),
             api_port: free_port(),
