@@ -1251,23 +1251,17 @@ overage_per_1k_tokens_minor = 2
     })
     .await;
     assert!(subscription.tokens_used >= 49);
+    // A turn through the gateway itself, as a channel's would come, is
+    // refused by the host's proxy before it reaches the model.
     let asked = model.requests.lock().unwrap().len();
-    let refused = sessions.send_message(alice.request(ask("third"))).await;
-    let said = match refused {
-        Ok(stream) => {
-            let mut stream = stream.into_inner();
-            let mut said = String::new();
-            loop {
-                match stream.message().await {
-                    Ok(Some(event)) => said.push_str(&format!("{event:?}")),
-                    Ok(None) => break said,
-                    Err(status) => break format!("{said} {status:?}"),
-                }
-            }
-        }
-        Err(status) => status.message().to_string(),
-    };
-    eprintln!("the refused turn said: {said}");
+    let auth = format!("Bearer {}", record["gateway_token"].as_str().unwrap());
+    let body = serde_json::json!({
+        "model": format!("openclaw/{}", a.slug),
+        "messages": [{"role": "user", "content": "third"}],
+    });
+    let port = record["port"].as_u64().unwrap() as u16;
+    let (status, said) = http_post_json(port, "/v1/chat/completions", &[("Authorization", &auth)], &body).await;
+    eprintln!("the refused turn: {status} {said}");
     assert!(said.contains("allowance"), "the refusal says why: {said}");
     assert_eq!(model.requests.lock().unwrap().len(), asked, "the refused turn never reached the model");
     // The transcript shows the refusal as the turn's answer.
@@ -1293,6 +1287,35 @@ overage_per_1k_tokens_minor = 2
         }
     })
     .await;
+
+    // SendMessage does not start a turn the model would refuse: it answers
+    // RESOURCE_EXHAUSTED with the reason (once the control plane has
+    // counted the turns that used the allowance up).
+    let refusal = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    eventually(Duration::from_secs(30), "SendMessage refused with RESOURCE_EXHAUSTED", || {
+        let (mut sessions, request, refusal) = (sessions.clone(), alice.request(ask("fourth")), refusal.clone());
+        async move {
+            let status = match sessions.send_message(request).await {
+                Ok(stream) => {
+                    let mut stream = stream.into_inner();
+                    loop {
+                        match stream.message().await {
+                            Ok(Some(_)) => continue,
+                            Ok(None) => return false,
+                            Err(status) => break status,
+                        }
+                    }
+                }
+                Err(status) => status,
+            };
+            *refusal.lock().unwrap() = status.message().to_string();
+            status.code() == tonic::Code::ResourceExhausted
+        }
+    })
+    .await;
+    let refusal = refusal.lock().unwrap().clone();
+    assert!(refusal.contains("allowance is used up") && refusal.contains("Free plan"), "{refusal}");
+    assert_eq!(model.requests.lock().unwrap().len(), asked, "no refused turn reached the model");
 
     // A bigger plan lifts it at once.
     usage.change_plan(alice.request(ChangePlanRequest { tenant_id: a.id.clone(), plan: "pro".into() })).await.unwrap();

@@ -163,6 +163,23 @@ impl Fleet {
         Ok(())
     }
 
+    /// Why the tenant's model calls are refused now, if they are: the
+    /// allowance last pushed to its host blocks (used up under `block`, or
+    /// the subscription ended) and its model is the platform's (a tenant's
+    /// own key is never refused). One row read when not blocked.
+    pub async fn model_calls_refused(&self, tenant_id: &str) -> FleetResult<Option<String>> {
+        if !self.store.allowance_state(tenant_id).await?.is_some_and(|state| state.blocked) {
+            return Ok(None);
+        }
+        let Some(tenant) = self.store.live_tenant(tenant_id).await? else { return Ok(None) };
+        let rows = self.desired.rows(tenant_id).await?;
+        if !self.desired.document(&rows)?.model.is_some_and(|route| route.platform) {
+            return Ok(None);
+        }
+        let standing = quota::standing(&self.store, &tenant, Utc::now()).await?;
+        Ok(standing.blocked.then_some(standing.reason))
+    }
+
     /// The periodic sweep: rolls over ended periods (PERIOD_CLOSED, then a
     /// fresh allowance), tells hosts when a cancelled subscription ends, and
     /// drops usage events past their retention. Returns the periods rolled.

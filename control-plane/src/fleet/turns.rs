@@ -59,6 +59,10 @@ pub enum TurnError {
     Refused(String),
     #[error("the tenant's gateway is rate limiting: {0}")]
     RateLimited(String),
+    /// The plan's allowance for the platform's model is used up (or the
+    /// subscription ended): the turn would only be refused by the model.
+    #[error("the tenant's model allowance is used up: {0}")]
+    AllowanceUsedUp(String),
     #[error("the tenant's gateway sent nothing for {}s", .0.as_secs())]
     Idle(Duration),
     #[error("{0}")]
@@ -68,7 +72,9 @@ pub enum TurnError {
 impl ServiceError for TurnError {
     fn error_code(&self) -> ServiceErrorCode {
         match self {
-            TurnError::Busy(_) | TurnError::RateLimited(_) => ServiceErrorCode::ResourceExhausted,
+            TurnError::Busy(_) | TurnError::RateLimited(_) | TurnError::AllowanceUsedUp(_) => {
+                ServiceErrorCode::ResourceExhausted
+            }
             TurnError::Unavailable(_) => ServiceErrorCode::Unavailable,
             TurnError::Refused(_) => ServiceErrorCode::InvalidArgument,
             TurnError::Idle(_) => ServiceErrorCode::DeadlineExceeded,
@@ -143,6 +149,10 @@ impl TurnRelay {
     /// head); the answer itself streams from the returned [`Turn`].
     pub async fn start(&self, turn: TurnRequest<'_>) -> Result<Turn, TurnError> {
         let slot = self.reserve(turn.tenant_id)?;
+        let refused = self.fleet.model_calls_refused(turn.tenant_id).await;
+        if let Some(reason) = refused.map_err(|err| TurnError::Internal(format!("{err:#}")))? {
+            return Err(TurnError::AllowanceUsedUp(reason));
+        }
         if !self.fleet.is_connected(turn.host_id) {
             return Err(TurnError::Unavailable("the tenant's host is not connected".into()));
         }
