@@ -755,7 +755,9 @@ export const SessionService: GenService<{
    * oversized text, malformed session_key or agent_id, an agent_id that is
    * not the session's), FAILED_PRECONDITION (the tenant is not RUNNING; the
    * message names its status), RESOURCE_EXHAUSTED (the tenant already has
-   * its maximum of turns in flight), UNAVAILABLE (the tenant's host is not
+   * its maximum of turns in flight, or its plan's allowance for the
+   * platform's model is used up: the message says which and when it
+   * renews), UNAVAILABLE (the tenant's host is not
    * connected, or the gateway failed or went away mid-turn: text streamed
    * before such an error is not a complete answer), DEADLINE_EXCEEDED (no
    * answer within the turn timeout).
