@@ -13,8 +13,8 @@ use clawplane_proto::v1::JoinRequest;
 use clawplane_tls::PinnedServerVerifier;
 use tonic::Code;
 
-use crate::agent::endpoints::resolve;
 use crate::config::{control_plane_urls, HostConfig};
+use crate::endpoints::resolve;
 use crate::inventory::collect;
 use crate::rpc::transport_detail;
 use crate::state::{Identity, StateDir};

@@ -9,6 +9,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod agent;
 mod commands;
 mod config;
+mod endpoints;
 mod inventory;
 mod join;
 mod metered;

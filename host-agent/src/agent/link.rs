@@ -6,8 +6,8 @@ use std::sync::{Arc, Mutex};
 
 use clawplane_tls::ReloadableIdentity;
 
-use super::endpoints::Endpoint;
 use crate::config::ControlPlaneUrl;
+use crate::endpoints::Endpoint;
 use crate::state::Identity;
 
 pub struct Link {

@@ -8,7 +8,6 @@
 //! accepting, running commands finish, and the agent waits for all of them
 //! (at most [`SHUTDOWN_GRACE`]). Tenant gateways are left running, as they
 //! would be if the agent were killed: the next run adopts them.
-pub mod endpoints;
 mod link;
 mod logs;
 mod reconnect;

@@ -9,9 +9,9 @@ use std::future::Future;
 use anyhow::anyhow;
 use tokio::time::Instant;
 
-use super::endpoints::{resolve, round, Endpoint};
 use super::session::{Ended, Sessions};
 use crate::config::STABLE_SESSION;
+use crate::endpoints::{resolve, round, Endpoint};
 use crate::retry::{Backoff, Retries};
 use clawplane_edge::shutdown::Shutdown;
 

@@ -13,11 +13,11 @@ use clawplane_proto::v1::{
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::endpoints::Endpoint;
 use super::link::Link;
 use super::logs::{is_log_command, LogStreams};
 use crate::commands::Executor;
 use crate::config::{HostConfig, HEARTBEAT_EVERY};
+use crate::endpoints::Endpoint;
 use crate::inventory::collect;
 use crate::rpc::{close_is_revocation, is_refusal, transport_detail};
 use crate::runtime::GatewayPhase;
