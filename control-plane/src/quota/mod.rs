@@ -8,7 +8,9 @@ pub mod billing;
 
 use chrono::{DateTime, Utc};
 
-use crate::store::{OveragePolicy, Store, StoreResult, SubscriptionRecord, SubscriptionStatus, TenantRecord};
+use crate::store::{
+    day_start, OveragePolicy, Store, StoreResult, SubscriptionRecord, SubscriptionStatus, TenantRecord,
+};
 
 /// A threshold of an allowance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -96,7 +98,15 @@ pub async fn standing(store: &Store, tenant: &TenantRecord, now: DateTime<Utc>) 
     let subscription = store.subscription(&tenant.tenant).await?;
     let tenant_id = &tenant.tenant.id;
     // Usage up to now (or the period's end, for an ended cancelled one).
-    let until = now.min(subscription.period_end).max(subscription.period_start);
+    // While the period runs, "up to now" is all of today so far: counted to
+    // the end of today, today is a whole day read from its counter row
+    // instead of counting its messages one by one (this runs after every
+    // sync batch; periods end at midnight, so the end of today is in it).
+    let until = match now < subscription.period_end {
+        true => day_start(now.date_naive() + chrono::Days::new(1)).min(subscription.period_end),
+        false => subscription.period_end,
+    }
+    .max(subscription.period_start);
     let messages_used = store.messages_between(tenant_id, subscription.period_start, until).await?;
     let tokens_used = store.platform_tokens_between(tenant_id, subscription.period_start, until).await?;
     Ok(assess(subscription, messages_used, tokens_used, now))
