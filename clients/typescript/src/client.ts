@@ -7,7 +7,7 @@ import { ConfigService } from "./gen/clawplane/v1/config_pb.js";
 import { HostService } from "./gen/clawplane/v1/host_pb.js";
 import { SessionService, type TokenUsage } from "./gen/clawplane/v1/session_pb.js";
 import { TenantService, type Tenant } from "./gen/clawplane/v1/tenant_pb.js";
-import { UsageService } from "./gen/clawplane/v1/usage_pb.js";
+import { UsageService, type Subscription } from "./gen/clawplane/v1/usage_pb.js";
 import { ClawplaneError, toClawplaneError } from "./errors.js";
 
 /** Per-call options of the helpers. */
@@ -122,6 +122,18 @@ export interface ClawplaneClient {
   /** Restarts the tenant's gateway and resolves once it is ready again. */
   restartTenant(tenantId: string, options?: RequestOptions): Promise<Tenant>;
   /**
+   * The tenant's subscription: plan, status, current period, usage so far
+   * and what remains, and `quotaExceeded` (with `quotaReason`) while the
+   * platform's model refuses its calls.
+   */
+  getSubscription(tenantId: string, options?: RequestOptions): Promise<Subscription>;
+  /**
+   * Moves the tenant to another plan now (a new period starts, lifting a
+   * used-up allowance). INVALID_ARGUMENT for an unknown plan;
+   * FAILED_PRECONDITION when the tenant has more channels than it allows.
+   */
+  changePlan(tenantId: string, plan: string, options?: RequestOptions): Promise<Subscription>;
+  /**
    * The tenant's gateway log: the last `tailLines`, then (with `follow`) new
    * lines until `signal` aborts or the loop breaks. FAILED_PRECONDITION while
    * the tenant is not placed on a host.
@@ -195,11 +207,12 @@ function required<T>(value: T | undefined, what: string): T {
 export function clientOverTransport(transport: Transport, close: () => void = () => {}): ClawplaneClient {
   const tenants = createServiceClient(TenantService, transport);
   const sessions = createServiceClient(SessionService, transport);
+  const usage = createServiceClient(UsageService, transport);
   let closed = false;
   return {
     tenants,
     sessions,
-    usage: createServiceClient(UsageService, transport),
+    usage,
     config: createServiceClient(ConfigService, transport),
     hosts: createServiceClient(HostService, transport),
     transport,
@@ -237,6 +250,16 @@ export function clientOverTransport(transport: Transport, close: () => void = ()
     async restartTenant(tenantId, options) {
       const res = await tenants.restartTenant({ tenantId }, callOptions(options, false));
       return required(res.tenant, "tenant");
+    },
+
+    async getSubscription(tenantId, options) {
+      const res = await usage.getSubscription({ tenantId }, callOptions(options, false));
+      return required(res.subscription, "subscription");
+    },
+
+    async changePlan(tenantId, plan, options) {
+      const res = await usage.changePlan({ tenantId, plan }, callOptions(options, false));
+      return required(res.subscription, "subscription");
     },
 
     async *streamLogs(tenantId, options) {

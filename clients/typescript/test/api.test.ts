@@ -4,6 +4,7 @@ import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
 import {
   ClawplaneError,
+  SubscriptionStatus,
   TenantSchema,
   TenantStatus,
   createClawplaneClient,
@@ -119,6 +120,21 @@ for (const transport of ["grpc-web", "grpc"] as const) {
       await rejectsWith(() => drain(bob.streamLogs(tenant.id)), "NOT_FOUND");
       await rejectsWith(() => drain(bob.sendMessage(tenant.id, "hi")), "NOT_FOUND");
       assert.equal((await alice.getMyTenant()).status, TenantStatus.PENDING, "alice's tenant is untouched");
+    });
+
+    test("getSubscription and changePlan: the plan, its period and usage; a plan change starts a new period", async () => {
+      const alice = user("plan");
+      const { tenant } = await alice.createTenant({ plan: "free" });
+      const before = await alice.getSubscription(tenant.id);
+      assert.equal(before.plan?.name, "free");
+      assert.equal(before.status, SubscriptionStatus.ACTIVE);
+      assert.equal(before.tokensUsed, 0n);
+      assert.equal(before.quotaExceeded, false);
+      const after = await alice.changePlan(tenant.id, "pro");
+      assert.equal(after.plan?.name, "pro");
+      assert.equal((await alice.getMyTenant()).plan, "pro");
+      await rejectsWith(() => alice.changePlan(tenant.id, "no-such-plan"), "INVALID_ARGUMENT", /no-such-plan/);
+      await rejectsWith(() => user("plan-other").getSubscription(tenant.id), "NOT_FOUND");
     });
 
     test("deleteTenant, then getMyTenant is NOT_FOUND", async () => {
