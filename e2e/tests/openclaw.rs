@@ -46,6 +46,11 @@ async fn my_tenant(client: &mut TenantServiceClient<Channel>, cred: &Cred) -> Op
 }
 
 async fn wait_running(client: &mut TenantServiceClient<Channel>, cred: &Cred) -> Tenant {
+    wait_running_on(client, cred, None).await
+}
+
+/// [`wait_running`], and on failure what the host's agent said last.
+async fn wait_running_on(client: &mut TenantServiceClient<Channel>, cred: &Cred, agent: Option<&Agent>) -> Tenant {
     let mut last = None;
     for _ in 0..(240 * 4) {
         last = my_tenant(client, cred).await;
@@ -55,7 +60,9 @@ async fn wait_running(client: &mut TenantServiceClient<Channel>, cred: &Cred) ->
             _ => tokio::time::sleep(Duration::from_millis(250)).await,
         }
     }
-    panic!("tenant not running within 240 s: {last:?}")
+    let said = agent.map(|agent| agent.log()).unwrap_or_default();
+    let said: Vec<&str> = said.lines().rev().take(60).collect::<Vec<_>>().into_iter().rev().collect();
+    panic!("tenant not running within 240 s: {last:?}\nthe agent's last lines:\n{}", said.join("\n"))
 }
 
 /// The tenant's log tail through host and control plane (no follow).
@@ -752,7 +759,7 @@ async fn tenants_run_isolated_on_real_openclaw() {
     .await;
     agent.kill9();
     agent.run_with(&agent_args);
-    let c = wait_running(&mut client, &carol).await;
+    let c = wait_running_on(&mut client, &carol, Some(&agent)).await;
     assert_eq!(record(&agent.state_dir, &c.id)["provisioned"], true);
     eventually(Duration::from_secs(120), "gateways back after the agent restart", || {
         let ports = [a_port, rb["port"].as_u64().unwrap()];
