@@ -46,13 +46,19 @@ async fn my_tenant(client: &mut TenantServiceClient<Channel>, cred: &Cred) -> Op
 }
 
 async fn wait_running(client: &mut TenantServiceClient<Channel>, cred: &Cred) -> Tenant {
-    wait_running_on(client, cred, None).await
+    wait_running_on(client, cred, None, 240).await
 }
 
-/// [`wait_running`], and on failure what the host's agent said last.
-async fn wait_running_on(client: &mut TenantServiceClient<Channel>, cred: &Cred, agent: Option<&Agent>) -> Tenant {
+/// [`wait_running`] for up to `limit_s`, and on failure what the host's
+/// agent said last.
+async fn wait_running_on(
+    client: &mut TenantServiceClient<Channel>,
+    cred: &Cred,
+    agent: Option<&Agent>,
+    limit_s: u64,
+) -> Tenant {
     let mut last = None;
-    for _ in 0..(240 * 4) {
+    for _ in 0..(limit_s * 4) {
         last = my_tenant(client, cred).await;
         match last.as_ref().map(|t| TenantStatus::try_from(t.status).unwrap()) {
             Some(TenantStatus::Running) => return last.unwrap(),
@@ -62,7 +68,7 @@ async fn wait_running_on(client: &mut TenantServiceClient<Channel>, cred: &Cred,
     }
     let said = agent.map(|agent| agent.log()).unwrap_or_default();
     let said: Vec<&str> = said.lines().rev().take(60).collect::<Vec<_>>().into_iter().rev().collect();
-    panic!("tenant not running within 240 s: {last:?}\nthe agent's last lines:\n{}", said.join("\n"))
+    panic!("tenant not running within {limit_s} s: {last:?}\nthe agent's last lines:\n{}", said.join("\n"))
 }
 
 /// The tenant's log tail through host and control plane (no follow).
@@ -759,7 +765,11 @@ async fn tenants_run_isolated_on_real_openclaw() {
     .await;
     agent.kill9();
     agent.run_with(&agent_args);
-    let c = wait_running_on(&mut client, &carol, Some(&agent)).await;
+    // The killed agent's OpenClaw CLI calls may still hold the tenant's
+    // state lock, and the provisioning starts over: on a loaded 2-core
+    // machine that is several CLI calls and a gateway start (about 27
+    // CPU-seconds) while the other real-OpenClaw tests run.
+    let c = wait_running_on(&mut client, &carol, Some(&agent), 480).await;
     assert_eq!(record(&agent.state_dir, &c.id)["provisioned"], true);
     eventually(Duration::from_secs(120), "gateways back after the agent restart", || {
         let ports = [a_port, rb["port"].as_u64().unwrap()];
