@@ -535,3 +535,35 @@ fn base64_of_route_key() -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(KEY)
 }
+
+/// The agent asked to stop (SIGTERM, e.g. for an upgrade) while an answer
+/// streams: the call finishes before the meter stops, its record is in the
+/// journal once, and the restarted meter neither loses nor repeats it.
+#[tokio::test]
+async fn a_stop_mid_stream_loses_no_record_and_counts_none_twice() {
+    let dir = TestDir::new();
+    let upstream = ModelUpstream::start().await;
+    let usage = UpstreamUsage { input: 321, output: 54, cache_read: 7, cache_write: 0 };
+    upstream.set_usage(usage);
+    upstream.set_mode(UpstreamMode::Gated);
+    let api = ModelApi::OpenaiCompletions;
+    let running = start(dir.path()).await;
+    running.meter.set_route("t", route(&upstream, api)).unwrap();
+    let url = format!("{}{}", running.meter.provider_base_url(api), call_path(api));
+    let credential = running.meter.credential("t");
+    let response = send(&url, api, Auth::Key(&credential), body(api, true).to_string().into_bytes()).await;
+    let mut answer = response.into_body();
+    answer.frame().await.expect("a first event").expect("no error");
+    running.signal.request();
+    upstream.release();
+    let rest = answer.collect().await.expect("the rest of the answer").to_bytes();
+    assert!(String::from_utf8_lossy(&rest).contains("[DONE]"), "the whole answer: {rest:?}");
+    running.stop().await;
+
+    let running = start(dir.path()).await;
+    let calls = running.meter.journal().read("t", 0, 10).unwrap();
+    assert_eq!(calls.len(), 1, "the call in flight at the stop, once: {calls:?}");
+    assert_eq!(usage_of(&calls[0].1), usage);
+    assert_eq!(calls[0].1.outcome, ModelCallOutcome::Completed as i32);
+    running.stop().await;
+}
