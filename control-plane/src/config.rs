@@ -54,6 +54,26 @@ pub struct ServeArgs {
     /// loopback, private or reserved (comma-separated), e.g. 10.0.0.0/8.
     #[arg(long, env = "CLAWPLANE_MODELS_ALLOWED_CIDRS", value_delimiter = ',')]
     pub models_allowed_cidrs: Vec<String>,
+    /// The platform model's provider id (`models.platform.provider`).
+    #[arg(long, env = "CLAWPLANE_MODELS_PLATFORM_PROVIDER")]
+    pub models_platform_provider: Option<String>,
+    /// Its API: openai-completions, openai-responses or anthropic-messages
+    /// (`models.platform.api`).
+    #[arg(long, env = "CLAWPLANE_MODELS_PLATFORM_API")]
+    pub models_platform_api: Option<String>,
+    /// Its upstream, e.g. https://api.openai.com/v1 (`models.platform.base_url`).
+    #[arg(long, env = "CLAWPLANE_MODELS_PLATFORM_BASE_URL")]
+    pub models_platform_base_url: Option<String>,
+    /// A file holding its key (`models.platform.api_key_file`; or the key
+    /// itself in CLAWPLANE_MODELS_PLATFORM_API_KEY, never a flag).
+    #[arg(long, env = "CLAWPLANE_MODELS_PLATFORM_API_KEY_FILE")]
+    pub models_platform_api_key_file: Option<PathBuf>,
+    /// Model ids tenants may use, comma-separated (`models.platform.models`).
+    #[arg(long, env = "CLAWPLANE_MODELS_PLATFORM_MODELS", value_delimiter = ',')]
+    pub models_platform_models: Vec<String>,
+    /// The model of a tenant that chose none (`models.platform.default_model`).
+    #[arg(long, env = "CLAWPLANE_MODELS_PLATFORM_DEFAULT_MODEL")]
+    pub models_platform_default_model: Option<String>,
     /// Origins whose web pages may call the API with grpc-web
     /// (comma-separated, e.g. https://app.example.com; `*` for any). With
     /// none, cross-origin calls are refused.
@@ -428,10 +448,23 @@ impl Config {
         // The key comes from a file or the environment, never a flag: a
         // flag would show in every process listing.
         let key_from_env = std::env::var(PLATFORM_KEY_ENV).ok().filter(|key| !key.is_empty());
-        let platform_model = match file.models.platform {
+        // Flags (and their variables) win over the file, key by key.
+        let flagged = PlatformFileConfig {
+            provider: args.models_platform_provider,
+            api: args.models_platform_api,
+            base_url: args.models_platform_base_url,
+            api_key_file: args.models_platform_api_key_file,
+            models: Some(args.models_platform_models).filter(|m| !m.is_empty()),
+            default_model: args.models_platform_default_model,
+        };
+        let platform = match (file.models.platform, flagged.is_empty()) {
+            (None, true) => None,
+            (file, _) => Some(flagged.over(file.unwrap_or_default())),
+        };
+        let platform_model = match platform {
             Some(platform) => Some(platform_model(platform, key_from_env)?),
             None if key_from_env.is_some() => {
-                bail!("{PLATFORM_KEY_ENV} is set but the config file has no [models.platform]")
+                bail!("{PLATFORM_KEY_ENV} is set but no platform model is configured ([models.platform] or --models-platform-*)")
             }
             None => None,
         };
@@ -617,6 +650,29 @@ fn validate_database_url(url: &str) -> anyhow::Result<()> {
     } else {
         // Never echo the URL: it may carry a password.
         bail!("database_url: must start with sqlite:, postgres:// or postgresql://")
+    }
+}
+
+impl PlatformFileConfig {
+    fn is_empty(&self) -> bool {
+        self.provider.is_none()
+            && self.api.is_none()
+            && self.base_url.is_none()
+            && self.api_key_file.is_none()
+            && self.models.is_none()
+            && self.default_model.is_none()
+    }
+
+    /// Each setting of `self`, else of `file`.
+    fn over(self, file: PlatformFileConfig) -> PlatformFileConfig {
+        PlatformFileConfig {
+            provider: self.provider.or(file.provider),
+            api: self.api.or(file.api),
+            base_url: self.base_url.or(file.base_url),
+            api_key_file: self.api_key_file.or(file.api_key_file),
+            models: self.models.or(file.models),
+            default_model: self.default_model.or(file.default_model),
+        }
     }
 }
 
@@ -822,6 +878,21 @@ mod tests {
             let err = load(ServeArgs::default(), text).unwrap_err();
             assert!(format!("{err:#}").contains(expected), "{text}: {err:#}");
         }
+        // Flags win over the file key by key, and configure it alone too.
+        let args = ServeArgs {
+            models_platform_models: vec!["m9".into()],
+            models_platform_default_model: Some("m9".into()),
+            ..Default::default()
+        };
+        let platform = load(args, &with_key("")).unwrap().platform_model.unwrap();
+        assert_eq!((platform.models, platform.default_model.as_str()), (vec!["m9".to_string()], "m9"));
+        let args = ServeArgs {
+            models_platform_base_url: Some("https://llm.example.com/v1".into()),
+            models_platform_api_key_file: Some(key.clone()),
+            models_platform_models: vec!["m1".into()],
+            ..Default::default()
+        };
+        assert_eq!(load(args, "").unwrap().platform_model.unwrap().default_model, "m1");
     }
 
     #[test]
