@@ -46,7 +46,9 @@ async fn my_tenant(client: &mut TenantServiceClient<Channel>, cred: &Cred) -> Op
 }
 
 async fn wait_running(client: &mut TenantServiceClient<Channel>, cred: &Cred) -> Tenant {
-    wait_running_on(client, cred, None, 240).await
+    // Sized for 2 loaded cores: the other real-OpenClaw tests start
+    // gateways (about 27 CPU-seconds each) at the same time.
+    wait_running_on(client, cred, None, 480).await
 }
 
 /// [`wait_running`] for up to `limit_s`, and on failure what the host's
@@ -468,19 +470,18 @@ async fn in_a_browser(dir: &Path, a: &Tenant, alice: &str, bridge_port: u16, bri
     let _ = lb.wait();
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn tenants_run_isolated_on_real_openclaw() {
-    let Some(openclaw) = openclaw_bin() else { return };
-    let db = sqlite_db();
-    // Tenant users must be able to reach their own tree under this folder.
-    std::fs::set_permissions(db.data_dir(), std::fs::Permissions::from_mode(0o711)).unwrap();
-    let mut cp = ControlPlane::start(&db, MODELS_ON_LOOPBACK);
+/// A host joined to `cp` whose agent runs tenants on the real OpenClaw
+/// (process runtime): tenant trees under `<data dir>/tenants`, gateways on
+/// a port range of their own, the tenant proxy on, plus `extra` flags.
+/// Returns the agent, the tenants dir and the flags it runs with (to start
+/// it again after a kill -9).
+async fn real_host(cp: &ControlPlane, db: &TestDb, openclaw: &Path, extra: &[&str]) -> (Agent, PathBuf, Vec<String>) {
     let (token, pin) = cp.join_token(600, 1).await;
     let mut agent = Agent::new(&db.data_dir(), "agent");
     assert!(agent.join(&cp.url(), &token, &pin).status.success());
     let tenants_dir = db.data_dir().join("tenants");
     let base_port = (free_port() / 1000 * 1000).clamp(21000, 60000).to_string();
-    let agent_args = [
+    let mut args: Vec<String> = [
         "--openclaw-bin",
         openclaw.to_str().unwrap(),
         "--tenants-dir",
@@ -489,8 +490,23 @@ async fn tenants_run_isolated_on_real_openclaw() {
         &base_port,
         "--proxy-listen",
         "127.0.0.1:0",
-    ];
-    agent.run_with(&agent_args);
+    ]
+    .iter()
+    .map(|arg| arg.to_string())
+    .collect();
+    args.extend(extra.iter().map(|arg| arg.to_string()));
+    agent.run_with(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    (agent, tenants_dir, args)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tenants_run_isolated_on_real_openclaw() {
+    let Some(openclaw) = openclaw_bin() else { return };
+    let db = sqlite_db();
+    // Tenant users must be able to reach their own tree under this folder.
+    std::fs::set_permissions(db.data_dir(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    let mut cp = ControlPlane::start(&db, MODELS_ON_LOOPBACK);
+    let (mut agent, tenants_dir, agent_args) = real_host(&cp, &db, &openclaw, &[]).await;
 
     let mut client = TenantServiceClient::new(cp.channel().await);
     let (alice, bob) = (Cred::shared("alice"), Cred::shared("bob"));
@@ -764,7 +780,7 @@ async fn tenants_run_isolated_on_real_openclaw() {
     })
     .await;
     agent.kill9();
-    agent.run_with(&agent_args);
+    agent.run_with(&agent_args.iter().map(String::as_str).collect::<Vec<_>>());
     // The killed agent's OpenClaw CLI calls may still hold the tenant's
     // state lock, and the provisioning starts over: on a loaded 2-core
     // machine that is several CLI calls and a gateway start (about 27
@@ -981,25 +997,8 @@ async fn tenants_are_limited_and_hibernate_on_real_openclaw() {
     // far less memory than it takes.
     set_plan(&db, "pro", "hibernate_after_secs = 5").await;
     set_plan(&db, "enterprise", "memory_limit_mib = 160").await;
-    let (token, pin) = cp.join_token(600, 1).await;
-    let mut agent = Agent::new(&db.data_dir(), "agent");
-    assert!(agent.join(&cp.url(), &token, &pin).status.success());
-    let tenants_dir = db.data_dir().join("tenants");
-    let base_port = (free_port() / 1000 * 1000).clamp(21000, 60000).to_string();
-    agent.run_with(&[
-        "--openclaw-bin",
-        openclaw.to_str().unwrap(),
-        "--tenants-dir",
-        tenants_dir.to_str().unwrap(),
-        "--gateway-base-port",
-        &base_port,
-        "--proxy-listen",
-        "127.0.0.1:0",
-        "--hibernation-check-interval",
-        "1s",
-        "--wake-timeout",
-        "240s",
-    ]);
+    let extra = ["--hibernation-check-interval", "1s", "--wake-timeout", "240s"];
+    let (agent, tenants_dir, _) = real_host(&cp, &db, &openclaw, &extra).await;
 
     let mut client = TenantServiceClient::new(cp.channel().await);
     let (alice, bob, carol) = (Cred::shared("alice"), Cred::shared("bob"), Cred::shared("carol"));
@@ -1156,21 +1155,7 @@ overage_per_1k_tokens_minor = 2
         key = key_file.display()
     );
     let cp = ControlPlane::start(&db, &config);
-    let (token, pin) = cp.join_token(600, 1).await;
-    let mut agent = Agent::new(&db.data_dir(), "agent");
-    assert!(agent.join(&cp.url(), &token, &pin).status.success());
-    let tenants_dir = db.data_dir().join("tenants");
-    let base_port = (free_port() / 1000 * 1000).clamp(21000, 60000).to_string();
-    agent.run_with(&[
-        "--openclaw-bin",
-        openclaw.to_str().unwrap(),
-        "--tenants-dir",
-        tenants_dir.to_str().unwrap(),
-        "--gateway-base-port",
-        &base_port,
-        "--proxy-listen",
-        "127.0.0.1:0",
-    ]);
+    let (agent, tenants_dir, _) = real_host(&cp, &db, &openclaw, &[]).await;
 
     let mut client = TenantServiceClient::new(cp.channel().await);
     let alice = Cred::shared("alice");
