@@ -2,7 +2,10 @@
 //! bridge's in-memory table (WatchRoutes) and nginx's auth_request lookups
 //! (ResolveRoute). The database is the source of truth, so every replica
 //! answers the same: a shared task reads the table a few times a second and
-//! every watcher streams the difference from what it sent last.
+//! every watcher streams the difference from what it sent last. Revisions
+//! are the cluster's (see [`Store::advance_route_revision`]): a bridge
+//! moving from one replica to another sees them keep increasing, and one
+//! table state has one revision on every replica.
 use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -17,6 +20,7 @@ use clawplane_proto::v1::{
     RouteSnapshot, RouteStatus, WatchRoutesRequest, WatchRoutesResponse,
 };
 use futures::Stream;
+use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
@@ -59,7 +63,7 @@ impl RouteEntry {
     }
 }
 
-/// The table by slug, with a revision bumped on every change.
+/// The table by slug at the cluster's revision for it.
 #[derive(Debug, Default, Clone)]
 struct Table {
     revision: i64,
@@ -102,32 +106,111 @@ async fn read_table(store: &Store) -> ApiResult<BTreeMap<String, RouteEntry>> {
         .collect())
 }
 
+/// SHA-256 (hex) of every field of every route in slug order, each
+/// length-prefixed: equal exactly when the tables are.
+fn digest(routes: &BTreeMap<String, RouteEntry>) -> String {
+    let mut hash = Sha256::new();
+    hash.update((routes.len() as u64).to_be_bytes());
+    for (slug, route) in routes {
+        // Destructured: a new field cannot be left out.
+        let RouteEntry { tenant_id, slug: route_slug, host_id, agent_endpoint, status, owner_user_id, owner_team_id } =
+            route;
+        for field in [slug, tenant_id, route_slug, host_id, agent_endpoint, owner_user_id, owner_team_id] {
+            hash.update((field.len() as u64).to_be_bytes());
+            hash.update(field.as_bytes());
+        }
+        hash.update((*status as i32).to_be_bytes());
+    }
+    hex::encode(hash.finalize())
+}
+
+/// The table this replica serves and its digest.
+struct Published {
+    table: Table,
+    digest: String,
+}
+
+/// After this many refreshes in a row lost to other replicas' records, a
+/// replica records its state anyway (see [`refresh`]).
+const MAX_LOST_RECORDS: u32 = 4;
+
+/// What one refresh found.
+enum Refreshed {
+    /// The served table stands.
+    Unchanged,
+    /// Another replica recorded a state between this one's reads; read
+    /// again.
+    Lost,
+    /// Serve this table.
+    New(Published),
+}
+
+/// One refresh: the table as read now at the cluster's revision for it.
+///
+/// The recorded state is read first, then the table: a table that differs
+/// from `published` is recorded only if no other state was recorded in
+/// between, so replicas record states in the order they read them and a
+/// state read by several gets one revision (it takes the revision another
+/// replica recorded it with). After [`MAX_LOST_RECORDS`] such losses in a
+/// row (`insist`) it is recorded anyway, so a busy cluster cannot starve a
+/// replica; a state recorded out of order only costs revision numbers, the
+/// next read records the newer one again. An unchanged table takes a higher
+/// revision another replica recorded it with since. Revisions never go
+/// down.
+async fn refresh(store: &Store, published: Option<&Published>, insist: bool) -> ApiResult<Refreshed> {
+    let stored = store.route_revision().await?;
+    let routes = read_table(store).await?;
+    if let Some(published) = published.filter(|p| p.table.routes == routes) {
+        if stored.digest != published.digest || stored.revision <= published.table.revision {
+            return Ok(Refreshed::Unchanged);
+        }
+        let table = Table { revision: stored.revision, routes };
+        return Ok(Refreshed::New(Published { table, digest: published.digest.clone() }));
+    }
+    let digest = digest(&routes);
+    let count = routes.len() as i64;
+    let revision = if stored.digest == digest {
+        stored.revision
+    } else if insist {
+        store.advance_route_revision(&digest, count).await?
+    } else {
+        match store.advance_route_revision_from(stored.revision, &digest, count).await? {
+            Some(revision) => revision,
+            None => return Ok(Refreshed::Lost),
+        }
+    };
+    let revision = revision.max(published.map_or(0, |p| p.table.revision));
+    Ok(Refreshed::New(Published { table: Table { revision, routes }, digest }))
+}
+
 pub struct RouteApi {
     store: Store,
     base_domain: String,
-    table: watch::Receiver<Arc<Table>>,
+    /// None until the first table is read (watchers wait for it).
+    table: watch::Receiver<Option<Arc<Table>>>,
 }
 
 impl RouteApi {
     /// Starts the shared table refresher; it stops at shutdown, and with it
     /// every WatchRoutes stream.
     pub fn new(store: Store, base_domain: String, shutdown: ShutdownSignal) -> Self {
-        let (tx, table) = watch::channel(Arc::new(Table::default()));
+        let (tx, table) = watch::channel(None);
         let reader = store.clone();
         shutdown.clone().spawn(async move {
-            let mut current = Table::default();
+            let mut published: Option<Published> = None;
+            let mut lost = 0;
             loop {
-                match read_table(&reader).await {
-                    Ok(routes) if routes != current.routes => {
-                        // One revision per changed route, so a watcher's
-                        // per-route changes fit between two table revisions.
-                        let changed = routes.iter().filter(|(k, v)| current.routes.get(*k) != Some(v)).count()
-                            + current.routes.keys().filter(|k| !routes.contains_key(*k)).count();
-                        current = Table { revision: current.revision + changed as i64, routes };
-                        let _ = tx.send(Arc::new(current.clone()));
+                // On an error the served table stays as it is (never one
+                // without the cluster's revision); the next tick retries.
+                match refresh(&reader, published.as_ref(), lost >= MAX_LOST_RECORDS).await {
+                    Ok(Refreshed::New(next)) => {
+                        let _ = tx.send(Some(Arc::new(next.table.clone())));
+                        published = Some(next);
+                        lost = 0;
                     }
-                    Ok(_) => {}
-                    Err(err) => tracing::warn!(error = %err, "cannot read the route table"),
+                    Ok(Refreshed::Unchanged) => lost = 0,
+                    Ok(Refreshed::Lost) => lost += 1,
+                    Err(err) => tracing::warn!(error = %err, "cannot refresh the route table"),
                 }
                 tokio::select! {
                     _ = tokio::time::sleep(ROUTE_REFRESH) => {}
@@ -201,9 +284,17 @@ impl RouteService for RouteApi {
         let mut table = self.table.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         tokio::spawn(async move {
-            // The first table after start-up may not be read yet.
+            // The first table after start-up may not be read yet: an empty
+            // snapshot would empty the caller's table.
+            let first = tokio::select! {
+                first = table.wait_for(Option::is_some) => first.ok().and_then(|t| t.clone()),
+                _ = tx.closed() => return,
+            };
+            let Some(current) = first else {
+                let _ = tx.send(Err(Status::unavailable("the control plane is shutting down; reconnect"))).await;
+                return;
+            };
             let mut sent = {
-                let current = table.borrow_and_update().clone();
                 let snapshot = RouteSnapshot {
                     routes: current.routes.values().map(|r| r.to_route(&domain)).collect(),
                     revision: current.revision,
@@ -216,7 +307,7 @@ impl RouteService for RouteApi {
             };
             let mut revision = sent.revision;
             while table.changed().await.is_ok() {
-                let current = table.borrow_and_update().clone();
+                let Some(current) = table.borrow_and_update().clone() else { continue };
                 let mut changes = Vec::new();
                 for (slug, route) in &current.routes {
                     if sent.routes.get(slug) != Some(route) {
@@ -230,6 +321,13 @@ impl RouteService for RouteApi {
                         changes.push((RouteChangeType::Delete, gone));
                     }
                 }
+                // Numbered up to the table's revision, so the last change
+                // carries it, as every watcher's does: one state, one
+                // revision. The table's revision is at least the previous
+                // one plus both tables' route counts (see
+                // `Store::advance_route_revision`), so they stay above the
+                // revision sent last.
+                revision = revision.max(current.revision - changes.len() as i64);
                 for (kind, route) in changes {
                     revision += 1;
                     let change = RouteChange { r#type: kind as i32, route: Some(route), revision };

@@ -11,6 +11,7 @@ mod entities;
 mod hosts;
 mod meter;
 mod plans;
+mod routes;
 mod subscriptions;
 mod tenants;
 mod transcripts;
@@ -41,6 +42,7 @@ pub use entities::{CommandKind, CommandState, HostState};
 pub use hosts::{inventory_json, stored_inventory, HostLoad, JoinTokenError, NewHostCert};
 pub use meter::{MeterOutcome, NewModelCall};
 pub use plans::{OveragePolicy, PlanSpec};
+pub use routes::RouteRevision;
 pub use subscriptions::{
     month_start, next_month_start, BillingPeriod, SubscriptionChange, SubscriptionRecord, SubscriptionStatus,
 };
