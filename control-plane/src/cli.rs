@@ -63,8 +63,13 @@ pub enum HostsCommand {
         #[arg(long)]
         undo: bool,
     },
-    /// Remove a host: its certificates are revoked and its stream closed.
-    Remove { host: String },
+    /// Remove a host: its certificates are revoked and its streams closed.
+    Remove {
+        host: String,
+        /// Remove it even though tenants are still placed on it.
+        #[arg(long)]
+        force: bool,
+    },
     /// Round-trip a ping through the host's command queue.
     Ping {
         host: String,
@@ -222,9 +227,9 @@ pub async fn hosts(connection: &Connection, command: HostsCommand) -> anyhow::Re
                 .map_err(status_error)?;
             println!("{} host {host}", if undo { "undrained" } else { "draining" });
         }
-        HostsCommand::Remove { host } => {
+        HostsCommand::Remove { host, force } => {
             client
-                .remove_host(authed(&auth, RemoveHostRequest { host_id: host.clone(), force: false }))
+                .remove_host(authed(&auth, RemoveHostRequest { host_id: host.clone(), force }))
                 .await
                 .map_err(status_error)?;
             println!("removed host {host}; its certificates are revoked");

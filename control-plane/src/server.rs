@@ -209,6 +209,8 @@ impl Server {
         tasks.spawn(purge_deleted_tenants(store.clone(), config.clone(), tasks.clone()));
         tasks.spawn(refresh_owner_cache(store.clone(), tasks.clone()));
         tasks.spawn(fleet.clone().keep_leases());
+        let (listener_store, stop) = (store.clone(), tasks.clone());
+        tasks.spawn(async move { listener_store.follow_cluster_events(stop.requested()).await });
         tasks.spawn(place_pending_tenants(fleet.clone(), tasks.clone()));
         tasks.spawn(sweep_periods(fleet.clone(), tasks.clone()));
         let agents = tasks.spawn(serve_agents(

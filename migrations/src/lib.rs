@@ -8,6 +8,7 @@ mod m20261124_000003_sync;
 mod m20261202_000004_plan_resources;
 mod m20261210_000005_plans_billing;
 mod m20261220_000006_cluster;
+mod m20261222_000007_stream_claims;
 mod m20261222_000008_route_revision;
 
 pub struct Migrator;
@@ -22,6 +23,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261202_000004_plan_resources::Migration),
             Box::new(m20261210_000005_plans_billing::Migration),
             Box::new(m20261220_000006_cluster::Migration),
+            Box::new(m20261222_000007_stream_claims::Migration),
             Box::new(m20261222_000008_route_revision::Migration),
         ]
     }

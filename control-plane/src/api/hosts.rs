@@ -19,7 +19,7 @@ use super::request::{
     admin, check_label, check_text, decode_page_token, next_page_token, page_size, required_id, timestamp,
 };
 use crate::fleet::{host_status, Fleet};
-use crate::store::{Host, HostState, JoinToken, Store};
+use crate::store::{Host, HostState, JoinToken, Store, StoreError};
 
 pub struct HostApi {
     store: Store,
@@ -258,10 +258,27 @@ impl HostService for HostApi {
 
     async fn remove_host(&self, request: Request<RemoveHostRequest>) -> Result<Response<RemoveHostResponse>, Status> {
         admin(&request)?;
-        let host = self.host_for_admin(&request.get_ref().host_id).await?;
-        let host = self.store.set_host_state(&host.id, HostState::Removed).await.map_err(ApiError::from)?;
-        self.fleet.revoke(&host.id);
-        tracing::info!(host = %host.id, "host removed; its certificates are revoked");
+        let req = request.into_inner();
+        let host = self.host_for_admin(&req.host_id).await?;
+        if host.status != HostState::Removed {
+            let tenants = self.store.host_load(&host.id).await.map_err(ApiError::from)?.tenants;
+            if tenants > 0 && !req.force {
+                return Err(ApiError::FailedPrecondition(format!(
+                    "host {} still has {tenants} tenant(s); move them off (DrainHost) or pass force",
+                    host.id
+                ))
+                .into());
+            }
+        }
+        let host = match self.store.set_host_state(&host.id, HostState::Removed).await {
+            Ok(host) => host,
+            // Removed already (maybe by another call just now): success.
+            Err(StoreError::NotFound(_)) => self.host_for_admin(&host.id).await?,
+            Err(err) => return Err(ApiError::from(err).into()),
+        };
+        // Again for a removed host too: a stream must not outlive removal.
+        self.fleet.revoke(&host.id).await;
+        tracing::info!(host = %host.id, "host removed; its certificates are revoked and its streams closed");
         Ok(Response::new(RemoveHostResponse { host: Some(self.fleet.host_message(host).await?) }))
     }
 

@@ -47,6 +47,9 @@ type SyncStream = Pin<Box<dyn Stream<Item = Result<SyncResponse, Status>> + Send
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// Outbound messages buffered per host before the session waits.
 const OUTBOUND_BUFFER: usize = 32;
+/// How often a session looks for queued commands without being woken (in
+/// case the event of another replica's enqueue was lost).
+const COMMAND_POLL: Duration = Duration::from_secs(10);
 
 fn control(kind: control_message::Kind) -> ControlMessage {
     ControlMessage { kind: Some(kind) }
@@ -75,9 +78,9 @@ impl AgentService for AgentApi {
         let config = self.fleet.config().clone();
         let lease_until = Utc::now() + chrono::Duration::from_std(config.lease).unwrap_or_default();
         let inventory = hello.inventory.unwrap_or_default();
-        self.fleet
-            .store
-            .record_hello(&host.id, inventory_json(&inventory), lease_until)
+        let store = &self.fleet.store;
+        let generation = store
+            .record_hello(&host.id, inventory_json(&inventory), lease_until, store.replica_id())
             .await
             .map_err(FleetError::from)?;
 
@@ -91,7 +94,8 @@ impl AgentService for AgentApi {
         let _ = tx.send(Box::new(Ok(control(control_message::Kind::HelloAck(ack))))).await;
         let not_after = peer.map(|p| p.not_after).unwrap_or(0);
         let proxy_endpoint = Some(inventory.proxy_endpoint.clone()).filter(|e| !e.is_empty());
-        let handles = self.fleet.register(&host.id, not_after, proxy_endpoint, tx.clone());
+        let handles = self.fleet.register(&host.id, generation, not_after, proxy_endpoint, tx.clone());
+        self.fleet.claimed(&host.id, generation).await;
         tracing::info!(host = %host.id, session = handles.id, agent = %inventory.agent_version, "host connected");
         let fleet = self.fleet.clone();
         let (host_id, tenants) = (host.id.clone(), hello.tenants);
@@ -112,11 +116,14 @@ impl AgentService for AgentApi {
     async fn sync(&self, request: Request<Streaming<SyncRequest>>) -> Result<Response<SyncStream>, Status> {
         let peer = request.extensions().get::<AgentConnectInfo>().and_then(|info| info.peer.clone());
         let host = self.fleet.authorize(peer.as_ref()).await?;
+        // Authorized once, so it must also end when the host is removed.
+        let removed = self.fleet.removal_of(&host.id);
         let stream = crate::ingest::serve(
             self.fleet.store.clone(),
             host.id,
             request.into_inner(),
             self.fleet.shutdown.clone(),
+            removed,
             self.fleet.clone(),
         );
         Ok(Response::new(Box::pin(stream)))
@@ -133,6 +140,8 @@ async fn run_session(
     let lease = fleet.config().lease;
     let mut sent: HashSet<String> = HashSet::new();
     let mut check = tokio::time::interval(fleet.config().heartbeat_interval.min(Duration::from_secs(1)));
+    let mut poll = tokio::time::interval(COMMAND_POLL);
+    poll.tick().await;
     let reason = 'session: {
         if let Err(err) = push_open_commands(&fleet, &host_id, &tx, &mut sent).await {
             break 'session format!("cannot load commands: {err}");
@@ -149,7 +158,7 @@ async fn run_session(
                     Ok(None) => break 'session "agent closed the stream".to_string(),
                     Err(status) => break 'session format!("stream error: {}", status.message()),
                 },
-                _ = handles.wake.notified() => {
+                _ = async { tokio::select! { _ = handles.wake.notified() => {}, _ = poll.tick() => {} } } => {
                     if let Err(err) = push_open_commands(&fleet, &host_id, &tx, &mut sent).await {
                         tracing::warn!(host = %host_id, error = %err, "pushing commands failed");
                     }
@@ -177,7 +186,7 @@ async fn run_session(
             }
         }
     };
-    fleet.unregister(&host_id, handles.id);
+    fleet.unregister(&host_id, &handles).await;
     tracing::info!(host = %host_id, session = handles.id, %reason, "host disconnected");
 }
 
@@ -235,7 +244,7 @@ async fn handle_message(fleet: &Fleet, host_id: &str, message: AgentMessage) -> 
                         tracing::warn!(command = %row.id, error = %err, "applying a command result failed");
                     }
                 }
-                fleet.notify_result(&result);
+                fleet.notify_result(&result).await;
             } else {
                 tracing::debug!(host = %host_id, command = %result.command_id, "duplicate or foreign command result ignored");
             }

@@ -102,6 +102,8 @@ impl EnrollmentApi {
             created_at: now,
             updated_at: now,
             removed_at: None,
+            stream_replica: None,
+            stream_generation: 0,
         };
         self.fleet.store.create_host(model, new_cert(&issued)).await?;
         tracing::info!(host = %host_id, token = %token_id, hostname = %inventory.hostname, "host joined");

@@ -154,14 +154,10 @@ impl Fleet {
         Ok(placed)
     }
 
-    /// Active, online hosts with a stream to this control plane, and their
-    /// loads (one query for all of them).
+    /// Active, online hosts with a stream to any replica, and their loads
+    /// (one query for all of them).
     async fn candidates(&self) -> FleetResult<Vec<Candidate>> {
-        if self.connected_count() == 0 {
-            return Ok(Vec::new());
-        }
-        let hosts: Vec<Host> =
-            self.store.placeable_hosts().await?.into_iter().filter(|host| self.is_connected(&host.id)).collect();
+        let hosts: Vec<Host> = self.store.placeable_hosts().await?;
         let ids: Vec<String> = hosts.iter().map(|host| host.id.clone()).collect();
         let loads = self.store.host_loads(&ids).await?;
         let overcommit = self.config().memory_overcommit;

@@ -2,6 +2,12 @@
 //! host (a newer connection replaces the older), the durable command queue
 //! and the callers waiting on results, liveness leases, and log routes.
 //!
+//! Across replicas: a host's stream is claimed in its row under a new
+//! generation, so exactly one stream per host acts cluster-wide; the others
+//! hear [`ClusterEvent`]s (a command queued or answered, a stream claimed,
+//! a host removed) and look at the tables again. A lost event is caught by
+//! the slow poll of sessions and waiters.
+//!
 //! A host's identity comes only from its verified client certificate, looked
 //! up by fingerprint in the store on every call ([`Fleet::authorize`]).
 //! Commands are rows in `host_commands`; a connected session pushes them,
@@ -20,7 +26,7 @@ use clawplane_edge::shutdown::ShutdownSignal;
 use clawplane_proto::v1::{self as pb, command, ControlMessage};
 use prost::Message;
 use serde_json::json;
-use tokio::sync::{mpsc, oneshot, watch, Notify};
+use tokio::sync::{mpsc, watch, Notify};
 use tonic::Status;
 
 use super::error::{FleetError, FleetResult};
@@ -28,7 +34,7 @@ use super::peer::PeerCertificate;
 use crate::desired::DesiredConfigs;
 use crate::pki::Pki;
 use crate::store::stored_inventory;
-use crate::store::{CommandKind, Host, HostCommand, HostState, Store};
+use crate::store::{ClusterEvent, CommandKind, Host, HostCommand, HostState, Store, MAX_LOG_EVENT_BYTES};
 use crate::wire::timestamp;
 
 /// Messages to one agent. Boxed: a channel allocates its slots up front,
@@ -77,9 +83,15 @@ impl Closing {
     }
 }
 
+/// How often a waiter on a command result looks at the table even without
+/// an event (in case one was lost).
+const RESULT_POLL: Duration = Duration::from_secs(2);
+
 /// What the control plane knows of one connected agent stream.
 struct Session {
     id: u64,
+    /// The stream's claim on its host, cluster-wide.
+    generation: i64,
     /// Wakes the session to push newly queued commands.
     wake: Arc<Notify>,
     /// Set to close the stream.
@@ -102,6 +114,8 @@ struct LogRoute {
     host_id: String,
     tenant_id: String,
     sink: tokio::sync::mpsc::Sender<pb::LogChunk>,
+    /// The lines come from another replica (which holds the host's stream).
+    relayed: bool,
 }
 
 pub struct Fleet {
@@ -112,14 +126,47 @@ pub struct Fleet {
     /// Sessions end (with a SHUTTING_DOWN close) when it is requested.
     pub(super) shutdown: ShutdownSignal,
     sessions: Mutex<HashMap<String, Session>>,
-    waiters: Mutex<HashMap<String, Vec<oneshot::Sender<pb::CommandResult>>>>,
+    /// Callers waiting on a command's result, by command id.
+    waiters: Mutex<HashMap<String, Waiting>>,
+    /// Hosts removed, for their Sync streams to end.
+    removed: tokio::sync::broadcast::Sender<String>,
+    /// Tenant proxies of hosts whose streams other replicas hold.
+    remote_endpoints: Mutex<HashMap<String, String>>,
     log_routes: Mutex<HashMap<String, LogRoute>>,
+    /// Log streams this replica relays to callers on other replicas.
+    log_relays: Mutex<HashMap<String, tokio::task::AbortHandle>>,
     next_session: AtomicU64,
+}
+
+/// The callers waiting on one command's result.
+struct Waiting {
+    wake: Arc<Notify>,
+    callers: usize,
+}
+
+/// One caller's place among a command's waiters; leaves it when dropped,
+/// also when the caller's future is.
+struct WaiterGuard<'a> {
+    fleet: &'a Fleet,
+    command_id: &'a str,
+}
+
+impl Drop for WaiterGuard<'_> {
+    fn drop(&mut self) {
+        let mut waiters = self.fleet.waiters.lock().unwrap();
+        if let Some(waiting) = waiters.get_mut(self.command_id) {
+            waiting.callers -= 1;
+            if waiting.callers == 0 {
+                waiters.remove(self.command_id);
+            }
+        }
+    }
 }
 
 /// Handles a session task holds.
 pub(super) struct SessionHandles {
     pub(super) id: u64,
+    pub(super) generation: i64,
     pub(super) wake: Arc<Notify>,
     pub(super) close: watch::Receiver<Option<Closing>>,
     pub(super) last_seen_ms: Arc<AtomicI64>,
@@ -134,17 +181,120 @@ impl Fleet {
         config: FleetConfig,
         shutdown: ShutdownSignal,
     ) -> Arc<Fleet> {
-        Arc::new(Fleet {
+        let events = store.cluster_events();
+        let fleet = Arc::new(Fleet {
             store,
             pki,
             desired,
             config,
-            shutdown,
+            shutdown: shutdown.clone(),
             sessions: Mutex::new(HashMap::new()),
             waiters: Mutex::new(HashMap::new()),
+            removed: tokio::sync::broadcast::channel(256).0,
+            remote_endpoints: Mutex::new(HashMap::new()),
             log_routes: Mutex::new(HashMap::new()),
+            log_relays: Mutex::new(HashMap::new()),
             next_session: AtomicU64::new(1),
-        })
+        });
+        shutdown.spawn(fleet.clone().follow_cluster(events));
+        fleet
+    }
+
+    /// Acts on what this and the other replicas tell (see the module doc).
+    async fn follow_cluster(self: Arc<Self>, mut events: tokio::sync::broadcast::Receiver<ClusterEvent>) {
+        loop {
+            let event = tokio::select! {
+                _ = self.shutdown.requested() => return,
+                event = events.recv() => match event {
+                    Ok(event) => event,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => ClusterEvent::Resync,
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                },
+            };
+            match event {
+                ClusterEvent::CommandQueued { host_id } => {
+                    if let Some(session) = self.sessions.lock().unwrap().get(&host_id) {
+                        session.wake.notify_one();
+                    }
+                }
+                ClusterEvent::CommandAnswered { command_id } => {
+                    if let Some(waiting) = self.waiters.lock().unwrap().get(&command_id) {
+                        waiting.wake.notify_waiters();
+                    }
+                }
+                ClusterEvent::StreamClaimed { host_id, generation } => {
+                    self.remote_endpoints.lock().unwrap().remove(&host_id);
+                    self.close_older(&host_id, generation, Closing::replaced());
+                    // Relayed lines came from the stream that was replaced.
+                    self.log_routes.lock().unwrap().retain(|_, route| !(route.relayed && route.host_id == host_id));
+                }
+                ClusterEvent::HostRemoved { host_id } => {
+                    self.close_older(&host_id, i64::MAX, Closing::revoked());
+                    let _ = self.removed.send(host_id);
+                }
+                ClusterEvent::OwnerChanged { .. } => {}
+                ClusterEvent::LogsWanted { request_id, host_id, tenant_id, tail_lines, follow } => {
+                    if self.holds_stream(&host_id) {
+                        self.relay_logs(request_id, host_id, tenant_id, tail_lines, follow);
+                    }
+                }
+                ClusterEvent::LogLines { request_id, chunk } => {
+                    let host_id = self.log_routes.lock().unwrap().get(&request_id).map(|r| r.host_id.clone());
+                    let chunk = STANDARD.decode(chunk).ok().and_then(|b| pb::LogChunk::decode(b.as_slice()).ok());
+                    if let (Some(host_id), Some(mut chunk)) = (host_id, chunk) {
+                        // The holder asked its host under a request id of its own.
+                        chunk.request_id = request_id;
+                        self.route_log(&host_id, chunk);
+                    }
+                }
+                ClusterEvent::LogsEnded { request_id } => {
+                    self.log_routes.lock().unwrap().remove(&request_id);
+                }
+                ClusterEvent::LogsStopped { request_id } => {
+                    if let Some(relay) = self.log_relays.lock().unwrap().remove(&request_id) {
+                        relay.abort();
+                    }
+                }
+                ClusterEvent::Resync => {
+                    // Relayed lines may have been lost: those streams end,
+                    // and their callers call again.
+                    self.log_routes.lock().unwrap().retain(|_, route| !route.relayed);
+                    self.remote_endpoints.lock().unwrap().clear();
+                    for session in self.sessions.lock().unwrap().values() {
+                        session.wake.notify_one();
+                    }
+                    for waiting in self.waiters.lock().unwrap().values() {
+                        waiting.wake.notify_waiters();
+                    }
+                }
+            }
+        }
+    }
+
+    /// Closes this replica's stream of a host if its claim is older than
+    /// `generation`.
+    fn close_older(&self, host_id: &str, generation: i64, closing: Closing) {
+        let mut sessions = self.sessions.lock().unwrap();
+        if sessions.get(host_id).is_some_and(|s| s.generation < generation) {
+            if let Some(session) = sessions.remove(host_id) {
+                let _ = session.close.send(Some(closing));
+            }
+        }
+    }
+
+    /// Resolves when the host is removed, through any replica.
+    pub fn removal_of(&self, host_id: &str) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut removed = self.removed.subscribe();
+        let host_id = host_id.to_string();
+        async move {
+            loop {
+                match removed.recv().await {
+                    Ok(id) if id == host_id => return,
+                    Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => std::future::pending().await,
+                }
+            }
+        }
     }
 
     pub fn desired(&self) -> &DesiredConfigs {
@@ -183,6 +333,7 @@ impl Fleet {
     pub(super) fn register(
         &self,
         host_id: &str,
+        generation: i64,
         cert_not_after: i64,
         proxy_endpoint: Option<String>,
         outbound: Outbound,
@@ -195,6 +346,7 @@ impl Fleet {
         let cert_not_after = Arc::new(AtomicI64::new(cert_not_after));
         let session = Session {
             id,
+            generation,
             wake: wake.clone(),
             close,
             last_seen_ms: last_seen_ms.clone(),
@@ -206,24 +358,54 @@ impl Fleet {
         if let Some(previous) = self.sessions.lock().unwrap().insert(host_id.to_string(), session) {
             let _ = previous.close.send(Some(Closing::replaced()));
         }
-        SessionHandles { id, wake, close: close_rx, last_seen_ms, cert_not_after }
+        SessionHandles { id, generation, wake, close: close_rx, last_seen_ms, cert_not_after }
     }
 
     /// Forgets a session that ended. Log streams from the host end with it
     /// (their lines came over that session), so a following reader is not
     /// left waiting, nor a shutdown on that reader.
-    pub(super) fn unregister(&self, host_id: &str, session_id: u64) {
-        let mut sessions = self.sessions.lock().unwrap();
-        if sessions.get(host_id).is_some_and(|s| s.id == session_id) {
-            sessions.remove(host_id);
-            self.log_routes.lock().unwrap().retain(|_, route| route.host_id != host_id);
+    pub(super) async fn unregister(&self, host_id: &str, session: &SessionHandles) {
+        {
+            let mut sessions = self.sessions.lock().unwrap();
+            if sessions.get(host_id).is_some_and(|s| s.id == session.id) {
+                sessions.remove(host_id);
+                self.log_routes.lock().unwrap().retain(|_, route| route.host_id != host_id);
+            }
+        }
+        // Only this stream's own claim: a newer one elsewhere stays.
+        if let Err(err) = self.store.release_stream(host_id, session.generation).await {
+            tracing::warn!(host = %host_id, error = %err, "releasing the host's stream claim failed; its lease runs out");
         }
     }
 
-    /// The tenant proxy of a connected host, as its agent said in this
-    /// session's hello (None when it is not connected or serves none).
+    /// The tenant proxy of a connected host, as its agent said in its
+    /// hello: from this replica's session, else as last looked up for a
+    /// stream another replica holds ([`Fleet::connected_proxy`]).
     pub fn proxy_endpoint_of(&self, host_id: &str) -> Option<String> {
-        self.sessions.lock().unwrap().get(host_id).and_then(|s| s.proxy_endpoint.clone())
+        if let Some(session) = self.sessions.lock().unwrap().get(host_id) {
+            return session.proxy_endpoint.clone();
+        }
+        self.remote_endpoints.lock().unwrap().get(host_id).cloned()
+    }
+
+    /// Whether the host has a live stream to any replica, and where its
+    /// tenant proxy is (None: it serves none).
+    pub async fn connected_proxy(&self, host_id: &str) -> FleetResult<Option<Option<String>>> {
+        if let Some(session) = self.sessions.lock().unwrap().get(host_id) {
+            return Ok(Some(session.proxy_endpoint.clone()));
+        }
+        let Some(host) = self.store.host(host_id).await? else { return Ok(None) };
+        if !host_connected(&host, Utc::now()) {
+            self.remote_endpoints.lock().unwrap().remove(host_id);
+            return Ok(None);
+        }
+        let endpoint = proxy_endpoint(&host);
+        let mut remote = self.remote_endpoints.lock().unwrap();
+        match &endpoint {
+            Some(endpoint) => remote.insert(host_id.to_string(), endpoint.clone()),
+            None => remote.remove(host_id),
+        };
+        Ok(Some(endpoint))
     }
 
     /// Replaces what a connected host reports about its tenants.
@@ -241,19 +423,26 @@ impl Fleet {
         }
     }
 
-    pub fn is_connected(&self, host_id: &str) -> bool {
+    /// Whether this replica holds the host's stream.
+    pub fn holds_stream(&self, host_id: &str) -> bool {
         self.sessions.lock().unwrap().contains_key(host_id)
     }
 
-    pub fn connected_count(&self) -> usize {
+    /// Streams held by this replica.
+    pub fn held_streams(&self) -> usize {
         self.sessions.lock().unwrap().len()
     }
 
-    /// Closes a removed host's stream at once; the agent stops for good.
-    pub fn revoke(&self, host_id: &str) {
-        if let Some(session) = self.sessions.lock().unwrap().remove(host_id) {
-            let _ = session.close.send(Some(Closing::revoked()));
-        }
+    /// Closes a removed host's streams (command and Sync) on whichever
+    /// replica holds them; the agent stops for good.
+    pub async fn revoke(&self, host_id: &str) {
+        self.store.publish(ClusterEvent::HostRemoved { host_id: host_id.to_string() }).await;
+    }
+
+    /// Claims the host's stream for this replica and closes any older one,
+    /// here or on another replica.
+    pub(super) async fn claimed(&self, host_id: &str, generation: i64) {
+        self.store.publish(ClusterEvent::StreamClaimed { host_id: host_id.to_string(), generation }).await;
     }
 
     /// Lets an open stream outlive the certificate it was opened with once
@@ -266,7 +455,8 @@ impl Fleet {
 
     /// Streams a tenant's log lines from its host: the tail, then (with
     /// `follow`) new lines until the receiver is dropped. Not queued: a host
-    /// that is not connected is an error now, not a stream later.
+    /// that is not connected is an error now, not a stream later. When
+    /// another replica holds the host's stream, it relays the lines.
     pub async fn stream_logs(
         self: &Arc<Self>,
         host_id: &str,
@@ -274,18 +464,52 @@ impl Fleet {
         tail_lines: u32,
         follow: bool,
     ) -> FleetResult<LogSubscription> {
-        let outbound = self
-            .sessions
-            .lock()
-            .unwrap()
-            .get(host_id)
-            .map(|s| s.outbound.clone())
-            .ok_or(FleetError::NotConnected("the tenant's host is not connected"))?;
         let request_id = uuid::Uuid::new_v4().to_string();
         let (sink, lines) = tokio::sync::mpsc::channel(16);
+        let local = self.sessions.lock().unwrap().get(host_id).map(|s| s.outbound.clone());
+        let Some(outbound) = local else {
+            if self.connected_proxy(host_id).await?.is_none() {
+                return Err(FleetError::NotConnected("the tenant's host is not connected"));
+            }
+            self.log_routes.lock().unwrap().insert(
+                request_id.clone(),
+                LogRoute { host_id: host_id.to_string(), tenant_id: tenant_id.to_string(), sink, relayed: true },
+            );
+            let wanted = ClusterEvent::LogsWanted {
+                request_id: request_id.clone(),
+                host_id: host_id.to_string(),
+                tenant_id: tenant_id.to_string(),
+                tail_lines,
+                follow,
+            };
+            self.store.publish(wanted).await;
+            let cancel = LogCancel::Relayed(self.store.clone());
+            return Ok(LogSubscription {
+                fleet: self.clone(),
+                host_id: host_id.to_string(),
+                request_id,
+                lines,
+                cancel,
+            });
+        };
+        self.stream_logs_here(outbound, request_id, (sink, lines), host_id, tenant_id, tail_lines, follow).await
+    }
+
+    /// Asks the host over its stream, held here, for the log lines.
+    #[allow(clippy::too_many_arguments)]
+    async fn stream_logs_here(
+        self: &Arc<Self>,
+        outbound: Outbound,
+        request_id: String,
+        (sink, lines): (tokio::sync::mpsc::Sender<pb::LogChunk>, tokio::sync::mpsc::Receiver<pb::LogChunk>),
+        host_id: &str,
+        tenant_id: &str,
+        tail_lines: u32,
+        follow: bool,
+    ) -> FleetResult<LogSubscription> {
         self.log_routes.lock().unwrap().insert(
             request_id.clone(),
-            LogRoute { host_id: host_id.to_string(), tenant_id: tenant_id.to_string(), sink },
+            LogRoute { host_id: host_id.to_string(), tenant_id: tenant_id.to_string(), sink, relayed: false },
         );
         let command = pb::Command {
             id: uuid::Uuid::now_v7().to_string(),
@@ -302,7 +526,44 @@ impl Fleet {
             self.log_routes.lock().unwrap().remove(&request_id);
             return Err(FleetError::NotConnected("the tenant's host disconnected"));
         }
-        Ok(LogSubscription { fleet: self.clone(), host_id: host_id.to_string(), request_id, lines, outbound })
+        let cancel = LogCancel::Local(outbound);
+        Ok(LogSubscription { fleet: self.clone(), host_id: host_id.to_string(), request_id, lines, cancel })
+    }
+
+    /// Streams a tenant's log lines from a host whose stream this replica
+    /// holds to a caller on another replica, as `LogLines` events, until
+    /// the log ends, the host's stream does, or the caller stops.
+    fn relay_logs(self: &Arc<Self>, request_id: String, host_id: String, tenant_id: String, tail: u32, follow: bool) {
+        let fleet = self.clone();
+        let id = request_id.clone();
+        let relay = self.shutdown.spawn(async move {
+            // Only a stream held here: never relayed on again.
+            let outbound = fleet.sessions.lock().unwrap().get(&host_id).map(|s| s.outbound.clone());
+            let request = uuid::Uuid::new_v4().to_string();
+            let subscription = match outbound {
+                Some(outbound) => {
+                    let channel = tokio::sync::mpsc::channel(16);
+                    fleet.stream_logs_here(outbound, request, channel, &host_id, &tenant_id, tail, follow).await.ok()
+                }
+                None => None,
+            };
+            if let Some(mut subscription) = subscription {
+                while let Some(chunk) = subscription.lines.recv().await {
+                    let last = chunk.eof;
+                    for piece in relay_pieces(chunk) {
+                        let chunk = STANDARD.encode(piece.encode_to_vec());
+                        fleet.store.publish(ClusterEvent::LogLines { request_id: id.clone(), chunk }).await;
+                    }
+                    if last {
+                        fleet.log_relays.lock().unwrap().remove(&id);
+                        return;
+                    }
+                }
+            }
+            fleet.store.publish(ClusterEvent::LogsEnded { request_id: id.clone() }).await;
+            fleet.log_relays.lock().unwrap().remove(&id);
+        });
+        self.log_relays.lock().unwrap().insert(request_id, relay.abort_handle());
     }
 
     /// Hands a log chunk to its subscriber, if it came from the right host
@@ -338,34 +599,47 @@ impl Fleet {
             .store
             .enqueue_command(host_id, tenant_id, kind, json!({ "command": STANDARD.encode(encoded) }))
             .await?;
-        if let Some(session) = self.sessions.lock().unwrap().get(host_id) {
-            session.wake.notify_one();
-        }
+        self.store.publish(ClusterEvent::CommandQueued { host_id: host_id.to_string() }).await;
         Ok(id)
     }
 
-    /// Waits for the result of a command queued by this process.
+    /// Waits for the result of a command, whichever replica receives it:
+    /// the stored result is read when its event arrives, and every
+    /// [`RESULT_POLL`] in case the event was lost. None after `timeout`.
     pub async fn wait_for_result(&self, command_id: &str, timeout: Duration) -> FleetResult<Option<pb::CommandResult>> {
-        let (tx, rx) = oneshot::channel();
-        self.waiters.lock().unwrap().entry(command_id.to_string()).or_default().push(tx);
-        // The answer may have landed before we started waiting.
-        if let Some(done) = self.store.command(command_id).await? {
-            if let Some(result) = stored_result(&done) {
-                self.waiters.lock().unwrap().remove(command_id);
+        let deadline = tokio::time::Instant::now() + timeout;
+        let wake = {
+            let mut waiters = self.waiters.lock().unwrap();
+            let waiting = waiters
+                .entry(command_id.to_string())
+                .or_insert_with(|| Waiting { wake: Arc::new(Notify::new()), callers: 0 });
+            waiting.callers += 1;
+            waiting.wake.clone()
+        };
+        let _guard = WaiterGuard { fleet: self, command_id };
+        loop {
+            // Listening before reading: an answer between the two wakes us.
+            let answered = wake.notified();
+            tokio::pin!(answered);
+            answered.as_mut().enable();
+            if let Some(result) = self.store.command(command_id).await?.as_ref().and_then(stored_result) {
                 return Ok(Some(result));
             }
-        }
-        let outcome = tokio::time::timeout(timeout, rx).await;
-        self.waiters.lock().unwrap().remove(command_id);
-        Ok(outcome.ok().and_then(Result::ok))
-    }
-
-    pub(super) fn notify_result(&self, result: &pb::CommandResult) {
-        if let Some(waiters) = self.waiters.lock().unwrap().remove(&result.command_id) {
-            for waiter in waiters {
-                let _ = waiter.send(result.clone());
+            let poll = deadline.min(tokio::time::Instant::now() + RESULT_POLL);
+            tokio::select! {
+                _ = answered => {}
+                _ = tokio::time::sleep_until(poll) => {
+                    if poll >= deadline {
+                        return Ok(None);
+                    }
+                }
             }
         }
+    }
+
+    /// Tells every replica's waiters that the command's result is stored.
+    pub(super) async fn notify_result(&self, result: &pb::CommandResult) {
+        self.store.publish(ClusterEvent::CommandAnswered { command_id: result.command_id.clone() }).await;
     }
 
     /// Renews the leases of hosts that sent anything within the lease, in
@@ -390,8 +664,16 @@ impl Fleet {
                 continue;
             }
             let lease_until = now + chrono::Duration::from_std(self.config.lease).unwrap_or_default();
-            if let Err(err) = self.store.renew_leases(&alive, now, lease_until).await {
-                tracing::warn!(error = %err, "renewing host leases failed");
+            match self.store.renew_leases(self.store.replica_id(), &alive, now, lease_until).await {
+                // A stream whose claim went elsewhere unheard (a lost event)
+                // closes now: exactly one stream per host acts.
+                Ok(claims) => {
+                    for (host_id, generation) in claims {
+                        let closing = if generation == i64::MAX { Closing::revoked() } else { Closing::replaced() };
+                        self.close_older(&host_id, generation, closing);
+                    }
+                }
+                Err(err) => tracing::warn!(error = %err, "renewing host leases failed"),
             }
         }
     }
@@ -411,7 +693,7 @@ impl Fleet {
         let tenant_count = load.tenants as i32;
         let resources = Some(self.host_resources(&model.id, load.committed_memory_bytes));
         Ok(pb::Host {
-            connected: self.is_connected(&model.id),
+            connected: host_connected(&model, now),
             id: model.id,
             name: model.name,
             status: status as i32,
@@ -433,28 +715,88 @@ pub struct LogSubscription {
     host_id: String,
     request_id: String,
     pub lines: tokio::sync::mpsc::Receiver<pb::LogChunk>,
-    outbound: Outbound,
+    cancel: LogCancel,
+}
+
+/// How a log stream is stopped.
+enum LogCancel {
+    /// Over the host's stream, held here.
+    Local(Outbound),
+    /// By telling the replica that relays it.
+    Relayed(Store),
 }
 
 impl Drop for LogSubscription {
     fn drop(&mut self) {
         self.fleet.log_routes.lock().unwrap().remove(&self.request_id);
-        let cancel = pb::Command {
-            id: uuid::Uuid::now_v7().to_string(),
-            payload: Some(command::Payload::CancelLogs(pb::CancelLogsCommand { request_id: self.request_id.clone() })),
-            ..Default::default()
-        };
-        let message = pb::ControlMessage { kind: Some(pb::control_message::Kind::Command(cancel)) };
-        if self.outbound.try_send(Box::new(Ok(message))).is_err() {
-            tracing::debug!(host = %self.host_id, "could not cancel a log stream; the host stops it on disconnect");
+        match &self.cancel {
+            LogCancel::Local(outbound) => {
+                let cancel = pb::Command {
+                    id: uuid::Uuid::now_v7().to_string(),
+                    payload: Some(command::Payload::CancelLogs(pb::CancelLogsCommand {
+                        request_id: self.request_id.clone(),
+                    })),
+                    ..Default::default()
+                };
+                let message = pb::ControlMessage { kind: Some(pb::control_message::Kind::Command(cancel)) };
+                if outbound.try_send(Box::new(Ok(message))).is_err() {
+                    tracing::debug!(host = %self.host_id, "could not cancel a log stream; the host stops it on disconnect");
+                }
+            }
+            LogCancel::Relayed(store) => {
+                let (store, request_id) = (store.clone(), self.request_id.clone());
+                self.fleet.shutdown.spawn(async move {
+                    store.publish(ClusterEvent::LogsStopped { request_id }).await;
+                });
+            }
         }
     }
+}
+
+/// A chunk cut to fit cluster events: at most [`MAX_LOG_EVENT_BYTES`] of
+/// lines each, a longer line cut short and marked. The end (`eof`, the
+/// error) rides on the last piece.
+fn relay_pieces(chunk: pb::LogChunk) -> Vec<pb::LogChunk> {
+    const CUT: &str = " [cut by the replica relay]";
+    let piece = |lines: Vec<String>| pb::LogChunk { lines, eof: false, error: String::new(), ..chunk.clone() };
+    let (mut pieces, mut lines, mut bytes) = (Vec::new(), Vec::new(), 0usize);
+    for mut line in chunk.lines.iter().cloned() {
+        let limit = MAX_LOG_EVENT_BYTES - CUT.len();
+        if line.len() > limit {
+            let mut end = limit;
+            while !line.is_char_boundary(end) {
+                end -= 1;
+            }
+            line.truncate(end);
+            line.push_str(CUT);
+        }
+        if bytes + line.len() > MAX_LOG_EVENT_BYTES && !lines.is_empty() {
+            pieces.push(piece(std::mem::take(&mut lines)));
+            bytes = 0;
+        }
+        bytes += line.len() + 2;
+        lines.push(line);
+    }
+    pieces.push(piece(lines));
+    if let Some(last) = pieces.last_mut() {
+        last.eof = chunk.eof;
+        last.error = chunk.error.clone();
+    }
+    pieces
 }
 
 /// Where the host's agent serves its tenant proxy (`ip:port`), as it said
 /// in its last hello; None if it has none.
 pub fn proxy_endpoint(host: &Host) -> Option<String> {
     stored_inventory(host).map(|inventory| inventory.proxy_endpoint).filter(|endpoint| !endpoint.is_empty())
+}
+
+/// Whether the host has a stream to some replica: claimed, and its lease
+/// running (a replica that died leaves its claim, not a running lease).
+pub fn host_connected(model: &Host, now: DateTime<Utc>) -> bool {
+    model.status != HostState::Removed
+        && model.stream_replica.is_some()
+        && model.lease_expires_at.is_some_and(|until| until > now)
 }
 
 /// Online/offline come from the lease; draining and removed are decisions.

@@ -111,7 +111,7 @@ pub struct TurnRequest<'a> {
     pub text: &'a str,
 }
 
-/// Connected hosts' proxy endpoints, from their sessions' hellos.
+/// Connected hosts' proxy endpoints, from their hellos.
 impl Endpoints for Fleet {
     fn endpoint_of(&self, host_id: &str) -> Option<String> {
         self.proxy_endpoint_of(host_id)
@@ -153,10 +153,11 @@ impl TurnRelay {
         if let Some(reason) = refused.map_err(|err| TurnError::Internal(format!("{err:#}")))? {
             return Err(TurnError::AllowanceUsedUp(reason));
         }
-        if !self.fleet.is_connected(turn.host_id) {
+        let proxy = self.fleet.connected_proxy(turn.host_id).await;
+        let Some(proxy) = proxy.map_err(|err| TurnError::Internal(format!("{err:#}")))? else {
             return Err(TurnError::Unavailable("the tenant's host is not connected".into()));
-        }
-        if self.fleet.proxy_endpoint_of(turn.host_id).is_none() {
+        };
+        if proxy.is_none() {
             return Err(TurnError::Unavailable(
                 "the tenant's host serves no tenant proxy (its agent runs without one)".into(),
             ));

@@ -40,6 +40,9 @@ const MAX_ID_LEN: usize = 256;
 pub enum IngestError {
     #[error("{0}")]
     TooLarge(String),
+    /// The host was removed while its stream was open.
+    #[error("host_revoked: this host was removed from the control plane")]
+    HostRemoved,
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -48,6 +51,7 @@ impl ServiceError for IngestError {
     fn error_code(&self) -> ServiceErrorCode {
         match self {
             IngestError::TooLarge(_) => ServiceErrorCode::ResourceExhausted,
+            IngestError::HostRemoved => ServiceErrorCode::PermissionDenied,
             IngestError::Store(err) => err.error_code(),
         }
     }
@@ -62,9 +66,9 @@ pub trait UsageObserver: Send + Sync + 'static {
     async fn usage_changed(&self, tenant_ids: BTreeSet<String>);
 }
 
-/// Serves one host's Sync stream until the agent closes it or shutdown is
+/// Serves one host's Sync stream until the agent closes it, shutdown is
 /// requested (between batches: the batches already read are stored and
-/// acked first).
+/// acked first) or `removed` resolves (the stream ends with an error).
 ///
 /// Two stages, so decoding and checking a batch overlaps with storing the
 /// one before it: a reader decodes, checks and converts each batch, a
@@ -77,6 +81,7 @@ pub fn serve(
     host_id: String,
     mut inbound: Streaming<clawplane_proto::v1::SyncRequest>,
     shutdown: ShutdownSignal,
+    removed: impl std::future::Future<Output = ()> + Send + 'static,
     observer: Arc<dyn UsageObserver>,
 ) -> impl Stream<Item = Result<SyncResponse, Status>> {
     let (tx, rx) = mpsc::channel(4);
@@ -84,10 +89,15 @@ pub fn serve(
     let mut reader = Reader { store: store.clone(), host_id: host_id.clone(), placed: HashSet::new() };
     let stop = shutdown.clone();
     shutdown.spawn(async move {
+        tokio::pin!(removed);
         loop {
             let message = tokio::select! {
                 message = inbound.message() => message,
                 _ = stop.requested() => break,
+                _ = &mut removed => {
+                    let _ = prepared_tx.send(Err(IngestError::HostRemoved)).await;
+                    break;
+                }
             };
             let batch = match message {
                 Ok(Some(request)) => match request.batch {

@@ -258,6 +258,10 @@ pub mod host {
         pub created_at: DateTimeUtc,
         pub updated_at: DateTimeUtc,
         pub removed_at: Option<DateTimeUtc>,
+        /// The replica holding the host's command stream (None: no stream).
+        pub stream_replica: Option<String>,
+        /// Bumped by every new stream; fences streams it replaced.
+        pub stream_generation: i64,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

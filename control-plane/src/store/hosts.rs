@@ -234,38 +234,93 @@ impl Store {
         host::Entity::find_by_id(id).one(&self.db).await?.ok_or(StoreError::NotFound("host"))
     }
 
-    /// Stores what a host reported in its hello and starts its lease.
-    pub async fn record_hello(&self, id: &str, inventory: Value, lease_until: DateTime<Utc>) -> StoreResult<()> {
+    /// Stores what a host reported in its hello, starts its lease and
+    /// claims its stream for `replica`. Returns the stream's generation,
+    /// higher than any stream of this host had before.
+    pub async fn record_hello(
+        &self,
+        id: &str,
+        inventory: Value,
+        lease_until: DateTime<Utc>,
+        replica: &str,
+    ) -> StoreResult<i64> {
         let now = Utc::now();
-        host::Entity::update_many()
+        // One transaction: the row stays locked from the bump to the read,
+        // so two replicas claiming at once get two generations.
+        let txn = self.db.begin().await?;
+        let updated = host::Entity::update_many()
             .col_expr(host::Column::Inventory, Expr::value(Some(inventory)))
             .col_expr(host::Column::LastHeartbeatAt, Expr::value(Some(now)))
             .col_expr(host::Column::LeaseExpiresAt, Expr::value(Some(lease_until)))
             .col_expr(host::Column::UpdatedAt, Expr::value(now))
+            .col_expr(host::Column::StreamReplica, Expr::value(Some(replica.to_string())))
+            .col_expr(host::Column::StreamGeneration, Expr::col(host::Column::StreamGeneration).add(1))
             .filter(host::Column::Id.eq(id))
+            .exec(&txn)
+            .await?;
+        if updated.rows_affected == 0 {
+            return Err(StoreError::NotFound("host"));
+        }
+        let generation = host::Entity::find_by_id(id)
+            .select_only()
+            .column(host::Column::StreamGeneration)
+            .into_tuple::<i64>()
+            .one(&txn)
+            .await?
+            .ok_or(StoreError::NotFound("host"))?;
+        txn.commit().await?;
+        Ok(generation)
+    }
+
+    /// Lets go of a host's stream claim, unless a newer stream has it.
+    pub async fn release_stream(&self, id: &str, generation: i64) -> StoreResult<()> {
+        host::Entity::update_many()
+            .col_expr(host::Column::StreamReplica, Expr::value(Option::<String>::None))
+            .filter(host::Column::Id.eq(id))
+            .filter(host::Column::StreamGeneration.eq(generation))
             .exec(&self.db)
             .await?;
         Ok(())
     }
 
-    /// Renews the leases of many hosts in a few statements (heartbeats are
-    /// batched in memory; one UPDATE per host per beat would not scale).
+    /// Renews the leases of hosts whose streams `replica` still holds, in a
+    /// few statements (heartbeats are batched in memory; one UPDATE per
+    /// host per beat would not scale). Returns each host's current stream
+    /// generation (`i64::MAX` once removed): a stream here with an older
+    /// one was replaced elsewhere and must close.
     pub async fn renew_leases(
         &self,
+        replica: &str,
         ids: &[String],
         heartbeat_at: DateTime<Utc>,
         lease_until: DateTime<Utc>,
-    ) -> StoreResult<()> {
+    ) -> StoreResult<std::collections::HashMap<String, i64>> {
+        let mut claims = std::collections::HashMap::new();
         for chunk in ids.chunks(500) {
             host::Entity::update_many()
                 .col_expr(host::Column::LastHeartbeatAt, Expr::value(Some(heartbeat_at)))
                 .col_expr(host::Column::LeaseExpiresAt, Expr::value(Some(lease_until)))
                 .filter(host::Column::Id.is_in(chunk.iter().cloned()))
                 .filter(host::Column::Status.ne(HostState::Removed))
+                .filter(host::Column::StreamReplica.eq(replica))
                 .exec(&self.db)
                 .await?;
+            let rows: Vec<(String, i64, HostState)> = host::Entity::find()
+                .select_only()
+                .column(host::Column::Id)
+                .column(host::Column::StreamGeneration)
+                .column(host::Column::Status)
+                .filter(host::Column::Id.is_in(chunk.iter().cloned()))
+                .into_tuple()
+                .all(&self.db)
+                .await?;
+            claims.extend(
+                rows.into_iter().map(|(id, generation, state)| {
+                    (id, if state == HostState::Removed { i64::MAX } else { generation })
+                }),
+            );
         }
-        Ok(())
+        Ok(claims)
     }
 
     pub async fn enqueue_command(
@@ -319,12 +374,13 @@ impl Store {
             > 0)
     }
 
-    /// Hosts that may receive new tenants: active (not draining or removed)
-    /// with a running lease.
+    /// Hosts that may receive new tenants: active (not draining or removed),
+    /// with a running lease and a stream to some replica.
     pub async fn placeable_hosts(&self) -> StoreResult<Vec<host::Model>> {
         Ok(host::Entity::find()
             .filter(host::Column::Status.eq(HostState::Active))
             .filter(host::Column::LeaseExpiresAt.gt(Utc::now()))
+            .filter(host::Column::StreamReplica.is_not_null())
             .order_by_asc(host::Column::Id)
             .all(&self.db)
             .await?)

@@ -4,6 +4,7 @@
 //! [`StoreError`], never the ORM's query types or raw database errors.
 mod allowances;
 mod audit;
+mod bus;
 mod cluster;
 mod configs;
 mod counters;
@@ -24,6 +25,7 @@ use clawplane_migrations::{Migrator, MigratorTrait};
 use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr};
 
 pub use allowances::AllowanceState;
+pub use bus::{ClusterEvent, MAX_LOG_EVENT_BYTES};
 pub use cluster::ClusterRecord;
 pub use entities::host::Model as Host;
 pub use entities::host_certificate::Model as HostCertificate;
@@ -86,6 +88,8 @@ pub type StoreResult<T> = Result<T, StoreError>;
 pub struct Store {
     db: DatabaseConnection,
     owner_cache: std::sync::Arc<tenants::OwnerCache>,
+    /// Events to and from the other replicas on this database.
+    bus: std::sync::Arc<bus::Bus>,
     /// The latest usage event id recorded by this process (wakes watchers).
     usage_events: std::sync::Arc<tokio::sync::watch::Sender<i64>>,
 }
@@ -108,6 +112,7 @@ impl Store {
         Ok(Store {
             db,
             owner_cache: Default::default(),
+            bus: std::sync::Arc::new(bus::Bus::new()),
             usage_events: std::sync::Arc::new(tokio::sync::watch::Sender::new(0)),
         })
     }

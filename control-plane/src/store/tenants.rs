@@ -160,7 +160,7 @@ impl OwnerCache {
         entries.insert(key, CachedOwner { fetched, record: record.clone(), used: false });
     }
 
-    fn forget(&self, key: &str) {
+    pub(super) fn forget(&self, key: &str) {
         self.entries.lock().unwrap().remove(key);
     }
 
@@ -405,7 +405,7 @@ impl Store {
             .one(&self.db)
             .await?
             .ok_or(StoreError::NotFound("tenant"))?;
-        self.owner_cache.forget(&row.0.owner_key);
+        self.owner_changed(&row.0.owner_key).await?;
         Ok(record(row))
     }
 
@@ -564,14 +564,9 @@ impl Store {
         self.forget_tenant(tenant_id).await
     }
 
-    /// Drops an owner's cached tenant (its plan changed).
-    pub(super) fn forget_owner(&self, owner_key: &str) {
-        self.owner_cache.forget(owner_key);
-    }
-
     async fn forget_tenant(&self, tenant_id: &str) -> StoreResult<()> {
         if let Some(row) = tenant::Entity::find_by_id(tenant_id).one(&self.db).await? {
-            self.owner_cache.forget(&row.owner_key);
+            self.owner_changed(&row.owner_key).await?;
         }
         Ok(())
     }

@@ -1,0 +1,41 @@
+//! Which replica holds each host's command stream, under a generation that
+//! every new stream bumps: a replica renews a host's lease only while it
+//! holds the current generation, and closes its stream once another replica
+//! has claimed the host, so exactly one stream per host acts cluster-wide.
+use sea_orm_migration::prelude::*;
+use sea_orm_migration::schema::*;
+
+pub struct Migration;
+
+impl MigrationName for Migration {
+    fn name(&self) -> &str {
+        "m20261222_000007_stream_claims"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for Migration {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        // One column per statement: SQLite adds them one at a time.
+        manager
+            .alter_table(
+                Table::alter()
+                    .table(Alias::new("hosts"))
+                    .add_column(string_null(Alias::new("stream_replica")))
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .alter_table(
+                Table::alter()
+                    .table(Alias::new("hosts"))
+                    .add_column(big_integer(Alias::new("stream_generation")).default(0).to_owned())
+                    .to_owned(),
+            )
+            .await
+    }
+
+    async fn down(&self, _manager: &SchemaManager) -> Result<(), DbErr> {
+        Err(DbErr::Migration("not reversible".into()))
+    }
+}
