@@ -2,7 +2,9 @@
 //! the secrets key and the CA serve together (a secret sealed through one
 //! opens through the other); one with another CA, secrets key, admin token
 //! or JWT settings refuses to start, saying what differs; the secrets key
-//! rotates with the old key among the previous ones.
+//! rotates with the old key among the previous ones. What one replica
+//! changes reaches the others at once: a removed host's streams close
+//! wherever they are held, a deleted tenant leaves every tenant cache.
 mod common;
 
 use std::path::{Path, PathBuf};
@@ -12,9 +14,14 @@ use clawplane::config::{Config, ServeArgs};
 use clawplane::desired::DesiredConfigs;
 use clawplane::Server;
 use clawplane_proto::v1::config_service_client::ConfigServiceClient;
+use clawplane_proto::v1::host_service_client::HostServiceClient;
 use clawplane_proto::v1::tenant_service_client::TenantServiceClient;
-use clawplane_proto::v1::{CreateTenantRequest, GetConfigRequest, SetModelRequest};
+use clawplane_proto::v1::{
+    CreateTenantRequest, DeleteTenantRequest, ErrorReason, GetConfigRequest, GetHostRequest, GetMyTenantRequest,
+    HostStatus, RemoveHostRequest, SetModelRequest,
+};
 use clawplane_tls::secrets::{create_key_file, SecretBox};
+use common::fake_agent::FakeAgent;
 use common::*;
 
 const API_KEY: &str = "sk-cluster-0123456789abcdefgh";
@@ -42,6 +49,20 @@ fn with_ca(data_dir: PathBuf) -> impl FnOnce(&mut Config) {
         config.ca_cert_file = Some(data_dir.join("pki/ca.pem"));
         config.ca_key_file = Some(data_dir.join("pki/ca.key"));
     }
+}
+
+/// A CA in replica `name`'s data directory, for the others to share.
+fn new_ca(db: &TestDb, name: &str) -> PathBuf {
+    let dir = db.data_dir().join(name);
+    clawplane::pki::Pki::load_or_create(&clawplane::pki::PkiConfig {
+        dir: dir.join("pki"),
+        ca_cert_file: None,
+        ca_key_file: None,
+        server_names: vec!["localhost".into()],
+        host_cert_ttl: std::time::Duration::from_secs(3600),
+    })
+    .unwrap();
+    dir
 }
 
 /// Why the replica refused to start.
@@ -84,15 +105,7 @@ async fn replicas_on_one_database_share_one_identity() {
 
     // The first start of two at once: one writes the record, both agree.
     // The CA is made first so both can be given it.
-    let a_dir = db.data_dir().join("a");
-    clawplane::pki::Pki::load_or_create(&clawplane::pki::PkiConfig {
-        dir: a_dir.join("pki"),
-        ca_cert_file: None,
-        ca_key_file: None,
-        server_names: vec!["localhost".into()],
-        host_cert_ttl: std::time::Duration::from_secs(3600),
-    })
-    .unwrap();
+    let a_dir = new_ca(&db, "a");
     let (a, b) = tokio::join!(
         TestServer::start_with(replica(&db, "a", &key, &[]), with_ca(a_dir.clone())),
         TestServer::start_with(replica(&db, "b", &key, &[]), with_ca(a_dir.clone())),
@@ -194,4 +207,74 @@ async fn the_secrets_key_rotates(db: TestDb) {
         assert!(refused(changed, |_| {}).await.contains("admin token"), "{b}");
         TestServer::start(replica(&db, "a", &new, &[])).await.shutdown().await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn what_one_replica_changes_reaches_the_other_at_once() {
+    let Some(db) = postgres_db().await else { return };
+    db.store().await;
+    let key = new_key(&db.data_dir().join("keys"), "cluster.key");
+    let a_dir = new_ca(&db, "a");
+    // A day-long tenant cache: only the other replica's event can make a
+    // replica forget a tenant in time.
+    let replica_with_long_cache = |name: &str| {
+        let ca = with_ca(a_dir.clone());
+        TestServer::start_with(replica(&db, name, &key, &[]), move |config| {
+            ca(config);
+            config.tenant_cache_ttl = std::time::Duration::from_secs(86_400);
+        })
+    };
+    let a = replica_with_long_cache("a").await;
+    let b = replica_with_long_cache("b").await;
+
+    // B serves alice's tenant from its cache; A deletes it; B forgets it.
+    let alice = Cred::user("alice", &[]);
+    let (mut tenants_a, mut tenants_b) =
+        (TenantServiceClient::new(a.channel().await), TenantServiceClient::new(b.channel().await));
+    let create = CreateTenantRequest { plan: "free".into(), ..Default::default() };
+    let tenant = tenants_a.create_tenant(alice.request(create)).await.unwrap().into_inner().tenant.unwrap();
+    for _ in 0..2 {
+        let mine = tenants_b.get_my_tenant(alice.request(GetMyTenantRequest::default())).await.unwrap();
+        assert_eq!(mine.into_inner().tenant.unwrap().id, tenant.id);
+    }
+    tenants_a.delete_tenant(alice.request(DeleteTenantRequest { tenant_id: tenant.id.clone() })).await.unwrap();
+    let tenants = tenants_b.clone();
+    clawplane_test_kit::eventually(std::time::Duration::from_secs(10), "B forgets the tenant A deleted", || {
+        let (mut tenants, alice) = (tenants.clone(), alice.clone());
+        async move {
+            let seen = tenants.get_my_tenant(alice.request(GetMyTenantRequest::default())).await;
+            matches!(seen, Err(status) if status.code() == tonic::Code::NotFound)
+        }
+    })
+    .await;
+
+    // A host with its Connect and Sync streams on A, removed through B:
+    // both streams end, each saying why, and both replicas agree.
+    let mut agent = FakeAgent::join(&a).await;
+    let (_batches, mut acks) = agent.open_sync().await;
+    let host_id = agent.host_id.clone();
+    let (mut hosts_a, mut hosts_b) =
+        (HostServiceClient::new(a.channel().await), HostServiceClient::new(b.channel().await));
+    for hosts in [&mut hosts_a, &mut hosts_b] {
+        let host = hosts.get_host(Cred::admin().request(GetHostRequest { host_id: host_id.clone() })).await.unwrap();
+        let host = host.into_inner().host.unwrap();
+        assert_eq!((host.status, host.connected), (HostStatus::Online as i32, true), "both say connected");
+    }
+    let removed = RemoveHostRequest { host_id: host_id.clone(), force: false };
+    hosts_b.remove_host(Cred::admin().request(removed)).await.unwrap();
+    let closed = agent.connect_closed.take().unwrap();
+    let close = tokio::time::timeout(std::time::Duration::from_secs(10), closed).await.expect("Connect closed");
+    let close = close.unwrap().expect("a CloseConnection before the end");
+    assert_eq!(close.cause, ErrorReason::HostRevoked as i32, "{close:?}");
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(10), acks.message()).await.expect("Sync ended");
+    let status = ended.expect_err("Sync ends with an error");
+    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+    assert!(status.message().contains("removed"), "{status:?}");
+    for hosts in [&mut hosts_a, &mut hosts_b] {
+        let host = hosts.get_host(Cred::admin().request(GetHostRequest { host_id: host_id.clone() })).await.unwrap();
+        let host = host.into_inner().host.unwrap();
+        assert_eq!((host.status, host.connected), (HostStatus::Removed as i32, false), "both say removed");
+    }
+    a.shutdown().await;
+    b.shutdown().await;
 }

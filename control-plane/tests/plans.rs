@@ -10,23 +10,17 @@ use std::time::Duration;
 
 use chrono::Utc;
 use clawplane::store::{IngestItem, NewMessage, NewModelCall, OveragePolicy, PlanSpec, Tokens};
-use clawplane_proto::v1::agent_service_client::AgentServiceClient;
 use clawplane_proto::v1::config_service_client::ConfigServiceClient;
-use clawplane_proto::v1::enrollment_service_client::EnrollmentServiceClient;
-use clawplane_proto::v1::host_service_client::HostServiceClient;
 use clawplane_proto::v1::tenant_service_client::TenantServiceClient;
 use clawplane_proto::v1::usage_service_client::UsageServiceClient;
 use clawplane_proto::v1::{
-    agent_message, command, control_message, sync_record, AgentHello, AgentMessage, ChangePlanRequest, Command,
-    CommandAck, CommandOutcome, CommandResult, CreateJoinTokenRequest, CreateTenantRequest, GetOverviewRequest,
-    GetSubscriptionRequest, GetUsageRequest, HostCapacity, HostInventory, JoinRequest, ListBillingLinesRequest,
-    ListPlansRequest, ModelApi, ModelCall, ModelCallOutcome, RemoveChannelRequest, SetAllowanceCommand,
-    SetChannelRequest, SetSubscriptionRequest, Subscription, SubscriptionStatus, SyncAck, SyncBatch, SyncRecord,
-    SyncRequest, SyncSource, TranscriptEvent, UsageEvent, UsageEventKind, UsagePeriod, WatchUsageEventsRequest,
+    command, sync_record, ChangePlanRequest, CreateTenantRequest, GetOverviewRequest, GetSubscriptionRequest,
+    GetUsageRequest, ListBillingLinesRequest, ListPlansRequest, ModelApi, ModelCall, ModelCallOutcome,
+    RemoveChannelRequest, SetChannelRequest, SetSubscriptionRequest, Subscription, SubscriptionStatus, SyncRecord,
+    SyncSource, TranscriptEvent, UsageEvent, UsageEventKind, UsagePeriod, WatchUsageEventsRequest,
 };
+use common::fake_agent::FakeAgent;
 use common::*;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 use tonic::Code;
 
@@ -92,122 +86,6 @@ async fn create(channel: &Channel, who: &Cred, plan: &str) -> String {
 async fn subscription(usage: &mut UsageServiceClient<Channel>, who: &Cred, tenant_id: &str) -> Subscription {
     let request = GetSubscriptionRequest { tenant_id: tenant_id.into() };
     usage.get_subscription(who.request(request)).await.unwrap().into_inner().subscription.unwrap()
-}
-
-/// A host as the control plane sees one: a real Join and certificate, a
-/// Connect stream answering every command with success (handing each to
-/// the test), and Sync batches on demand.
-struct FakeAgent {
-    channel: Channel,
-    commands: mpsc::Receiver<Command>,
-    _outbound: mpsc::Sender<AgentMessage>,
-}
-
-impl FakeAgent {
-    async fn join(server: &TestServer) -> FakeAgent {
-        let url = format!("https://{}", server.agent_addr);
-        let mut hosts = HostServiceClient::new(server.channel().await);
-        let token = hosts
-            .create_join_token(Cred::admin().request(CreateJoinTokenRequest {
-                ttl: Some(prost_types::Duration { seconds: 600, nanos: 0 }),
-                max_uses: 1,
-                ..Default::default()
-            }))
-            .await
-            .unwrap()
-            .into_inner();
-        let key = rcgen::KeyPair::generate().unwrap();
-        let csr = rcgen::CertificateParams::new(Vec::<String>::new())
-            .unwrap()
-            .serialize_request(&key)
-            .unwrap()
-            .pem()
-            .unwrap();
-        let verifier = clawplane_tls::PinnedServerVerifier::new(&server.ca_pin).unwrap();
-        let enroll = clawplane_tls::channel(&url, clawplane_tls::pinned_client_config(verifier).unwrap()).unwrap();
-        let inventory = HostInventory {
-            hostname: "fake-host".into(),
-            agent_version: "test".into(),
-            capacity: Some(HostCapacity {
-                cpu_cores: 8,
-                memory_bytes: 64 << 30,
-                max_tenants: 16,
-                cgroup_version: "v2".into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
-        let joined = EnrollmentServiceClient::new(enroll)
-            .join(JoinRequest { token: token.token, csr_pem: csr, inventory: Some(inventory.clone()) })
-            .await
-            .unwrap()
-            .into_inner();
-        let identity =
-            clawplane_tls::ReloadableIdentity::from_pem(&joined.certificate_pem, &key.serialize_pem()).unwrap();
-        let channel =
-            clawplane_tls::channel(&url, clawplane_tls::mtls_client_config(&joined.ca_chain_pem, identity).unwrap())
-                .unwrap();
-        let (tx, rx) = mpsc::channel(64);
-        let hello = AgentHello { inventory: Some(inventory), ..Default::default() };
-        tx.send(AgentMessage { kind: Some(agent_message::Kind::Hello(hello)) }).await.unwrap();
-        let mut inbound =
-            AgentServiceClient::new(channel.clone()).connect(ReceiverStream::new(rx)).await.unwrap().into_inner();
-        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-        let (commands_tx, commands) = mpsc::channel(256);
-        let answers = tx.clone();
-        tokio::spawn(async move {
-            let mut ready = Some(ready_tx);
-            while let Ok(Some(message)) = inbound.message().await {
-                match message.kind {
-                    Some(control_message::Kind::HelloAck(_)) => {
-                        if let Some(ready) = ready.take() {
-                            let _ = ready.send(());
-                        }
-                    }
-                    Some(control_message::Kind::Command(command)) => {
-                        let id = command.id.clone();
-                        let ack = CommandAck { command_id: id.clone() };
-                        let _ = answers.send(AgentMessage { kind: Some(agent_message::Kind::CommandAck(ack)) }).await;
-                        let result = CommandResult {
-                            command_id: id,
-                            outcome: CommandOutcome::Succeeded as i32,
-                            ..Default::default()
-                        };
-                        let _ =
-                            answers.send(AgentMessage { kind: Some(agent_message::Kind::CommandResult(result)) }).await;
-                        let _ = commands_tx.send(command).await;
-                    }
-                    _ => {}
-                }
-            }
-        });
-        tokio::time::timeout(WAIT, ready_rx).await.expect("hello acknowledged").unwrap();
-        FakeAgent { channel, commands, _outbound: tx }
-    }
-
-    /// The next SetAllowance command for `tenant_id` (others are skipped).
-    async fn next_allowance(&mut self, tenant_id: &str) -> SetAllowanceCommand {
-        loop {
-            let command = tokio::time::timeout(WAIT, self.commands.recv()).await.expect("a command").expect("stream");
-            if let Some(command::Payload::SetAllowance(allowance)) = command.payload {
-                if allowance.tenant_id == tenant_id {
-                    return allowance;
-                }
-            }
-        }
-    }
-
-    /// Sends one batch on a fresh Sync stream and returns its ack.
-    async fn sync(&self, records: Vec<SyncRecord>) -> SyncAck {
-        let (tx, rx) = mpsc::channel(1);
-        let batch = SyncBatch { batch_id: uuid::Uuid::new_v4().to_string(), records, ..Default::default() };
-        tx.send(SyncRequest { batch: Some(batch) }).await.unwrap();
-        let mut acks =
-            AgentServiceClient::new(self.channel.clone()).sync(ReceiverStream::new(rx)).await.unwrap().into_inner();
-        let ack = tokio::time::timeout(WAIT, acks.message()).await.expect("ack").unwrap().unwrap().ack.unwrap();
-        drop(tx);
-        ack
-    }
 }
 
 fn call(call_id: &str, input: i64, output: i64) -> ModelCall {

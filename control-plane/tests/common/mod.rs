@@ -4,6 +4,8 @@
 //! from the test kit.
 #![allow(dead_code)]
 
+pub mod fake_agent;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
