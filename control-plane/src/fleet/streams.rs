@@ -109,6 +109,14 @@ struct Session {
     pub(super) tenants: Vec<pb::TenantState>,
 }
 
+/// What one StreamTenantLogs call asks of a host.
+struct LogAsk {
+    host_id: String,
+    tenant_id: String,
+    tail_lines: u32,
+    follow: bool,
+}
+
 /// Where the log lines of one StreamTenantLogs call go.
 struct LogRoute {
     host_id: String,
@@ -235,7 +243,7 @@ impl Fleet {
                 ClusterEvent::OwnerChanged { .. } => {}
                 ClusterEvent::LogsWanted { request_id, host_id, tenant_id, tail_lines, follow } => {
                     if self.holds_stream(&host_id) {
-                        self.relay_logs(request_id, host_id, tenant_id, tail_lines, follow);
+                        self.relay_logs(request_id, LogAsk { host_id, tenant_id, tail_lines, follow });
                     }
                 }
                 ClusterEvent::LogLines { request_id, chunk } => {
@@ -464,60 +472,47 @@ impl Fleet {
         tail_lines: u32,
         follow: bool,
     ) -> FleetResult<LogSubscription> {
+        let ask = LogAsk { host_id: host_id.to_string(), tenant_id: tenant_id.to_string(), tail_lines, follow };
+        let local = self.sessions.lock().unwrap().get(host_id).map(|s| s.outbound.clone());
+        if let Some(outbound) = local {
+            return self.stream_logs_here(outbound, ask).await;
+        }
+        if self.connected_proxy(host_id).await?.is_none() {
+            return Err(FleetError::NotConnected("the tenant's host is not connected"));
+        }
         let request_id = uuid::Uuid::new_v4().to_string();
         let (sink, lines) = tokio::sync::mpsc::channel(16);
-        let local = self.sessions.lock().unwrap().get(host_id).map(|s| s.outbound.clone());
-        let Some(outbound) = local else {
-            if self.connected_proxy(host_id).await?.is_none() {
-                return Err(FleetError::NotConnected("the tenant's host is not connected"));
-            }
-            self.log_routes.lock().unwrap().insert(
-                request_id.clone(),
-                LogRoute { host_id: host_id.to_string(), tenant_id: tenant_id.to_string(), sink, relayed: true },
-            );
-            let wanted = ClusterEvent::LogsWanted {
-                request_id: request_id.clone(),
-                host_id: host_id.to_string(),
-                tenant_id: tenant_id.to_string(),
-                tail_lines,
-                follow,
-            };
-            self.store.publish(wanted).await;
-            let cancel = LogCancel::Relayed(self.store.clone());
-            return Ok(LogSubscription {
-                fleet: self.clone(),
-                host_id: host_id.to_string(),
-                request_id,
-                lines,
-                cancel,
-            });
+        self.log_routes.lock().unwrap().insert(
+            request_id.clone(),
+            LogRoute { host_id: ask.host_id.clone(), tenant_id: ask.tenant_id.clone(), sink, relayed: true },
+        );
+        let wanted = ClusterEvent::LogsWanted {
+            request_id: request_id.clone(),
+            host_id: ask.host_id.clone(),
+            tenant_id: ask.tenant_id,
+            tail_lines,
+            follow,
         };
-        self.stream_logs_here(outbound, request_id, (sink, lines), host_id, tenant_id, tail_lines, follow).await
+        self.store.publish(wanted).await;
+        let cancel = LogCancel::Relayed(self.store.clone());
+        Ok(LogSubscription { fleet: self.clone(), host_id: ask.host_id, request_id, lines, cancel })
     }
 
     /// Asks the host over its stream, held here, for the log lines.
-    #[allow(clippy::too_many_arguments)]
-    async fn stream_logs_here(
-        self: &Arc<Self>,
-        outbound: Outbound,
-        request_id: String,
-        (sink, lines): (tokio::sync::mpsc::Sender<pb::LogChunk>, tokio::sync::mpsc::Receiver<pb::LogChunk>),
-        host_id: &str,
-        tenant_id: &str,
-        tail_lines: u32,
-        follow: bool,
-    ) -> FleetResult<LogSubscription> {
+    async fn stream_logs_here(self: &Arc<Self>, outbound: Outbound, ask: LogAsk) -> FleetResult<LogSubscription> {
+        let request_id = uuid::Uuid::new_v4().to_string();
+        let (sink, lines) = tokio::sync::mpsc::channel(16);
         self.log_routes.lock().unwrap().insert(
             request_id.clone(),
-            LogRoute { host_id: host_id.to_string(), tenant_id: tenant_id.to_string(), sink, relayed: false },
+            LogRoute { host_id: ask.host_id.clone(), tenant_id: ask.tenant_id.clone(), sink, relayed: false },
         );
         let command = pb::Command {
             id: uuid::Uuid::now_v7().to_string(),
             payload: Some(command::Payload::StreamLogs(pb::StreamLogsCommand {
                 request_id: request_id.clone(),
-                tenant_id: tenant_id.to_string(),
-                tail_lines,
-                follow,
+                tenant_id: ask.tenant_id,
+                tail_lines: ask.tail_lines,
+                follow: ask.follow,
             })),
             ..Default::default()
         };
@@ -527,24 +522,20 @@ impl Fleet {
             return Err(FleetError::NotConnected("the tenant's host disconnected"));
         }
         let cancel = LogCancel::Local(outbound);
-        Ok(LogSubscription { fleet: self.clone(), host_id: host_id.to_string(), request_id, lines, cancel })
+        Ok(LogSubscription { fleet: self.clone(), host_id: ask.host_id, request_id, lines, cancel })
     }
 
     /// Streams a tenant's log lines from a host whose stream this replica
     /// holds to a caller on another replica, as `LogLines` events, until
     /// the log ends, the host's stream does, or the caller stops.
-    fn relay_logs(self: &Arc<Self>, request_id: String, host_id: String, tenant_id: String, tail: u32, follow: bool) {
+    fn relay_logs(self: &Arc<Self>, request_id: String, ask: LogAsk) {
         let fleet = self.clone();
         let id = request_id.clone();
         let relay = self.shutdown.spawn(async move {
             // Only a stream held here: never relayed on again.
-            let outbound = fleet.sessions.lock().unwrap().get(&host_id).map(|s| s.outbound.clone());
-            let request = uuid::Uuid::new_v4().to_string();
+            let outbound = fleet.sessions.lock().unwrap().get(&ask.host_id).map(|s| s.outbound.clone());
             let subscription = match outbound {
-                Some(outbound) => {
-                    let channel = tokio::sync::mpsc::channel(16);
-                    fleet.stream_logs_here(outbound, request, channel, &host_id, &tenant_id, tail, follow).await.ok()
-                }
+                Some(outbound) => fleet.stream_logs_here(outbound, ask).await.ok(),
                 None => None,
             };
             if let Some(mut subscription) = subscription {
