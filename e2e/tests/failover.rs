@@ -8,11 +8,12 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime};
 
+use clawplane_proto::v1::config_service_client::ConfigServiceClient;
 use clawplane_proto::v1::session_service_client::SessionServiceClient;
 use clawplane_proto::v1::tenant_service_client::TenantServiceClient;
 use clawplane_proto::v1::{
-    send_message_response, CreateTenantRequest, HostStatus, PingHostRequest, RemoveHostRequest, RestartTenantRequest,
-    SendMessageRequest, StreamTenantLogsRequest,
+    send_message_response, CreateTenantRequest, DeleteTenantRequest, GetConfigRequest, HostStatus, PingHostRequest,
+    RemoveHostRequest, RestartTenantRequest, SendMessageRequest, SetToolsRequest, StreamTenantLogsRequest,
 };
 use clawplane_test_kit::auth::Cred;
 use clawplane_tls::files::{create_private_dir, write_private};
@@ -189,6 +190,15 @@ async fn every_call_works_through_every_replica_against_hosts_the_others_hold() 
         let mut restart = alice.request(RestartTenantRequest { tenant_id: tenant.id.clone() });
         restart.set_timeout(Duration::from_secs(120));
         tenants.restart_tenant(restart).await.unwrap_or_else(|status| panic!("restart through {name}: {status:?}"));
+        let mut config = ConfigServiceClient::new(cp.channel().await);
+        let tools =
+            SetToolsRequest { tenant_id: tenant.id.clone(), allow: vec![format!("via-{name}")], ..Default::default() };
+        let mut set = alice.request(tools);
+        set.set_timeout(Duration::from_secs(120));
+        config.set_tools(set).await.unwrap_or_else(|status| panic!("SetTools through {name}: {status:?}"));
+        let current = config.get_config(alice.request(GetConfigRequest { tenant_id: tenant.id.clone() })).await;
+        let current = current.unwrap().into_inner().config.unwrap();
+        assert_eq!(current.applied_generation, current.desired_generation, "applied through {name}");
         let logs = StreamTenantLogsRequest { tenant_id: tenant.id.clone(), tail_lines: 20, follow: false };
         let mut logs = tenants.stream_tenant_logs(alice.request(logs)).await.unwrap().into_inner();
         let ended = tokio::time::timeout(Duration::from_secs(60), async {
@@ -270,20 +280,25 @@ async fn every_call_works_through_every_replica_against_hosts_the_others_hold() 
         .expect_err("a host with a tenant is kept without force");
     assert_eq!(kept.code(), tonic::Code::FailedPrecondition, "{kept:?}");
     assert!(kept.message().contains("1 tenant") && kept.message().contains("force"), "{kept:?}");
-    let (agent, host) = if holder_of_tenant == 0 { (&mut two, &host_two) } else { (&mut one, &host_one) };
-    for _ in 0..2 {
-        let removed = remover
-            .hosts()
-            .await
-            .remove_host(remover.admin(RemoveHostRequest { host_id: host.clone(), force: false }))
-            .await
-            .unwrap_or_else(|status| panic!("RemoveHost of {host}: {status:?}"))
-            .into_inner();
-        assert_eq!(removed.host.unwrap().status, HostStatus::Removed as i32, "removing a removed host succeeds");
-    }
-    let stopped = tokio::task::block_in_place(|| agent.wait_exit(Duration::from_secs(30)));
-    assert!(stopped.is_some(), "the removed host's agent stopped within 30 s:\n{}", agent.log());
-    for i in &live {
-        assert_eq!(replicas[*i].host_status(host).await, Some((HostStatus::Removed, false)), "{}", names[*i]);
+    let mut tenants = TenantServiceClient::new(replicas[live[0]].channel().await);
+    tenants.delete_tenant(alice.request(DeleteTenantRequest { tenant_id: tenant.id.clone() })).await.unwrap();
+    let (mut moved_agent, mut other_agent) = if holder_of_tenant == 0 { (one, two) } else { (two, one) };
+    let other_host = if holder_of_tenant == 0 { &host_two } else { &host_one };
+    for (agent, host) in [(&mut moved_agent, moved), (&mut other_agent, other_host)] {
+        for _ in 0..2 {
+            let removed = remover
+                .hosts()
+                .await
+                .remove_host(remover.admin(RemoveHostRequest { host_id: host.clone(), force: false }))
+                .await
+                .unwrap_or_else(|status| panic!("RemoveHost of {host}: {status:?}"))
+                .into_inner();
+            assert_eq!(removed.host.unwrap().status, HostStatus::Removed as i32, "removing a removed host succeeds");
+        }
+        let stopped = tokio::task::block_in_place(|| agent.wait_exit(Duration::from_secs(30)));
+        assert!(stopped.is_some(), "the removed host's agent stopped within 30 s:\n{}", agent.log());
+        for i in &live {
+            assert_eq!(replicas[*i].host_status(host).await, Some((HostStatus::Removed, false)), "{}", names[*i]);
+        }
     }
 }
