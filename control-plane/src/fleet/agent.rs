@@ -26,7 +26,8 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::error::FleetError;
 use super::peer::AgentConnectInfo;
-use super::streams::{command_message, result_json, Closing, Fleet, Outbound, SessionHandles};
+use super::peer::Outbound;
+use super::streams::{command_message, result_json, Closing, Fleet, SessionHandles};
 use crate::store::inventory_json;
 use crate::store::StoreError;
 use crate::wire::timestamp;
@@ -258,7 +259,7 @@ async fn handle_message(fleet: &Fleet, host_id: &str, message: AgentMessage) -> 
         Some(agent_message::Kind::Hello(_)) => {
             tracing::warn!(host = %host_id, "second hello on one stream ignored");
         }
-        Some(agent_message::Kind::LogChunk(chunk)) => fleet.route_log(host_id, chunk),
+        Some(agent_message::Kind::LogChunk(chunk)) => fleet.logs.route(host_id, chunk),
     }
     Ok(())
 }

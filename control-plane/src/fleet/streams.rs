@@ -23,24 +23,19 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use chrono::{DateTime, Utc};
 use clawplane_edge::shutdown::ShutdownSignal;
-use clawplane_proto::v1::{self as pb, command, ControlMessage};
+use clawplane_proto::v1::{self as pb, command};
 use prost::Message;
 use serde_json::json;
-use tokio::sync::{mpsc, watch, Notify};
-use tonic::Status;
+use tokio::sync::{watch, Notify};
 
 use super::error::{FleetError, FleetResult};
-use super::peer::PeerCertificate;
+use super::logs::{LogAsk, LogRoutes, LogSubscription};
+use super::peer::{Outbound, PeerCertificate};
 use crate::desired::DesiredConfigs;
 use crate::pki::Pki;
 use crate::store::stored_inventory;
-use crate::store::{ClusterEvent, CommandKind, Host, HostCommand, HostState, Store, MAX_LOG_EVENT_BYTES};
+use crate::store::{ClusterEvent, CommandKind, Host, HostCommand, HostState, Store};
 use crate::wire::timestamp;
-
-/// Messages to one agent. Boxed: a channel allocates its slots up front,
-/// and thousands of idle sessions should not each hold room for 32 full
-/// messages.
-pub(super) type Outbound = mpsc::Sender<Box<Result<ControlMessage, Status>>>;
 
 #[derive(Debug, Clone)]
 pub struct FleetConfig {
@@ -109,23 +104,6 @@ struct Session {
     pub(super) tenants: Vec<pb::TenantState>,
 }
 
-/// What one StreamTenantLogs call asks of a host.
-struct LogAsk {
-    host_id: String,
-    tenant_id: String,
-    tail_lines: u32,
-    follow: bool,
-}
-
-/// Where the log lines of one StreamTenantLogs call go.
-struct LogRoute {
-    host_id: String,
-    tenant_id: String,
-    sink: tokio::sync::mpsc::Sender<pb::LogChunk>,
-    /// The lines come from another replica (which holds the host's stream).
-    relayed: bool,
-}
-
 pub struct Fleet {
     pub(super) store: Store,
     pki: Arc<Pki>,
@@ -140,9 +118,8 @@ pub struct Fleet {
     removed: tokio::sync::broadcast::Sender<String>,
     /// Tenant proxies of hosts whose streams other replicas hold.
     remote_endpoints: Mutex<HashMap<String, String>>,
-    log_routes: Mutex<HashMap<String, LogRoute>>,
-    /// Log streams this replica relays to callers on other replicas.
-    log_relays: Mutex<HashMap<String, tokio::task::AbortHandle>>,
+    /// Log streams to callers here, and relayed to callers elsewhere.
+    pub(super) logs: Arc<LogRoutes>,
     next_session: AtomicU64,
 }
 
@@ -190,6 +167,7 @@ impl Fleet {
         shutdown: ShutdownSignal,
     ) -> Arc<Fleet> {
         let events = store.cluster_events();
+        let logs = LogRoutes::new(store.clone(), shutdown.clone());
         let fleet = Arc::new(Fleet {
             store,
             pki,
@@ -200,8 +178,7 @@ impl Fleet {
             waiters: Mutex::new(HashMap::new()),
             removed: tokio::sync::broadcast::channel(256).0,
             remote_endpoints: Mutex::new(HashMap::new()),
-            log_routes: Mutex::new(HashMap::new()),
-            log_relays: Mutex::new(HashMap::new()),
+            logs,
             next_session: AtomicU64::new(1),
         });
         shutdown.spawn(fleet.clone().follow_cluster(events));
@@ -234,7 +211,7 @@ impl Fleet {
                     self.remote_endpoints.lock().unwrap().remove(&host_id);
                     self.close_older(&host_id, generation, Closing::replaced());
                     // Relayed lines came from the stream that was replaced.
-                    self.log_routes.lock().unwrap().retain(|_, route| !(route.relayed && route.host_id == host_id));
+                    self.logs.end_relayed(Some(&host_id));
                 }
                 ClusterEvent::HostRemoved { host_id } => {
                     self.close_older(&host_id, i64::MAX, Closing::revoked());
@@ -242,31 +219,17 @@ impl Fleet {
                 }
                 ClusterEvent::OwnerChanged { .. } => {}
                 ClusterEvent::LogsWanted { request_id, host_id, tenant_id, tail_lines, follow } => {
-                    if self.holds_stream(&host_id) {
-                        self.relay_logs(request_id, LogAsk { host_id, tenant_id, tail_lines, follow });
+                    if let Some(outbound) = self.outbound_of(&host_id) {
+                        self.logs.relay(request_id, Some(outbound), LogAsk { host_id, tenant_id, tail_lines, follow });
                     }
                 }
-                ClusterEvent::LogLines { request_id, chunk } => {
-                    let host_id = self.log_routes.lock().unwrap().get(&request_id).map(|r| r.host_id.clone());
-                    let chunk = STANDARD.decode(chunk).ok().and_then(|b| pb::LogChunk::decode(b.as_slice()).ok());
-                    if let (Some(host_id), Some(mut chunk)) = (host_id, chunk) {
-                        // The holder asked its host under a request id of its own.
-                        chunk.request_id = request_id;
-                        self.route_log(&host_id, chunk);
-                    }
-                }
-                ClusterEvent::LogsEnded { request_id } => {
-                    self.log_routes.lock().unwrap().remove(&request_id);
-                }
-                ClusterEvent::LogsStopped { request_id } => {
-                    if let Some(relay) = self.log_relays.lock().unwrap().remove(&request_id) {
-                        relay.abort();
-                    }
-                }
+                ClusterEvent::LogLines { request_id, chunk } => self.logs.relayed_lines(request_id, &chunk),
+                ClusterEvent::LogsEnded { request_id } => self.logs.end(&request_id),
+                ClusterEvent::LogsStopped { request_id } => self.logs.stop_relay(&request_id),
                 ClusterEvent::Resync => {
                     // Relayed lines may have been lost: those streams end,
                     // and their callers call again.
-                    self.log_routes.lock().unwrap().retain(|_, route| !route.relayed);
+                    self.logs.end_relayed(None);
                     self.remote_endpoints.lock().unwrap().clear();
                     for session in self.sessions.lock().unwrap().values() {
                         session.wake.notify_one();
@@ -377,7 +340,7 @@ impl Fleet {
             let mut sessions = self.sessions.lock().unwrap();
             if sessions.get(host_id).is_some_and(|s| s.id == session.id) {
                 sessions.remove(host_id);
-                self.log_routes.lock().unwrap().retain(|_, route| route.host_id != host_id);
+                self.logs.end_host(host_id);
             }
         }
         // Only this stream's own claim: a newer one elsewhere stays.
@@ -431,6 +394,32 @@ impl Fleet {
         }
     }
 
+    /// Streams a tenant's log lines from its host: the tail, then (with
+    /// `follow`) new lines until the receiver is dropped. Not queued: a host
+    /// that is not connected is an error now, not a stream later. When
+    /// another replica holds the host's stream, it relays the lines.
+    pub async fn stream_logs(
+        &self,
+        host_id: &str,
+        tenant_id: &str,
+        tail_lines: u32,
+        follow: bool,
+    ) -> FleetResult<LogSubscription> {
+        let ask = LogAsk { host_id: host_id.to_string(), tenant_id: tenant_id.to_string(), tail_lines, follow };
+        if let Some(outbound) = self.outbound_of(host_id) {
+            return self.logs.open_here(outbound, ask).await;
+        }
+        if self.connected_proxy(host_id).await?.is_none() {
+            return Err(FleetError::NotConnected("the tenant's host is not connected"));
+        }
+        Ok(self.logs.open_relayed(ask).await)
+    }
+
+    /// The stream to a host held here, for messages that are not queued.
+    pub(super) fn outbound_of(&self, host_id: &str) -> Option<Outbound> {
+        self.sessions.lock().unwrap().get(host_id).map(|s| s.outbound.clone())
+    }
+
     /// Whether this replica holds the host's stream.
     pub fn holds_stream(&self, host_id: &str) -> bool {
         self.sessions.lock().unwrap().contains_key(host_id)
@@ -458,122 +447,6 @@ impl Fleet {
     pub(super) fn certificate_renewed(&self, host_id: &str, not_after: i64) {
         if let Some(session) = self.sessions.lock().unwrap().get(host_id) {
             session.cert_not_after.fetch_max(not_after, Ordering::Relaxed);
-        }
-    }
-
-    /// Streams a tenant's log lines from its host: the tail, then (with
-    /// `follow`) new lines until the receiver is dropped. Not queued: a host
-    /// that is not connected is an error now, not a stream later. When
-    /// another replica holds the host's stream, it relays the lines.
-    pub async fn stream_logs(
-        self: &Arc<Self>,
-        host_id: &str,
-        tenant_id: &str,
-        tail_lines: u32,
-        follow: bool,
-    ) -> FleetResult<LogSubscription> {
-        let ask = LogAsk { host_id: host_id.to_string(), tenant_id: tenant_id.to_string(), tail_lines, follow };
-        let local = self.sessions.lock().unwrap().get(host_id).map(|s| s.outbound.clone());
-        if let Some(outbound) = local {
-            return self.stream_logs_here(outbound, ask).await;
-        }
-        if self.connected_proxy(host_id).await?.is_none() {
-            return Err(FleetError::NotConnected("the tenant's host is not connected"));
-        }
-        let request_id = uuid::Uuid::new_v4().to_string();
-        let (sink, lines) = tokio::sync::mpsc::channel(16);
-        self.log_routes.lock().unwrap().insert(
-            request_id.clone(),
-            LogRoute { host_id: ask.host_id.clone(), tenant_id: ask.tenant_id.clone(), sink, relayed: true },
-        );
-        let wanted = ClusterEvent::LogsWanted {
-            request_id: request_id.clone(),
-            host_id: ask.host_id.clone(),
-            tenant_id: ask.tenant_id,
-            tail_lines,
-            follow,
-        };
-        self.store.publish(wanted).await;
-        let cancel = LogCancel::Relayed(self.store.clone());
-        Ok(LogSubscription { fleet: self.clone(), host_id: ask.host_id, request_id, lines, cancel })
-    }
-
-    /// Asks the host over its stream, held here, for the log lines.
-    async fn stream_logs_here(self: &Arc<Self>, outbound: Outbound, ask: LogAsk) -> FleetResult<LogSubscription> {
-        let request_id = uuid::Uuid::new_v4().to_string();
-        let (sink, lines) = tokio::sync::mpsc::channel(16);
-        self.log_routes.lock().unwrap().insert(
-            request_id.clone(),
-            LogRoute { host_id: ask.host_id.clone(), tenant_id: ask.tenant_id.clone(), sink, relayed: false },
-        );
-        let command = pb::Command {
-            id: uuid::Uuid::now_v7().to_string(),
-            payload: Some(command::Payload::StreamLogs(pb::StreamLogsCommand {
-                request_id: request_id.clone(),
-                tenant_id: ask.tenant_id,
-                tail_lines: ask.tail_lines,
-                follow: ask.follow,
-            })),
-            ..Default::default()
-        };
-        let message = pb::ControlMessage { kind: Some(pb::control_message::Kind::Command(command)) };
-        if outbound.send(Box::new(Ok(message))).await.is_err() {
-            self.log_routes.lock().unwrap().remove(&request_id);
-            return Err(FleetError::NotConnected("the tenant's host disconnected"));
-        }
-        let cancel = LogCancel::Local(outbound);
-        Ok(LogSubscription { fleet: self.clone(), host_id: ask.host_id, request_id, lines, cancel })
-    }
-
-    /// Streams a tenant's log lines from a host whose stream this replica
-    /// holds to a caller on another replica, as `LogLines` events, until
-    /// the log ends, the host's stream does, or the caller stops.
-    fn relay_logs(self: &Arc<Self>, request_id: String, ask: LogAsk) {
-        let fleet = self.clone();
-        let id = request_id.clone();
-        let relay = self.shutdown.spawn(async move {
-            // Only a stream held here: never relayed on again.
-            let outbound = fleet.sessions.lock().unwrap().get(&ask.host_id).map(|s| s.outbound.clone());
-            let subscription = match outbound {
-                Some(outbound) => fleet.stream_logs_here(outbound, ask).await.ok(),
-                None => None,
-            };
-            if let Some(mut subscription) = subscription {
-                while let Some(chunk) = subscription.lines.recv().await {
-                    let last = chunk.eof;
-                    for piece in relay_pieces(chunk) {
-                        let chunk = STANDARD.encode(piece.encode_to_vec());
-                        fleet.store.publish(ClusterEvent::LogLines { request_id: id.clone(), chunk }).await;
-                    }
-                    if last {
-                        fleet.log_relays.lock().unwrap().remove(&id);
-                        return;
-                    }
-                }
-            }
-            fleet.store.publish(ClusterEvent::LogsEnded { request_id: id.clone() }).await;
-            fleet.log_relays.lock().unwrap().remove(&id);
-        });
-        self.log_relays.lock().unwrap().insert(request_id, relay.abort_handle());
-    }
-
-    /// Hands a log chunk to its subscriber, if it came from the right host
-    /// for the right tenant.
-    pub(super) fn route_log(&self, host_id: &str, chunk: pb::LogChunk) {
-        let sink = {
-            let routes = self.log_routes.lock().unwrap();
-            match routes.get(&chunk.request_id) {
-                Some(route) if route.host_id == host_id && route.tenant_id == chunk.tenant_id => {
-                    Some(route.sink.clone())
-                }
-                _ => None,
-            }
-        };
-        if let Some(sink) = sink {
-            // A slow reader drops chunks rather than growing memory.
-            if sink.try_send(chunk).is_err() {
-                tracing::debug!(host = %host_id, "log subscriber is behind; chunk dropped");
-            }
         }
     }
 
@@ -698,82 +571,6 @@ impl Fleet {
             resources,
         })
     }
-}
-
-/// Log lines of one tenant; cancels the stream on the host when dropped.
-pub struct LogSubscription {
-    fleet: Arc<Fleet>,
-    host_id: String,
-    request_id: String,
-    pub lines: tokio::sync::mpsc::Receiver<pb::LogChunk>,
-    cancel: LogCancel,
-}
-
-/// How a log stream is stopped.
-enum LogCancel {
-    /// Over the host's stream, held here.
-    Local(Outbound),
-    /// By telling the replica that relays it.
-    Relayed(Store),
-}
-
-impl Drop for LogSubscription {
-    fn drop(&mut self) {
-        self.fleet.log_routes.lock().unwrap().remove(&self.request_id);
-        match &self.cancel {
-            LogCancel::Local(outbound) => {
-                let cancel = pb::Command {
-                    id: uuid::Uuid::now_v7().to_string(),
-                    payload: Some(command::Payload::CancelLogs(pb::CancelLogsCommand {
-                        request_id: self.request_id.clone(),
-                    })),
-                    ..Default::default()
-                };
-                let message = pb::ControlMessage { kind: Some(pb::control_message::Kind::Command(cancel)) };
-                if outbound.try_send(Box::new(Ok(message))).is_err() {
-                    tracing::debug!(host = %self.host_id, "could not cancel a log stream; the host stops it on disconnect");
-                }
-            }
-            LogCancel::Relayed(store) => {
-                let (store, request_id) = (store.clone(), self.request_id.clone());
-                self.fleet.shutdown.spawn(async move {
-                    store.publish(ClusterEvent::LogsStopped { request_id }).await;
-                });
-            }
-        }
-    }
-}
-
-/// A chunk cut to fit cluster events: at most [`MAX_LOG_EVENT_BYTES`] of
-/// lines each, a longer line cut short and marked. The end (`eof`, the
-/// error) rides on the last piece.
-fn relay_pieces(chunk: pb::LogChunk) -> Vec<pb::LogChunk> {
-    const CUT: &str = " [cut by the replica relay]";
-    let piece = |lines: Vec<String>| pb::LogChunk { lines, eof: false, error: String::new(), ..chunk.clone() };
-    let (mut pieces, mut lines, mut bytes) = (Vec::new(), Vec::new(), 0usize);
-    for mut line in chunk.lines.iter().cloned() {
-        let limit = MAX_LOG_EVENT_BYTES - CUT.len();
-        if line.len() > limit {
-            let mut end = limit;
-            while !line.is_char_boundary(end) {
-                end -= 1;
-            }
-            line.truncate(end);
-            line.push_str(CUT);
-        }
-        if bytes + line.len() > MAX_LOG_EVENT_BYTES && !lines.is_empty() {
-            pieces.push(piece(std::mem::take(&mut lines)));
-            bytes = 0;
-        }
-        bytes += line.len() + 2;
-        lines.push(line);
-    }
-    pieces.push(piece(lines));
-    if let Some(last) = pieces.last_mut() {
-        last.eof = chunk.eof;
-        last.error = chunk.error.clone();
-    }
-    pieces
 }
 
 /// Where the host's agent serves its tenant proxy (`ip:port`), as it said
