@@ -8,43 +8,18 @@
 //!
 //! Env: BENCH_HOSTS (default "1000,5000"), BENCH_PINGS (default 500),
 //! BENCH_STEADY_SECONDS (default 10).
+mod common;
+
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use clawplane_proto::v1::agent_service_client::AgentServiceClient;
-use clawplane_proto::v1::enrollment_service_client::EnrollmentServiceClient;
 use clawplane_proto::v1::host_service_client::HostServiceClient;
-use clawplane_proto::v1::{
-    agent_message, command_result, control_message, AgentHello, AgentMessage, CommandAck, CommandOutcome,
-    CommandResult, CreateJoinTokenRequest, Heartbeat, HostInventory, JoinRequest, PingHostRequest, PingResult,
-};
+use clawplane_proto::v1::PingHostRequest;
 use clawplane_test_kit::{free_port, TestDir};
+use common::{admin, cpu_ticks, enroll, percentile, rss_kib, session};
 use tokio::sync::{mpsc, Semaphore};
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
-
-fn proc_value(pid: u32, file: &str) -> String {
-    std::fs::read_to_string(format!("/proc/{pid}/{file}")).unwrap_or_default()
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    proc_value(pid, "status")
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
-/// utime + stime in clock ticks.
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = proc_value(pid, "stat");
-    let after = &stat[stat.rfind(')').unwrap() + 2..];
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
-}
 
 struct ControlPlane {
     child: Child,
@@ -94,68 +69,6 @@ fn start_control_plane() -> ControlPlane {
     }
 }
 
-fn admin<T>(token: &str, message: T) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    request.metadata_mut().insert("authorization", MetadataValue::try_from(format!("Bearer {token}")).unwrap());
-    request
-}
-
-/// Joins one simulated host; returns its host id, certificate and key.
-async fn join(url: &str, pin: &str, token: &str, n: usize) -> (String, String, String, String) {
-    let key = rcgen::KeyPair::generate().unwrap();
-    let csr =
-        rcgen::CertificateParams::new(Vec::<String>::new()).unwrap().serialize_request(&key).unwrap().pem().unwrap();
-    let verifier = clawplane_tls::PinnedServerVerifier::new(pin).unwrap();
-    let channel = clawplane_tls::channel(url, clawplane_tls::pinned_client_config(verifier).unwrap()).unwrap();
-    let inventory = HostInventory { hostname: format!("sim-{n}"), agent_version: "bench".into(), ..Default::default() };
-    let response = EnrollmentServiceClient::new(channel)
-        .join(JoinRequest { token: token.to_string(), csr_pem: csr, inventory: Some(inventory) })
-        .await
-        .unwrap()
-        .into_inner();
-    (response.host_id, response.certificate_pem, key.serialize_pem(), response.ca_chain_pem)
-}
-
-/// A simulated agent: hello, heartbeats, ack + answer pings. Signals on
-/// `ready` once the HelloAck arrives.
-async fn simulate(url: String, ca: String, cert: String, key: String, ready: mpsc::Sender<()>) {
-    let identity = clawplane_tls::ReloadableIdentity::from_pem(&cert, &key).unwrap();
-    let channel = clawplane_tls::channel(&url, clawplane_tls::mtls_client_config(&ca, identity).unwrap()).unwrap();
-    let (tx, rx) = mpsc::channel(8);
-    tx.send(AgentMessage { kind: Some(agent_message::Kind::Hello(AgentHello::default())) }).await.unwrap();
-    let mut inbound = AgentServiceClient::new(channel).connect(ReceiverStream::new(rx)).await.unwrap().into_inner();
-    let mut beat = tokio::time::interval(Duration::from_secs(5));
-    loop {
-        tokio::select! {
-            message = inbound.message() => match message {
-                Ok(Some(message)) => match message.kind {
-                    Some(control_message::Kind::HelloAck(_)) => { let _ = ready.send(()).await; }
-                    Some(control_message::Kind::Command(command)) => {
-                        let ack = CommandAck { command_id: command.id.clone() };
-                        let _ = tx.send(AgentMessage { kind: Some(agent_message::Kind::CommandAck(ack)) }).await;
-                        let result = CommandResult {
-                            command_id: command.id,
-                            outcome: CommandOutcome::Succeeded as i32,
-                            payload: Some(command_result::Payload::Ping(PingResult::default())),
-                            ..Default::default()
-                        };
-                        let _ = tx.send(AgentMessage { kind: Some(agent_message::Kind::CommandResult(result)) }).await;
-                    }
-                    _ => {}
-                },
-                _ => return,
-            },
-            _ = beat.tick() => {
-                let _ = tx.send(AgentMessage { kind: Some(agent_message::Kind::Heartbeat(Heartbeat::default())) }).await;
-            }
-        }
-    }
-}
-
-fn percentile(sorted: &[Duration], q: f64) -> f64 {
-    sorted[((sorted.len() as f64 * q) as usize).min(sorted.len() - 1)].as_secs_f64() * 1e3
-}
-
 fn main() {
     let targets: Vec<usize> = std::env::var("BENCH_HOSTS")
         .unwrap_or_else(|_| "1000,5000".into())
@@ -178,43 +91,22 @@ fn main() {
         for &target in &targets {
             let want = target - host_ids.len();
             // Enroll (not timed: that is a one-off per host).
-            let mut joined = Vec::with_capacity(want);
-            let mut remaining = want;
-            while remaining > 0 {
-                let uses = remaining.min(1000);
-                let response = hosts_api
-                    .create_join_token(admin(&cp.token, CreateJoinTokenRequest {
-                        ttl: Some(prost_types::Duration { seconds: 3600, nanos: 0 }),
-                        max_uses: uses as i32,
-                        ..Default::default()
-                    }))
-                    .await
-                    .unwrap()
-                    .into_inner();
-                let joins = (0..uses).map(|i| {
-                    let (url, pin, token) = (cp.agent_url.clone(), response.ca_pin.clone(), response.token.clone());
-                    let permits = handshakes.clone();
-                    let n = host_ids.len() + joined.len() + i;
-                    tokio::spawn(async move {
-                        let _permit = permits.acquire().await.unwrap();
-                        join(&url, &pin, &token, n).await
-                    })
-                });
-                for handle in futures::future::join_all(joins).await {
-                    joined.push(handle.unwrap());
-                }
-                remaining -= uses;
-            }
+            let joined = enroll(&mut hosts_api, &cp.token, &cp.agent_url, host_ids.len(), want, &handshakes).await;
             // Connect all of them and wait for every HelloAck.
             let started = Instant::now();
-            for (id, cert, key, ca) in joined {
-                host_ids.push(id);
+            for host in joined {
+                host_ids.push(host.id.clone());
                 let (url, ready) = (cp.agent_url.clone(), ready_tx.clone());
                 let permits = handshakes.clone();
                 tokio::spawn(async move {
                     let permit = permits.acquire_owned().await.unwrap();
-                    let (tx, mut rx) = mpsc::channel(1);
-                    let task = tokio::spawn(simulate(url, ca, cert, key, tx));
+                    let (tx, mut rx) = mpsc::unbounded_channel();
+                    let task = tokio::spawn(async move {
+                        let ready = move || {
+                            let _ = tx.send(());
+                        };
+                        session(&host, &url, ready, |_| {}).await
+                    });
                     let _ = rx.recv().await;
                     drop(permit);
                     let _ = ready.send(()).await;
@@ -234,8 +126,7 @@ fn main() {
             let window = Instant::now();
             tokio::time::sleep(Duration::from_secs(steady)).await;
             let ticks = cpu_ticks(pid) - ticks_before;
-            let hz = 100.0; // USER_HZ on Linux
-            let cpu_percent = ticks as f64 / hz / window.elapsed().as_secs_f64() * 100.0;
+            let cpu_percent = ticks as f64 / common::USER_HZ / window.elapsed().as_secs_f64() * 100.0;
             let rss = rss_kib(pid);
 
             // Ping round-trips through the queue under that load.
