@@ -153,10 +153,28 @@ fn machine_busy_ticks() -> u64 {
     fields.iter().take(8).enumerate().filter(|(i, _)| *i != 3 && *i != 4).map(|(_, v)| v).sum()
 }
 
+/// Context switches of every thread of a process so far.
+fn context_switches(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return 0 };
+    tasks
+        .flatten()
+        .map(|task| std::fs::read_to_string(task.path().join("status")).unwrap_or_default())
+        .flat_map(|status| {
+            status
+                .lines()
+                .filter(|l| l.starts_with("voluntary_ctxt_switches:") || l.starts_with("nonvoluntary_ctxt_switches:"))
+                .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .collect::<Vec<_>>()
+        })
+        .sum()
+}
+
 /// CPU seconds used over a window.
 struct CpuUse {
     wall: f64,
     replicas: Vec<f64>,
+    /// Context switches of the replicas' threads, all together.
+    switches: u64,
     /// Backends of this run's database, and every `postgres` process.
     pg_ours: f64,
     pg_all: f64,
@@ -167,6 +185,7 @@ struct CpuUse {
 struct CpuWindow {
     started: Instant,
     replicas: Vec<(u32, u64)>,
+    switches: u64,
     postgres: HashMap<u32, (u64, bool)>,
     bench: Duration,
     machine: u64,
@@ -178,6 +197,7 @@ impl CpuWindow {
         CpuWindow {
             started: Instant::now(),
             replicas: cluster.pids.iter().map(|&pid| (pid, cpu_ticks(pid))).collect(),
+            switches: cluster.pids.iter().map(|&pid| context_switches(pid)).sum(),
             postgres: postgres_ticks(cluster.db_name()),
             bench: process_cpu(),
             machine: machine_busy_ticks(),
@@ -203,6 +223,12 @@ impl CpuWindow {
                 .iter()
                 .map(|&(pid, before)| seconds(cpu_ticks(pid).saturating_sub(before)))
                 .collect(),
+            switches: self
+                .replicas
+                .iter()
+                .map(|&(pid, _)| context_switches(pid))
+                .sum::<u64>()
+                .saturating_sub(self.switches),
             pg_ours: seconds(pg_ours),
             pg_all: seconds(pg_all),
             bench: (process_cpu() - self.bench).as_secs_f64(),
@@ -218,6 +244,7 @@ impl CpuUse {
         for (mine, theirs) in self.replicas.iter_mut().zip(&other.replicas) {
             *mine += theirs;
         }
+        self.switches += other.switches;
         self.pg_ours += other.pg_ours;
         self.pg_all += other.pg_all;
         self.bench += other.bench;
@@ -311,6 +338,8 @@ async fn cross_replica_pings(pings: usize) {
     }
     let mut latencies = vec![Vec::with_capacity(pings); apis.len()];
     let mut legs = vec![(Vec::with_capacity(pings), Vec::with_capacity(pings)); apis.len()];
+    // Every ping whose legs are known: (total, to the agent, back).
+    let mut timed: Vec<Vec<(Duration, Duration, Duration)>> = vec![Vec::with_capacity(pings); apis.len()];
     let mut hops = Vec::with_capacity(pings);
     let started = Instant::now();
     let mut rounds = 0;
@@ -328,6 +357,7 @@ async fn cross_replica_pings(pings: usize) {
             if let Some((to, back)) = leg {
                 legs[r].0.push(to);
                 legs[r].1.push(back);
+                timed[r].push((total, to, back));
             }
         }
         hops.push(notify().await);
@@ -353,6 +383,25 @@ async fn cross_replica_pings(pings: usize) {
             percentile(&legs[r].0, 0.99),
             percentile(&legs[r].1, 0.5),
             percentile(&legs[r].1, 0.99),
+        );
+    }
+    // Where the tail is: the legs of the slowest 1% of each replica's pings.
+    for r in 0..apis.len() {
+        if timed[r].is_empty() {
+            continue;
+        }
+        timed[r].sort();
+        let tail = &timed[r][timed[r].len() - (timed[r].len() / 100).max(1)..];
+        let mean = |leg: fn(&(Duration, Duration, Duration)) -> Duration| {
+            tail.iter().map(leg).sum::<Duration>().as_secs_f64() * 1e3 / tail.len() as f64
+        };
+        println!(
+            "  via {}, slowest 1% ({} pings): mean {:.2} ms = call->agent {:.2} ms + agent->answer {:.2} ms",
+            names[r],
+            tail.len(),
+            mean(|t| t.0),
+            mean(|t| t.1),
+            mean(|t| t.2),
         );
     }
     hops.sort();
@@ -585,13 +634,14 @@ async fn tenant_reads(seconds: u64, tenants: usize, concurrency: usize) {
         rates.push(rate);
         let replicas = used.replicas.iter().sum::<f64>();
         println!(
-            "  k={k}: {rate:>7.0} req/s  p50={:>6.2} ms  p99={:>6.2} ms  n={:<7} cpu per request: replicas {:.0} us, postgres {:.1} us, bench (callers) {:.0} us",
+            "  k={k}: {rate:>7.0} req/s  p50={:>6.2} ms  p99={:>6.2} ms  n={:<7} cpu per request: replicas {:.0} us, postgres {:.1} us, bench (callers) {:.0} us; replica context switches per request {:.2}",
             percentile(latencies, 0.5),
             percentile(latencies, 0.99),
             latencies.len(),
             replicas * 1e6 / n,
             used.pg_all * 1e6 / n,
             used.bench * 1e6 / n,
+            used.switches as f64 / n,
         );
         println!("        {}", used.describe(&names));
     }
