@@ -230,13 +230,8 @@ impl HostService for HostApi {
         let (rows, more) = self.store.list_hosts(after.as_deref(), limit).await.map_err(ApiError::from)?;
         let next_page_token = next_page_token(more, rows.last().map(|last| last.id.as_str()));
         let now = Utc::now();
-        let mut hosts = Vec::with_capacity(rows.len());
-        for row in rows {
-            if req.status != 0 && host_status(&row, now) as i32 != req.status {
-                continue;
-            }
-            hosts.push(self.fleet.host_message(row).await?);
-        }
+        let rows = rows.into_iter().filter(|row| req.status == 0 || host_status(row, now) as i32 == req.status);
+        let hosts = self.fleet.host_messages(rows.collect()).await?;
         Ok(Response::new(ListHostsResponse { hosts, next_page_token }))
     }
 

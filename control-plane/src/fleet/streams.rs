@@ -544,32 +544,44 @@ impl Fleet {
 
     /// The proto view of a host.
     pub async fn host_message(&self, model: Host) -> FleetResult<pb::Host> {
+        let mut messages = self.host_messages(vec![model]).await?;
+        Ok(messages.pop().expect("one host in, one out"))
+    }
+
+    /// The proto views of hosts, with their loads and certificates read in
+    /// one query each, whatever the number of hosts.
+    pub async fn host_messages(&self, models: Vec<Host>) -> FleetResult<Vec<pb::Host>> {
+        let ids: Vec<String> = models.iter().map(|model| model.id.clone()).collect();
+        let mut loads = self.store.host_loads(&ids).await?;
+        let mut expiries = self.store.certificate_expiries(&ids).await?;
         let now = Utc::now();
-        let status = host_status(&model, now);
-        let inventory = stored_inventory(&model);
-        let labels = model
-            .labels
-            .as_object()
-            .map(|map| map.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string())).collect())
-            .unwrap_or_default();
-        let certificate_expires_at = self.store.certificate_expiry(&model.id).await?.map(timestamp);
-        let load = self.store.host_load(&model.id).await?;
-        let tenant_count = load.tenants as i32;
-        let resources = Some(self.host_resources(&model.id, load.committed_memory_bytes));
-        Ok(pb::Host {
-            connected: host_connected(&model, now),
-            id: model.id,
-            name: model.name,
-            status: status as i32,
-            labels,
-            last_heartbeat_at: model.last_heartbeat_at.map(timestamp),
-            inventory,
-            certificate_expires_at,
-            tenant_count,
-            created_at: Some(timestamp(model.created_at)),
-            removed_at: model.removed_at.map(timestamp),
-            resources,
-        })
+        Ok(models
+            .into_iter()
+            .map(|model| {
+                let load = loads.remove(&model.id).unwrap_or_default();
+                let labels = model
+                    .labels
+                    .as_object()
+                    .map(|map| {
+                        map.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string())).collect()
+                    })
+                    .unwrap_or_default();
+                pb::Host {
+                    connected: host_connected(&model, now),
+                    status: host_status(&model, now) as i32,
+                    inventory: stored_inventory(&model),
+                    certificate_expires_at: expiries.remove(&model.id).map(timestamp),
+                    tenant_count: load.tenants as i32,
+                    resources: Some(self.host_resources(&model.id, load.committed_memory_bytes)),
+                    labels,
+                    last_heartbeat_at: model.last_heartbeat_at.map(timestamp),
+                    created_at: Some(timestamp(model.created_at)),
+                    removed_at: model.removed_at.map(timestamp),
+                    id: model.id,
+                    name: model.name,
+                }
+            })
+            .collect())
     }
 }
 

@@ -141,15 +141,23 @@ impl Store {
         Ok(host.map(|host| (cert, host)))
     }
 
-    /// The newest certificate's expiry per host, for listings.
-    pub async fn certificate_expiry(&self, host_id: &str) -> StoreResult<Option<DateTime<Utc>>> {
-        let newest = host_certificate::Entity::find()
-            .filter(host_certificate::Column::HostId.eq(host_id))
+    /// The newest unrevoked certificate's expiry of each of `host_ids`, in
+    /// one query (hosts without one are absent).
+    pub async fn certificate_expiries(
+        &self,
+        host_ids: &[String],
+    ) -> StoreResult<std::collections::HashMap<String, DateTime<Utc>>> {
+        let rows: Vec<(String, Option<DateTime<Utc>>)> = host_certificate::Entity::find()
+            .select_only()
+            .column(host_certificate::Column::HostId)
+            .column_as(host_certificate::Column::NotAfter.max(), "not_after")
+            .filter(host_certificate::Column::HostId.is_in(host_ids.iter().cloned()))
             .filter(host_certificate::Column::RevokedAt.is_null())
-            .order_by_desc(host_certificate::Column::NotAfter)
-            .one(&self.db)
+            .group_by(host_certificate::Column::HostId)
+            .into_tuple()
+            .all(&self.db)
             .await?;
-        Ok(newest.map(|c| c.not_after))
+        Ok(rows.into_iter().filter_map(|(host, not_after)| Some((host, not_after?))).collect())
     }
 
     /// Every host not removed (for the route table).
