@@ -257,6 +257,16 @@ impl Store {
         now: DateTime<Utc>,
     ) -> StoreResult<Vec<BillingPeriod>> {
         let txn = self.db.begin().await?;
+        // A write first: SQLite then takes its write lock now, waiting its
+        // turn, rather than failing at the first write of a transaction that
+        // read before another connection committed ("database is locked");
+        // PostgreSQL locks the row against a concurrent sweep.
+        subscription::Entity::update_many()
+            .col_expr(subscription::Column::UpdatedAt, Expr::col(subscription::Column::UpdatedAt).into())
+            .filter(subscription::Column::TenantId.eq(tenant_id))
+            .filter(subscription::Column::CurrentPeriodEnd.eq(expected_end))
+            .exec(&txn)
+            .await?;
         let Some(row) = subscription::Entity::find()
             .filter(subscription::Column::TenantId.eq(tenant_id))
             .filter(subscription::Column::CurrentPeriodEnd.eq(expected_end))
