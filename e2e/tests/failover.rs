@@ -12,8 +12,9 @@ use clawplane_proto::v1::config_service_client::ConfigServiceClient;
 use clawplane_proto::v1::session_service_client::SessionServiceClient;
 use clawplane_proto::v1::tenant_service_client::TenantServiceClient;
 use clawplane_proto::v1::{
-    send_message_response, CreateTenantRequest, DeleteTenantRequest, GetConfigRequest, HostStatus, PingHostRequest,
-    RemoveHostRequest, RestartTenantRequest, SendMessageRequest, SetToolsRequest, StreamTenantLogsRequest,
+    send_message_response, CreateTenantRequest, DeleteTenantRequest, GetConfigRequest, GetHostRequest, HostStatus,
+    PingHostRequest, RemoveHostRequest, RestartTenantRequest, SendMessageRequest, SetToolsRequest,
+    StreamTenantLogsRequest,
 };
 use clawplane_test_kit::auth::Cred;
 use clawplane_tls::files::{create_private_dir, write_private};
@@ -184,7 +185,14 @@ async fn every_call_works_through_every_replica_against_hosts_the_others_hold() 
     let request = CreateTenantRequest { plan: "free".into(), ..Default::default() };
     tenants_c.create_tenant(alice.request(request)).await.unwrap();
     let tenant = running(&mut tenants_c, &alice, "").await;
-    eprintln!("tenant on {} (one {host_one}, two {host_two})", tenant.host_id);
+    // What the host's gateways use reads the same through every replica.
+    for cp in &replicas {
+        eventually(Duration::from_secs(60), "every replica counts the running gateway", || async {
+            let host = cp.hosts().await.get_host(cp.admin(GetHostRequest { host_id: tenant.host_id.clone() })).await;
+            host.ok().and_then(|h| h.into_inner().host?.resources).is_some_and(|r| r.running_tenants == 1)
+        })
+        .await;
+    }
     for (cp, name) in replicas.iter().zip(names) {
         let mut tenants = TenantServiceClient::new(cp.channel().await);
         let mut restart = alice.request(RestartTenantRequest { tenant_id: tenant.id.clone() });

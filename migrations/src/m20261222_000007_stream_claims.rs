@@ -2,6 +2,8 @@
 //! every new stream bumps: a replica renews a host's lease only while it
 //! holds the current generation, and closes its stream once another replica
 //! has claimed the host, so exactly one stream per host acts cluster-wide.
+//! And what the host's gateways use, as the holding replica last shared it,
+//! for the other replicas' GetHost.
 use sea_orm_migration::prelude::*;
 use sea_orm_migration::schema::*;
 
@@ -30,6 +32,14 @@ impl MigrationTrait for Migration {
                 Table::alter()
                     .table(Alias::new("hosts"))
                     .add_column(big_integer(Alias::new("stream_generation")).default(0).to_owned())
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .alter_table(
+                Table::alter()
+                    .table(Alias::new("hosts"))
+                    .add_column(json_null(Alias::new("reported_usage")))
                     .to_owned(),
             )
             .await

@@ -104,6 +104,7 @@ impl EnrollmentApi {
             removed_at: None,
             stream_replica: None,
             stream_generation: 0,
+            reported_usage: None,
         };
         self.fleet.store.create_host(model, new_cert(&issued)).await?;
         tracing::info!(host = %host_id, token = %token_id, hostname = %inventory.hostname, "host joined");

@@ -78,6 +78,10 @@ impl Closing {
     }
 }
 
+/// How often what a host's gateways use is written for the other replicas
+/// when no gateway count changed (their GetHost figures are this old).
+const USAGE_SHARE_EVERY: Duration = Duration::from_secs(30);
+
 /// How often a waiter on a command result looks at the table even without
 /// an event (in case one was lost).
 const RESULT_POLL: Duration = Duration::from_secs(2);
@@ -102,6 +106,8 @@ struct Session {
     proxy_endpoint: Option<String>,
     /// How its tenants' gateways do, from its last hello or heartbeat.
     pub(super) tenants: Vec<pb::TenantState>,
+    /// What of their use was last shared with the other replicas, and when.
+    pub(super) usage_shared: Option<(pb::HostResources, std::time::Instant)>,
 }
 
 pub struct Fleet {
@@ -325,6 +331,7 @@ impl Fleet {
             outbound,
             proxy_endpoint,
             tenants: Vec::new(),
+            usage_shared: None,
         };
         if let Some(previous) = self.sessions.lock().unwrap().insert(host_id.to_string(), session) {
             let _ = previous.close.send(Some(Closing::replaced()));
@@ -384,6 +391,24 @@ impl Fleet {
         if let Some(session) = self.sessions.lock().unwrap().get_mut(host_id) {
             session.tenants = states;
         }
+    }
+
+    /// Whether this use should be shared now (and notes it as shared): a
+    /// gateway count changed, or [`USAGE_SHARE_EVERY`] passed.
+    pub(super) fn usage_due(&self, host_id: &str, usage: &pb::HostResources) -> bool {
+        let mut sessions = self.sessions.lock().unwrap();
+        let Some(session) = sessions.get_mut(host_id) else { return false };
+        let due = match &session.usage_shared {
+            None => true,
+            Some((shared, at)) => {
+                (shared.running_tenants, shared.hibernated_tenants) != (usage.running_tenants, usage.hibernated_tenants)
+                    || at.elapsed() >= USAGE_SHARE_EVERY
+            }
+        };
+        if due {
+            session.usage_shared = Some((*usage, std::time::Instant::now()));
+        }
+        due
     }
 
     /// What a connected host last reported about its tenants.
@@ -572,7 +597,7 @@ impl Fleet {
                     inventory: stored_inventory(&model),
                     certificate_expires_at: expiries.remove(&model.id).map(timestamp),
                     tenant_count: load.tenants as i32,
-                    resources: Some(self.host_resources(&model.id, load.committed_memory_bytes)),
+                    resources: Some(self.host_resources(&model, load.committed_memory_bytes, now)),
                     labels,
                     last_heartbeat_at: model.last_heartbeat_at.map(timestamp),
                     created_at: Some(timestamp(model.created_at)),

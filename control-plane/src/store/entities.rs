@@ -262,6 +262,9 @@ pub mod host {
         pub stream_replica: Option<String>,
         /// Bumped by every new stream; fences streams it replaced.
         pub stream_generation: i64,
+        /// What the host's gateways use, as the replica holding its stream
+        /// last shared it (`HostResources` fields).
+        pub reported_usage: Option<Json>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

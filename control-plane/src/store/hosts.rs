@@ -280,6 +280,16 @@ impl Store {
         Ok(generation)
     }
 
+    /// Shares what a host's gateways use with the other replicas.
+    pub async fn record_host_usage(&self, id: &str, usage: Value) -> StoreResult<()> {
+        host::Entity::update_many()
+            .col_expr(host::Column::ReportedUsage, Expr::value(Some(usage)))
+            .filter(host::Column::Id.eq(id))
+            .exec(&self.db)
+            .await?;
+        Ok(())
+    }
+
     /// Lets go of a host's stream claim, unless a newer stream has it.
     pub async fn release_stream(&self, id: &str, generation: i64) -> StoreResult<()> {
         host::Entity::update_many()
