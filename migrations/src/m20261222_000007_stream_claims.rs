@@ -18,31 +18,16 @@ impl MigrationName for Migration {
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        let columns = [
+            string_null(Alias::new("stream_replica")),
+            big_integer(Alias::new("stream_generation")).default(0).to_owned(),
+            json_null(Alias::new("reported_usage")),
+        ];
         // One column per statement: SQLite adds them one at a time.
-        manager
-            .alter_table(
-                Table::alter()
-                    .table(Alias::new("hosts"))
-                    .add_column(string_null(Alias::new("stream_replica")))
-                    .to_owned(),
-            )
-            .await?;
-        manager
-            .alter_table(
-                Table::alter()
-                    .table(Alias::new("hosts"))
-                    .add_column(big_integer(Alias::new("stream_generation")).default(0).to_owned())
-                    .to_owned(),
-            )
-            .await?;
-        manager
-            .alter_table(
-                Table::alter()
-                    .table(Alias::new("hosts"))
-                    .add_column(json_null(Alias::new("reported_usage")))
-                    .to_owned(),
-            )
-            .await
+        for column in columns {
+            manager.alter_table(Table::alter().table(Alias::new("hosts")).add_column(column).to_owned()).await?;
+        }
+        Ok(())
     }
 
     async fn down(&self, _manager: &SchemaManager) -> Result<(), DbErr> {
