@@ -54,8 +54,13 @@ impl LogRoutes {
         Arc::new(LogRoutes { store, shutdown, routes: Mutex::default(), relays: Mutex::default() })
     }
 
-    fn add(&self, request_id: &str, route: LogRoute) {
-        self.routes.lock().unwrap().insert(request_id.to_string(), route);
+    /// A new stream for `ask`: its request id and where its lines arrive.
+    fn add(&self, ask: &LogAsk, relayed: bool) -> (String, tokio::sync::mpsc::Receiver<pb::LogChunk>) {
+        let request_id = uuid::Uuid::new_v4().to_string();
+        let (sink, lines) = tokio::sync::mpsc::channel(LOG_BUFFER);
+        let route = LogRoute { host_id: ask.host_id.clone(), tenant_id: ask.tenant_id.clone(), sink, relayed };
+        self.routes.lock().unwrap().insert(request_id.clone(), route);
+        (request_id, lines)
     }
 
     /// Ends one stream: its caller sees the end.
@@ -84,12 +89,7 @@ impl LogRoutes {
 impl LogRoutes {
     /// Asks the host over its stream, held here, for the log lines.
     pub(super) async fn open_here(self: &Arc<Self>, outbound: Outbound, ask: LogAsk) -> FleetResult<LogSubscription> {
-        let request_id = uuid::Uuid::new_v4().to_string();
-        let (sink, lines) = tokio::sync::mpsc::channel(LOG_BUFFER);
-        self.add(
-            &request_id,
-            LogRoute { host_id: ask.host_id.clone(), tenant_id: ask.tenant_id.clone(), sink, relayed: false },
-        );
+        let (request_id, lines) = self.add(&ask, false);
         let command = pb::Command {
             id: uuid::Uuid::now_v7().to_string(),
             payload: Some(command::Payload::StreamLogs(pb::StreamLogsCommand {
@@ -111,12 +111,7 @@ impl LogRoutes {
 
     /// Asks whichever replica holds the host's stream to relay the lines.
     pub(super) async fn open_relayed(self: &Arc<Self>, ask: LogAsk) -> LogSubscription {
-        let request_id = uuid::Uuid::new_v4().to_string();
-        let (sink, lines) = tokio::sync::mpsc::channel(LOG_BUFFER);
-        self.add(
-            &request_id,
-            LogRoute { host_id: ask.host_id.clone(), tenant_id: ask.tenant_id.clone(), sink, relayed: true },
-        );
+        let (request_id, lines) = self.add(&ask, true);
         let wanted = ClusterEvent::LogsWanted {
             request_id: request_id.clone(),
             host_id: ask.host_id.clone(),

@@ -488,7 +488,18 @@ impl Fleet {
             .store
             .enqueue_command(host_id, tenant_id, kind, json!({ "command": STANDARD.encode(encoded) }))
             .await?;
-        self.store.publish(ClusterEvent::CommandQueued { host_id: host_id.to_string() }).await;
+        // Held here: a wake is enough, and saves a database round trip.
+        // Held elsewhere (or nowhere yet): the holder hears the event.
+        let held_here = match self.sessions.lock().unwrap().get(host_id) {
+            Some(session) => {
+                session.wake.notify_one();
+                true
+            }
+            None => false,
+        };
+        if !held_here {
+            self.store.publish(ClusterEvent::CommandQueued { host_id: host_id.to_string() }).await;
+        }
         Ok(id)
     }
 

@@ -18,7 +18,7 @@ use sea_orm::{ConnectionTrait, DbBackend, Statement};
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
-use super::{Store, StoreResult};
+use super::Store;
 
 /// The one NOTIFY channel of a cluster.
 const CHANNEL: &str = "clawplane_cluster";
@@ -183,10 +183,9 @@ impl Store {
     }
 
     /// Forgets an owner's cached tenant here and on every other replica.
-    pub(super) async fn owner_changed(&self, owner_key: &str) -> StoreResult<()> {
+    pub(super) async fn owner_changed(&self, owner_key: &str) {
         self.owner_cache.forget(owner_key);
         self.publish(ClusterEvent::OwnerChanged { owner_key: owner_key.to_string() }).await;
-        Ok(())
     }
 }
 

@@ -118,9 +118,9 @@ impl Store {
     }
 
     /// Serves "the owner's live tenant" (GetMyTenant, the dashboard's hot
-    /// path) from memory for up to `ttl`. Writes through this store
-    /// invalidate at once; another replica sharing the database sees them
-    /// within `ttl`. Zero disables the cache.
+    /// path) from memory for up to `ttl`. A write through any replica on
+    /// the database invalidates at once (a cluster event); were the event
+    /// lost, within `ttl`. Zero disables the cache.
     pub fn with_owner_cache(mut self, ttl: Duration) -> Self {
         self.owner_cache = std::sync::Arc::new(tenants::OwnerCache::new(ttl));
         self

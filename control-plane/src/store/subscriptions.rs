@@ -206,7 +206,7 @@ impl Store {
         });
         audit(&txn, actor, "subscription.change", tenant_id, detail).await?;
         txn.commit().await?;
-        self.owner_changed(&tenant.owner_key).await?;
+        self.owner_changed(&tenant.owner_key).await;
         Ok(SubscriptionChange { subscription: record, closed, changed: true })
     }
 

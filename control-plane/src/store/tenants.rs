@@ -405,7 +405,7 @@ impl Store {
             .one(&self.db)
             .await?
             .ok_or(StoreError::NotFound("tenant"))?;
-        self.owner_changed(&row.0.owner_key).await?;
+        self.owner_changed(&row.0.owner_key).await;
         Ok(record(row))
     }
 
@@ -566,7 +566,7 @@ impl Store {
 
     async fn forget_tenant(&self, tenant_id: &str) -> StoreResult<()> {
         if let Some(row) = tenant::Entity::find_by_id(tenant_id).one(&self.db).await? {
-            self.owner_changed(&row.owner_key).await?;
+            self.owner_changed(&row.owner_key).await;
         }
         Ok(())
     }
